@@ -1,0 +1,175 @@
+/* cluster: the broker interface and its implementations. The broker stores and routes
+ * publications, history, presence and join/leave events of channels. Everything above it
+ * (chat/, server/) is written against this interface only, so the one-node in-memory broker and
+ * the Redis broker are interchangeable.
+ *
+ * Callbacks: every operation completes through its callback. An implementation may call back
+ * before the operation function returns (the in-memory broker does), or later from the loop (the
+ * Redis broker does); callers must handle both. Data passed to callbacks is borrowed for the
+ * duration of the callback. */
+#ifndef CLUSTER_CLUSTER_H
+#define CLUSTER_CLUSTER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/core.h"
+
+#define CLU_EPOCH_MAX 16
+
+/* One publication as the broker stores and delivers it. data and info are JSON texts. */
+typedef struct {
+    uint64_t offset;  /* position in the channel's history; 0 when not stored */
+    const char *data; /* JSON value, the application payload */
+    size_t data_len;
+    const char *info; /* JSON object {"user","client",...} of the publisher, or NULL */
+    size_t info_len;
+} clu_pub_t;
+
+/* Per-channel options that come from the channel's namespace. */
+typedef struct {
+    uint32_t history_size;  /* publications kept; 0 = not stored (no offset) */
+    uint32_t history_ttl_s; /* whole stream expires this long after its last publication */
+    uint32_t presence_ttl_s; /* presence entries expire unless refreshed (cluster brokers) */
+} clu_chan_opts_t;
+
+/* Events the broker delivers to the node for channels the node subscribed to. */
+typedef struct {
+    /* A publication. epoch is the channel's current epoch (NUL-terminated). */
+    void (*on_pub)(void *ud, const char *channel, const clu_pub_t *pub, const char *epoch);
+    /* Join or leave of a subscriber anywhere; info is the ClientInfo JSON object. */
+    void (*on_join)(void *ud, const char *channel, const char *info, size_t len);
+    void (*on_leave)(void *ud, const char *channel, const char *info, size_t len);
+    /* The node may have missed publications of channel and cannot fill the gap: its
+     * subscribers must re-synchronise (they are disconnected with 3010). */
+    void (*on_state_lost)(void *ud, const char *channel);
+} clu_events_t;
+
+typedef void (*clu_publish_cb)(int status, uint64_t offset, const char *epoch, void *ud);
+
+typedef struct {
+    bool has_since;     /* position given: return publications after (or before) it */
+    uint64_t since_offset;
+    const char *since_epoch; /* checked when has_since; mismatch = CORE_EUNRECOVERABLE */
+    int32_t limit;      /* 0 = none, only the position; < 0 = up to the broker's cap */
+    bool reverse;       /* newest first */
+} clu_history_req_t;
+
+/* History answer: pubs in the requested order, the channel's top offset and epoch. When the
+ * request had a position that is no longer contiguous with what is kept (trimmed or expired),
+ * status is CORE_EUNRECOVERABLE and pubs is empty. */
+typedef void (*clu_history_cb)(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
+                               const char *epoch, void *ud);
+
+typedef struct {
+    const char *client; /* client id */
+    const char *user;
+    const char *info;   /* ClientInfo JSON object */
+    size_t info_len;
+} clu_presence_t;
+
+typedef void (*clu_presence_cb)(int status, const clu_presence_t *entries, size_t n, void *ud);
+typedef void (*clu_presence_stats_cb)(int status, uint32_t num_clients, uint32_t num_users,
+                                      void *ud);
+typedef void (*clu_status_cb)(int status, void *ud);
+
+/* Counters every broker keeps, read by the admin module. */
+typedef struct {
+    uint64_t publishes;        /* accepted publish calls */
+    uint64_t publish_errors;   /* publish calls that failed */
+    uint64_t delivered;        /* publications handed to on_pub */
+    uint64_t undecodable;      /* inter-node envelopes dropped */
+    uint64_t state_lost;       /* on_state_lost calls */
+    uint64_t channels;         /* channels with state in the broker (gauge) */
+    uint64_t node_subscriptions; /* channels the node subscribed to (gauge) */
+} clu_stats_t;
+
+typedef struct clu_broker clu_broker_t;
+
+/* The implementation table. Implementations fill one and embed `clu_broker_t` first. */
+typedef struct {
+    int (*publish)(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
+                   const clu_chan_opts_t *opts, clu_publish_cb cb, void *ud);
+    int (*subscribe)(clu_broker_t *b, const char *channel);
+    int (*unsubscribe)(clu_broker_t *b, const char *channel);
+    int (*history)(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
+                   const clu_history_req_t *req, clu_history_cb cb, void *ud);
+    int (*join)(clu_broker_t *b, const char *channel, const char *info, size_t len);
+    int (*leave)(clu_broker_t *b, const char *channel, const char *info, size_t len);
+    int (*presence_add)(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
+                        const clu_presence_t *entry);
+    int (*presence_remove)(clu_broker_t *b, const char *channel, const char *client);
+    int (*presence)(clu_broker_t *b, const char *channel, clu_presence_cb cb, void *ud);
+    int (*presence_stats)(clu_broker_t *b, const char *channel, clu_presence_stats_cb cb,
+                          void *ud);
+    bool (*ready)(clu_broker_t *b);
+    void (*stats)(clu_broker_t *b, clu_stats_t *out);
+    void (*close)(clu_broker_t *b, void (*done)(void *ud), void *ud);
+} clu_ops_t;
+
+struct clu_broker {
+    const clu_ops_t *ops;
+    const char *name; /* "memory", "redis" */
+    clu_events_t events;
+    void *events_ud;
+};
+
+/* Publishes into channel. With opts->history_size > 0 the publication gets the next offset and
+ * is kept in history; the callback gets (0, offset, epoch). Temporary failures: CORE_EAGAIN. */
+static inline int clu_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
+                              const clu_chan_opts_t *opts, clu_publish_cb cb, void *ud) {
+    return b->ops->publish(b, channel, pub, opts, cb, ud);
+}
+/* The node starts (stops) receiving events of channel. Calls are not counted: the caller
+ * subscribes once when its first local subscriber arrives and unsubscribes after the last. */
+static inline int clu_subscribe(clu_broker_t *b, const char *channel) {
+    return b->ops->subscribe(b, channel);
+}
+static inline int clu_unsubscribe(clu_broker_t *b, const char *channel) {
+    return b->ops->unsubscribe(b, channel);
+}
+static inline int clu_history(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
+                              const clu_history_req_t *req, clu_history_cb cb, void *ud) {
+    return b->ops->history(b, channel, opts, req, cb, ud);
+}
+static inline int clu_join(clu_broker_t *b, const char *channel, const char *info, size_t len) {
+    return b->ops->join(b, channel, info, len);
+}
+static inline int clu_leave(clu_broker_t *b, const char *channel, const char *info, size_t len) {
+    return b->ops->leave(b, channel, info, len);
+}
+static inline int clu_presence_add(clu_broker_t *b, const char *channel,
+                                   const clu_chan_opts_t *opts, const clu_presence_t *e) {
+    return b->ops->presence_add(b, channel, opts, e);
+}
+static inline int clu_presence_remove(clu_broker_t *b, const char *channel, const char *client) {
+    return b->ops->presence_remove(b, channel, client);
+}
+static inline int clu_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb,
+                               void *ud) {
+    return b->ops->presence(b, channel, cb, ud);
+}
+static inline int clu_presence_stats(clu_broker_t *b, const char *channel,
+                                     clu_presence_stats_cb cb, void *ud) {
+    return b->ops->presence_stats(b, channel, cb, ud);
+}
+/* True when the broker can serve (its backing store is reachable). */
+static inline bool clu_ready(clu_broker_t *b) {
+    return b->ops->ready(b);
+}
+static inline void clu_stats(clu_broker_t *b, clu_stats_t *out) {
+    b->ops->stats(b, out);
+}
+/* Releases the broker; done runs once every handle is closed (it may run synchronously). */
+static inline void clu_close(clu_broker_t *b, void (*done)(void *ud), void *ud) {
+    b->ops->close(b, done, ud);
+}
+
+/* The one-node broker: history, presence and routing in this process's memory.
+ * max_history_limit caps how many publications one history call returns. */
+clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *ud,
+                             uint32_t max_history_limit);
+
+#endif

@@ -1,0 +1,419 @@
+/* cluster: the one-node broker. Channels live in a hash map; each keeps a ring of its newest
+ * publications, an epoch, and its presence entries. Operations complete synchronously. */
+#include "cluster/cluster.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint64_t offset;
+    char *data;
+    size_t data_len;
+    char *info;
+    size_t info_len;
+} stored_pub_t;
+
+typedef struct {
+    char *user;
+    char *info;
+    size_t info_len;
+} presence_entry_t;
+
+typedef struct {
+    char *name;
+    char epoch[CLU_EPOCH_MAX];
+    uint64_t top;        /* offset of the newest publication ever stored in this epoch */
+    stored_pub_t *ring;  /* capacity ring_cap, newest at (start + count - 1) % ring_cap */
+    uint32_t ring_cap;
+    uint32_t start;
+    uint32_t count;
+    uint64_t last_pub_ms;
+    uint32_t ttl_s;
+    bool node_subscribed;
+    core_map_t *presence; /* client id -> presence_entry_t*, created on first add */
+} mchan_t;
+
+typedef struct {
+    clu_broker_t base;
+    uv_loop_t *loop;
+    core_map_t *channels;
+    uint32_t max_history_limit;
+    uv_timer_t sweep;
+    clu_stats_t st;
+    void (*close_done)(void *);
+    void *close_ud;
+} mem_broker_t;
+
+static void new_epoch(mchan_t *c) {
+    core_random_id(c->epoch, 8);
+}
+
+static void pub_clear(stored_pub_t *p) {
+    free(p->data);
+    free(p->info);
+    memset(p, 0, sizeof *p);
+}
+
+static void stream_reset(mchan_t *c) {
+    for (uint32_t i = 0; i < c->count; i++)
+        pub_clear(&c->ring[(c->start + i) % c->ring_cap]);
+    c->start = c->count = 0;
+    c->top = 0;
+    new_epoch(c);
+}
+
+static mchan_t *chan_get(mem_broker_t *mb, const char *name, bool create) {
+    mchan_t *c = core_map_get(mb->channels, name);
+    if (c || !create)
+        return c;
+    c = core_calloc(1, sizeof *c);
+    c->name = core_strdup(name);
+    new_epoch(c);
+    core_map_put(mb->channels, name, c);
+    return c;
+}
+
+/* A stream whose TTL passed since its last publication is gone, as it would be in Redis: the
+ * next reader sees a new epoch and cannot recover across it. */
+static void chan_expire_stream(mchan_t *c, uint64_t now) {
+    if (c->ttl_s && c->last_pub_ms && now - c->last_pub_ms > (uint64_t)c->ttl_s * 1000) {
+        stream_reset(c);
+        c->last_pub_ms = 0;
+    }
+}
+
+static void presence_entry_free(presence_entry_t *e) {
+    free(e->user);
+    free(e->info);
+    free(e);
+}
+
+static void chan_free(mchan_t *c) {
+    for (uint32_t i = 0; i < c->count; i++)
+        pub_clear(&c->ring[(c->start + i) % c->ring_cap]);
+    free(c->ring);
+    if (c->presence) {
+        core_map_iter_t it = 0;
+        void *v;
+        while (core_map_next(c->presence, &it, NULL, &v))
+            presence_entry_free(v);
+        core_map_free(c->presence);
+    }
+    free(c->name);
+    free(c);
+}
+
+static bool chan_idle(const mchan_t *c) {
+    return !c->node_subscribed && c->count == 0 && (!c->presence || core_map_size(c->presence) == 0);
+}
+
+static void chan_maybe_free(mem_broker_t *mb, mchan_t *c) {
+    if (chan_idle(c)) {
+        core_map_del(mb->channels, c->name);
+        chan_free(c);
+    }
+}
+
+static void sweep_cb(uv_timer_t *t) {
+    mem_broker_t *mb = t->data;
+    uint64_t now = core_now_ms();
+    core_map_iter_t it = 0;
+    const char *key;
+    void *v;
+    while (core_map_next(mb->channels, &it, &key, &v)) {
+        mchan_t *c = v;
+        chan_expire_stream(c, now);
+        chan_maybe_free(mb, c);
+    }
+}
+
+static int mem_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
+                       const clu_chan_opts_t *opts, clu_publish_cb cb, void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    uint64_t now = core_now_ms();
+    /* An unstored publication to a channel nobody here subscribed to goes nowhere. */
+    mchan_t *c = chan_get(mb, channel, opts->history_size > 0);
+    clu_pub_t out = *pub;
+    out.offset = 0;
+    if (opts->history_size > 0) {
+        chan_expire_stream(c, now);
+        if (c->ring_cap != opts->history_size) {
+            /* The namespace's size changed (config reload) or this is the first publication:
+             * keep the newest entries that fit. */
+            stored_pub_t *ring = core_calloc(opts->history_size, sizeof *ring);
+            uint32_t keep = c->count < opts->history_size ? c->count : opts->history_size;
+            for (uint32_t i = 0; i < c->count; i++) {
+                stored_pub_t *p = &c->ring[(c->start + i) % c->ring_cap];
+                if (i >= c->count - keep)
+                    ring[i - (c->count - keep)] = *p;
+                else
+                    pub_clear(p);
+            }
+            free(c->ring);
+            c->ring = ring;
+            c->ring_cap = opts->history_size;
+            c->start = 0;
+            c->count = keep;
+        }
+        stored_pub_t *slot;
+        if (c->count == c->ring_cap) {
+            slot = &c->ring[c->start];
+            pub_clear(slot);
+            c->start = (c->start + 1) % c->ring_cap;
+            c->count--;
+        }
+        slot = &c->ring[(c->start + c->count) % c->ring_cap];
+        c->count++;
+        slot->offset = ++c->top;
+        slot->data = core_strndup(pub->data, pub->data_len);
+        slot->data_len = pub->data_len;
+        if (pub->info) {
+            slot->info = core_strndup(pub->info, pub->info_len);
+            slot->info_len = pub->info_len;
+        }
+        c->last_pub_ms = now;
+        c->ttl_s = opts->history_ttl_s;
+        out.offset = slot->offset;
+    }
+    mb->st.publishes++;
+    const char *epoch = c ? c->epoch : "";
+    uint64_t offset = out.offset;
+    if (c && c->node_subscribed && b->events.on_pub) {
+        mb->st.delivered++;
+        b->events.on_pub(b->events_ud, channel, &out, epoch);
+    }
+    if (cb)
+        cb(0, offset, epoch, ud);
+    return 0;
+}
+
+static int mem_subscribe(clu_broker_t *b, const char *channel) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mchan_t *c = chan_get(mb, channel, true);
+    if (!c->node_subscribed) {
+        c->node_subscribed = true;
+        mb->st.node_subscriptions++;
+    }
+    return 0;
+}
+
+static int mem_unsubscribe(clu_broker_t *b, const char *channel) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mchan_t *c = chan_get(mb, channel, false);
+    if (c && c->node_subscribed) {
+        c->node_subscribed = false;
+        mb->st.node_subscriptions--;
+        chan_maybe_free(mb, c);
+    }
+    return 0;
+}
+
+static int mem_history(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
+                       const clu_history_req_t *req, clu_history_cb cb, void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    (void)opts;
+    mchan_t *c = chan_get(mb, channel, true);
+    chan_expire_stream(c, core_now_ms());
+    uint32_t limit = req->limit < 0 ? mb->max_history_limit : (uint32_t)req->limit;
+    if (limit > mb->max_history_limit)
+        limit = mb->max_history_limit;
+    uint64_t first = c->count ? c->ring[c->start].offset : c->top + 1;
+    if (req->has_since) {
+        bool epoch_ok = req->since_epoch && strcmp(req->since_epoch, c->epoch) == 0;
+        /* A forward read must start right after the given position; a gap between it and
+         * what is kept means the reader would silently miss publications. */
+        bool gap = !req->reverse && req->since_offset + 1 < first;
+        if (!epoch_ok || gap || req->since_offset > c->top) {
+            cb(CORE_EUNRECOVERABLE, NULL, 0, c->top, c->epoch, ud);
+            chan_maybe_free(mb, c);
+            return 0;
+        }
+    }
+    clu_pub_t stack[64];
+    clu_pub_t *out = NULL;
+    size_t n = 0;
+    if (limit > 0 && c->count > 0) {
+        /* Index range [lo, hi) in logical order (0 = oldest kept). */
+        uint64_t lo = 0, hi = c->count;
+        if (req->has_since) {
+            if (req->reverse)
+                hi = req->since_offset > first ? req->since_offset - first : 0;
+            else
+                lo = req->since_offset + 1 - first;
+        }
+        if (hi > lo) {
+            uint64_t avail = hi - lo;
+            n = avail < limit ? (size_t)avail : limit;
+            out = n <= 64 ? stack : core_malloc(n * sizeof *out);
+            for (size_t i = 0; i < n; i++) {
+                uint64_t idx = req->reverse ? hi - 1 - i : lo + i;
+                stored_pub_t *p = &c->ring[(c->start + idx) % c->ring_cap];
+                out[i] = (clu_pub_t){p->offset, p->data, p->data_len, p->info, p->info_len};
+            }
+        }
+    }
+    char epoch[CLU_EPOCH_MAX];
+    memcpy(epoch, c->epoch, sizeof epoch);
+    uint64_t top = c->top;
+    chan_maybe_free(mb, c);
+    cb(0, out, n, top, epoch, ud);
+    if (out != stack)
+        free(out);
+    return 0;
+}
+
+static int mem_join_leave(clu_broker_t *b, const char *channel, const char *info, size_t len,
+                          bool join) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mchan_t *c = chan_get(mb, channel, false);
+    if (!c || !c->node_subscribed)
+        return 0;
+    if (join && b->events.on_join)
+        b->events.on_join(b->events_ud, channel, info, len);
+    else if (!join && b->events.on_leave)
+        b->events.on_leave(b->events_ud, channel, info, len);
+    return 0;
+}
+
+static int mem_join(clu_broker_t *b, const char *channel, const char *info, size_t len) {
+    return mem_join_leave(b, channel, info, len, true);
+}
+
+static int mem_leave(clu_broker_t *b, const char *channel, const char *info, size_t len) {
+    return mem_join_leave(b, channel, info, len, false);
+}
+
+static int mem_presence_add(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
+                            const clu_presence_t *e) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    (void)opts;
+    mchan_t *c = chan_get(mb, channel, true);
+    if (!c->presence)
+        c->presence = core_map_new();
+    presence_entry_t *pe = core_calloc(1, sizeof *pe);
+    pe->user = core_strdup(e->user);
+    pe->info = core_strndup(e->info, e->info_len);
+    pe->info_len = e->info_len;
+    presence_entry_t *old = core_map_put(c->presence, e->client, pe);
+    if (old)
+        presence_entry_free(old);
+    return 0;
+}
+
+static int mem_presence_remove(clu_broker_t *b, const char *channel, const char *client) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mchan_t *c = chan_get(mb, channel, false);
+    if (!c || !c->presence)
+        return 0;
+    presence_entry_t *pe = core_map_del(c->presence, client);
+    if (pe)
+        presence_entry_free(pe);
+    chan_maybe_free(mb, c);
+    return 0;
+}
+
+static int mem_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb, void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mchan_t *c = chan_get(mb, channel, false);
+    size_t n = c && c->presence ? core_map_size(c->presence) : 0;
+    clu_presence_t *out = core_calloc(n ? n : 1, sizeof *out);
+    size_t i = 0;
+    if (n) {
+        core_map_iter_t it = 0;
+        const char *client;
+        void *v;
+        while (core_map_next(c->presence, &it, &client, &v)) {
+            presence_entry_t *pe = v;
+            out[i++] = (clu_presence_t){client, pe->user, pe->info, pe->info_len};
+        }
+    }
+    cb(0, out, i, ud);
+    free(out);
+    return 0;
+}
+
+static int mem_presence_stats(clu_broker_t *b, const char *channel, clu_presence_stats_cb cb,
+                              void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mchan_t *c = chan_get(mb, channel, false);
+    uint32_t clients = 0, users = 0;
+    if (c && c->presence) {
+        core_map_t *seen = core_map_new();
+        core_map_iter_t it = 0;
+        void *v;
+        while (core_map_next(c->presence, &it, NULL, &v)) {
+            presence_entry_t *pe = v;
+            clients++;
+            if (!core_map_put(seen, pe->user, pe))
+                users++;
+        }
+        core_map_free(seen);
+    }
+    cb(0, clients, users, ud);
+    return 0;
+}
+
+static bool mem_ready(clu_broker_t *b) {
+    (void)b;
+    return true;
+}
+
+static void mem_stats(clu_broker_t *b, clu_stats_t *out) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    *out = mb->st;
+    out->channels = core_map_size(mb->channels);
+}
+
+static void sweep_closed(uv_handle_t *h) {
+    mem_broker_t *mb = h->data;
+    core_map_iter_t it = 0;
+    void *v;
+    while (core_map_next(mb->channels, &it, NULL, &v))
+        chan_free(v);
+    core_map_free(mb->channels);
+    void (*done)(void *) = mb->close_done;
+    void *ud = mb->close_ud;
+    free(mb);
+    if (done)
+        done(ud);
+}
+
+static void mem_close(clu_broker_t *b, void (*done)(void *), void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mb->close_done = done;
+    mb->close_ud = ud;
+    uv_close((uv_handle_t *)&mb->sweep, sweep_closed);
+}
+
+static const clu_ops_t mem_ops = {
+    .publish = mem_publish,
+    .subscribe = mem_subscribe,
+    .unsubscribe = mem_unsubscribe,
+    .history = mem_history,
+    .join = mem_join,
+    .leave = mem_leave,
+    .presence_add = mem_presence_add,
+    .presence_remove = mem_presence_remove,
+    .presence = mem_presence,
+    .presence_stats = mem_presence_stats,
+    .ready = mem_ready,
+    .stats = mem_stats,
+    .close = mem_close,
+};
+
+clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *ud,
+                             uint32_t max_history_limit) {
+    mem_broker_t *mb = core_calloc(1, sizeof *mb);
+    mb->base.ops = &mem_ops;
+    mb->base.name = "memory";
+    mb->base.events = *events;
+    mb->base.events_ud = ud;
+    mb->loop = loop;
+    mb->channels = core_map_new();
+    mb->max_history_limit = max_history_limit ? max_history_limit : 1000;
+    uv_timer_init(loop, &mb->sweep);
+    mb->sweep.data = mb;
+    uv_timer_start(&mb->sweep, sweep_cb, 10000, 10000);
+    uv_unref((uv_handle_t *)&mb->sweep);
+    return &mb->base;
+}

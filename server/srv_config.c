@@ -1,0 +1,223 @@
+/* server: settings from defaults, a JSON file and the environment, described by one table so
+ * that --help, the file keys and the variables cannot drift apart. */
+#include "server/server.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef CHAT_SOURCE_DIR
+#define CHAT_SOURCE_DIR "."
+#endif
+
+typedef enum { T_STR, T_U32, T_JSON } stype_t;
+
+typedef struct {
+    const char *env;
+    const char *key; /* key in the JSON file */
+    stype_t type;
+    size_t offset;
+    const char *def; /* NULL = unset */
+    const char *help;
+} setting_t;
+
+#define OFF(f) offsetof(srv_config_t, f)
+
+static const setting_t settings[] = {
+    {"CHAT_LISTEN", "listen", T_STR, OFF(listen), "0.0.0.0:8000", "public listener host:port"},
+    {"CHAT_ADMIN_LISTEN", "admin_listen", T_STR, OFF(admin_listen), "127.0.0.1:9100",
+     "admin listener host:port (metrics, health, API)"},
+    {"CHAT_NODE_ID", "node_id", T_STR, OFF(node_id), NULL, "node name (default hostname:port)"},
+    {"CHAT_JWT_SECRET", "jwt_secret", T_STR, OFF(jwt_secret), NULL,
+     "HS256 secret, or kid:secret,kid:secret (default: random, demo mode)"},
+    {"CHAT_JWT_AUDIENCE", "jwt_audience", T_STR, OFF(jwt_audience), NULL,
+     "required token audience"},
+    {"CHAT_JWT_ISSUER", "jwt_issuer", T_STR, OFF(jwt_issuer), NULL, "required token issuer"},
+    {"CHAT_JWT_LEEWAY", "jwt_leeway", T_U32, OFF(jwt_leeway), "30",
+     "clock skew allowance for exp/nbf, seconds"},
+    {"CHAT_API_KEY", "api_key", T_STR, OFF(api_key), NULL,
+     "key for /api/* (default: random, printed in demo mode)"},
+    {"CHAT_WEB_ROOT", "web_root", T_STR, OFF(web_root), CHAT_SOURCE_DIR "/web-demo",
+     "folder served as the web demo"},
+    {"CHAT_LOG_FORMAT", "log_format", T_STR, OFF(log_format), "text", "text or json"},
+    {"CHAT_LOG_LEVEL", "log_level", T_STR, OFF(log_level), "info", "error, warn, info, debug"},
+    {"CHAT_PING_INTERVAL", "ping_interval", T_U32, OFF(ping_interval), "25",
+     "seconds between server pings"},
+    {"CHAT_PONG_TIMEOUT", "pong_timeout", T_U32, OFF(pong_timeout), "10",
+     "seconds to answer a ping before close 3012"},
+    {"CHAT_STALE_TIMEOUT", "stale_timeout", T_U32, OFF(stale_timeout), "10",
+     "seconds a new socket has to send connect (close 3502)"},
+    {"CHAT_MAX_FRAME_BYTES", "max_frame_bytes", T_U32, OFF(max_frame_bytes), "65536",
+     "largest incoming WebSocket message (close 3501)"},
+    {"CHAT_MAX_CHANNELS", "max_channels", T_U32, OFF(max_channels), "128",
+     "subscriptions per connection (error 106)"},
+    {"CHAT_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", T_U32,
+     OFF(max_connections_per_user), "64", "connections per user on this node (close 3504)"},
+    {"CHAT_WRITE_QUEUE_BYTES", "write_queue_bytes", T_U32, OFF(write_queue_bytes), "1048576",
+     "bytes queued for one connection before close 3008"},
+    {"CHAT_WRITE_QUEUE_MESSAGES", "write_queue_messages", T_U32, OFF(write_queue_messages),
+     "16384", "messages queued for one connection before close 3008"},
+    {"CHAT_RATE_LIMITS", "rate_limits", T_STR, OFF(rate_limits),
+     "free=5/10,plus=10/20,pro=20/40,executive=50/100",
+     "per-user publish limit by plan: plan=rate/burst (rate per second)"},
+    {"CHAT_TYPING_RATE", "typing_rate", T_STR, OFF(typing_rate), "2/4",
+     "typing RPCs per user: rate/burst"},
+    {"CHAT_DEDUPE_WINDOW", "dedupe_window", T_U32, OFF(dedupe_window), "120",
+     "seconds a client_msg_id is remembered"},
+    {"CHAT_HISTORY_MAX_LIMIT", "history_max_limit", T_U32, OFF(history_max_limit), "1000",
+     "most publications one history call returns"},
+    {"CHAT_NAMESPACES", "namespaces", T_JSON, OFF(namespaces), NULL,
+     "JSON object of namespaces (default: chat, typing, personal)"},
+    {"REDIS_URL", "redis_url", T_STR, OFF(redis_url), NULL,
+     "redis://host:port[/db]: cluster mode (not in this build yet)"},
+    {"DATABASE_URL", "database_url", T_STR, OFF(database_url), NULL,
+     "PostgreSQL primary (not in this build yet)"},
+    {"DATABASE_READ_URL", "database_read_url", T_STR, OFF(database_read_url), NULL,
+     "PostgreSQL read replica (not in this build yet)"},
+};
+
+#define NSETTINGS (sizeof settings / sizeof settings[0])
+
+static char **str_field(srv_config_t *cfg, const setting_t *s) {
+    return (char **)((char *)cfg + s->offset);
+}
+
+static uint32_t *u32_field(srv_config_t *cfg, const setting_t *s) {
+    return (uint32_t *)((char *)cfg + s->offset);
+}
+
+static int set_value(srv_config_t *cfg, const setting_t *s, const char *v, char *err,
+                     size_t errlen) {
+    if (s->type == T_U32) {
+        char *end;
+        errno = 0;
+        unsigned long long n = strtoull(v, &end, 10);
+        if (errno || end == v || *end || n > UINT32_MAX || v[0] == '-') {
+            snprintf(err, errlen, "%s: expected a non-negative integer, got \"%s\"", s->env, v);
+            return CORE_EINVAL;
+        }
+        *u32_field(cfg, s) = (uint32_t)n;
+        return 0;
+    }
+    char **f = str_field(cfg, s);
+    free(*f);
+    *f = v ? core_strdup(v) : NULL;
+    return 0;
+}
+
+int srv_parse_hostport(const char *s, char *host, size_t hostlen, int *port) {
+    const char *colon = strrchr(s, ':');
+    if (!colon || (size_t)(colon - s) >= hostlen || colon == s)
+        return CORE_EINVAL;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    if (*end || end == colon + 1 || p < 0 || p > 65535)
+        return CORE_EINVAL;
+    memcpy(host, s, (size_t)(colon - s));
+    host[colon - s] = '\0';
+    *port = (int)p;
+    return 0;
+}
+
+int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errlen) {
+    memset(cfg, 0, sizeof *cfg);
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (settings[i].def && set_value(cfg, &settings[i], settings[i].def, err, errlen))
+            return CORE_EINVAL;
+    if (path) {
+        json_error_t je;
+        json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+        if (!root) {
+            snprintf(err, errlen, "config %s: line %d: %s", path, je.line, je.text);
+            return CORE_EINVAL;
+        }
+        if (!json_is_object(root)) {
+            json_decref(root);
+            snprintf(err, errlen, "config %s: must be a JSON object", path);
+            return CORE_EINVAL;
+        }
+        const char *key;
+        json_t *v;
+        json_object_foreach(root, key, v) {
+            const setting_t *s = NULL;
+            for (size_t i = 0; i < NSETTINGS; i++)
+                if (strcmp(settings[i].key, key) == 0)
+                    s = &settings[i];
+            if (!s) {
+                snprintf(err, errlen, "config %s: unknown setting \"%s\"", path, key);
+                json_decref(root);
+                return CORE_EINVAL;
+            }
+            char num[32];
+            char *dumped = NULL;
+            const char *text;
+            if (json_is_string(v))
+                text = json_string_value(v);
+            else if (json_is_integer(v)) {
+                snprintf(num, sizeof num, "%lld", (long long)json_integer_value(v));
+                text = num;
+            } else if (s->type == T_JSON) {
+                text = dumped = json_dumps(v, JSON_COMPACT);
+            } else {
+                snprintf(err, errlen, "config %s: \"%s\" must be a string or integer", path, key);
+                json_decref(root);
+                return CORE_EINVAL;
+            }
+            int rc = set_value(cfg, s, text, err, errlen);
+            free(dumped);
+            if (rc) {
+                json_decref(root);
+                return rc;
+            }
+        }
+        json_decref(root);
+    }
+    for (size_t i = 0; i < NSETTINGS; i++) {
+        const char *v = getenv(settings[i].env);
+        if (v && *v && set_value(cfg, &settings[i], v, err, errlen))
+            return CORE_EINVAL;
+    }
+    char host[256];
+    int port;
+    if (srv_parse_hostport(cfg->listen, host, sizeof host, &port) ||
+        srv_parse_hostport(cfg->admin_listen, host, sizeof host, &port)) {
+        snprintf(err, errlen, "CHAT_LISTEN and CHAT_ADMIN_LISTEN must be host:port");
+        return CORE_EINVAL;
+    }
+    if (core_log_level_parse(cfg->log_level) < 0) {
+        snprintf(err, errlen, "CHAT_LOG_LEVEL must be error, warn, info or debug");
+        return CORE_EINVAL;
+    }
+    if (strcmp(cfg->log_format, "text") != 0 && strcmp(cfg->log_format, "json") != 0) {
+        snprintf(err, errlen, "CHAT_LOG_FORMAT must be text or json");
+        return CORE_EINVAL;
+    }
+    if (cfg->ping_interval == 0 || cfg->pong_timeout == 0 || cfg->stale_timeout == 0 ||
+        cfg->max_frame_bytes < 1024 || cfg->write_queue_bytes < 1024 ||
+        cfg->write_queue_messages == 0 || cfg->max_channels == 0 ||
+        cfg->max_connections_per_user == 0) {
+        snprintf(err, errlen, "timeouts and limits must be positive (frame and queue bytes at "
+                              "least 1024)");
+        return CORE_EINVAL;
+    }
+    return 0;
+}
+
+void srv_config_free(srv_config_t *cfg) {
+    for (size_t i = 0; i < NSETTINGS; i++)
+        if (settings[i].type != T_U32)
+            free(*str_field(cfg, &settings[i]));
+    memset(cfg, 0, sizeof *cfg);
+}
+
+void srv_config_help(FILE *out) {
+    fprintf(out, "usage: chatd [--config FILE] [--help] [--version]\n\n"
+                 "With no settings chatd runs alone as a complete single node (in-memory\n"
+                 "broker, demo mode with a random secret and a printed demo token).\n\n"
+                 "Every setting is an environment variable and a key of the JSON config file\n"
+                 "(the variable wins). CHAT_CONFIG names the file as --config does.\n\n");
+    for (size_t i = 0; i < NSETTINGS; i++)
+        fprintf(out, "  %-30s %s\n  %-30s   file key \"%s\", default: %s\n", settings[i].env,
+                settings[i].help, "", settings[i].key, settings[i].def ? settings[i].def : "unset");
+}

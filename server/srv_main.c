@@ -1,0 +1,705 @@
+/* server: chatd's main, the libwebsockets listeners on the program's libuv loop, the transport
+ * of chat clients (write queues and backpressure), static files, health and metrics, drain. */
+#include <libwebsockets.h>
+
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "admin/admin.h"
+#include "auth/auth.h"
+#include "chat/chat.h"
+#include "cluster/cluster.h"
+#include "core/core.h"
+#include "server/server.h"
+
+#define MOD "server"
+#define CHATD_VERSION "0.1.0"
+/* Pushes joined into one WebSocket message stay under this size: large enough that one write
+ * serves hundreds of queued messages, small enough to keep latency for the last one low. */
+#define BATCH_MAX_BYTES (64 * 1024)
+/* A closing connection whose peer does not read gets this long before it is dropped. */
+#define CLOSE_GRACE_S 10
+#define DRAIN_MAX_MS 5000
+#define WS_PATH "/connection/websocket"
+
+typedef struct srv srv_t;
+
+/* Per-session data of the public protocol: a WebSocket client, or one HTTP exchange. */
+typedef struct {
+    struct lws *wsi;
+    srv_t *srv;
+    chat_client_t *client;
+    srv_wq_t wq;
+    core_str_t rx; /* fragments of an incoming message */
+    int close_code;
+    char close_reason[64];
+    bool closing;
+    bool want_write;
+    char *body; /* HTTP response body being written */
+    size_t body_len, body_off;
+} srv_conn_t;
+
+struct srv {
+    uv_loop_t loop;
+    srv_config_t cfg;
+    struct lws_context *ctx;
+    struct lws_vhost *pub_vh, *adm_vh;
+    chat_node_t *node;
+    clu_broker_t *broker;
+    auth_keyring_t *keys;
+    chat_ns_t *ns;
+    size_t nns;
+    bool demo;
+    bool draining;
+    adm_server_stats_t st;
+    core_str_t scratch; /* the frame being written; writes are synchronous so one suffices */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer;
+    uint64_t drain_deadline;
+};
+
+/* ---- transport of chat clients ---- */
+
+static void conn_request_write(srv_conn_t *c) {
+    if (!c->want_write) {
+        c->want_write = true;
+        lws_callback_on_writable(c->wsi);
+    }
+}
+
+static void conn_close(srv_conn_t *c, int code, const char *reason) {
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->close_code = code;
+    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
+    int slot = adm_disconnect_slot(code);
+    if (slot >= 0)
+        c->srv->st.disconnects[slot]++;
+    conn_request_write(c);
+    /* A peer that never reads never makes its socket writeable, so the close frame may never
+     * go out: drop the socket after a grace period. */
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
+}
+
+static void conn_drop_queue(srv_conn_t *c) {
+    c->srv->st.write_queue_bytes -= c->wq.bytes;
+    srv_wq_clear(&c->wq);
+}
+
+static int t_send(void *tctx, core_buf_t *b) {
+    srv_conn_t *c = tctx;
+    if (c->closing)
+        return 0;
+    if (srv_wq_push(&c->wq, b) != 0) {
+        /* A slow reader: its backlog is dropped at once so memory stays bounded. */
+        conn_drop_queue(c);
+        conn_close(c, 3008, "slow");
+        return CORE_ELIMIT;
+    }
+    c->srv->st.write_queue_bytes += b->len;
+    conn_request_write(c);
+    return 0;
+}
+
+static void t_close(void *tctx, int code, const char *reason) {
+    conn_close(tctx, code, reason);
+}
+
+static const chat_transport_t transport = {t_send, t_close};
+
+static int on_writeable(srv_t *S, srv_conn_t *c) {
+    c->want_write = false;
+    if (!srv_wq_empty(&c->wq)) {
+        uint32_t n;
+        uint64_t oldest;
+        size_t before = c->wq.bytes;
+        size_t len = srv_wq_fill(&c->wq, &S->scratch, LWS_PRE, BATCH_MAX_BYTES, &n, &oldest);
+        S->st.write_queue_bytes -= before - c->wq.bytes;
+        int w = lws_write(c->wsi, (unsigned char *)S->scratch.ptr + LWS_PRE, len, LWS_WRITE_TEXT);
+        if (w < (int)len) {
+            S->st.disconnects[adm_disconnect_slot(3009)]++;
+            return -1;
+        }
+        S->st.write_calls++;
+        S->st.write_bytes += len;
+        core_hist_observe(&S->st.fanout_latency, (double)(core_now_us() - oldest) / 1e6);
+        if (!srv_wq_empty(&c->wq) || c->closing)
+            conn_request_write(c);
+        return 0;
+    }
+    if (c->closing) {
+        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
+                         (unsigned char *)c->close_reason, strlen(c->close_reason));
+        return -1;
+    }
+    return 0;
+}
+
+static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
+    if (c->closing || !c->client)
+        return;
+    if (lws_frame_is_binary(c->wsi)) {
+        conn_close(c, 3501, "binary frames are not supported");
+        return;
+    }
+    if (c->rx.len + len > S->cfg.max_frame_bytes) {
+        core_str_free(&c->rx);
+        conn_close(c, 3501, "message too large");
+        return;
+    }
+    bool final = lws_is_final_fragment(c->wsi) && lws_remaining_packet_payload(c->wsi) == 0;
+    if (final && c->rx.len == 0) {
+        chat_client_on_frame(c->client, in, len);
+        return;
+    }
+    core_str_append(&c->rx, in, len);
+    if (final) {
+        chat_client_on_frame(c->client, c->rx.ptr, c->rx.len);
+        core_str_free(&c->rx);
+    }
+}
+
+/* ---- HTTP responses ---- */
+
+/* Sends headers now and the body (taken) from the writeable callback. */
+static int http_respond(struct lws *wsi, srv_conn_t *c, unsigned int status, const char *ctype,
+                        char *body, size_t len) {
+    unsigned char buf[LWS_PRE + 1024];
+    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
+    free(c->body);
+    c->body = body;
+    c->body_len = len;
+    c->body_off = 0;
+    if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)len, &p, end) ||
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return 1;
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static int http_respond_text(struct lws *wsi, srv_conn_t *c, unsigned int status,
+                             const char *text) {
+    return http_respond(wsi, c, status, "text/plain; charset=utf-8", core_strdup(text),
+                        strlen(text));
+}
+
+static int http_write_body(struct lws *wsi, srv_conn_t *c) {
+    if (!c->body)
+        return 0;
+    size_t chunk = c->body_len - c->body_off;
+    if (chunk > 16384)
+        chunk = 16384;
+    bool last = c->body_off + chunk == c->body_len;
+    unsigned char buf[LWS_PRE + 16384];
+    memcpy(buf + LWS_PRE, c->body + c->body_off, chunk);
+    if (lws_write(wsi, buf + LWS_PRE, chunk, last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) <
+        (int)chunk)
+        return -1;
+    c->body_off += chunk;
+    if (!last) {
+        lws_callback_on_writable(wsi);
+        return 0;
+    }
+    free(c->body);
+    c->body = NULL;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
+static bool demo_user_ok(const char *u) {
+    size_t n = strlen(u);
+    if (n == 0 || n > 32)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((u[i] >= 'a' && u[i] <= 'z') || (u[i] >= 'A' && u[i] <= 'Z') ||
+              (u[i] >= '0' && u[i] <= '9') || u[i] == '_' || u[i] == '-'))
+            return false;
+    return true;
+}
+
+static char *mint_demo_token(srv_t *S, const char *user) {
+    json_t *claims = json_pack("{s:s, s:I, s:I, s:s, s:{s:s}}", "sub", user, "iat",
+                               (json_int_t)core_wall_s(), "exp",
+                               (json_int_t)(core_wall_s() + 86400), "plan", "free", "info",
+                               "name", user);
+    char *tok = auth_jwt_mint(S->keys, NULL, claims);
+    json_decref(claims);
+    return tok;
+}
+
+static int public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
+    char uri[256];
+    if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0)
+        return http_respond_text(wsi, c, 400, "bad request\n");
+    if (strcmp(uri, "/healthz") == 0)
+        return http_respond_text(wsi, c, 200, "ok\n");
+    if (strcmp(uri, "/demo/token") == 0 && S->demo) {
+        char user[64] = "";
+        if (!lws_get_urlarg_by_name(wsi, "user=", user, sizeof user) || !demo_user_ok(user))
+            return http_respond_text(wsi, c, 400, "user must be 1-32 of [A-Za-z0-9_-]\n");
+        char *tok = mint_demo_token(S, user);
+        core_str_t s = {0};
+        core_str_appends(&s, "{\"token\":");
+        core_str_append_json_string(&s, tok, strlen(tok));
+        core_str_appends(&s, ",\"user\":");
+        core_str_append_json_string(&s, user, strlen(user));
+        core_str_appends(&s, "}");
+        free(tok);
+        return http_respond(wsi, c, 200, "application/json", s.ptr, s.len);
+    }
+    return http_respond_text(wsi, c, 404, "not found\n");
+}
+
+static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                     size_t len) {
+    srv_t *S = lws_context_user(lws_get_context(wsi));
+    srv_conn_t *c = user;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        char uri[64];
+        if (S->draining)
+            return 1;
+        if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 ||
+            strcmp(uri, WS_PATH) != 0)
+            return 1;
+        return 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED: {
+        memset(c, 0, sizeof *c);
+        c->wsi = wsi;
+        c->srv = S;
+        srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
+        char peer[64] = "";
+        lws_get_peer_simple(wsi, peer, sizeof peer);
+        c->client = chat_client_new(S->node, &transport, c, peer);
+        S->st.accepted++;
+        return 0;
+    }
+    case LWS_CALLBACK_RECEIVE:
+        on_receive(S, c, in, len);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return on_writeable(S, c);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        return 0;
+    case LWS_CALLBACK_CLOSED:
+        if (c->client)
+            chat_client_free(c->client);
+        c->client = NULL;
+        conn_drop_queue(c);
+        core_str_free(&c->rx);
+        return 0;
+    case LWS_CALLBACK_HTTP:
+        return public_http(S, wsi, c);
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return http_write_body(wsi, c);
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (c) {
+            free(c->body);
+            c->body = NULL;
+        }
+        break;
+    default:
+        break;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* ---- admin listener ---- */
+
+static void snapshot(srv_t *S, adm_snapshot_t *snap, chat_stats_t *cs, clu_stats_t *bs) {
+    chat_node_stats(S->node, cs);
+    clu_stats(S->broker, bs);
+    snap->node_id = S->cfg.node_id;
+    snap->broker_name = S->broker->name;
+    snap->ready = !S->draining && clu_ready(S->broker);
+    snap->draining = S->draining;
+    snap->chat = cs;
+    snap->broker = bs;
+    snap->server = &S->st;
+}
+
+static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
+    char uri[256];
+    if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0)
+        return http_respond_text(wsi, c, 400, "bad request\n");
+    if (strcmp(uri, "/healthz") == 0)
+        return http_respond_text(wsi, c, 200, "ok\n");
+    if (strcmp(uri, "/readyz") == 0) {
+        if (S->draining)
+            return http_respond_text(wsi, c, 503, "not ready: draining\n");
+        if (!clu_ready(S->broker))
+            return http_respond_text(wsi, c, 503, "not ready: broker unavailable\n");
+        return http_respond_text(wsi, c, 200, "ready\n");
+    }
+    if (strcmp(uri, "/metrics") == 0) {
+        adm_snapshot_t snap;
+        chat_stats_t cs;
+        clu_stats_t bs;
+        snapshot(S, &snap, &cs, &bs);
+        core_str_t body = {0};
+        adm_metrics_render(&body, &snap);
+        return http_respond(wsi, c, 200, "text/plain; version=0.0.4; charset=utf-8", body.ptr,
+                            body.len);
+    }
+    return http_respond_text(wsi, c, 404, "not found\n");
+}
+
+static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                    size_t len) {
+    srv_t *S = lws_context_user(lws_get_context(wsi));
+    srv_conn_t *c = user;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+        return 1; /* no WebSockets on the admin listener */
+    case LWS_CALLBACK_HTTP:
+        return admin_http(S, wsi, c);
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        return http_write_body(wsi, c);
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (c) {
+            free(c->body);
+            c->body = NULL;
+        }
+        break;
+    default:
+        break;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}
+
+/* ---- lifecycle ---- */
+
+static const struct lws_protocols public_protocols[] = {
+    /* rx_buffer_size is allocated per connection: small keeps idle sockets cheap, and longer
+     * messages arrive in pieces that on_receive joins. */
+    {"chat", cb_public, sizeof(srv_conn_t), 2048, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+static const struct lws_protocols admin_protocols[] = {
+    {"admin", cb_admin, sizeof(srv_conn_t), 4096, 0, NULL, 0}, {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
+static const struct lws_protocol_vhost_options pvo_chat = {NULL, &pvo_default, "chat", ""};
+
+static const struct lws_protocol_vhost_options mime_mjs = {NULL, NULL, ".mjs",
+                                                           "text/javascript"};
+static const struct lws_protocol_vhost_options mime_map = {&mime_mjs, NULL, ".map",
+                                                           "application/json"};
+
+static void drain_finish(srv_t *S);
+
+static void second_destroy(uv_timer_t *t) {
+    srv_t *S = t->data;
+    /* On a foreign loop lws finishes its own teardown only when destroyed again a loop turn
+     * after the first call. */
+    lws_context_destroy(S->ctx);
+    S->ctx = NULL;
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void drain_tick(uv_timer_t *t) {
+    srv_t *S = t->data;
+    chat_stats_t cs;
+    chat_node_stats(S->node, &cs);
+    if (cs.sessions == 0 || core_now_ms() >= S->drain_deadline)
+        drain_finish(S);
+}
+
+static void broker_closed(void *ud) {
+    (void)ud;
+}
+
+static void node_closed(void *ud) {
+    srv_t *S = ud;
+    clu_close(S->broker, broker_closed, S);
+}
+
+static void drain_finish(srv_t *S) {
+    uv_timer_stop(&S->drain_timer);
+    uv_close((uv_handle_t *)&S->sigterm, NULL);
+    uv_close((uv_handle_t *)&S->sigint, NULL);
+    /* The first destroy closes every remaining socket, so every chat client is freed before
+     * the node goes. */
+    lws_context_destroy(S->ctx);
+    chat_node_close(S->node, node_closed, S);
+    S->drain_timer.data = S;
+    uv_timer_start(&S->drain_timer, second_destroy, 0, 0);
+}
+
+static void begin_drain(srv_t *S) {
+    if (S->draining)
+        return;
+    S->draining = true;
+    chat_stats_t cs;
+    chat_node_stats(S->node, &cs);
+    CORE_LOGI(MOD, "draining", "sessions=%" PRIu64, cs.sessions);
+    lws_context_deprecate(S->ctx, NULL);
+    chat_node_close_all(S->node, 3001, "shutdown");
+    S->drain_deadline = core_now_ms() + DRAIN_MAX_MS;
+    uv_timer_start(&S->drain_timer, drain_tick, 10, 10);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+    (void)signum;
+    begin_drain(h->data);
+}
+
+/* "free=5/10,plus=10/20" into per-plan rates. */
+static int parse_rates(const char *spec, chat_rate_t *rates, char *err, size_t errlen) {
+    char *copy = core_strdup(spec), *save = NULL;
+    int rc = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        double rate;
+        unsigned burst;
+        int plan = eq ? (*eq = '\0', auth_plan_parse(tok)) : -1;
+        if (plan < 0 || sscanf(eq + 1, "%lf/%u", &rate, &burst) != 2 || rate < 0 || !burst) {
+            snprintf(err, errlen, "CHAT_RATE_LIMITS: expected plan=rate/burst, got \"%s\"", tok);
+            rc = CORE_EINVAL;
+            break;
+        }
+        rates[plan] = (chat_rate_t){rate, burst};
+    }
+    free(copy);
+    return rc;
+}
+
+static void raise_fd_limit(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+static struct lws_vhost *make_vhost(srv_t *S, const char *name, const char *listen,
+                                    const struct lws_protocols *protos,
+                                    const struct lws_http_mount *mounts,
+                                    const struct lws_protocol_vhost_options *pvo) {
+    char host[256];
+    int port;
+    srv_parse_hostport(listen, host, sizeof host, &port);
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.vhost_name = name;
+    info.port = port;
+    info.iface = strcmp(host, "0.0.0.0") == 0 ? NULL : host;
+    info.protocols = protos;
+    info.mounts = mounts;
+    info.pvo = pvo;
+    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.keepalive_timeout = 30;
+    struct lws_vhost *vh = lws_create_vhost(S->ctx, &info);
+    if (!vh)
+        CORE_LOGE(MOD, "cannot listen", "vhost=%s listen=%s", name, listen);
+    return vh;
+}
+
+static void print_ready(srv_t *S) {
+    char host[256], ahost[256];
+    int port, aport;
+    srv_parse_hostport(S->cfg.listen, host, sizeof host, &port);
+    srv_parse_hostport(S->cfg.admin_listen, ahost, sizeof ahost, &aport);
+    port = lws_get_vhost_listen_port(S->pub_vh);
+    aport = lws_get_vhost_listen_port(S->adm_vh);
+    if (!S->cfg.node_id) {
+        char hn[128] = "node";
+        gethostname(hn, sizeof hn);
+        hn[sizeof hn - 1] = '\0';
+        char id[200];
+        snprintf(id, sizeof id, "%s:%d", hn, port);
+        S->cfg.node_id = core_strdup(id);
+    }
+    const char *shown = strcmp(host, "0.0.0.0") == 0 ? "localhost" : host;
+    if (S->demo) {
+        char *tok = mint_demo_token(S, "demo");
+        printf("chatd %s: single node, in-memory broker, demo mode (random secret)\n"
+               "  web demo:   http://%s:%d/\n"
+               "  demo token: %s\n"
+               "  api key:    %s\n",
+               CHATD_VERSION, shown, port, tok, S->cfg.api_key);
+        free(tok);
+    }
+    printf("chatd ready public=%s:%d admin=%s:%d node=%s\n", host, port, ahost, aport,
+           S->cfg.node_id);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+    const char *config_path = getenv("CHAT_CONFIG");
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            srv_config_help(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "--version") == 0) {
+            printf("chatd %s\n", CHATD_VERSION);
+            return 0;
+        } else if (strcmp(argv[i], "--config") == 0 && i + 1 < argc) {
+            config_path = argv[++i];
+        } else {
+            fprintf(stderr, "chatd: unknown argument %s (see --help)\n", argv[i]);
+            return 2;
+        }
+    }
+    static srv_t srv;
+    srv_t *S = &srv;
+    char err[512];
+    if (srv_config_load(&S->cfg, config_path, err, sizeof err) != 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    core_log_setup((core_log_level_t)core_log_level_parse(S->cfg.log_level),
+                   strcmp(S->cfg.log_format, "json") == 0);
+    if (S->cfg.redis_url || S->cfg.database_url || S->cfg.database_read_url) {
+        fprintf(stderr, "chatd: REDIS_URL and DATABASE_URL are not supported by this build yet; "
+                        "unset them to run a single node\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    raise_fd_limit();
+
+    S->keys = auth_keyring_new();
+    if (S->cfg.jwt_secret) {
+        if (auth_keyring_parse(S->keys, S->cfg.jwt_secret) != 0) {
+            fprintf(stderr, "chatd: CHAT_JWT_SECRET: expected a secret or kid:secret,...\n");
+            return 2;
+        }
+    } else {
+        char secret[49];
+        core_random_id(secret, 48);
+        auth_keyring_add(S->keys, NULL, secret, strlen(secret));
+        S->demo = true;
+    }
+    if (!S->cfg.api_key) {
+        char key[33];
+        core_random_id(key, 32);
+        S->cfg.api_key = core_strdup(key);
+    }
+    if (S->cfg.namespaces) {
+        json_error_t je;
+        json_t *obj = json_loads(S->cfg.namespaces, 0, &je);
+        if (!obj || chat_namespaces_parse(obj, &S->ns, &S->nns, err, sizeof err) != 0) {
+            fprintf(stderr, "chatd: CHAT_NAMESPACES: %s\n", obj ? err : je.text);
+            json_decref(obj);
+            return 2;
+        }
+        json_decref(obj);
+    } else {
+        chat_namespaces_default(&S->ns, &S->nns);
+    }
+    chat_config_t cc = {0};
+    if (parse_rates(S->cfg.rate_limits, cc.plan_rate, err, sizeof err) != 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
+    unsigned tburst;
+    if (sscanf(S->cfg.typing_rate, "%lf/%u", &cc.typing_rate.rate, &tburst) != 2 || !tburst) {
+        fprintf(stderr, "chatd: CHAT_TYPING_RATE: expected rate/burst\n");
+        return 2;
+    }
+    cc.typing_rate.burst = tburst;
+
+    uv_loop_init(&S->loop);
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    void *loops[1] = {&S->loop};
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
+                   LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
+    info.foreign_loops = loops;
+    info.user = S;
+    info.port = CONTEXT_PORT_NO_LISTEN;
+    lws_set_log_level(core_log_enabled(CORE_LOG_DEBUG) ? LLL_ERR | LLL_WARN | LLL_NOTICE
+                                                       : LLL_ERR,
+                      NULL);
+    S->ctx = lws_create_context(&info);
+    if (!S->ctx) {
+        fprintf(stderr, "chatd: cannot create the libwebsockets context\n");
+        return 1;
+    }
+
+    cc.namespaces = S->ns;
+    cc.n_namespaces = S->nns;
+    cc.keys = S->keys;
+    cc.audience = S->cfg.jwt_audience;
+    cc.issuer = S->cfg.jwt_issuer;
+    cc.jwt_leeway_s = S->cfg.jwt_leeway;
+    cc.ping_interval_s = S->cfg.ping_interval;
+    cc.pong_timeout_s = S->cfg.pong_timeout;
+    cc.stale_timeout_s = S->cfg.stale_timeout;
+    cc.max_channels_per_conn = S->cfg.max_channels;
+    cc.max_conns_per_user = S->cfg.max_connections_per_user;
+    cc.dedupe_window_s = S->cfg.dedupe_window;
+    cc.max_recover = S->cfg.history_max_limit;
+    cc.version = CHATD_VERSION;
+    cc.node_id = ""; /* set after the listeners are bound */
+
+    static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                    0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
+    core_hist_init(&S->st.fanout_latency, bounds, sizeof bounds / sizeof bounds[0]);
+
+    struct lws_http_mount m_files;
+    memset(&m_files, 0, sizeof m_files);
+    m_files.mountpoint = "/";
+    m_files.mountpoint_len = 1;
+    m_files.origin = S->cfg.web_root;
+    m_files.def = "index.html";
+    m_files.origin_protocol = LWSMPRO_FILE;
+    m_files.extra_mimetypes = &mime_map;
+    struct lws_http_mount m_demo = m_files;
+    m_demo.mountpoint = "/demo/token";
+    m_demo.mountpoint_len = (unsigned char)strlen(m_demo.mountpoint);
+    m_demo.origin = "chat";
+    m_demo.def = NULL;
+    m_demo.origin_protocol = LWSMPRO_CALLBACK;
+    m_demo.mount_next = &m_files;
+    struct lws_http_mount m_health = m_demo;
+    m_health.mountpoint = "/healthz";
+    m_health.mountpoint_len = (unsigned char)strlen(m_health.mountpoint);
+    m_health.mount_next = &m_demo;
+
+    S->pub_vh = make_vhost(S, "public", S->cfg.listen, public_protocols, &m_health, &pvo_chat);
+    S->adm_vh = make_vhost(S, "admin", S->cfg.admin_listen, admin_protocols, NULL, NULL);
+    if (!S->pub_vh || !S->adm_vh) {
+        lws_context_destroy(S->ctx);
+        return 1;
+    }
+    print_ready(S);
+    cc.node_id = S->cfg.node_id;
+
+    S->node = chat_node_new(&S->loop, &cc);
+    S->broker = clu_memory_new(&S->loop, chat_node_broker_events(), S->node,
+                               S->cfg.history_max_limit);
+    chat_node_set_broker(S->node, S->broker);
+
+    uv_signal_init(&S->loop, &S->sigterm);
+    uv_signal_init(&S->loop, &S->sigint);
+    S->sigterm.data = S->sigint.data = S;
+    uv_signal_start(&S->sigterm, on_signal, SIGTERM);
+    uv_signal_start(&S->sigint, on_signal, SIGINT);
+    uv_timer_init(&S->loop, &S->drain_timer);
+    S->drain_timer.data = S;
+
+    CORE_LOGI(MOD, "started", "node=%s broker=%s public=%s admin=%s", S->cfg.node_id,
+              S->broker->name, S->cfg.listen, S->cfg.admin_listen);
+    uv_run(&S->loop, UV_RUN_DEFAULT);
+    if (S->ctx)
+        lws_context_destroy(S->ctx);
+    uv_run(&S->loop, UV_RUN_NOWAIT);
+    int rc = uv_loop_close(&S->loop);
+    if (rc != 0)
+        CORE_LOGW(MOD, "loop not closed cleanly", "err=%s", uv_strerror(rc));
+    core_str_free(&S->scratch);
+    auth_keyring_free(S->keys);
+    chat_namespaces_free(S->ns, S->nns);
+    srv_config_free(&S->cfg);
+    CORE_LOGI(MOD, "stopped", NULL);
+    return 0;
+}
