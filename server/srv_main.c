@@ -26,6 +26,8 @@
 #define CLOSE_GRACE_S 10
 #define DRAIN_MAX_MS 5000
 #define WS_PATH "/connection/websocket"
+/* The close opcode of lws_write(): private in lws 4.1's headers but handled by its ws writer. */
+#define SRV_WRITE_CLOSE ((enum lws_write_protocol)4)
 
 typedef struct srv srv_t;
 
@@ -39,6 +41,7 @@ typedef struct {
     int close_code;
     char close_reason[64];
     bool closing;
+    bool close_sent;
     bool want_write;
     char *body; /* HTTP response body being written */
     size_t body_len, body_off;
@@ -133,10 +136,22 @@ static int on_writeable(srv_t *S, srv_conn_t *c) {
             conn_request_write(c);
         return 0;
     }
-    if (c->closing) {
-        lws_close_reason(c->wsi, (enum lws_close_status)c->close_code,
-                         (unsigned char *)c->close_reason, strlen(c->close_reason));
-        return -1;
+    if (c->closing && !c->close_sent) {
+        /* The close frame is written here rather than by lws_close_reason() and a non-zero
+         * return: Debian's lws 4.1 (libuv, _DEBUG build) force-closes such a socket without
+         * sending the frame (upstream issue 3569). The socket closes when the peer answers
+         * (LWS_CALLBACK_WS_PEER_INITIATED_CLOSE) or after a short wait. */
+        unsigned char buf[LWS_PRE + 125];
+        size_t rlen = strlen(c->close_reason);
+        if (rlen > 123)
+            rlen = 123;
+        buf[LWS_PRE] = (unsigned char)(c->close_code >> 8);
+        buf[LWS_PRE + 1] = (unsigned char)(c->close_code & 0xff);
+        memcpy(buf + LWS_PRE + 2, c->close_reason, rlen);
+        c->close_sent = true;
+        if (lws_write(c->wsi, buf + LWS_PRE, rlen + 2, SRV_WRITE_CLOSE) < 0)
+            return -1;
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 3);
     }
     return 0;
 }
@@ -288,7 +303,8 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writeable(S, c);
     case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        return 0;
+        /* After our close frame this is the peer's answer: the exchange is complete. */
+        return c->close_sent ? -1 : 0;
     case LWS_CALLBACK_CLOSED:
         if (c->client)
             chat_client_free(c->client);
@@ -396,15 +412,6 @@ static const struct lws_protocol_vhost_options mime_map = {&mime_mjs, NULL, ".ma
 
 static void drain_finish(srv_t *S);
 
-static void second_destroy(uv_timer_t *t) {
-    srv_t *S = t->data;
-    /* On a foreign loop lws finishes its own teardown only when destroyed again a loop turn
-     * after the first call. */
-    lws_context_destroy(S->ctx);
-    S->ctx = NULL;
-    uv_close((uv_handle_t *)t, NULL);
-}
-
 static void drain_tick(uv_timer_t *t) {
     srv_t *S = t->data;
     chat_stats_t cs;
@@ -430,8 +437,7 @@ static void drain_finish(srv_t *S) {
      * the node goes. */
     lws_context_destroy(S->ctx);
     chat_node_close(S->node, node_closed, S);
-    S->drain_timer.data = S;
-    uv_timer_start(&S->drain_timer, second_destroy, 0, 0);
+    uv_close((uv_handle_t *)&S->drain_timer, NULL);
 }
 
 static void begin_drain(srv_t *S) {
@@ -690,9 +696,9 @@ int main(int argc, char **argv) {
     CORE_LOGI(MOD, "started", "node=%s broker=%s public=%s admin=%s", S->cfg.node_id,
               S->broker->name, S->cfg.listen, S->cfg.admin_listen);
     uv_run(&S->loop, UV_RUN_DEFAULT);
-    if (S->ctx)
-        lws_context_destroy(S->ctx);
-    uv_run(&S->loop, UV_RUN_NOWAIT);
+    /* On a foreign loop lws finishes its teardown (and unloads its event-loop plugin) only on a
+     * second destroy once its handles are closed, which is when uv_run returns. */
+    lws_context_destroy(S->ctx);
     int rc = uv_loop_close(&S->loop);
     if (rc != 0)
         CORE_LOGW(MOD, "loop not closed cleanly", "err=%s", uv_strerror(rc));
