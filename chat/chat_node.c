@@ -236,12 +236,10 @@ static void sub_remove(chat_sub_t *s) {
     chat_client_t *c = s->c;
     chat_node_t *n = c->node;
     chat_channel_t *ch = s->ch;
-    const chat_ns_t *ns = ch->ns;
-    if (s->presence_added) {
+    bool leave = s->presence_added && ch->ns->join_leave;
+    char *name = leave ? core_strdup(ch->name) : NULL;
+    if (s->presence_added)
         clu_presence_remove(n->broker, ch->name, c->id);
-        if (ns->join_leave)
-            clu_leave(n->broker, ch->name, s->info, s->info_len);
-    }
     for (chat_sub_t **pp = &c->subs; *pp; pp = &(*pp)->next) {
         if (*pp == s) {
             *pp = s->next;
@@ -249,7 +247,13 @@ static void sub_remove(chat_sub_t *s) {
         }
     }
     c->nsubs--;
+    /* Out of the channel first: the leaving client does not get its own leave event, and the
+     * channel (and its name) may be freed here when it was the last subscriber. */
     channel_remove(n, s);
+    if (leave) {
+        clu_leave(n->broker, name, s->info, s->info_len);
+        free(name);
+    }
     sub_drop_pending(s);
     free(s->info);
     free(s);

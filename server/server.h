@@ -34,6 +34,7 @@ typedef struct {
     uint32_t max_connections_per_user;
     uint32_t write_queue_bytes;
     uint32_t write_queue_messages;
+    uint32_t write_delay_ms;
     char *rate_limits;
     char *typing_rate;
     uint32_t dedupe_window;

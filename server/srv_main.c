@@ -43,6 +43,8 @@ typedef struct {
     bool closing;
     bool close_sent;
     bool want_write;
+    bool in_flush; /* on srv.flush, waiting for the coalescing timer */
+    core_list_t flush_link;
     char *body; /* HTTP response body being written */
     size_t body_len, body_off;
 } srv_conn_t;
@@ -64,15 +66,47 @@ struct srv {
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     uint64_t drain_deadline;
+    core_list_t flush;    /* connections with queued output, waiting for flush_timer */
+    uv_timer_t flush_timer;
 };
 
 /* ---- transport of chat clients ---- */
 
+/* Asks lws for a writeable callback now: used to continue draining and to close. */
 static void conn_request_write(srv_conn_t *c) {
-    if (!c->want_write) {
-        c->want_write = true;
+    if (c->in_flush) {
+        core_list_remove(&c->flush_link);
+        c->in_flush = false;
+    }
+    c->want_write = true;
+    lws_callback_on_writable(c->wsi);
+}
+
+static void flush_cb(uv_timer_t *t) {
+    srv_t *S = t->data;
+    while (!core_list_empty(&S->flush)) {
+        srv_conn_t *c = CORE_CONTAINER_OF(S->flush.next, srv_conn_t, flush_link);
+        core_list_remove(&c->flush_link);
+        c->in_flush = false;
         lws_callback_on_writable(c->wsi);
     }
+}
+
+/* New output for an idle connection waits a few milliseconds so that everything published
+ * meanwhile leaves in the same write: the cost of fan-out is per write call, not per byte. */
+static void conn_schedule_write(srv_conn_t *c) {
+    srv_t *S = c->srv;
+    if (c->want_write)
+        return;
+    if (S->cfg.write_delay_ms == 0) {
+        conn_request_write(c);
+        return;
+    }
+    c->want_write = true;
+    c->in_flush = true;
+    core_list_insert_tail(&S->flush, &c->flush_link);
+    if (!uv_is_active((uv_handle_t *)&S->flush_timer))
+        uv_timer_start(&S->flush_timer, flush_cb, S->cfg.write_delay_ms, 0);
 }
 
 static void conn_close(srv_conn_t *c, int code, const char *reason) {
@@ -106,7 +140,7 @@ static int t_send(void *tctx, core_buf_t *b) {
         return CORE_ELIMIT;
     }
     c->srv->st.write_queue_bytes += b->len;
-    conn_request_write(c);
+    conn_schedule_write(c);
     return 0;
 }
 
@@ -288,6 +322,7 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
     }
     case LWS_CALLBACK_ESTABLISHED: {
         memset(c, 0, sizeof *c);
+        core_list_init(&c->flush_link);
         c->wsi = wsi;
         c->srv = S;
         srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
@@ -306,9 +341,16 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         /* After our close frame this is the peer's answer: the exchange is complete. */
         return c->close_sent ? -1 : 0;
     case LWS_CALLBACK_CLOSED:
+        /* Nothing may be queued for this session from here on: freeing the client emits leave
+         * events and must not schedule writes on a session lws is about to free. */
+        c->closing = true;
         if (c->client)
             chat_client_free(c->client);
         c->client = NULL;
+        if (c->in_flush) {
+            core_list_remove(&c->flush_link);
+            c->in_flush = false;
+        }
         conn_drop_queue(c);
         core_str_free(&c->rx);
         return 0;
@@ -433,6 +475,7 @@ static void drain_finish(srv_t *S) {
     uv_timer_stop(&S->drain_timer);
     uv_close((uv_handle_t *)&S->sigterm, NULL);
     uv_close((uv_handle_t *)&S->sigint, NULL);
+    uv_close((uv_handle_t *)&S->flush_timer, NULL);
     /* The first destroy closes every remaining socket, so every chat client is freed before
      * the node goes. */
     lws_context_destroy(S->ctx);
@@ -692,6 +735,9 @@ int main(int argc, char **argv) {
     uv_signal_start(&S->sigint, on_signal, SIGINT);
     uv_timer_init(&S->loop, &S->drain_timer);
     S->drain_timer.data = S;
+    core_list_init(&S->flush);
+    uv_timer_init(&S->loop, &S->flush_timer);
+    S->flush_timer.data = S;
 
     CORE_LOGI(MOD, "started", "node=%s broker=%s public=%s admin=%s", S->cfg.node_id,
               S->broker->name, S->cfg.listen, S->cfg.admin_listen);
