@@ -96,7 +96,7 @@ static void flush_cb(uv_timer_t *t) {
  * meanwhile leaves in the same write: the cost of fan-out is per write call, not per byte. */
 static void conn_schedule_write(srv_conn_t *c) {
     srv_t *S = c->srv;
-    if (c->want_write)
+    if (c->want_write || c->in_flush)
         return;
     if (S->cfg.write_delay_ms == 0) {
         conn_request_write(c);
@@ -151,6 +151,12 @@ static void t_close(void *tctx, int code, const char *reason) {
 static const chat_transport_t transport = {t_send, t_close};
 
 static int on_writeable(srv_t *S, srv_conn_t *c) {
+    /* lws also calls back on its own (after draining a partial write), possibly while the
+     * session waits in the flush list: it leaves the list, since this callback serves it. */
+    if (c->in_flush) {
+        core_list_remove(&c->flush_link);
+        c->in_flush = false;
+    }
     c->want_write = false;
     if (!srv_wq_empty(&c->wq)) {
         uint32_t n;
