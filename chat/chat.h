@@ -118,7 +118,7 @@ char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *
 /* ---- GCRA rate limiter ------------------------------------------------------------------ */
 
 typedef struct {
-    double tat_ms; /* theoretical arrival time */
+    int64_t tat_us; /* theoretical arrival time, microseconds: integers keep waits exact */
 } chat_gcra_t;
 
 /* Takes one token at now_ms. Returns 0 when allowed, else the milliseconds until a request
@@ -174,11 +174,6 @@ void chat_node_close_all(chat_node_t *n, int code, const char *reason);
 /* Stops the node's timers; done runs when they are closed. Clients must be gone. */
 void chat_node_close(chat_node_t *n, void (*done)(void *), void *ud);
 void chat_node_stats(const chat_node_t *n, chat_stats_t *out);
-/* Publishes from the server side (server API): data is JSON text. Returns 0 or a code; cb may be
- * NULL. */
-int chat_node_publish(chat_node_t *n, const char *channel, const char *data, size_t len,
-                      clu_publish_cb cb, void *ud);
-
 /* A new socket. remote is the peer address for logs. */
 chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx,
                                const char *remote);

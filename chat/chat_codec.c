@@ -284,16 +284,16 @@ const chat_ns_t *chat_ns_find(const chat_ns_t *ns, size_t n, const char *channel
 int64_t chat_gcra_take(chat_gcra_t *g, double now_ms, const chat_rate_t *rate) {
     if (rate->rate <= 0)
         return 0;
-    double interval = 1000.0 / rate->rate;
-    uint32_t burst = rate->burst ? rate->burst : 1;
-    double tat = g->tat_ms > now_ms ? g->tat_ms : now_ms;
-    double new_tat = tat + interval;
-    double allow_at = new_tat - interval * burst;
-    if (now_ms < allow_at) {
-        int64_t wait = (int64_t)(allow_at - now_ms + 0.999);
-        return wait > 0 ? wait : 1;
-    }
-    g->tat_ms = new_tat;
+    int64_t now = (int64_t)(now_ms * 1000.0);
+    int64_t interval = (int64_t)(1e6 / rate->rate + 0.5);
+    if (interval < 1)
+        interval = 1;
+    int64_t burst = rate->burst ? rate->burst : 1;
+    int64_t tat = g->tat_us > now ? g->tat_us : now;
+    int64_t allow_at = tat + interval - interval * burst;
+    if (now < allow_at)
+        return (allow_at - now + 999) / 1000;
+    g->tat_us = tat + interval;
     return 0;
 }
 

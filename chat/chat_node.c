@@ -97,7 +97,8 @@ static void user_free(chat_user_t *u) {
 /* A user with no connection is kept until its limiter state has drained, so reconnecting does
  * not reset a rate limit. */
 static void user_maybe_free(chat_node_t *n, chat_user_t *u, double now_ms) {
-    if (u->nconns == 0 && u->pub_gcra.tat_ms <= now_ms && u->typing_gcra.tat_ms <= now_ms) {
+    int64_t now_us = (int64_t)(now_ms * 1000.0);
+    if (u->nconns == 0 && u->pub_gcra.tat_us <= now_us && u->typing_gcra.tat_us <= now_us) {
         core_map_del(n->users, u->name);
         user_free(u);
     }
@@ -1319,17 +1320,6 @@ void chat_node_close(chat_node_t *n, void (*done)(void *), void *ud) {
 
 void chat_node_stats(const chat_node_t *n, chat_stats_t *out) {
     *out = n->st;
-}
-
-int chat_node_publish(chat_node_t *n, const char *channel, const char *data, size_t len,
-                      clu_publish_cb cb, void *ud) {
-    const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, channel);
-    if (!ns)
-        return CORE_ENOENT;
-    clu_pub_t p = {0, data, len, NULL, 0};
-    clu_chan_opts_t o = chan_opts(ns);
-    n->st.publications_in++;
-    return clu_publish(n->broker, channel, &p, &o, cb, ud);
 }
 
 chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx,

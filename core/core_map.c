@@ -22,7 +22,7 @@ struct core_map {
 uint64_t core_hash(const void *p, size_t n) {
     /* FNV-1a, 64-bit: keys are short channel and user names. */
     const unsigned char *s = p;
-    uint64_t h = 1469598103934665603ULL;
+    uint64_t h = 14695981039346656037ULL;
     for (size_t i = 0; i < n; i++) {
         h ^= s[i];
         h *= 1099511628211ULL;
