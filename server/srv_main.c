@@ -296,8 +296,10 @@ static int public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
     if (strcmp(uri, "/healthz") == 0)
         return http_respond_text(wsi, c, 200, "ok\n");
     if (strcmp(uri, "/demo/token") == 0 && S->demo) {
-        char user[64] = "";
-        if (!lws_get_urlarg_by_name(wsi, "user=", user, sizeof user) || !demo_user_ok(user))
+        char arg[64] = "";
+        /* lws copies "user=NAME" into arg and returns a pointer to NAME. */
+        const char *user = lws_get_urlarg_by_name(wsi, "user=", arg, sizeof arg);
+        if (!user || !demo_user_ok(user))
             return http_respond_text(wsi, c, 400, "user must be 1-32 of [A-Za-z0-9_-]\n");
         char *tok = mint_demo_token(S, user);
         core_str_t s = {0};

@@ -1,0 +1,88 @@
+// Admin listener: /healthz, /readyz, /metrics.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  startChatd, connectClient, subscribe, httpGet, scrapeMetrics, metricValue, waitMetric, chatMessage,
+} from './helpers.mjs';
+
+const FAMILIES = {
+  chat_connections: 'gauge',
+  chat_connections_accepted_total: 'counter',
+  chat_commands_total: 'counter',
+  chat_publications_in_total: 'counter',
+  chat_publications_out_total: 'counter',
+  chat_errors_total: 'counter',
+  chat_disconnects_total: 'counter',
+  chat_rate_limited_total: 'counter',
+  chat_write_calls_total: 'counter',
+  chat_write_bytes_total: 'counter',
+  chat_write_queue_bytes: 'gauge',
+  chat_fanout_latency_seconds: 'histogram',
+  chat_channels: 'gauge',
+  process_resident_memory_bytes: 'gauge',
+  process_cpu_seconds_total: 'counter',
+  process_open_fds: 'gauge',
+};
+
+// TYPE lines name the family: counters may be declared without the _total suffix.
+function familyType(types, name) {
+  return types[name] ?? types[name.replace(/_total$/, '')];
+}
+
+test('/healthz and /readyz answer 200', async (t) => {
+  const srv = await startChatd(t);
+  const h = await httpGet(`${srv.adminUrl}/healthz`);
+  assert.equal(h.status, 200);
+  assert.equal(h.body.trim(), 'ok');
+  const r = await httpGet(`${srv.adminUrl}/readyz`);
+  assert.equal(r.status, 200);
+  assert.equal(r.body.trim(), 'ready');
+});
+
+test('/metrics: Prometheus text with the documented families and live values', async (t) => {
+  const srv = await startChatd(t);
+  const before = await scrapeMetrics(srv);
+  assert.match(before.contentType || '', /^text\/plain/);
+  for (const [name, type] of Object.entries(FAMILIES)) {
+    assert.equal(familyType(before.types, name), type, `# TYPE of ${name}`);
+  }
+  assert.equal(metricValue(before, 'chat_connections'), 0);
+  assert.ok(metricValue(before, 'process_resident_memory_bytes') > 1024 * 1024);
+  assert.ok(metricValue(before, 'process_open_fds') > 0);
+  // Histogram series.
+  assert.ok(before.samples.some((s) => s.name === 'chat_fanout_latency_seconds_bucket' && s.labels.le === '+Inf'));
+  assert.ok(before.samples.some((s) => s.name === 'chat_fanout_latency_seconds_count'));
+  assert.ok(before.samples.some((s) => s.name === 'chat_fanout_latency_seconds_sum'));
+
+  const alice = await connectClient(t, srv, { user: 'alice' });
+  const bob = await connectClient(t, srv, { user: 'bob' });
+  const { sub } = await subscribe(alice, 'chat:metrics');
+  await subscribe(bob, 'chat:metrics');
+  await sub.publish(chatMessage('counted'));
+  await assert.rejects(alice.publish('chat:not-subscribed', chatMessage('x')));
+
+  await waitMetric(srv, 'chat_publications_out_total', {}, (v) => v >= 2);
+  const m = await scrapeMetrics(srv);
+  assert.equal(metricValue(m, 'chat_connections'), 2);
+  assert.ok(metricValue(m, 'chat_connections_accepted_total') >= 2);
+  assert.ok(metricValue(m, 'chat_commands_total', { method: 'connect' }) >= 2);
+  assert.ok(metricValue(m, 'chat_commands_total', { method: 'subscribe' }) >= 2);
+  assert.ok(metricValue(m, 'chat_commands_total', { method: 'publish' }) >= 2);
+  assert.ok(metricValue(m, 'chat_publications_in_total') >= 1);
+  assert.ok(metricValue(m, 'chat_errors_total', { code: '103' }) >= 1);
+  assert.ok(metricValue(m, 'chat_channels') >= 1);
+  assert.ok(metricValue(m, 'chat_write_calls_total') >= 1);
+  assert.ok(metricValue(m, 'chat_write_bytes_total') > 0);
+  assert.ok(metricValue(m, 'chat_fanout_latency_seconds_count') >= 1);
+
+  alice.disconnect();
+  bob.disconnect();
+  await waitMetric(srv, 'chat_connections', {}, (v) => v === 0);
+});
+
+test('with a configured secret /demo/token is 404', async (t) => {
+  const srv = await startChatd(t);
+  const r = await httpGet(`${srv.httpUrl}/demo/token?user=zed`);
+  assert.equal(r.status, 404);
+  assert.ok(!/demo token:|api key:/.test(srv.stdout), 'nothing secret printed with a configured secret');
+});

@@ -1,0 +1,53 @@
+// Fan-out: one publisher, 200 SDK subscribers, every message to every subscriber, in order,
+// no loss, no duplicates.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startChatd, connectClient, subscribe, Collector, chatMessage, waitMetric } from './helpers.mjs';
+
+const SUBSCRIBERS = 200;
+const MESSAGES = 50;
+
+test(`one publisher reaches ${SUBSCRIBERS} subscribers with ${MESSAGES} messages in order`, { timeout: 120_000 }, async (t) => {
+  const srv = await startChatd(t, { env: { CHAT_RATE_LIMITS: 'free=1000/1000' } });
+  const channel = 'chat:fanout';
+
+  // Connect and subscribe in batches, each subscriber its own user.
+  const collectors = [];
+  for (let base = 0; base < SUBSCRIBERS; base += 50) {
+    const batch = [];
+    for (let i = base; i < Math.min(base + 50, SUBSCRIBERS); i++) {
+      batch.push((async () => {
+        const c = await connectClient(t, srv, { user: `user-${i}`, connectTimeoutMs: 15000 });
+        const { sub } = await subscribe(c, channel, { recoverable: true, positioned: true }, 15000);
+        return new Collector(sub, 'publication');
+      })());
+    }
+    collectors.push(...(await Promise.all(batch)));
+  }
+  assert.equal(collectors.length, SUBSCRIBERS);
+  await waitMetric(srv, 'chat_connections', {}, (v) => v >= SUBSCRIBERS + 0);
+
+  const publisher = await connectClient(t, srv, { user: 'publisher' });
+  const { sub: pubSub } = await subscribe(publisher, channel);
+  for (let i = 0; i < MESSAGES; i++) {
+    await pubSub.publish(chatMessage(`m${i}`, `fanout-${i}`));
+  }
+
+  await Promise.all(collectors.map((c) => c.waitCount(MESSAGES, 30000)));
+  const expected = Array.from({ length: MESSAGES }, (_, i) => `m${i}`);
+  for (let s = 0; s < collectors.length; s++) {
+    const items = collectors[s].items;
+    assert.deepEqual(items.map((p) => p.data.text), expected, `subscriber ${s}: every message once, in order`);
+    for (let i = 1; i < items.length; i++) {
+      assert.equal(items[i].offset, items[i - 1].offset + 1, `subscriber ${s}: consecutive offsets`);
+    }
+    assert.ok(items.every((p) => p.info && p.info.user === 'publisher'));
+  }
+  // A last marker: no subscriber has more than the messages plus the marker (no duplicates late).
+  await pubSub.publish(chatMessage('end', 'fanout-end'));
+  await Promise.all(collectors.map((c) => c.waitCount(MESSAGES + 1, 10000)));
+  for (const c of collectors) {
+    assert.equal(c.items.length, MESSAGES + 1);
+    assert.equal(c.items[MESSAGES].data.text, 'end');
+  }
+});
