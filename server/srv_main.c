@@ -349,6 +349,10 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         /* After our close frame this is the peer's answer: the exchange is complete. */
         return c->close_sent ? -1 : 0;
     case LWS_CALLBACK_CLOSED:
+        /* lws also reports the close of an upgrade that FILTER_PROTOCOL_CONNECTION refused,
+         * whose session was never set up. */
+        if (!c || !c->srv)
+            return 0;
         /* Nothing may be queued for this session from here on: freeing the client emits leave
          * events and must not schedule writes on a session lws is about to free. */
         c->closing = true;

@@ -1,0 +1,1607 @@
+/* chat-load: a load generator for chatd that speaks the Centrifugo v2 JSON client protocol over
+ * a minimal WebSocket client of its own.
+ *
+ * The tool shares two cores with the node it measures, so it is built to cost far less per
+ * message than the server: one thread, one epoll loop, non-blocking sockets, no JSON parser on
+ * the receive path (it scans each line for the few bytes it needs), one shared read buffer so
+ * that 19,000 idle connections hold almost no memory, and a log-bucket histogram instead of
+ * stored samples. */
+#include "chat_load.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+#define MAX_RATES 32
+#define MAX_CODES 32
+/* The server's messages are small, but a slow reader can be handed one large frame holding a
+ * whole backlog; past this size something is wrong and the connection is dropped. */
+#define MAX_MESSAGE_BYTES (64u << 20)
+/* A publisher whose socket is not drained by the server stops queueing here, so a stalled node
+ * cannot make the tool grow without bound. */
+#define MAX_WBUF_BYTES (16u << 20)
+#define HTTP_MAX_HEADER 16384
+/* An incomplete frame up to this size is cheaper to copy in front of the next large read than to
+ * finish with reads of its own. */
+#define SMALL_FRAME_BYTES 16384
+
+/* ------------------------------------------------------------------------------------------ */
+/* Options */
+
+typedef struct options {
+    char host[64];
+    int port;
+    char path[256];
+    const char *secret;
+    unsigned subscribers;
+    unsigned publishers;
+    const char *channel;
+    unsigned rates[MAX_RATES];
+    unsigned nrates;
+    double step_seconds;
+    double drain_seconds;
+    unsigned payload_bytes;
+    bool idle;
+    double hold_seconds;
+    unsigned sources;
+    int node_pid;
+    const char *admin;
+    double timeout;
+    unsigned max_inflight;
+    double connect_timeout;
+    unsigned batch_us;
+} options;
+
+static options opt = {
+    .host = "127.0.0.1",
+    .port = 8000,
+    .path = "/connection/websocket",
+    .subscribers = 1000,
+    .publishers = 10,
+    .channel = "chat:bench",
+    .rates = {1000},
+    .nrates = 1,
+    .step_seconds = 10,
+    .drain_seconds = 2,
+    .payload_bytes = 64,
+    .hold_seconds = 10,
+    .sources = 4,
+    .timeout = 600,
+    .max_inflight = 256,
+    .connect_timeout = 30,
+};
+
+static void usage(FILE *out) {
+    fprintf(
+        out,
+        "usage: chat-load --secret S [options]\n"
+        "\n"
+        "Opens subscriber and publisher WebSocket connections to a chatd node (Centrifugo v2 JSON\n"
+        "protocol), publishes at stepped total rates and measures end-to-end delivery.\n"
+        "\n"
+        "  --url URL             ws://HOST:PORT/PATH, numeric IPv4 host\n"
+        "                        (default ws://127.0.0.1:8000/connection/websocket)\n"
+        "  --secret S            HS256 secret used to mint the connection JWTs (required)\n"
+        "  --subscribers N       subscriber connections (default 1000)\n"
+        "  --publishers M        publisher connections (default 10)\n"
+        "  --channel C           channel every subscriber joins (default chat:bench)\n"
+        "  --rates LIST          total publications/s per step, e.g. 1000,5000,10000\n"
+        "                        (default 1000); publishers share each rate evenly\n"
+        "  --step-seconds S      length of each publishing step (default 10)\n"
+        "  --drain-seconds S     wait after a step's last publish before counting losses\n"
+        "                        (default 2)\n"
+        "  --payload-bytes B     length of each message text, 24..4000 (default 64)\n"
+        "  --idle                only open the subscribers, hold them, report memory\n"
+        "  --hold-seconds S      how long --idle holds the connections (default 10)\n"
+        "  --sources K           spread connections over source addresses 127.0.0.1..K\n"
+        "                        (default 4; each gives about 28,000 ephemeral ports)\n"
+        "  --max-inflight H      most handshakes in progress at once (default 256)\n"
+        "  --connect-timeout S   time one connection may take to be subscribed (default 30)\n"
+        "  --node-pid PID        report the node's RSS and CPU from /proc/PID\n"
+        "  --admin URL           http://HOST:PORT of the admin listener: also report the\n"
+        "                        server's own publication counters per step (optional)\n"
+        "  --timeout S           hard limit for the whole run (default 600)\n"
+        "  --batch-us U          after handling a batch of events, wait until U us have\n"
+        "                        passed before reading again, so each read takes several\n"
+        "                        messages: less tool CPU at high rates, up to U us more\n"
+        "                        measured latency (default 0: read at once)\n"
+        "  --help                this text\n"
+        "\n"
+        "Output (stdout), one line each, key=value:\n"
+        "  CONNECT  connections established and failed, by failure kind\n"
+        "  STEP     per rate: target, achieved publications/s, deliveries/s, latency\n"
+        "           p50/p99/p999/max in ms, lost (not received by the end of the drain),\n"
+        "           dup (duplicate or out of order), late (arrived after being counted\n"
+        "           lost), node RSS and CPU, tool CPU\n"
+        "  IDLE     with --idle: connections, node RSS before and after, KiB per connection\n"
+        "  CLOSES/ERRORS  close codes and error reply codes seen, when any\n"
+        "  DISCONNECTS    live connections lost during the run, when any\n"
+        "Exit status: 0 done, 1 bad usage or no connection, 2 global timeout or interrupted.\n");
+}
+
+static int parse_url(const char *url) {
+    char host[64];
+    int port = 0;
+    int consumed = 0;
+    if (sscanf(url, "ws://%63[^:/]:%d%n", host, &port, &consumed) != 2 || port <= 0 ||
+        port > 65535) {
+        return -1;
+    }
+    struct in_addr a;
+    if (inet_pton(AF_INET, host, &a) != 1) {
+        return -1;
+    }
+    snprintf(opt.host, sizeof opt.host, "%s", host);
+    opt.port = port;
+    const char *path = url + consumed;
+    snprintf(opt.path, sizeof opt.path, "%s", *path == '/' ? path : "/connection/websocket");
+    return 0;
+}
+
+static int parse_rates(const char *s) {
+    opt.nrates = 0;
+    while (*s != '\0') {
+        char *end = NULL;
+        unsigned long r = strtoul(s, &end, 10);
+        if (end == s || r == 0 || r > 10000000 || opt.nrates == MAX_RATES) {
+            return -1;
+        }
+        opt.rates[opt.nrates++] = (unsigned)r;
+        s = end;
+        if (*s == ',') {
+            s++;
+        } else if (*s != '\0') {
+            return -1;
+        }
+    }
+    return opt.nrates > 0 ? 0 : -1;
+}
+
+static int parse_options(int argc, char **argv) {
+    enum {
+        O_URL = 256,
+        O_SECRET,
+        O_SUBS,
+        O_PUBS,
+        O_CHANNEL,
+        O_RATES,
+        O_STEP,
+        O_DRAIN,
+        O_PAYLOAD,
+        O_IDLE,
+        O_HOLD,
+        O_SOURCES,
+        O_INFLIGHT,
+        O_CTIMEOUT,
+        O_PID,
+        O_ADMIN,
+        O_TIMEOUT,
+        O_BATCH,
+        O_HELP
+    };
+    static const struct option longopts[] = {
+        {"url", required_argument, NULL, O_URL},
+        {"secret", required_argument, NULL, O_SECRET},
+        {"subscribers", required_argument, NULL, O_SUBS},
+        {"publishers", required_argument, NULL, O_PUBS},
+        {"channel", required_argument, NULL, O_CHANNEL},
+        {"rates", required_argument, NULL, O_RATES},
+        {"step-seconds", required_argument, NULL, O_STEP},
+        {"drain-seconds", required_argument, NULL, O_DRAIN},
+        {"payload-bytes", required_argument, NULL, O_PAYLOAD},
+        {"idle", no_argument, NULL, O_IDLE},
+        {"hold-seconds", required_argument, NULL, O_HOLD},
+        {"sources", required_argument, NULL, O_SOURCES},
+        {"max-inflight", required_argument, NULL, O_INFLIGHT},
+        {"connect-timeout", required_argument, NULL, O_CTIMEOUT},
+        {"node-pid", required_argument, NULL, O_PID},
+        {"admin", required_argument, NULL, O_ADMIN},
+        {"timeout", required_argument, NULL, O_TIMEOUT},
+        {"batch-us", required_argument, NULL, O_BATCH},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_URL:
+            if (parse_url(optarg) != 0) {
+                fprintf(stderr, "chat-load: bad --url %s (want ws://IPV4:PORT/PATH)\n", optarg);
+                return -1;
+            }
+            break;
+        case O_SECRET:
+            opt.secret = optarg;
+            break;
+        case O_SUBS:
+            opt.subscribers = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case O_PUBS:
+            opt.publishers = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case O_CHANNEL:
+            opt.channel = optarg;
+            break;
+        case O_RATES:
+            if (parse_rates(optarg) != 0) {
+                fprintf(stderr, "chat-load: bad --rates %s\n", optarg);
+                return -1;
+            }
+            break;
+        case O_STEP:
+            opt.step_seconds = strtod(optarg, NULL);
+            break;
+        case O_DRAIN:
+            opt.drain_seconds = strtod(optarg, NULL);
+            break;
+        case O_PAYLOAD:
+            opt.payload_bytes = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case O_IDLE:
+            opt.idle = true;
+            break;
+        case O_HOLD:
+            opt.hold_seconds = strtod(optarg, NULL);
+            break;
+        case O_SOURCES:
+            opt.sources = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case O_INFLIGHT:
+            opt.max_inflight = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case O_CTIMEOUT:
+            opt.connect_timeout = strtod(optarg, NULL);
+            break;
+        case O_PID:
+            opt.node_pid = atoi(optarg);
+            break;
+        case O_ADMIN:
+            opt.admin = optarg;
+            break;
+        case O_TIMEOUT:
+            opt.timeout = strtod(optarg, NULL);
+            break;
+        case O_BATCH:
+            opt.batch_us = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case O_HELP:
+        case 'h':
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
+        }
+    }
+    if (optind != argc) {
+        fprintf(stderr, "chat-load: unexpected argument %s\n", argv[optind]);
+        return -1;
+    }
+    if (opt.secret == NULL) {
+        fprintf(stderr, "chat-load: --secret is required\n");
+        return -1;
+    }
+    if (opt.idle) {
+        opt.publishers = 0;
+    } else if (opt.publishers == 0) {
+        fprintf(stderr, "chat-load: --publishers must be at least 1 (or use --idle)\n");
+        return -1;
+    }
+    if (opt.payload_bytes < 24 || opt.payload_bytes > 4000) {
+        fprintf(stderr, "chat-load: --payload-bytes must be within 24..4000\n");
+        return -1;
+    }
+    if (opt.sources < 1 || opt.sources > 250 || opt.max_inflight < 1 || opt.step_seconds <= 0 ||
+        opt.drain_seconds < 0 || opt.hold_seconds < 0 || opt.timeout <= 0 ||
+        opt.connect_timeout <= 0 || strlen(opt.channel) > 200) {
+        fprintf(stderr, "chat-load: an option is out of range (see --help)\n");
+        return -1;
+    }
+    /* The channel goes into the commands verbatim, so it must need no JSON escaping. */
+    for (const char *p = opt.channel; *p != '\0'; p++) {
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) {
+            fprintf(stderr, "chat-load: --channel must not contain quotes, backslashes or "
+                            "control characters\n");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Connections */
+
+enum conn_state {
+    CS_NEW,       /* not started yet */
+    CS_TCP,       /* TCP connect in progress */
+    CS_HTTP,      /* upgrade request sent, waiting for 101 */
+    CS_CONNECT,   /* connect command sent */
+    CS_SUBSCRIBE, /* subscribe command sent */
+    CS_READY,     /* connected and subscribed */
+    CS_DEAD,
+};
+
+enum role { ROLE_SUB, ROLE_PUB };
+
+/* Why a connection never became ready; printed on the CONNECT line. */
+enum fail_kind {
+    FAIL_LOCAL,   /* socket/bind/connect refused locally (fds, ports) */
+    FAIL_TCP,     /* the TCP connect failed */
+    FAIL_HTTP,    /* the upgrade was refused or malformed */
+    FAIL_CONNECT, /* connect command answered with an error */
+    FAIL_SUB,     /* subscribe command answered with an error */
+    FAIL_CLOSED,  /* the server closed the socket during setup */
+    FAIL_TIMEOUT, /* setup took longer than --connect-timeout */
+    FAIL_KINDS,
+};
+static const char *const fail_names[FAIL_KINDS] = {"local",   "tcp",    "http",   "connect_err",
+                                                   "sub_err", "closed", "timeout"};
+
+typedef struct conn {
+    int fd;
+    uint8_t state;
+    uint8_t role;
+    uint8_t want_out;  /* EPOLLOUT is registered */
+    uint8_t in_frag;   /* a fragmented message is being assembled */
+    uint8_t was_ready; /* reached CS_READY once: its losses count even after it died */
+    uint8_t got_close; /* the server sent a close frame before the socket ended */
+    uint32_t idx;      /* subscriber index or publisher index */
+    uint32_t seq;      /* publisher: last sequence number sent */
+    uint32_t next_id;  /* publisher: next command id */
+    int64_t deadline;  /* setup deadline, monotonic us */
+    char *accept;      /* expected Sec-WebSocket-Accept during the handshake */
+    char *rpend;       /* bytes of an incomplete frame left over from the last read */
+    uint32_t rpend_len;
+    uint32_t rpend_cap;
+    uint32_t msg_len; /* fragmented message assembly */
+    uint32_t msg_cap;
+    char *msg;
+    char *wbuf; /* bytes not yet accepted by the socket */
+    uint32_t woff;
+    uint32_t wlen;
+    uint32_t wcap;
+} conn;
+
+/* What one subscriber has seen of one publisher. `hi` is the highest sequence number received
+ * or written off as lost at a step's end; `rx` the highest actually received. A publication
+ * between the two arrived after it had been counted as lost: it is late, not duplicated. */
+typedef struct seq_cell {
+    uint32_t hi;
+    uint32_t rx;
+} seq_cell;
+
+typedef struct code_count {
+    int code;
+    uint64_t count;
+} code_count;
+
+/* Counters of one step. They are reset when a step starts; `window_*` snapshots are taken when
+ * its publishing ends so rates are computed over the publishing window only. */
+typedef struct step_stats {
+    uint64_t sent;
+    uint64_t ok;
+    uint64_t err;
+    uint64_t dropped; /* publishes not sent: publisher dead or its buffer full */
+    uint64_t deliveries;
+    uint64_t lost;
+    uint64_t dup;
+    uint64_t late;
+    load_hist hist;
+} step_stats;
+
+static struct {
+    conn *conns;
+    unsigned nconns;
+    seq_cell *cells; /* subscribers x publishers */
+    int ep;
+    int timer_fd;
+    char *scratch;
+    size_t scratch_cap;
+    uint32_t rng;
+
+    unsigned next_start;
+    unsigned inflight;
+    unsigned ready_subs;
+    unsigned ready_pubs;
+    unsigned ever_ready_subs;
+    unsigned dead_after_ready;
+    unsigned dropped_without_close; /* live connections that ended by EOF or reset */
+    uint64_t fails[FAIL_KINDS];
+    code_count closes[MAX_CODES];
+    code_count errors[MAX_CODES];
+    uint64_t pings;
+    uint64_t push_disconnects;
+
+    step_stats st;
+    char *pad;        /* payload padding, payload_bytes of 'x' */
+    size_t text_hint; /* where the text was found in the last publication line */
+} g;
+
+static volatile sig_atomic_t g_interrupted;
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_interrupted = 1;
+}
+
+static void count_code(code_count *tab, int code) {
+    for (int i = 0; i < MAX_CODES; i++) {
+        if (tab[i].count == 0 || tab[i].code == code) {
+            tab[i].code = code;
+            tab[i].count++;
+            return;
+        }
+    }
+}
+
+static void *xrealloc(void *p, size_t n) {
+    void *q = realloc(p, n);
+    if (q == NULL && n != 0) {
+        fprintf(stderr, "chat-load: out of memory (%zu bytes)\n", n);
+        abort();
+    }
+    return q;
+}
+
+static uint32_t xorshift32(void) {
+    uint32_t x = g.rng;
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    g.rng = x;
+    return x;
+}
+
+static bool in_setup(const conn *c) {
+    return c->state >= CS_TCP && c->state <= CS_SUBSCRIBE;
+}
+
+static void conn_free_buffers(conn *c) {
+    free(c->accept);
+    free(c->rpend);
+    free(c->msg);
+    free(c->wbuf);
+    c->accept = c->rpend = c->msg = c->wbuf = NULL;
+    c->rpend_len = c->rpend_cap = c->msg_len = c->msg_cap = 0;
+    c->woff = c->wlen = c->wcap = 0;
+}
+
+/* Ends a connection. During setup it counts as a failure of the given kind; after it was ready it
+ * counts as a loss of a live connection (its missed publications show up as lost). */
+static void conn_kill(conn *c, enum fail_kind why) {
+    if (c->state == CS_DEAD || c->state == CS_NEW) {
+        return;
+    }
+    if (in_setup(c)) {
+        g.inflight--;
+        g.fails[why]++;
+    } else if (c->state == CS_READY) {
+        g.dead_after_ready++;
+        if (!c->got_close) {
+            g.dropped_without_close++;
+        }
+        if (c->role == ROLE_SUB) {
+            g.ready_subs--;
+        } else {
+            g.ready_pubs--;
+        }
+    }
+    close(c->fd);
+    c->fd = -1;
+    c->state = CS_DEAD;
+    conn_free_buffers(c);
+}
+
+static void conn_set_out(conn *c, bool want) {
+    if (c->want_out == want) {
+        return;
+    }
+    struct epoll_event ev = {.events = EPOLLIN | (want ? EPOLLOUT : 0), .data.ptr = c};
+    epoll_ctl(g.ep, EPOLL_CTL_MOD, c->fd, &ev);
+    c->want_out = want;
+}
+
+/* Writes what the socket takes now and leaves the rest for EPOLLOUT. Returns -1 when the
+ * connection was killed. */
+static int conn_flush(conn *c) {
+    while (c->woff < c->wlen) {
+        ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->woff += (uint32_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            conn_set_out(c, true);
+            return 0;
+        } else {
+            conn_kill(c, FAIL_CLOSED);
+            return -1;
+        }
+    }
+    c->woff = c->wlen = 0;
+    conn_set_out(c, false);
+    return 0;
+}
+
+/* Makes room for n more bytes at the end of the write buffer. The sent prefix is dropped only
+ * when it is at least as long as what is still queued, so a backlog of megabytes behind a slow
+ * reader is not moved again for every small frame appended to it. */
+static char *wbuf_reserve(conn *c, size_t n) {
+    if (c->wlen + n > c->wcap && c->woff > 0 && c->woff >= c->wlen - c->woff) {
+        memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
+        c->wlen -= c->woff;
+        c->woff = 0;
+    }
+    if (c->wlen + n > c->wcap) {
+        size_t cap = c->wcap ? c->wcap : 256;
+        while (cap < c->wlen + n) {
+            cap *= 2;
+        }
+        c->wbuf = xrealloc(c->wbuf, cap);
+        c->wcap = (uint32_t)cap;
+    }
+    return c->wbuf + c->wlen;
+}
+
+/* Queues one masked client frame (RFC 6455 5.3: every client frame is masked). The mask comes
+ * from a cheap PRNG: it only has to defeat proxy cache poisoning, not an attacker on loopback. */
+static void ws_queue(conn *c, unsigned opcode, const char *data, size_t len) {
+    char *h = wbuf_reserve(c, len + 14);
+    size_t hl;
+    h[0] = (char)(0x80 | opcode);
+    if (len < 126) {
+        h[1] = (char)(0x80 | len);
+        hl = 2;
+    } else if (len < 65536) {
+        h[1] = (char)(0x80 | 126);
+        h[2] = (char)(len >> 8);
+        h[3] = (char)len;
+        hl = 4;
+    } else {
+        h[1] = (char)(0x80 | 127);
+        for (int i = 0; i < 8; i++) {
+            h[2 + i] = (char)((uint64_t)len >> (56 - 8 * i));
+        }
+        hl = 10;
+    }
+    uint32_t mask = xorshift32();
+    memcpy(h + hl, &mask, 4);
+    hl += 4;
+    unsigned char *dst = (unsigned char *)h + hl;
+    const unsigned char *src = (const unsigned char *)data;
+    uint64_t m64 = (uint64_t)mask << 32 | mask;
+    size_t i = 0;
+    /* Eight bytes at a time: the mask repeats every four bytes, so the doubled word lines up. */
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, src + i, 8);
+        w ^= m64;
+        memcpy(dst + i, &w, 8);
+    }
+    const unsigned char *mb = (const unsigned char *)&mask;
+    for (; i < len; i++) {
+        dst[i] = src[i] ^ mb[i & 3];
+    }
+    c->wlen += (uint32_t)(hl + len);
+}
+
+static int ws_send_text(conn *c, const char *data, size_t len) {
+    ws_queue(c, 0x1, data, len);
+    return conn_flush(c);
+}
+
+static void arm_epoll(conn *c, uint32_t events) {
+    struct epoll_event ev = {.events = events, .data.ptr = c};
+    epoll_ctl(g.ep, EPOLL_CTL_ADD, c->fd, &ev);
+}
+
+/* Starts the TCP connect of one connection from source address 127.0.0.(1 + i % sources).
+ * IP_BIND_ADDRESS_NO_PORT defers the port choice to connect(), so each source address offers
+ * its whole ephemeral range towards the one server address. */
+static void conn_start(conn *c, unsigned i, int64_t now) {
+    c->state = CS_TCP;
+    c->deadline = now + (int64_t)(opt.connect_timeout * 1e6);
+    g.inflight++;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        conn_kill(c, FAIL_LOCAL);
+        return;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (opt.sources > 1) {
+        setsockopt(c->fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        struct sockaddr_in src = {.sin_family = AF_INET};
+        src.sin_addr.s_addr = htonl(0x7f000001u + i % opt.sources);
+        if (bind(c->fd, (struct sockaddr *)&src, sizeof src) != 0) {
+            conn_kill(c, FAIL_LOCAL);
+            return;
+        }
+    }
+    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
+    inet_pton(AF_INET, opt.host, &dst.sin_addr);
+    if (connect(c->fd, (struct sockaddr *)&dst, sizeof dst) != 0 && errno != EINPROGRESS) {
+        conn_kill(c, FAIL_LOCAL);
+        return;
+    }
+    arm_epoll(c, EPOLLIN | EPOLLOUT);
+    c->want_out = 1;
+}
+
+static void conn_on_tcp_connected(conn *c) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+        conn_kill(c, FAIL_TCP);
+        return;
+    }
+    char key[25];
+    c->accept = xrealloc(NULL, 29);
+    if (load_ws_key(key, c->accept) != 0) {
+        conn_kill(c, FAIL_LOCAL);
+        return;
+    }
+    char req[512];
+    int n = snprintf(req, sizeof req,
+                     "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                     "Sec-WebSocket-Version: 13\r\n\r\n",
+                     opt.path, opt.host, opt.port, key);
+    memcpy(wbuf_reserve(c, (size_t)n), req, (size_t)n);
+    c->wlen += (uint32_t)n;
+    c->state = CS_HTTP;
+    conn_flush(c);
+}
+
+static void send_connect(conn *c) {
+    char sub[32];
+    if (c->role == ROLE_SUB) {
+        snprintf(sub, sizeof sub, "load-%u", c->idx);
+    } else {
+        snprintf(sub, sizeof sub, "load-pub-%u", c->idx);
+    }
+    char *tok = load_jwt_mint(opt.secret, sub);
+    if (tok == NULL) {
+        conn_kill(c, FAIL_LOCAL);
+        return;
+    }
+    char cmd[1024];
+    int n = snprintf(cmd, sizeof cmd, "{\"id\":1,\"connect\":{\"token\":\"%s\"}}", tok);
+    free(tok);
+    c->state = CS_CONNECT;
+    ws_send_text(c, cmd, (size_t)n);
+}
+
+static void conn_ready(conn *c) {
+    c->state = CS_READY;
+    c->was_ready = 1;
+    g.inflight--;
+    if (c->role == ROLE_SUB) {
+        g.ready_subs++;
+        g.ever_ready_subs++;
+    } else {
+        g.ready_pubs++;
+    }
+}
+
+/* Case-insensitive search for a header name at a line start; returns its value or NULL. */
+static const char *http_header(const char *head, size_t len, const char *name) {
+    size_t nl = strlen(name);
+    for (const char *p = head; p + nl < head + len;) {
+        const char *eol = memchr(p, '\n', (size_t)(head + len - p));
+        if (eol == NULL) {
+            break;
+        }
+        if (strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
+            const char *v = p + nl + 1;
+            while (*v == ' ' || *v == '\t') {
+                v++;
+            }
+            return v;
+        }
+        p = eol + 1;
+    }
+    return NULL;
+}
+
+/* Consumes the 101 response. Returns the header length, 0 when incomplete, -1 when killed. */
+static long http_consume(conn *c, const char *buf, size_t len) {
+    const char *end = memmem(buf, len, "\r\n\r\n", 4);
+    if (end == NULL) {
+        if (len > HTTP_MAX_HEADER) {
+            conn_kill(c, FAIL_HTTP);
+            return -1;
+        }
+        return 0;
+    }
+    size_t hl = (size_t)(end - buf) + 4;
+    const char *acc = http_header(buf, hl, "Sec-WebSocket-Accept");
+    if (strncmp(buf, "HTTP/1.1 101", 12) != 0 || acc == NULL || strncmp(acc, c->accept, 28) != 0) {
+        conn_kill(c, FAIL_HTTP);
+        return -1;
+    }
+    free(c->accept);
+    c->accept = NULL;
+    send_connect(c);
+    return c->state == CS_DEAD ? -1 : (long)hl;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Receive path: lines of a text message */
+
+static uint64_t parse_u64(const char **pp, const char *end) {
+    const char *p = *pp;
+    uint64_t v = 0;
+    while (p < end && *p >= '0' && *p <= '9') {
+        v = v * 10 + (uint64_t)(*p - '0');
+        p++;
+    }
+    *pp = p;
+    return v;
+}
+
+/* A publication for a subscriber: the text is "L<publisher>.<seq>.<send us>." then padding. */
+static void on_publication(conn *c, const char *t, const char *end, int64_t now) {
+    const char *p = t;
+    uint64_t pub = parse_u64(&p, end);
+    if (p >= end || *p++ != '.') {
+        return;
+    }
+    uint64_t seq = parse_u64(&p, end);
+    if (p >= end || *p++ != '.') {
+        return;
+    }
+    uint64_t ts = parse_u64(&p, end);
+    if (p >= end || *p != '.' || pub >= opt.publishers || c->role != ROLE_SUB) {
+        return;
+    }
+    g.st.deliveries++;
+    load_hist_record(&g.st.hist, now > (int64_t)ts ? (uint64_t)(now - (int64_t)ts) : 0);
+    seq_cell *cell = &g.cells[(size_t)c->idx * opt.publishers + pub];
+    if (seq > cell->hi) {
+        g.st.lost += seq - cell->hi - 1;
+        cell->hi = cell->rx = (uint32_t)seq;
+    } else if (seq > cell->rx) {
+        g.st.late++;
+        cell->rx = (uint32_t)seq;
+    } else {
+        g.st.dup++; /* a duplicate, or out of order after a gap */
+    }
+}
+
+/* Parses the number after `"key":` somewhere in the line; -1 when absent. */
+static long find_num(const char *p, size_t n, const char *key) {
+    const char *k = memmem(p, n, key, strlen(key));
+    if (k == NULL) {
+        return -1;
+    }
+    const char *v = k + strlen(key);
+    const char *end = p + n;
+    while (v < end && *v == ' ') {
+        v++;
+    }
+    if (v >= end || *v < '0' || *v > '9') {
+        return -1;
+    }
+    return (long)parse_u64(&v, end);
+}
+
+static void on_reply(conn *c, const char *p, size_t n) {
+    long id = find_num(p, n, "\"id\":");
+    bool is_err = memmem(p, n, "\"error\":", 8) != NULL;
+    if (is_err) {
+        long code = find_num(p, n, "\"code\":");
+        count_code(g.errors, (int)code);
+    }
+    if (id == 1 && c->state == CS_CONNECT) {
+        if (is_err) {
+            conn_kill(c, FAIL_CONNECT);
+        } else {
+            /* Publishers subscribe too: the chat namespace lets only subscribers publish
+             * (allow_publish). Their copies of the publications are not counted. */
+            char cmd[300];
+            int len = snprintf(cmd, sizeof cmd, "{\"id\":2,\"subscribe\":{\"channel\":\"%s\"}}",
+                               opt.channel);
+            c->state = CS_SUBSCRIBE;
+            ws_send_text(c, cmd, (size_t)len);
+        }
+    } else if (id == 2 && c->state == CS_SUBSCRIBE) {
+        if (is_err) {
+            conn_kill(c, FAIL_SUB);
+        } else {
+            conn_ready(c);
+        }
+    } else if (c->role == ROLE_PUB && id > 1) {
+        if (is_err) {
+            g.st.err++;
+        } else {
+            g.st.ok++;
+        }
+    }
+}
+
+static void on_line(conn *c, const char *p, size_t n, int64_t now) {
+    if (n == 2 && p[0] == '{' && p[1] == '}') {
+        /* The server's ping; the protocol wants the same empty object back. */
+        g.pings++;
+        ws_send_text(c, "{}", 2);
+        return;
+    }
+    if (memmem(p, n < 16 ? n : 16, "\"push\"", 6) != NULL) {
+        /* Only our own publications carry a text starting with 'L' in the bench channel, so
+         * one search finds them; join/leave and other pushes fall through cheaply. */
+        const char *t = NULL;
+        if (g.text_hint + 9 <= n && memcmp(p + g.text_hint, "\"text\":\"L", 9) == 0) {
+            t = p + g.text_hint;
+        } else {
+            t = memmem(p, n, "\"text\":\"L", 9);
+            if (t != NULL) {
+                /* Every publication of the bench channel has the same prefix, so the text
+                 * sits at the same offset next time and one compare replaces the search. */
+                g.text_hint = (size_t)(t - p);
+            }
+        }
+        if (t != NULL) {
+            on_publication(c, t + 9, p + n, now);
+        } else if (memmem(p, n, "\"disconnect\"", 12) != NULL) {
+            g.push_disconnects++;
+        }
+        return;
+    }
+    on_reply(c, p, n);
+}
+
+static void on_message(conn *c, const char *p, size_t n, int64_t now) {
+    size_t off = 0;
+    while (off < n && c->state != CS_DEAD) {
+        const char *nl = memchr(p + off, '\n', n - off);
+        size_t le = nl != NULL ? (size_t)(nl - p) : n;
+        if (le > off) {
+            on_line(c, p + off, le - off, now);
+        }
+        off = le + 1;
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Receive path: WebSocket frames */
+
+/* Header length of the frame at buf, its payload length in *plen; 0 when the header is not
+ * complete yet. */
+static size_t frame_header(const unsigned char *b, size_t len, uint64_t *plen) {
+    if (len < 2) {
+        return 0;
+    }
+    size_t hl = 2;
+    uint64_t l = b[1] & 0x7f;
+    if (l == 126) {
+        if (len < 4) {
+            return 0;
+        }
+        l = (uint64_t)b[2] << 8 | b[3];
+        hl = 4;
+    } else if (l == 127) {
+        if (len < 10) {
+            return 0;
+        }
+        l = 0;
+        for (int i = 0; i < 8; i++) {
+            l = l << 8 | b[2 + i];
+        }
+        hl = 10;
+    }
+    if (b[1] & 0x80) {
+        hl += 4;
+    }
+    *plen = l;
+    return hl;
+}
+
+static void on_close_frame(conn *c, const unsigned char *p, size_t n) {
+    int code = n >= 2 ? (p[0] << 8 | p[1]) : 1005;
+    count_code(g.closes, code);
+    c->got_close = 1;
+    /* Answering the close is polite but not needed for the measurement; closing the socket at
+     * once keeps the failure path short. */
+    conn_kill(c, FAIL_CLOSED);
+}
+
+static void msg_append(conn *c, const char *p, size_t n) {
+    if (c->msg_len + n > c->msg_cap) {
+        size_t cap = c->msg_cap ? c->msg_cap : 4096;
+        while (cap < c->msg_len + n) {
+            cap *= 2;
+        }
+        c->msg = xrealloc(c->msg, cap);
+        c->msg_cap = (uint32_t)cap;
+    }
+    memcpy(c->msg + c->msg_len, p, n);
+    c->msg_len += (uint32_t)n;
+}
+
+/* Handles every complete frame in buf. Returns the bytes consumed, or -1 when the connection
+ * was killed. Unfragmented text frames are handled in place, without a copy. */
+static long ws_consume(conn *c, char *buf, size_t len, int64_t now) {
+    size_t off = 0;
+    while (c->state != CS_DEAD) {
+        unsigned char *b = (unsigned char *)buf + off;
+        uint64_t plen = 0;
+        size_t hl = frame_header(b, len - off, &plen);
+        if (hl == 0) {
+            break;
+        }
+        if (plen > MAX_MESSAGE_BYTES) {
+            conn_kill(c, FAIL_CLOSED);
+            return -1;
+        }
+        if (len - off < hl + plen) {
+            break;
+        }
+        bool fin = b[0] & 0x80;
+        unsigned op = b[0] & 0x0f;
+        char *pl = (char *)b + hl;
+        if (b[1] & 0x80) {
+            /* Servers must not mask (RFC 6455 5.1); unmask anyway rather than misparse. */
+            const unsigned char *mk = b + hl - 4;
+            for (uint64_t i = 0; i < plen; i++) {
+                pl[i] = (char)(pl[i] ^ mk[i & 3]);
+            }
+        }
+        off += hl + (size_t)plen;
+        switch (op) {
+        case 0x0: /* continuation */
+            if (!c->in_frag || c->msg_len + plen > MAX_MESSAGE_BYTES) {
+                conn_kill(c, FAIL_CLOSED);
+                return -1;
+            }
+            msg_append(c, pl, (size_t)plen);
+            if (fin) {
+                c->in_frag = 0;
+                if (c->msg_len > 0) {
+                    on_message(c, c->msg, c->msg_len, now);
+                }
+                c->msg_len = 0;
+            }
+            break;
+        case 0x1: /* text */
+        case 0x2: /* binary: the JSON protocol never sends it, treat it like text */
+            if (c->in_frag) {
+                conn_kill(c, FAIL_CLOSED);
+                return -1;
+            }
+            if (fin) {
+                on_message(c, pl, (size_t)plen, now);
+            } else {
+                c->in_frag = 1;
+                c->msg_len = 0;
+                msg_append(c, pl, (size_t)plen);
+            }
+            break;
+        case 0x8:
+            on_close_frame(c, (unsigned char *)pl, (size_t)plen);
+            return -1;
+        case 0x9: /* ping: answer with a pong carrying the same payload */
+            ws_queue(c, 0xA, pl, (size_t)plen);
+            conn_flush(c);
+            break;
+        case 0xA:
+            break;
+        default:
+            conn_kill(c, FAIL_CLOSED);
+            return -1;
+        }
+    }
+    return c->state == CS_DEAD ? -1 : (long)off;
+}
+
+/* Total length of the frame starting at buf, or 0 when its header is not complete yet (or the
+ * connection is still in the HTTP handshake). */
+static size_t frame_total(const conn *c, const char *buf, size_t len) {
+    if (c->state <= CS_HTTP) {
+        return 0;
+    }
+    uint64_t plen = 0;
+    size_t hl = frame_header((const unsigned char *)buf, len, &plen);
+    return hl > 0 ? hl + (size_t)plen : 0;
+}
+
+/* Reads into the shared scratch buffer, so idle connections own no read buffer and a busy one
+ * takes up to 256 KiB per recv. What is left of an incomplete frame is kept per connection: a
+ * small one is copied back in front of the scratch buffer for the next read, a large one
+ * (a backlog flushed as one big frame) gets a buffer of its full size and later reads land right
+ * behind it, so its bytes are copied once rather than once per read. */
+static void conn_on_readable(conn *c) {
+    for (int round = 0; round < 8 && c->state != CS_DEAD; round++) {
+        char *buf = g.scratch;
+        size_t have = 0;
+        size_t cap = g.scratch_cap;
+        if (c->rpend_len > 0) {
+            size_t total = frame_total(c, c->rpend, c->rpend_len);
+            if (total <= SMALL_FRAME_BYTES) {
+                memcpy(g.scratch, c->rpend, c->rpend_len);
+                have = c->rpend_len;
+            } else {
+                if (c->rpend_cap < total) {
+                    c->rpend = xrealloc(c->rpend, total);
+                    c->rpend_cap = (uint32_t)total;
+                }
+                buf = c->rpend;
+                have = c->rpend_len;
+                cap = c->rpend_cap;
+            }
+        }
+        size_t room = cap - have;
+        ssize_t n = recv(c->fd, buf + have, room, 0);
+        if (n == 0) {
+            conn_kill(c, FAIL_CLOSED);
+            return;
+        }
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                conn_kill(c, FAIL_CLOSED);
+            }
+            return;
+        }
+        have += (size_t)n;
+        int64_t now = load_now_us();
+        size_t used = 0;
+        if (c->state == CS_HTTP) {
+            long hl = http_consume(c, buf, have);
+            if (hl < 0) {
+                return; /* killed: buf may be freed */
+            }
+            used = (size_t)hl;
+        }
+        if (c->state > CS_HTTP) {
+            long r = ws_consume(c, buf + used, have - used, now);
+            if (r < 0) {
+                return;
+            }
+            used += (size_t)r;
+        }
+        size_t left = have - used;
+        if (left == 0) {
+            free(c->rpend);
+            c->rpend = NULL;
+            c->rpend_cap = 0;
+        } else if (buf == g.scratch) {
+            size_t total = frame_total(c, buf + used, left);
+            size_t want = total > left ? total : left;
+            if (c->rpend_cap < want) {
+                free(c->rpend);
+                c->rpend = xrealloc(NULL, want);
+                c->rpend_cap = (uint32_t)want;
+            }
+            memcpy(c->rpend, buf + used, left);
+        } else if (used > 0) {
+            memmove(c->rpend, c->rpend + used, left);
+        }
+        c->rpend_len = (uint32_t)left;
+        if ((size_t)n < room) {
+            return; /* The socket is drained; level-triggered epoll reports more later. */
+        }
+    }
+}
+
+static void conn_on_event(conn *c, uint32_t events) {
+    if (c->state == CS_DEAD) {
+        return; /* killed earlier in this batch of events */
+    }
+    if (c->state == CS_TCP) {
+        if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
+            conn_on_tcp_connected(c);
+        }
+        return;
+    }
+    if ((events & EPOLLOUT) && conn_flush(c) != 0) {
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+        conn_on_readable(c);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Publishing */
+
+static void publish_one(unsigned k, int64_t now) {
+    conn *c = &g.conns[opt.subscribers + k % opt.publishers];
+    if (c->state != CS_READY || c->wlen - c->woff > MAX_WBUF_BYTES) {
+        g.st.dropped++;
+        return;
+    }
+    char text[4096];
+    char cmd[4500];
+    c->seq++;
+    int tl = snprintf(text, sizeof text, "L%u.%u.%" PRId64 ".", c->idx, c->seq, now);
+    if ((unsigned)tl < opt.payload_bytes) {
+        memcpy(text + tl, g.pad, opt.payload_bytes - (unsigned)tl);
+        tl = (int)opt.payload_bytes;
+    }
+    int n = snprintf(cmd, sizeof cmd,
+                     "{\"id\":%u,\"publish\":{\"channel\":\"%s\",\"data\":{\"type\":\"message\","
+                     "\"text\":\"%.*s\"}}}",
+                     c->next_id++, opt.channel, tl, text);
+    g.st.sent++;
+    ws_send_text(c, cmd, (size_t)n);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Phases and reporting */
+
+enum phase { PH_SETUP, PH_HOLD, PH_STEP, PH_DRAIN, PH_DONE };
+
+/* One scrape of the admin listener's /metrics, run on a helper thread: a busy node can take a
+ * second or more to answer, and the loop must keep reading its sockets meanwhile, or the tool
+ * itself would become the slow consumer it is trying to measure. */
+typedef struct metrics_job {
+    pthread_t thread;
+    bool started;
+    int rc;
+    load_metrics m;
+} metrics_job;
+
+static void *metrics_thread(void *arg) {
+    metrics_job *j = arg;
+    j->rc = load_metrics_fetch(opt.admin, 3000, &j->m);
+    return NULL;
+}
+
+static void metrics_start(metrics_job *j) {
+    if (opt.admin != NULL && !j->started) {
+        j->rc = -1;
+        j->started = pthread_create(&j->thread, NULL, metrics_thread, j) == 0;
+    }
+}
+
+/* Waits for the scrape (bounded by its own 3 s timeout); true when it succeeded. */
+static bool metrics_finish(metrics_job *j) {
+    if (!j->started) {
+        return false;
+    }
+    pthread_join(j->thread, NULL);
+    j->started = false;
+    return j->rc == 0;
+}
+
+typedef struct run {
+    enum phase phase;
+    int64_t started;
+    int64_t phase_end;
+    int64_t setup_started;
+    unsigned step;
+    /* publishing */
+    int64_t pub_t0;
+    uint64_t pub_k;
+    double rate;
+    /* window snapshots */
+    int64_t win_t0;
+    long long node_ticks0;
+    int64_t self_cpu0;
+    metrics_job m0;
+    double win_secs;
+    uint64_t win_sent;
+    uint64_t win_ok;
+    uint64_t win_deliv;
+    double node_cpu;
+    double tool_cpu;
+    long node_rss;
+    metrics_job m1;
+    long rss_before;
+} run;
+
+static double pct(long long ticks, double secs) {
+    return secs > 0 ? 100.0 * (double)ticks / (double)sysconf(_SC_CLK_TCK) / secs : 0;
+}
+
+static void print_mib(const char *key, long kib) {
+    if (kib < 0) {
+        printf(" %s=-", key);
+    } else {
+        printf(" %s=%.1f", key, (double)kib / 1024.0);
+    }
+}
+
+static void print_codes(const char *label, const code_count *tab) {
+    if (tab[0].count == 0) {
+        return;
+    }
+    printf("%s", label);
+    for (int i = 0; i < MAX_CODES && tab[i].count > 0; i++) {
+        printf(" %d=%" PRIu64, tab[i].code, tab[i].count);
+    }
+    printf("\n");
+}
+
+static void report_connect(const run *r, int64_t now) {
+    unsigned want_subs = opt.subscribers;
+    uint64_t failed = 0;
+    for (int i = 0; i < FAIL_KINDS; i++) {
+        failed += g.fails[i];
+    }
+    double secs = (double)(now - r->setup_started) / 1e6;
+    printf("CONNECT subs=%u subs_wanted=%u pubs=%u pubs_wanted=%u failed=%" PRIu64, g.ready_subs,
+           want_subs, g.ready_pubs, opt.publishers, failed);
+    for (int i = 0; i < FAIL_KINDS; i++) {
+        printf(" %s=%" PRIu64, fail_names[i], g.fails[i]);
+    }
+    printf(" secs=%.2f conn/s=%.0f\n", secs,
+           secs > 0 ? (double)(g.ready_subs + g.ready_pubs) / secs : 0);
+    fflush(stdout);
+}
+
+static void window_begin(run *r, int64_t now) {
+    r->win_t0 = now;
+    r->node_ticks0 = opt.node_pid > 0 ? load_proc_cpu_ticks(opt.node_pid) : -1;
+    r->self_cpu0 = load_self_cpu_us();
+    metrics_start(&r->m0);
+}
+
+static void window_end(run *r, int64_t now) {
+    r->win_secs = (double)(now - r->win_t0) / 1e6;
+    r->win_sent = g.st.sent;
+    r->win_ok = g.st.ok;
+    r->win_deliv = g.st.deliveries;
+    long long t1 = opt.node_pid > 0 ? load_proc_cpu_ticks(opt.node_pid) : -1;
+    r->node_cpu = (r->node_ticks0 >= 0 && t1 >= 0) ? pct(t1 - r->node_ticks0, r->win_secs) : -1;
+    r->tool_cpu = 100.0 * (double)(load_self_cpu_us() - r->self_cpu0) / 1e6 / r->win_secs;
+    r->node_rss = opt.node_pid > 0 ? load_proc_rss_kib(opt.node_pid) : -1;
+    metrics_start(&r->m1);
+}
+
+static void timer_set(int64_t period_us) {
+    struct itimerspec its = {0};
+    if (period_us > 0) {
+        its.it_interval.tv_sec = period_us / 1000000;
+        its.it_interval.tv_nsec = (period_us % 1000000) * 1000;
+        its.it_value = its.it_interval;
+    }
+    timerfd_settime(g.timer_fd, 0, &its, NULL);
+}
+
+static void step_begin(run *r, int64_t now) {
+    memset(&g.st, 0, sizeof g.st);
+    r->rate = opt.rates[r->step];
+    r->phase = PH_STEP;
+    window_begin(r, now);
+    now = load_now_us(); /* the metrics scrape may have taken a moment */
+    r->win_t0 = now;
+    r->pub_t0 = now;
+    r->pub_k = 0;
+    r->phase_end = now + (int64_t)(opt.step_seconds * 1e6);
+    /* One tick per publication up to 4,000/s; above that several per tick, which still spreads
+     * the sends within a quarter of a millisecond and keeps the tool's wakeups affordable. */
+    int64_t period = (int64_t)(1e6 / r->rate);
+    timer_set(period < 250 ? 250 : period);
+}
+
+static void on_tick(run *r) {
+    uint64_t expirations;
+    if (read(g.timer_fd, &expirations, sizeof expirations) < 0 || r->phase != PH_STEP) {
+        return;
+    }
+    int64_t now = load_now_us();
+    int64_t upto = now < r->phase_end ? now : r->phase_end;
+    uint64_t due = (uint64_t)((double)(upto - r->pub_t0) * r->rate / 1e6);
+    while (r->pub_k < due) {
+        publish_one((unsigned)r->pub_k, now);
+        r->pub_k++;
+    }
+}
+
+/* Counts, per subscriber and publisher, the publications of this step that never arrived, then
+ * marks them as accounted so that a very late arrival is counted as late rather than as a gap
+ * of the next step. */
+static uint64_t account_tail_losses(void) {
+    uint64_t lost = 0;
+    for (unsigned s = 0; s < opt.subscribers; s++) {
+        const conn *sc = &g.conns[s];
+        if (!sc->was_ready) {
+            continue;
+        }
+        seq_cell *row = &g.cells[(size_t)s * opt.publishers];
+        for (unsigned p = 0; p < opt.publishers; p++) {
+            uint32_t sent = g.conns[opt.subscribers + p].seq;
+            if (row[p].hi < sent) {
+                lost += sent - row[p].hi;
+                row[p].hi = sent;
+            }
+        }
+    }
+    return lost;
+}
+
+static void step_report(run *r) {
+    step_stats *st = &g.st;
+    uint64_t lost = st->lost + account_tail_losses();
+    /* A publish the server refused is never delivered, and every subscriber saw it as a gap. */
+    uint64_t refused = st->err * g.ever_ready_subs;
+    lost = lost > refused ? lost - refused : 0;
+    double s = r->win_secs;
+    printf("STEP %u rate=%.0f sent/s=%.1f ok/s=%.1f deliv/s=%.0f expect/s=%.0f", r->step + 1,
+           r->rate, (double)r->win_sent / s, (double)r->win_ok / s, (double)r->win_deliv / s,
+           (double)r->win_sent / s * g.ready_subs);
+    printf(" p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f",
+           (double)load_hist_quantile(&st->hist, 0.50) / 1000.0,
+           (double)load_hist_quantile(&st->hist, 0.99) / 1000.0,
+           (double)load_hist_quantile(&st->hist, 0.999) / 1000.0, (double)st->hist.max / 1000.0);
+    printf(" lost=%" PRIu64 " dup=%" PRIu64 " late=%" PRIu64 " pub_err=%" PRIu64
+           " pub_drop=%" PRIu64 " subs=%u",
+           lost, st->dup, st->late, st->err, st->dropped, g.ready_subs);
+    print_mib("node_rss_mib", r->node_rss);
+    if (r->node_cpu >= 0) {
+        printf(" node_cpu=%.1f", r->node_cpu);
+    } else {
+        printf(" node_cpu=-");
+    }
+    printf(" tool_cpu=%.1f", r->tool_cpu);
+    bool ok0 = metrics_finish(&r->m0);
+    bool ok1 = metrics_finish(&r->m1);
+    if (ok0 && ok1) {
+        printf(" srv_in/s=%.1f srv_out/s=%.0f srv_disc=%.0f srv_writes/s=%.0f",
+               (r->m1.m.pubs_in - r->m0.m.pubs_in) / s, (r->m1.m.pubs_out - r->m0.m.pubs_out) / s,
+               r->m1.m.disconnects - r->m0.m.disconnects,
+               (r->m1.m.write_calls - r->m0.m.write_calls) / s);
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
+static void report_idle(const run *r, int64_t now) {
+    long after = opt.node_pid > 0 ? load_proc_rss_kib(opt.node_pid) : -1;
+    unsigned conns = g.ready_subs;
+    printf("IDLE conns=%u wanted=%u dropped_during_hold=%u", conns, opt.subscribers,
+           g.dead_after_ready);
+    print_mib("rss_before_mib", r->rss_before);
+    print_mib("rss_after_mib", after);
+    if (after >= 0 && r->rss_before >= 0 && conns > 0) {
+        printf(" kib_per_conn=%.2f", (double)(after - r->rss_before) / conns);
+    } else {
+        printf(" kib_per_conn=-");
+    }
+    double secs = (double)(now - r->win_t0) / 1e6;
+    long long t1 = opt.node_pid > 0 ? load_proc_cpu_ticks(opt.node_pid) : -1;
+    if (r->node_ticks0 >= 0 && t1 >= 0) {
+        printf(" node_cpu=%.1f", pct(t1 - r->node_ticks0, secs));
+    }
+    printf(" pings=%" PRIu64 "\n", g.pings);
+    fflush(stdout);
+}
+
+/* Starts as many handshakes as the in-flight bound allows. */
+static void setup_pump(int64_t now) {
+    while (g.inflight < opt.max_inflight && g.next_start < g.nconns) {
+        unsigned i = g.next_start++;
+        conn_start(&g.conns[i], i, now);
+    }
+}
+
+static void setup_timeouts(int64_t now) {
+    for (unsigned i = 0; i < g.next_start; i++) {
+        conn *c = &g.conns[i];
+        if (in_setup(c) && now > c->deadline) {
+            conn_kill(c, FAIL_TIMEOUT);
+        }
+    }
+}
+
+static void advance(run *r, int64_t now) {
+    switch (r->phase) {
+    case PH_SETUP:
+        setup_pump(now);
+        if (g.next_start < g.nconns || g.inflight > 0) {
+            return;
+        }
+        report_connect(r, now);
+        if (opt.idle) {
+            r->phase = PH_HOLD;
+            r->win_t0 = now;
+            r->node_ticks0 = opt.node_pid > 0 ? load_proc_cpu_ticks(opt.node_pid) : -1;
+            r->phase_end = now + (int64_t)(opt.hold_seconds * 1e6);
+        } else if (g.ready_subs == 0 || g.ready_pubs == 0) {
+            fprintf(stderr, "chat-load: no subscriber or no publisher is connected; stopping\n");
+            r->phase = PH_DONE;
+        } else {
+            step_begin(r, now);
+        }
+        return;
+    case PH_HOLD:
+        if (now >= r->phase_end) {
+            report_idle(r, now);
+            r->phase = PH_DONE;
+        }
+        return;
+    case PH_STEP:
+        if (now >= r->phase_end) {
+            /* Send whatever the schedule still owed so every step publishes rate x seconds. */
+            uint64_t due = (uint64_t)(r->rate * opt.step_seconds);
+            while (r->pub_k < due) {
+                publish_one((unsigned)r->pub_k, now);
+                r->pub_k++;
+            }
+            timer_set(0);
+            window_end(r, now);
+            r->phase = PH_DRAIN;
+            r->phase_end = load_now_us() + (int64_t)(opt.drain_seconds * 1e6);
+        }
+        return;
+    case PH_DRAIN:
+        if (now >= r->phase_end) {
+            step_report(r);
+            if (++r->step < opt.nrates) {
+                step_begin(r, load_now_us());
+            } else {
+                r->phase = PH_DONE;
+            }
+        }
+        return;
+    case PH_DONE:
+        return;
+    }
+}
+
+static void raise_nofile(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+        rl.rlim_cur < (rlim_t)opt.subscribers + opt.publishers + 16) {
+        fprintf(stderr,
+                "chat-load: warning: open-file limit %llu is below the %u connections asked for; "
+                "the rest will fail as 'local'\n",
+                (unsigned long long)rl.rlim_cur, opt.subscribers + opt.publishers);
+    }
+}
+
+static void cleanup(void) {
+    for (unsigned i = 0; i < g.nconns; i++) {
+        conn *c = &g.conns[i];
+        if (c->fd >= 0) {
+            close(c->fd);
+        }
+        conn_free_buffers(c);
+    }
+    free(g.conns);
+    free(g.cells);
+    free(g.scratch);
+    free(g.pad);
+    close(g.timer_fd);
+    close(g.ep);
+}
+
+int main(int argc, char **argv) {
+    if (parse_options(argc, argv) != 0) {
+        return 1;
+    }
+    raise_nofile();
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+
+    g.nconns = opt.subscribers + opt.publishers;
+    g.conns = xrealloc(NULL, sizeof(conn) * (g.nconns ? g.nconns : 1));
+    for (unsigned i = 0; i < g.nconns; i++) {
+        conn *c = &g.conns[i];
+        memset(c, 0, sizeof *c);
+        c->fd = -1;
+        c->role = i < opt.subscribers ? ROLE_SUB : ROLE_PUB;
+        c->idx = i < opt.subscribers ? i : i - opt.subscribers;
+        c->next_id = 2;
+    }
+    size_t ncells = (size_t)opt.subscribers * (opt.publishers ? opt.publishers : 1);
+    g.cells = calloc(ncells, sizeof(seq_cell));
+    g.scratch_cap = 1 << 18;
+    g.scratch = xrealloc(NULL, g.scratch_cap);
+    g.pad = xrealloc(NULL, opt.payload_bytes);
+    memset(g.pad, 'x', opt.payload_bytes);
+    g.rng = (uint32_t)load_now_us() | 1u;
+    g.ep = epoll_create1(EPOLL_CLOEXEC);
+    g.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+    if (g.cells == NULL || g.ep < 0 || g.timer_fd < 0) {
+        fprintf(stderr, "chat-load: cannot set up: %s\n", strerror(errno));
+        return 1;
+    }
+    static int timer_tag;
+    struct epoll_event tev = {.events = EPOLLIN, .data.ptr = &timer_tag};
+    epoll_ctl(g.ep, EPOLL_CTL_ADD, g.timer_fd, &tev);
+
+    run r = {.phase = PH_SETUP};
+    r.started = load_now_us();
+    r.setup_started = r.started;
+    /* The node's baseline is taken before the first socket opens so that --idle reports only
+     * what the connections cost. */
+    r.rss_before = opt.node_pid > 0 ? load_proc_rss_kib(opt.node_pid) : -1;
+    int64_t deadline = r.started + (int64_t)(opt.timeout * 1e6);
+    int64_t next_timeout_scan = r.started;
+    int64_t next_progress = r.started + 2000000;
+    struct epoll_event evs[512];
+    int rc = 0;
+
+    while (r.phase != PH_DONE) {
+        int64_t now = load_now_us();
+        if (now > deadline || g_interrupted) {
+            fprintf(stderr, "chat-load: %s; stopping\n",
+                    g_interrupted ? "interrupted" : "global --timeout reached");
+            if (r.phase == PH_SETUP) {
+                report_connect(&r, now);
+            }
+            rc = 2;
+            break;
+        }
+        advance(&r, now);
+        if (r.phase == PH_DONE) {
+            break;
+        }
+        if (r.phase == PH_SETUP && now >= next_timeout_scan) {
+            setup_timeouts(now);
+            next_timeout_scan = now + 250000;
+        }
+        if (r.phase == PH_SETUP && now >= next_progress) {
+            fprintf(stderr, "chat-load: setup: %u subs, %u pubs ready, %u in flight, %u to go\n",
+                    g.ready_subs, g.ready_pubs, g.inflight, g.nconns - g.next_start);
+            next_progress = now + 2000000;
+        }
+        int wait_ms = 50;
+        if (r.phase != PH_SETUP) {
+            int64_t left = (r.phase_end - now) / 1000;
+            wait_ms = left < 0 ? 0 : (left > 100 ? 100 : (int)left + 1);
+        }
+        int n = epoll_wait(g.ep, evs, (int)(sizeof evs / sizeof evs[0]), wait_ms);
+        int64_t woke = load_now_us();
+        for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == &timer_tag) {
+                on_tick(&r);
+            } else {
+                conn_on_event(evs[i].data.ptr, evs[i].events);
+            }
+        }
+        if (opt.batch_us > 0 && n > 0 && r.phase != PH_SETUP) {
+            int64_t rest = (int64_t)opt.batch_us - (load_now_us() - woke);
+            if (rest > 0) {
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = rest * 1000};
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
+    print_codes("CLOSES", g.closes);
+    print_codes("ERRORS", g.errors);
+    if (g.dead_after_ready > 0) {
+        printf("DISCONNECTS after_ready=%u without_close_frame=%u\n", g.dead_after_ready,
+               g.dropped_without_close);
+    }
+    if (g.push_disconnects > 0) {
+        printf("PUSH_DISCONNECTS %" PRIu64 "\n", g.push_disconnects);
+    }
+    fflush(stdout);
+    if (rc == 0 && !opt.idle && (g.ready_subs == 0 || g.ready_pubs == 0) && r.step < opt.nrates) {
+        rc = 1;
+    }
+    metrics_finish(&r.m0);
+    metrics_finish(&r.m1);
+    cleanup();
+    return rc;
+}
