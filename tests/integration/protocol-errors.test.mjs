@@ -1,7 +1,7 @@
 // Protocol errors on a raw WebSocket.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startChatd, rawConnect, rawConnectAs, userToken, waitMetric, chatMessage } from './helpers.mjs';
+import { startChatd, rawConnect, rawConnectAs, userToken, waitMetric, chatMessage, WebSocket } from './helpers.mjs';
 
 test('malformed JSON closes with 3501', async (t) => {
   const srv = await startChatd(t);
@@ -89,5 +89,22 @@ test('a reply carries the command id; an empty object (pong) is accepted silentl
   c.sendRaw('{}');
   const r2 = await c.call('presence_stats', { channel: 'chat:lobby' });
   assert.ok(r2);
+  assert.equal(c.closeInfo, null);
+});
+
+test('an upgrade on another path is refused and the node keeps serving', async (t) => {
+  const srv = await startChatd(t);
+  const wrong = srv.wsUrl.replace('/connection/websocket', '/not-the-endpoint');
+  for (let i = 0; i < 3; i++) {
+    const outcome = await new Promise((resolve) => {
+      const ws = new WebSocket(wrong);
+      ws.on('open', () => { ws.close(); resolve('open'); });
+      ws.on('error', () => resolve('refused'));
+    });
+    assert.equal(outcome, 'refused');
+  }
+  // The refused sessions are closed by lws after the filter; the node must survive that.
+  const c = await rawConnectAs(t, srv, 'alice');
+  assert.ok(await c.call('subscribe', { channel: 'chat:after-refused-upgrade' }));
   assert.equal(c.closeInfo, null);
 });
