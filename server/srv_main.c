@@ -2,7 +2,9 @@
  * of chat clients (write queues and backpressure), static files, health and metrics, drain. */
 #include <libwebsockets.h>
 
+#include <errno.h>
 #include <inttypes.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,8 @@
 #define BATCH_MAX_BYTES (64 * 1024)
 /* A closing connection whose peer does not read gets this long before it is dropped. */
 #define CLOSE_GRACE_S 10
+/* Room before a batch for the WebSocket header we write ourselves (at most 10 bytes). */
+#define FRAME_HEAD_MAX 16
 #define DRAIN_MAX_MS 5000
 #define WS_PATH "/connection/websocket"
 /* The close opcode of lws_write(): private in lws 4.1's headers but handled by its ws writer. */
@@ -44,6 +48,9 @@ typedef struct {
     bool close_sent;
     bool want_write;
     bool in_flush; /* on srv.flush, waiting for the coalescing timer */
+    bool rx_paused; /* reads stopped while a frame is half written (see conn_flush) */
+    core_str_t tx;  /* the unsent tail of a frame the socket did not take at once */
+    size_t tx_off;
     core_list_t flush_link;
     char *body; /* HTTP response body being written */
     size_t body_len, body_off;
@@ -82,13 +89,22 @@ static void conn_request_write(srv_conn_t *c) {
     lws_callback_on_writable(c->wsi);
 }
 
+static int conn_flush(srv_t *S, srv_conn_t *c);
+static void conn_fail(srv_conn_t *c);
+
 static void flush_cb(uv_timer_t *t) {
     srv_t *S = t->data;
     while (!core_list_empty(&S->flush)) {
         srv_conn_t *c = CORE_CONTAINER_OF(S->flush.next, srv_conn_t, flush_link);
         core_list_remove(&c->flush_link);
         c->in_flush = false;
-        lws_callback_on_writable(c->wsi);
+        c->want_write = false;
+        /* Bytes lws itself still holds (the upgrade answer, a close frame) go first, from its
+         * writeable callback; otherwise the batch is written now. */
+        if (c->closing || lws_partial_buffered(c->wsi))
+            conn_request_write(c);
+        else if (conn_flush(S, c) < 0)
+            conn_fail(c);
     }
 }
 
@@ -150,6 +166,104 @@ static void t_close(void *tctx, int code, const char *reason) {
 
 static const chat_transport_t transport = {t_send, t_close};
 
+/* Server-to-client WebSocket header (FIN, text, unmasked) for a payload of len bytes, written
+ * to end at `end`. Returns the header length. */
+static size_t ws_header(char *end, size_t len) {
+    unsigned char *h;
+    if (len < 126) {
+        h = (unsigned char *)end - 2;
+        h[1] = (unsigned char)len;
+    } else if (len <= 0xffff) {
+        h = (unsigned char *)end - 4;
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+    } else {
+        h = (unsigned char *)end - 10;
+        h[1] = 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    }
+    h[0] = 0x81;
+    return (size_t)((unsigned char *)end - h);
+}
+
+/* One non-blocking send. Returns bytes taken (0 when the socket is full) or -1 on error. */
+static ssize_t send_some(struct lws *wsi, const char *p, size_t len) {
+    ssize_t n = send(lws_get_socket_fd(wsi), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+    return n;
+}
+
+/* Writes what the connection has queued, as far as the socket takes it, with one send() per
+ * batch. Data frames bypass lws_write: lws may only write from its writeable callback, and on
+ * libuv every writeable request re-arms the socket's poll handle (libuv's uv_poll_start
+ * removes the fd from epoll and adds it back), which cost four extra syscalls per write and
+ * capped fan-out well below the node's target. lws's writeable callback is used only when the
+ * kernel refuses bytes. Returns -1 when the socket failed. */
+static int conn_flush(srv_t *S, srv_conn_t *c) {
+    if (c->tx_off < c->tx.len) {
+        ssize_t n = send_some(c->wsi, c->tx.ptr + c->tx_off, c->tx.len - c->tx_off);
+        if (n < 0)
+            return -1;
+        c->tx_off += (size_t)n;
+        if (c->tx_off < c->tx.len) {
+            conn_request_write(c);
+            return 0;
+        }
+        c->tx.len = c->tx_off = 0;
+        if (c->tx.cap > BATCH_MAX_BYTES)
+            core_str_free(&c->tx);
+        if (c->rx_paused) {
+            c->rx_paused = false;
+            lws_rx_flow_control(c->wsi, 1);
+        }
+    }
+    if (srv_wq_empty(&c->wq))
+        return 0;
+    uint32_t nmsgs;
+    uint64_t oldest;
+    size_t before = c->wq.bytes;
+    size_t len = srv_wq_fill(&c->wq, &S->scratch, FRAME_HEAD_MAX, BATCH_MAX_BYTES, &nmsgs, &oldest);
+    S->st.write_queue_bytes -= before - c->wq.bytes;
+    char *payload = S->scratch.ptr + FRAME_HEAD_MAX;
+    size_t hl = ws_header(payload, len);
+    char *frame = payload - hl;
+    ssize_t n = send_some(c->wsi, frame, hl + len);
+    if (n < 0)
+        return -1;
+    S->st.write_calls++;
+    S->st.write_bytes += len;
+    core_hist_observe(&S->st.fanout_latency, (double)(core_now_us() - oldest) / 1e6);
+    if ((size_t)n < hl + len) {
+        /* The rest of this frame must go out before anything else on the socket, lws's own
+         * control frames included: reads (which could make lws answer a ping) pause until
+         * it has. */
+        core_str_append(&c->tx, frame + n, hl + len - (size_t)n);
+        c->tx_off = 0;
+        if (!c->rx_paused) {
+            c->rx_paused = true;
+            lws_rx_flow_control(c->wsi, 0);
+        }
+        conn_request_write(c);
+        return 0;
+    }
+    if (!srv_wq_empty(&c->wq) || c->closing)
+        conn_request_write(c);
+    return 0;
+}
+
+/* The socket failed under a direct write: lws closes it on its next turn. */
+static void conn_fail(srv_conn_t *c) {
+    if (!c->closing) {
+        c->closing = true;
+        c->close_sent = true;
+        c->srv->st.disconnects[adm_disconnect_slot(3009)]++;
+    }
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
 static int on_writeable(srv_t *S, srv_conn_t *c) {
     /* lws also calls back on its own (after draining a partial write), possibly while the
      * session waits in the flush list: it leaves the list, since this callback serves it. */
@@ -158,24 +272,12 @@ static int on_writeable(srv_t *S, srv_conn_t *c) {
         c->in_flush = false;
     }
     c->want_write = false;
-    if (!srv_wq_empty(&c->wq)) {
-        uint32_t n;
-        uint64_t oldest;
-        size_t before = c->wq.bytes;
-        size_t len = srv_wq_fill(&c->wq, &S->scratch, LWS_PRE, BATCH_MAX_BYTES, &n, &oldest);
-        S->st.write_queue_bytes -= before - c->wq.bytes;
-        int w = lws_write(c->wsi, (unsigned char *)S->scratch.ptr + LWS_PRE, len, LWS_WRITE_TEXT);
-        if (w < (int)len) {
-            S->st.disconnects[adm_disconnect_slot(3009)]++;
-            return -1;
-        }
-        S->st.write_calls++;
-        S->st.write_bytes += len;
-        core_hist_observe(&S->st.fanout_latency, (double)(core_now_us() - oldest) / 1e6);
-        if (!srv_wq_empty(&c->wq) || c->closing)
-            conn_request_write(c);
-        return 0;
+    if (conn_flush(S, c) < 0) {
+        S->st.disconnects[adm_disconnect_slot(3009)]++;
+        return -1;
     }
+    if (c->want_write)
+        return 0; /* more to write, or the socket is full: we are called again */
     if (c->closing && !c->close_sent) {
         /* The close frame is written here rather than by lws_close_reason() and a non-zero
          * return: Debian's lws 4.1 (libuv, _DEBUG build) force-closes such a socket without
@@ -365,6 +467,7 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         }
         conn_drop_queue(c);
         core_str_free(&c->rx);
+        core_str_free(&c->tx);
         return 0;
     case LWS_CALLBACK_HTTP:
         return public_http(S, wsi, c);
