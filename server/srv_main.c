@@ -109,15 +109,13 @@ static void flush_cb(uv_timer_t *t) {
 }
 
 /* New output for an idle connection waits a few milliseconds so that everything published
- * meanwhile leaves in the same write: the cost of fan-out is per write call, not per byte. */
+ * meanwhile leaves in the same write: the cost of fan-out is per write call, not per byte.
+ * With a delay of 0 the flush still waits for the next loop turn, which batches whatever the
+ * current turn queued. */
 static void conn_schedule_write(srv_conn_t *c) {
     srv_t *S = c->srv;
     if (c->want_write || c->in_flush)
         return;
-    if (S->cfg.write_delay_ms == 0) {
-        conn_request_write(c);
-        return;
-    }
     c->want_write = true;
     c->in_flush = true;
     core_list_insert_tail(&S->flush, &c->flush_link);
