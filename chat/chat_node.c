@@ -451,6 +451,19 @@ static void connect_op_free(connect_op_t *co) {
     free(co);
 }
 
+/* Opens a connect or refresh result: {"client","version" and, with a token exp, "expires",
+ * "ttl" (the caller closes the object). */
+static void append_identity(core_str_t *s, const chat_client_t *c) {
+    core_str_appends(s, "{\"client\":");
+    core_str_append_json_string(s, c->id, strlen(c->id));
+    core_str_appends(s, ",\"version\":");
+    core_str_append_json_string(s, c->node->cfg.version, strlen(c->node->cfg.version));
+    if (c->has_exp) {
+        int64_t ttl = c->exp - core_wall_s();
+        core_str_appendf(s, ",\"expires\":true,\"ttl\":%" PRId64, ttl > 0 ? ttl : 0);
+    }
+}
+
 static void connect_finish(connect_op_t *co) {
     chat_node_t *n = co->node;
     chat_client_t *c = client_lookup(n, co->client);
@@ -459,14 +472,7 @@ static void connect_finish(connect_op_t *co) {
         return;
     }
     core_str_t s = {0};
-    core_str_appends(&s, "{\"client\":");
-    core_str_append_json_string(&s, c->id, strlen(c->id));
-    core_str_appends(&s, ",\"version\":");
-    core_str_append_json_string(&s, n->cfg.version, strlen(n->cfg.version));
-    if (c->has_exp) {
-        int64_t ttl = c->exp - core_wall_s();
-        core_str_appendf(&s, ",\"expires\":true,\"ttl\":%" PRId64, ttl > 0 ? ttl : 0);
-    }
+    append_identity(&s, c);
     core_str_appendf(&s, ",\"ping\":%u,\"pong\":true", n->cfg.ping_interval_s);
     core_str_appends(&s, ",\"node\":");
     core_str_append_json_string(&s, n->cfg.node_id, strlen(n->cfg.node_id));
@@ -969,14 +975,7 @@ static void handle_refresh(chat_client_t *c, const chat_cmd_t *cmd) {
     c->exp = cl.exp;
     auth_claims_clear(&cl);
     core_str_t s = {0};
-    core_str_appends(&s, "{\"client\":");
-    core_str_append_json_string(&s, c->id, strlen(c->id));
-    core_str_appends(&s, ",\"version\":");
-    core_str_append_json_string(&s, n->cfg.version, strlen(n->cfg.version));
-    if (c->has_exp) {
-        int64_t ttl = c->exp - core_wall_s();
-        core_str_appendf(&s, ",\"expires\":true,\"ttl\":%" PRId64, ttl > 0 ? ttl : 0);
-    }
+    append_identity(&s, c);
     core_str_appends(&s, "}");
     reply_raw(c, cmd->id, CHAT_M_REFRESH, s.ptr, s.len);
     core_str_free(&s);

@@ -368,6 +368,19 @@ static int http_write_body(struct lws *wsi, srv_conn_t *c) {
     return lws_http_transaction_completed(wsi) ? -1 : 0;
 }
 
+/* What both listeners do with HTTP beyond routing: write bodies, free them, and let lws
+ * handle the rest (static files among it). */
+static int http_common(struct lws *wsi, enum lws_callback_reasons reason, srv_conn_t *c, void *in,
+                       size_t len) {
+    if (reason == LWS_CALLBACK_HTTP_WRITEABLE)
+        return http_write_body(wsi, c);
+    if (reason == LWS_CALLBACK_CLOSED_HTTP && c) {
+        free(c->body);
+        c->body = NULL;
+    }
+    return lws_callback_http_dummy(wsi, reason, c, in, len);
+}
+
 static bool demo_user_ok(const char *u) {
     size_t n = strlen(u);
     if (n == 0 || n > 32)
@@ -469,18 +482,9 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         return 0;
     case LWS_CALLBACK_HTTP:
         return public_http(S, wsi, c);
-    case LWS_CALLBACK_HTTP_WRITEABLE:
-        return http_write_body(wsi, c);
-    case LWS_CALLBACK_CLOSED_HTTP:
-        if (c) {
-            free(c->body);
-            c->body = NULL;
-        }
-        break;
     default:
-        break;
+        return http_common(wsi, reason, c, in, len);
     }
-    return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
 /* ---- admin listener ---- */
@@ -532,18 +536,9 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
         return 1; /* no WebSockets on the admin listener */
     case LWS_CALLBACK_HTTP:
         return admin_http(S, wsi, c);
-    case LWS_CALLBACK_HTTP_WRITEABLE:
-        return http_write_body(wsi, c);
-    case LWS_CALLBACK_CLOSED_HTTP:
-        if (c) {
-            free(c->body);
-            c->body = NULL;
-        }
-        break;
     default:
-        break;
+        return http_common(wsi, reason, c, in, len);
     }
-    return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
 /* ---- lifecycle ---- */
