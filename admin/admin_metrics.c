@@ -123,5 +123,7 @@ void adm_metrics_render(core_str_t *o, const adm_snapshot_t *s) {
     metric(o, "chat_broker_undecodable_total", "counter", "Inter-node envelopes dropped.",
            b->undecodable);
     metric(o, "chat_broker_channels", "gauge", "Channels with state in the broker.", b->channels);
+    metric(o, "chat_broker_history_evicted_total", "counter",
+           "Channel histories dropped to stay under the history memory cap.", b->evicted);
     process_metrics(o);
 }

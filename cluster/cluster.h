@@ -84,6 +84,7 @@ typedef struct {
     uint64_t state_lost;       /* on_state_lost calls */
     uint64_t channels;         /* channels with state in the broker (gauge) */
     uint64_t node_subscriptions; /* channels the node subscribed to (gauge) */
+    uint64_t evicted;          /* channel histories dropped to stay under a memory cap */
 } clu_stats_t;
 
 typedef struct clu_broker clu_broker_t;
@@ -171,5 +172,9 @@ static inline void clu_close(clu_broker_t *b, void (*done)(void *ud), void *ud) 
  * max_history_limit caps how many publications one history call returns. */
 clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *ud,
                              uint32_t max_history_limit);
+/* Caps the bytes of stored publications of a memory broker (0 = no cap). Over the cap, whole
+ * channel histories are dropped, least recently published first; each dropped channel gets a new
+ * epoch. The channel being published to is never dropped by its own publication. */
+void clu_memory_set_max_bytes(clu_broker_t *b, size_t max_bytes);
 
 #endif

@@ -19,7 +19,11 @@ typedef struct {
     size_t info_len;
 } presence_entry_t;
 
+typedef struct mem_broker mem_broker_t;
+
 typedef struct {
+    mem_broker_t *mb;
+    core_list_t lru_link; /* in mb->lru while the channel keeps publications */
     char *name;
     char epoch[CLU_EPOCH_MAX];
     uint64_t top;        /* offset of the newest publication ever stored in this epoch */
@@ -33,22 +37,31 @@ typedef struct {
     core_map_t *presence; /* client id -> presence_entry_t*, created on first add */
 } mchan_t;
 
-typedef struct {
+struct mem_broker {
     clu_broker_t base;
     uv_loop_t *loop;
     core_map_t *channels;
+    size_t bytes;     /* stored publication bytes over all channels */
+    size_t max_bytes; /* 0 = no cap */
+    core_list_t lru;  /* channels with stored publications, least recently published first */
     uint32_t max_history_limit;
     uv_timer_t sweep;
     clu_stats_t st;
     void (*close_done)(void *);
     void *close_ud;
-} mem_broker_t;
+};
 
 static void new_epoch(mchan_t *c) {
     core_random_id(c->epoch, 8);
 }
 
-static void pub_clear(stored_pub_t *p) {
+static size_t pub_size(const stored_pub_t *p) {
+    return sizeof *p + p->data_len + p->info_len;
+}
+
+static void pub_clear(mchan_t *c, stored_pub_t *p) {
+    if (p->data)
+        c->mb->bytes -= pub_size(p);
     free(p->data);
     free(p->info);
     memset(p, 0, sizeof *p);
@@ -56,7 +69,8 @@ static void pub_clear(stored_pub_t *p) {
 
 static void stream_reset(mchan_t *c) {
     for (uint32_t i = 0; i < c->count; i++)
-        pub_clear(&c->ring[(c->start + i) % c->ring_cap]);
+        pub_clear(c, &c->ring[(c->start + i) % c->ring_cap]);
+    core_list_remove(&c->lru_link);
     c->start = c->count = 0;
     c->top = 0;
     new_epoch(c);
@@ -67,6 +81,8 @@ static mchan_t *chan_get(mem_broker_t *mb, const char *name, bool create) {
     if (c || !create)
         return c;
     c = core_calloc(1, sizeof *c);
+    c->mb = mb;
+    core_list_init(&c->lru_link);
     c->name = core_strdup(name);
     new_epoch(c);
     core_map_put(mb->channels, name, c);
@@ -90,7 +106,8 @@ static void presence_entry_free(presence_entry_t *e) {
 
 static void chan_free(mchan_t *c) {
     for (uint32_t i = 0; i < c->count; i++)
-        pub_clear(&c->ring[(c->start + i) % c->ring_cap]);
+        pub_clear(c, &c->ring[(c->start + i) % c->ring_cap]);
+    core_list_remove(&c->lru_link);
     free(c->ring);
     if (c->presence) {
         core_map_iter_t it = 0;
@@ -127,6 +144,18 @@ static void sweep_cb(uv_timer_t *t) {
     }
 }
 
+/* Keeps stored history under the byte cap: the streams of the channels published to least
+ * recently go first, as whole streams with a new epoch, so their readers learn that history
+ * was lost (recovered:false) instead of missing publications silently. */
+static void evict(mem_broker_t *mb, mchan_t *keep) {
+    while (mb->max_bytes && mb->bytes > mb->max_bytes && mb->lru.next != &keep->lru_link) {
+        mchan_t *c = CORE_CONTAINER_OF(mb->lru.next, mchan_t, lru_link);
+        stream_reset(c);
+        c->last_pub_ms = 0;
+        mb->st.evicted++;
+    }
+}
+
 static int mem_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
                        const clu_chan_opts_t *opts, clu_publish_cb cb, void *ud) {
     mem_broker_t *mb = (mem_broker_t *)b;
@@ -147,7 +176,7 @@ static int mem_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pu
                 if (i >= c->count - keep)
                     ring[i - (c->count - keep)] = *p;
                 else
-                    pub_clear(p);
+                    pub_clear(c, p);
             }
             free(c->ring);
             c->ring = ring;
@@ -158,7 +187,7 @@ static int mem_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pu
         stored_pub_t *slot;
         if (c->count == c->ring_cap) {
             slot = &c->ring[c->start];
-            pub_clear(slot);
+            pub_clear(c, slot);
             c->start = (c->start + 1) % c->ring_cap;
             c->count--;
         }
@@ -174,6 +203,10 @@ static int mem_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pu
         c->last_pub_ms = now;
         c->ttl_s = opts->history_ttl_s;
         out.offset = slot->offset;
+        mb->bytes += pub_size(slot);
+        core_list_remove(&c->lru_link);
+        core_list_insert_tail(&mb->lru, &c->lru_link);
+        evict(mb, c);
     }
     mb->st.publishes++;
     const char *epoch = c ? c->epoch : "";
@@ -410,10 +443,15 @@ clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *
     mb->base.events_ud = ud;
     mb->loop = loop;
     mb->channels = core_map_new();
+    core_list_init(&mb->lru);
     mb->max_history_limit = max_history_limit ? max_history_limit : 1000;
     uv_timer_init(loop, &mb->sweep);
     mb->sweep.data = mb;
     uv_timer_start(&mb->sweep, sweep_cb, 10000, 10000);
     uv_unref((uv_handle_t *)&mb->sweep);
     return &mb->base;
+}
+
+void clu_memory_set_max_bytes(clu_broker_t *b, size_t max_bytes) {
+    ((mem_broker_t *)b)->max_bytes = max_bytes;
 }

@@ -39,6 +39,7 @@ typedef struct {
     char *typing_rate;
     uint32_t dedupe_window;
     uint32_t history_max_limit;
+    uint32_t history_memory_mb;
     char *namespaces; /* JSON text or NULL for the defaults */
     char *redis_url;
     char *database_url;

@@ -69,6 +69,8 @@ static const setting_t settings[] = {
      "seconds a client_msg_id is remembered"},
     {"CHAT_HISTORY_MAX_LIMIT", "history_max_limit", T_U32, OFF(history_max_limit), "1000",
      "most publications one history call returns"},
+    {"CHAT_HISTORY_MEMORY_MB", "history_memory_mb", T_U32, OFF(history_memory_mb), "256",
+     "MiB of history the in-memory broker keeps over all channels (0 = no cap)"},
     {"CHAT_NAMESPACES", "namespaces", T_JSON, OFF(namespaces), NULL,
      "JSON object of namespaces (default: chat, typing, personal)"},
     {"REDIS_URL", "redis_url", T_STR, OFF(redis_url), NULL,

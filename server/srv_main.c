@@ -834,6 +834,7 @@ int main(int argc, char **argv) {
     S->node = chat_node_new(&S->loop, &cc);
     S->broker = clu_memory_new(&S->loop, chat_node_broker_events(), S->node,
                                S->cfg.history_max_limit);
+    clu_memory_set_max_bytes(S->broker, (size_t)S->cfg.history_memory_mb << 20);
     chat_node_set_broker(S->node, S->broker);
 
     uv_signal_init(&S->loop, &S->sigterm);

@@ -207,6 +207,39 @@ static void publish_n(fx_t *f, const char *channel, int n, uint32_t hs, char *ep
     }
 }
 
+/* Over the byte cap, the least recently published channel loses its whole history under a
+ * new epoch; the channel being published to keeps its own. */
+static void test_memory_cap_evicts_least_recent(void **state) {
+    (void)state;
+    fx_t *f = fx_new(100);
+    /* A publication of 4 data bytes costs at most 48 bytes with its record: the cap holds 6,
+     * so two channels of 4 do not fit together, one does. */
+    clu_memory_set_max_bytes(f->b, 6 * 48);
+    char ea[CLU_EPOCH_MAX], eb[CLU_EPOCH_MAX], ec[CLU_EPOCH_MAX];
+    publish_n(f, "chat:a", 4, 10, ea);
+    clu_stats_t st;
+    clu_stats(f->b, &st);
+    assert_int_equal(st.evicted, 0);
+    publish_n(f, "chat:b", 4, 10, eb);
+    publish_n(f, "chat:c", 4, 10, ec);
+    clu_stats(f->b, &st);
+    assert_true(st.evicted >= 2);
+
+    /* a was published to least recently: its position is gone and its epoch changed. */
+    clu_history_req_t since_a = {.has_since = true, .since_offset = 2, .since_epoch = ea,
+                                 .limit = 10};
+    hist_res_t ra = history(f, "chat:a", &since_a);
+    assert_int_equal(ra.status, CORE_EUNRECOVERABLE);
+    assert_string_not_equal(ra.epoch, ea);
+    /* c, published last, keeps all of its history. */
+    clu_history_req_t all = {.limit = 10};
+    hist_res_t rc = history(f, "chat:c", &all);
+    assert_int_equal(rc.status, 0);
+    assert_string_equal(rc.epoch, ec);
+    EXPECT_OFFSETS(rc, 1, 2, 3, 4);
+    fx_free(f);
+}
+
 /* ---- tests ---------------------------------------------------------------------------------- */
 
 static void test_loop_lifecycle(void **state) {
@@ -917,6 +950,7 @@ int main(void) {
         cmocka_unit_test(test_presence_many_users),
         cmocka_unit_test(test_join_leave),
         cmocka_unit_test(test_channel_state_freed),
+        cmocka_unit_test(test_memory_cap_evicts_least_recent),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,134 @@
+/* cluster_redis_lua: the Lua scripts of the Redis broker (cluster_redis.c), kept apart so the C
+ * reads as C. Every script touches only keys carrying the channel's hash tag, so a channel stays
+ * on one Redis Cluster slot.
+ *
+ * Keys of one channel C:
+ *   chat.meta.{C}      hash  epoch, top (offset of the newest publication in this epoch)
+ *   chat.history.{C}   stream, entry id 0-<offset>, fields d (data) and i (info, optional)
+ *   chat.presence.{C}  hash  client id -> user NUL info
+ *   chat.presexp.{C}   zset  client id scored by its expiry time in ms (+inf: never)
+ * Pub/sub channel: chat.pub.{C}. */
+#ifndef CLUSTER_CLUSTER_REDIS_LUA_H
+#define CLUSTER_CLUSTER_REDIS_LUA_H
+
+/* KEYS: meta, history. ARGV: history_size, ttl_ms (0 = none), epoch candidate, pub/sub channel,
+ * chat channel, data, info, has_info ('1'/'0'). Returns {offset, epoch}.
+ * The epoch candidate comes from the caller because the script must not depend on Lua's PRNG.
+ * A missing meta hash means the channel's history is gone (expired, flushed, Redis restarted
+ * without persistence): a fresh epoch tells readers their positions are meaningless now, and
+ * any stray stream is dropped so offsets can restart at 1 without XADD refusing smaller ids.
+ * MAXLEN is exact, not ~: history_size is a promise to clients (the memory broker keeps exactly
+ * that many), and exact trimming of a small stream costs little. The envelope is built here
+ * with cmsgpack because offset and epoch are only known inside the script. */
+static const char clu_redis_lua_publish[] =
+    "local epoch = redis.call('HGET', KEYS[1], 'epoch')\n"
+    "if not epoch then\n"
+    "  epoch = ARGV[3]\n"
+    "  redis.call('DEL', KEYS[2])\n"
+    "  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)\n"
+    "end\n"
+    "local off = redis.call('HINCRBY', KEYS[1], 'top', 1)\n"
+    "local id = '0-' .. off\n"
+    "if ARGV[8] == '1' then\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], id, 'd', ARGV[6], 'i', ARGV[7])\n"
+    "else\n"
+    "  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[1], id, 'd', ARGV[6])\n"
+    "end\n"
+    "local ttl = tonumber(ARGV[2])\n"
+    "if ttl > 0 then\n"
+    "  redis.call('PEXPIRE', KEYS[1], ttl)\n"
+    "  redis.call('PEXPIRE', KEYS[2], ttl)\n"
+    "end\n"
+    "local env = {v = 1, type = 'pub', channel = ARGV[5], offset = off, epoch = epoch,\n"
+    "             data = ARGV[6]}\n"
+    "if ARGV[8] == '1' then env.info = ARGV[7] end\n"
+    "redis.call('PUBLISH', ARGV[4], cmsgpack.pack(env))\n"
+    "return {off, epoch}\n";
+
+/* KEYS: meta, history. ARGV: has_since, since_offset, since_epoch, limit (capped, >= 0), reverse,
+ * epoch candidate, ttl_ms. Returns {status (0 ok, 1 unrecoverable), top, epoch,
+ * then offset, data, info-or-nil per publication}. One script so the epoch, the window and the
+ * entries are read atomically. A channel without meta gets its epoch here (with the history
+ * TTL), so a reader that saw an empty channel can still recover once publications start. */
+static const char clu_redis_lua_history[] =
+    "local epoch = redis.call('HGET', KEYS[1], 'epoch')\n"
+    "local top = 0\n"
+    "if not epoch then\n"
+    "  epoch = ARGV[6]\n"
+    "  redis.call('DEL', KEYS[2])\n"
+    "  redis.call('HSET', KEYS[1], 'epoch', epoch, 'top', 0)\n"
+    "  local ttl = tonumber(ARGV[7])\n"
+    "  if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
+    "else\n"
+    "  top = tonumber(redis.call('HGET', KEYS[1], 'top'))\n"
+    "end\n"
+    "local first = top + 1\n"
+    "local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)\n"
+    "if #head > 0 then first = tonumber(string.sub(head[1][1], 3)) end\n"
+    "local has = ARGV[1] == '1'\n"
+    "local since = tonumber(ARGV[2])\n"
+    "local limit = tonumber(ARGV[4])\n"
+    "local rev = ARGV[5] == '1'\n"
+    "local res = {0, top, epoch}\n"
+    "if has and (ARGV[3] ~= epoch or (not rev and since + 1 < first) or since > top) then\n"
+    "  res[1] = 1\n"
+    "  return res\n"
+    "end\n"
+    "if limit == 0 then return res end\n"
+    "local entries\n"
+    "if rev then\n"
+    "  local hi = '+'\n"
+    "  if has then\n"
+    "    if since <= 1 then return res end\n"
+    "    hi = '0-' .. (since - 1)\n"
+    "  end\n"
+    "  entries = redis.call('XREVRANGE', KEYS[2], hi, '-', 'COUNT', limit)\n"
+    "else\n"
+    "  local lo = '-'\n"
+    "  if has then lo = '0-' .. (since + 1) end\n"
+    "  entries = redis.call('XRANGE', KEYS[2], lo, '+', 'COUNT', limit)\n"
+    "end\n"
+    "for _, e in ipairs(entries) do\n"
+    "  local d, i = '', false\n"
+    "  local f = e[2]\n"
+    "  for k = 1, #f, 2 do\n"
+    "    if f[k] == 'd' then d = f[k + 1] elseif f[k] == 'i' then i = f[k + 1] end\n"
+    "  end\n"
+    "  table.insert(res, tonumber(string.sub(e[1], 3)))\n"
+    "  table.insert(res, d)\n"
+    "  table.insert(res, i)\n"
+    "end\n"
+    "return res\n";
+
+/* KEYS: presence hash, expiry zset. ARGV: client, value, ttl_ms (0 = never expires).
+ * Server TIME rather than the node's clock, so nodes with skewed clocks agree on expiry. The
+ * keys themselves expire with the newest entry so an abandoned channel leaves nothing behind. */
+static const char clu_redis_lua_presence_add[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local ttl = tonumber(ARGV[3])\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "if ttl > 0 then\n"
+    "  redis.call('ZADD', KEYS[2], now + ttl, ARGV[1])\n"
+    "  local cur = redis.call('PTTL', KEYS[1])\n"
+    "  if (cur == -1 and redis.call('HLEN', KEYS[1]) == 1) or (cur >= 0 and cur < ttl) then\n"
+    "    redis.call('PEXPIRE', KEYS[1], ttl)\n"
+    "    redis.call('PEXPIRE', KEYS[2], ttl)\n"
+    "  end\n"
+    "else\n"
+    "  redis.call('ZADD', KEYS[2], '+inf', ARGV[1])\n"
+    "  redis.call('PERSIST', KEYS[1])\n"
+    "  redis.call('PERSIST', KEYS[2])\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: presence hash, expiry zset. Drops expired entries, returns HGETALL of the rest. */
+static const char clu_redis_lua_presence_get[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)\n"
+    "for _, c in ipairs(gone) do redis.call('HDEL', KEYS[1], c) end\n"
+    "if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
+    "return redis.call('HGETALL', KEYS[1])\n";
+
+#endif
