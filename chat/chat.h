@@ -54,6 +54,7 @@ typedef struct {
     uint32_t max_conns_per_user;
     uint32_t dedupe_window_s;
     uint32_t max_recover; /* most publications a recovering subscribe returns */
+    uint32_t max_errors;  /* error replies per client within 10 s before close 3509; 0 = off */
     const char *node_id;
     const char *version;
 } chat_config_t;

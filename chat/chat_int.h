@@ -76,6 +76,7 @@ struct chat_client {
     uint64_t created_ms;
     uint64_t next_ping_ms;
     uint64_t pong_deadline_ms;
+    uint32_t errors; /* error replies in the current 10 s window */
     chat_sub_t *subs;
     uint32_t nsubs;
     core_list_t link;

@@ -37,6 +37,13 @@ static void client_close(chat_client_t *c, int code, const char *reason) {
 static void reply_error(chat_client_t *c, uint32_t id, int code, const char *message,
                         bool temporary) {
     c->node->st.errors[error_slot(code)]++;
+    /* A client that keeps sending what cannot succeed is broken or hostile: stop serving it.
+     * Temporary errors (rate limits, unavailable backends) are the server's doing and do not
+     * count. */
+    if (!temporary && c->node->cfg.max_errors && ++c->errors > c->node->cfg.max_errors) {
+        client_close(c, 3509, "too many errors");
+        return;
+    }
     core_str_t s = {0};
     core_str_appendf(&s, "{\"id\":%u,\"error\":{\"code\":%d,\"message\":", id, code);
     core_str_append_json_string(&s, message, strlen(message));
@@ -1257,6 +1264,8 @@ static void sweep_cb(uv_timer_t *t) {
         }
     }
     if (++n->sweep_ticks % 10 == 0) {
+        for (core_list_t *it = n->all.next; it != &n->all; it = it->next)
+            CORE_CONTAINER_OF(it, chat_client_t, link)->errors = 0;
         core_map_iter_t it = 0;
         void *v;
         while (core_map_next(n->users, &it, NULL, &v))

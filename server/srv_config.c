@@ -60,6 +60,8 @@ static const setting_t settings[] = {
      "16384", "messages queued for one connection before close 3008"},
     {"CHAT_WRITE_DELAY_MS", "write_delay_ms", T_U32, OFF(write_delay_ms), "5",
      "milliseconds new output waits so that one write carries many messages (0 = none)"},
+    {"CHAT_MAX_ERRORS", "max_errors", T_U32, OFF(max_errors), "100",
+     "non-temporary error replies per client within 10 s before close 3509 (0 = off)"},
     {"CHAT_RATE_LIMITS", "rate_limits", T_STR, OFF(rate_limits),
      "free=5/10,plus=10/20,pro=20/40,executive=50/100",
      "per-user publish limit by plan: plan=rate/burst (rate per second)"},

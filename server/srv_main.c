@@ -795,6 +795,7 @@ int main(int argc, char **argv) {
     cc.max_conns_per_user = S->cfg.max_connections_per_user;
     cc.dedupe_window_s = S->cfg.dedupe_window;
     cc.max_recover = S->cfg.history_max_limit;
+    cc.max_errors = S->cfg.max_errors;
     cc.version = CHATD_VERSION;
     cc.node_id = ""; /* set after the listeners are bound */
 

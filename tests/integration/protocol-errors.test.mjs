@@ -108,3 +108,30 @@ test('an upgrade on another path is refused and the node keeps serving', async (
   assert.ok(await c.call('subscribe', { channel: 'chat:after-refused-upgrade' }));
   assert.equal(c.closeInfo, null);
 });
+
+test('too many non-temporary errors close with 3509; rate-limit refusals do not count', async (t) => {
+  const srv = await startChatd(t, { env: { CHAT_MAX_ERRORS: 5, CHAT_RATE_LIMITS: 'free=1/1' } });
+  // Twenty 429s (temporary) leave the connection open.
+  const limited = await rawConnectAs(t, srv, 'bursty');
+  await limited.call('subscribe', { channel: 'chat:errors' });
+  let refused = 0;
+  for (let i = 0; i < 21; i++) {
+    const r = await limited.command('publish', { channel: 'chat:errors', data: chatMessage(`m${i}`) });
+    if (r.error) {
+      assert.equal(r.error.code, 429, JSON.stringify(r));
+      refused++;
+    }
+  }
+  assert.ok(refused >= 19, `only ${refused} refusals`);
+  assert.equal(limited.closeInfo, null);
+
+  // Five permission errors are answered; the sixth closes the socket with 3509.
+  const broken = await rawConnectAs(t, srv, 'broken');
+  for (let i = 0; i < 5; i++) {
+    const r = await broken.command('publish', { channel: 'chat:not-subscribed', data: chatMessage('x') });
+    assert.equal(r.error.code, 103, JSON.stringify(r));
+  }
+  broken.sendRaw(JSON.stringify({ id: 100, publish: { channel: 'chat:not-subscribed', data: chatMessage('x') } }));
+  assert.equal((await broken.waitClose()).code, 3509);
+  await waitMetric(srv, 'chat_disconnects_total', { code: '3509' }, (v) => v === 1);
+});
