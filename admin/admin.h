@@ -14,9 +14,9 @@ typedef struct {
     uint64_t accepted;
     uint64_t write_calls;
     uint64_t write_bytes;
-    uint64_t write_queue_bytes; /* gauge */
+    uint64_t write_queue_bytes;                 /* gauge */
     uint64_t disconnects[ADM_DISCONNECT_SLOTS]; /* by adm_disconnect_slot() */
-    core_hist_t fanout_latency; /* seconds */
+    core_hist_t fanout_latency;                 /* seconds */
 } adm_server_stats_t;
 
 /* Slot of a close code: 3000..3031 and 3500..3531; -1 for other codes. */

@@ -57,16 +57,16 @@ int auth_plan_parse(const char *name);
 
 /* Verified claims. All pointers are owned by the struct and freed by auth_claims_clear. */
 typedef struct {
-    char *sub;          /* non-empty for connection tokens (checked by auth_verify_connection) */
+    char *sub; /* non-empty for connection tokens (checked by auth_verify_connection) */
     bool has_exp;
-    int64_t exp;        /* Unix seconds; valid when has_exp */
-    int64_t iat;        /* 0 when absent */
-    json_t *info;       /* `info` claim (any JSON) or NULL */
-    json_t *channels;   /* `channels` claim: array of strings, or NULL */
-    json_t *roles;      /* `roles` claim: array of strings, or NULL */
-    auth_plan_t plan;   /* `plan` claim; AUTH_PLAN_FREE when absent */
-    char *channel;      /* `channel` claim (subscription tokens), or NULL */
-    json_t *payload;    /* the whole decoded payload */
+    int64_t exp;      /* Unix seconds; valid when has_exp */
+    int64_t iat;      /* 0 when absent */
+    json_t *info;     /* `info` claim (any JSON) or NULL */
+    json_t *channels; /* `channels` claim: array of strings, or NULL */
+    json_t *roles;    /* `roles` claim: array of strings, or NULL */
+    auth_plan_t plan; /* `plan` claim; AUTH_PLAN_FREE when absent */
+    char *channel;    /* `channel` claim (subscription tokens), or NULL */
+    json_t *payload;  /* the whole decoded payload */
 } auth_claims_t;
 
 /* Verifies a token's structure, header (alg pinned to HS256, optional kid), signature (constant
@@ -84,8 +84,8 @@ int auth_verify_connection(const auth_keyring_t *kr, const char *token, size_t l
 /* auth_jwt_verify plus: `sub` equals user and `channel` equals channel (AUTH_E_CLAIMS
  * otherwise). */
 int auth_verify_subscription(const auth_keyring_t *kr, const char *token, size_t len,
-                             const auth_verify_opts_t *opts, const char *user,
-                             const char *channel, auth_claims_t *out);
+                             const auth_verify_opts_t *opts, const char *user, const char *channel,
+                             auth_claims_t *out);
 
 void auth_claims_clear(auth_claims_t *c);
 

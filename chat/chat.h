@@ -61,8 +61,7 @@ typedef struct {
 
 /* Parses a namespaces JSON object ({"name": {options}}) into an array. Returns 0 or
  * CORE_EINVAL with a message in err (size errlen). */
-int chat_namespaces_parse(const json_t *obj, chat_ns_t **out, size_t *n, char *err,
-                          size_t errlen);
+int chat_namespaces_parse(const json_t *obj, chat_ns_t **out, size_t *n, char *err, size_t errlen);
 /* The defaults of docs/RUNTIME.md. */
 void chat_namespaces_default(chat_ns_t **out, size_t *n);
 void chat_namespaces_free(chat_ns_t *ns, size_t n);
@@ -93,10 +92,10 @@ const char *chat_method_name(chat_method_t m);
 
 /* One decoded command. */
 typedef struct {
-    uint32_t id;          /* 0 only for CHAT_M_PING and CHAT_M_SEND */
+    uint32_t id; /* 0 only for CHAT_M_PING and CHAT_M_SEND */
     chat_method_t method;
-    json_t *params;       /* borrowed from root; an object, or NULL when absent */
-    json_t *root;         /* owned */
+    json_t *params; /* borrowed from root; an object, or NULL when absent */
+    json_t *root;   /* owned */
 } chat_cmd_t;
 
 /* Decodes one command (one line of a frame). Returns 0, or CORE_EPROTO for input that is not a
@@ -113,8 +112,8 @@ bool chat_frame_next(const char *frame, size_t frame_len, size_t *pos, const cha
 /* Validates chat message data (message_schema "chat") and returns its normalized JSON text
  * (malloc'd) or NULL with a reason in err. client_msg_id, when present, is copied to msg_id
  * (65 bytes) or msg_id[0] is 0. */
-char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *msg_id,
-                             char *err, size_t errlen);
+char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *msg_id, char *err,
+                             size_t errlen);
 
 /* ---- GCRA rate limiter ------------------------------------------------------------------ */
 
@@ -150,15 +149,15 @@ typedef struct {
 } chat_transport_t;
 
 typedef struct {
-    uint64_t connections;          /* gauge: connected clients (after connect) */
-    uint64_t sessions;             /* gauge: sockets (before and after connect) */
+    uint64_t connections; /* gauge: connected clients (after connect) */
+    uint64_t sessions;    /* gauge: sockets (before and after connect) */
     uint64_t commands[CHAT_M_COUNT];
     uint64_t publications_in;
     uint64_t publications_out;
-    uint64_t errors[16];           /* by chat_error_slot() */
+    uint64_t errors[16]; /* by chat_error_slot() */
     uint64_t rate_limited;
     uint64_t dedupe_hits;
-    uint64_t channels;             /* gauge */
+    uint64_t channels; /* gauge */
 } chat_stats_t;
 
 /* Error codes counted in chat_stats_t.errors, in slot order. */

@@ -160,8 +160,7 @@ static void ns_defaults(chat_ns_t *ns, const char *name) {
     ns->max_message_bytes = 4096;
 }
 
-int chat_namespaces_parse(const json_t *obj, chat_ns_t **out, size_t *n, char *err,
-                          size_t errlen) {
+int chat_namespaces_parse(const json_t *obj, chat_ns_t **out, size_t *n, char *err, size_t errlen) {
     if (!json_is_object(obj)) {
         snprintf(err, errlen, "namespaces must be a JSON object");
         return CORE_EINVAL;

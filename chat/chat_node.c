@@ -337,9 +337,8 @@ static chat_sub_t *sub_lookup(chat_node_t *n, const char *client, const char *ch
 }
 
 /* Builds the SubscribeResult text for a history answer. */
-static void subscribe_result(core_str_t *out, const chat_ns_t *ns, const subop_t *op,
-                             int status, const clu_pub_t *pubs, size_t n, uint64_t top,
-                             const char *epoch) {
+static void subscribe_result(core_str_t *out, const chat_ns_t *ns, const subop_t *op, int status,
+                             const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch) {
     core_str_appends(out, "{");
     bool first = true;
 #define SEP() (first ? (first = false, "") : ",")
@@ -375,8 +374,8 @@ static void subscribe_result(core_str_t *out, const chat_ns_t *ns, const subop_t
 
 static void connect_finish(connect_op_t *co);
 
-static void subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
-                       const char *epoch, void *ud) {
+static void subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch,
+                       void *ud) {
     subop_t *op = ud;
     chat_node_t *node = op->node;
     chat_sub_t *s = sub_lookup(node, op->client, op->channel, op->gen);
@@ -718,9 +717,9 @@ static void rate_limited(chat_client_t *c, uint32_t id, int64_t wait_ms) {
     reply_error(c, id, 429, msg, true);
 }
 
-static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method,
-                       const char *channel, const chat_ns_t *ns, const char *data, size_t len,
-                       const chat_sub_t *s, uint64_t dedupe) {
+static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, const char *channel,
+                       const chat_ns_t *ns, const char *data, size_t len, const chat_sub_t *s,
+                       uint64_t dedupe) {
     chat_node_t *n = c->node;
     pubop_t *op = core_calloc(1, sizeof *op);
     op->node = n;
@@ -846,8 +845,8 @@ static void presence_stats_done(int status, uint32_t clients, uint32_t users, vo
             reply_error(c, op->cmd_id, 100, "internal error", true);
         } else {
             char buf[96];
-            int len = snprintf(buf, sizeof buf, "{\"num_clients\":%u,\"num_users\":%u}", clients,
-                               users);
+            int len =
+                snprintf(buf, sizeof buf, "{\"num_clients\":%u,\"num_users\":%u}", clients, users);
             reply_raw(c, op->cmd_id, CHAT_M_PRESENCE_STATS, buf, (size_t)len);
         }
     }
@@ -1019,8 +1018,8 @@ static void handle_sub_refresh(chat_client_t *c, const chat_cmd_t *cmd) {
     int len;
     if (s->exp) {
         int64_t ttl = s->exp - core_wall_s();
-        len = snprintf(buf, sizeof buf, "{\"expires\":true,\"ttl\":%" PRId64 "}",
-                       ttl > 0 ? ttl : 0);
+        len =
+            snprintf(buf, sizeof buf, "{\"expires\":true,\"ttl\":%" PRId64 "}", ttl > 0 ? ttl : 0);
     } else {
         len = snprintf(buf, sizeof buf, "{}");
     }
@@ -1053,8 +1052,8 @@ static void handle_rpc(chat_client_t *c, const chat_cmd_t *cmd) {
         reply_error(c, cmd->id, 103, "permission denied", false);
         return;
     }
-    int64_t wait = chat_gcra_take(&c->user->typing_gcra, (double)core_now_ms(),
-                                  &n->cfg.typing_rate);
+    int64_t wait =
+        chat_gcra_take(&c->user->typing_gcra, (double)core_now_ms(), &n->cfg.typing_rate);
     if (wait > 0) {
         rate_limited(c, cmd->id, wait);
         return;

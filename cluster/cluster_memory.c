@@ -26,8 +26,8 @@ typedef struct {
     core_list_t lru_link; /* in mb->lru while the channel keeps publications */
     char *name;
     char epoch[CLU_EPOCH_MAX];
-    uint64_t top;        /* offset of the newest publication ever stored in this epoch */
-    stored_pub_t *ring;  /* capacity ring_cap, newest at (start + count - 1) % ring_cap */
+    uint64_t top;       /* offset of the newest publication ever stored in this epoch */
+    stored_pub_t *ring; /* capacity ring_cap, newest at (start + count - 1) % ring_cap */
     uint32_t ring_cap;
     uint32_t start;
     uint32_t count;
@@ -121,7 +121,8 @@ static void chan_free(mchan_t *c) {
 }
 
 static bool chan_idle(const mchan_t *c) {
-    return !c->node_subscribed && c->count == 0 && (!c->presence || core_map_size(c->presence) == 0);
+    return !c->node_subscribed && c->count == 0 &&
+           (!c->presence || core_map_size(c->presence) == 0);
 }
 
 static void chan_maybe_free(mem_broker_t *mb, mchan_t *c) {

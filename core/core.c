@@ -165,8 +165,7 @@ void core_random(void *buf, size_t n) {
 }
 
 void core_random_id(char *out, size_t n) {
-    static const char alphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    static const char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     uint8_t rnd[64];
     size_t i = 0;
     while (i < n) {

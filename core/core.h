@@ -22,9 +22,9 @@ enum {
     CORE_EAGAIN = UV_EAGAIN,
     CORE_ETIMEDOUT = UV_ETIMEDOUT,
     CORE_EDOMAIN_BASE = -10000,
-    CORE_EPROTO = -10001,     /* peer violated a protocol */
-    CORE_ELIMIT = -10002,     /* a configured limit was reached */
-    CORE_EPERM = -10003,      /* permission denied */
+    CORE_EPROTO = -10001,         /* peer violated a protocol */
+    CORE_ELIMIT = -10002,         /* a configured limit was reached */
+    CORE_EPERM = -10003,          /* permission denied */
     CORE_EUNRECOVERABLE = -10004, /* requested position is no longer available */
 };
 
@@ -52,8 +52,8 @@ int core_log_level_parse(const char *s);
 bool core_log_enabled(core_log_level_t level);
 /* One log line: level, module, message, then key=value fields given as a printf format
  * (e.g. "conn=%llu code=%d"). The fields argument may be NULL. */
-void core_log(core_log_level_t level, const char *module, const char *msg, const char *fields,
-              ...) __attribute__((format(printf, 4, 5)));
+void core_log(core_log_level_t level, const char *module, const char *msg, const char *fields, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #define CORE_LOGE(mod, msg, ...) core_log(CORE_LOG_ERROR, mod, msg, __VA_ARGS__)
 #define CORE_LOGW(mod, msg, ...) core_log(CORE_LOG_WARN, mod, msg, __VA_ARGS__)
@@ -77,7 +77,8 @@ void core_random(void *buf, size_t n);
 /* Writes n random characters from [A-Za-z0-9] plus a terminating NUL into out (n+1 bytes). */
 void core_random_id(char *out, size_t n);
 
-/* ---- refcounted message buffer ----------------------------------------------------------------- */
+/* ---- refcounted message buffer -----------------------------------------------------------------
+ */
 
 /* An immutable byte string shared by many owners (a fan-out push referenced by every
  * subscriber's write queue). `head` bytes of headroom precede data so a transport can prepend

@@ -56,8 +56,8 @@ static const setting_t settings[] = {
      OFF(max_connections_per_user), "64", "connections per user on this node (close 3504)"},
     {"CHAT_WRITE_QUEUE_BYTES", "write_queue_bytes", T_U32, OFF(write_queue_bytes), "1048576",
      "bytes queued for one connection before close 3008"},
-    {"CHAT_WRITE_QUEUE_MESSAGES", "write_queue_messages", T_U32, OFF(write_queue_messages),
-     "16384", "messages queued for one connection before close 3008"},
+    {"CHAT_WRITE_QUEUE_MESSAGES", "write_queue_messages", T_U32, OFF(write_queue_messages), "16384",
+     "messages queued for one connection before close 3008"},
     {"CHAT_WRITE_DELAY_MS", "write_delay_ms", T_U32, OFF(write_delay_ms), "5",
      "milliseconds new output waits so that one write carries many messages (0 = none)"},
     {"CHAT_MAX_ERRORS", "max_errors", T_U32, OFF(max_errors), "100",
@@ -203,8 +203,9 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
         cfg->max_frame_bytes < 1024 || cfg->write_queue_bytes < 1024 ||
         cfg->write_queue_messages == 0 || cfg->max_channels == 0 ||
         cfg->max_connections_per_user == 0) {
-        snprintf(err, errlen, "timeouts and limits must be positive (frame and queue bytes at "
-                              "least 1024)");
+        snprintf(err, errlen,
+                 "timeouts and limits must be positive (frame and queue bytes at "
+                 "least 1024)");
         return CORE_EINVAL;
     }
     return 0;

@@ -4,12 +4,12 @@
 
 #include <errno.h>
 #include <inttypes.h>
-#include <sys/socket.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "admin/admin.h"
@@ -47,7 +47,7 @@ typedef struct {
     bool closing;
     bool close_sent;
     bool want_write;
-    bool in_flush; /* on srv.flush, waiting for the coalescing timer */
+    bool in_flush;  /* on srv.flush, waiting for the coalescing timer */
     bool rx_paused; /* reads stopped while a frame is half written (see conn_flush) */
     core_str_t tx;  /* the unsent tail of a frame the socket did not take at once */
     size_t tx_off;
@@ -73,7 +73,7 @@ struct srv {
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     uint64_t drain_deadline;
-    core_list_t flush;    /* connections with queued output, waiting for flush_timer */
+    core_list_t flush; /* connections with queued output, waiting for flush_timer */
     uv_timer_t flush_timer;
 };
 
@@ -393,10 +393,9 @@ static bool demo_user_ok(const char *u) {
 }
 
 static char *mint_demo_token(srv_t *S, const char *user) {
-    json_t *claims = json_pack("{s:s, s:I, s:I, s:s, s:{s:s}}", "sub", user, "iat",
-                               (json_int_t)core_wall_s(), "exp",
-                               (json_int_t)(core_wall_s() + 86400), "plan", "free", "info",
-                               "name", user);
+    json_t *claims =
+        json_pack("{s:s, s:I, s:I, s:s, s:{s:s}}", "sub", user, "iat", (json_int_t)core_wall_s(),
+                  "exp", (json_int_t)(core_wall_s() + 86400), "plan", "free", "info", "name", user);
     char *tok = auth_jwt_mint(S->keys, NULL, claims);
     json_decref(claims);
     return tok;
@@ -436,8 +435,7 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         char uri[64];
         if (S->draining)
             return 1;
-        if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 ||
-            strcmp(uri, WS_PATH) != 0)
+        if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, WS_PATH) != 0)
             return 1;
         return 0;
     }
@@ -555,8 +553,7 @@ static const struct lws_protocols admin_protocols[] = {
 static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
 static const struct lws_protocol_vhost_options pvo_chat = {NULL, &pvo_default, "chat", ""};
 
-static const struct lws_protocol_vhost_options mime_mjs = {NULL, NULL, ".mjs",
-                                                           "text/javascript"};
+static const struct lws_protocol_vhost_options mime_mjs = {NULL, NULL, ".mjs", "text/javascript"};
 static const struct lws_protocol_vhost_options mime_map = {&mime_mjs, NULL, ".map",
                                                            "application/json"};
 
@@ -773,8 +770,7 @@ int main(int argc, char **argv) {
     info.foreign_loops = loops;
     info.user = S;
     info.port = CONTEXT_PORT_NO_LISTEN;
-    lws_set_log_level(core_log_enabled(CORE_LOG_DEBUG) ? LLL_ERR | LLL_WARN | LLL_NOTICE
-                                                       : LLL_ERR,
+    lws_set_log_level(core_log_enabled(CORE_LOG_DEBUG) ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR,
                       NULL);
     S->ctx = lws_create_context(&info);
     if (!S->ctx) {
@@ -833,8 +829,8 @@ int main(int argc, char **argv) {
     cc.node_id = S->cfg.node_id;
 
     S->node = chat_node_new(&S->loop, &cc);
-    S->broker = clu_memory_new(&S->loop, chat_node_broker_events(), S->node,
-                               S->cfg.history_max_limit);
+    S->broker =
+        clu_memory_new(&S->loop, chat_node_broker_events(), S->node, S->cfg.history_max_limit);
     clu_memory_set_max_bytes(S->broker, (size_t)S->cfg.history_memory_mb << 20);
     chat_node_set_broker(S->node, S->broker);
 

@@ -226,8 +226,8 @@ static void test_memory_cap_evicts_least_recent(void **state) {
     assert_true(st.evicted >= 2);
 
     /* a was published to least recently: its position is gone and its epoch changed. */
-    clu_history_req_t since_a = {.has_since = true, .since_offset = 2, .since_epoch = ea,
-                                 .limit = 10};
+    clu_history_req_t since_a = {
+        .has_since = true, .since_offset = 2, .since_epoch = ea, .limit = 10};
     hist_res_t ra = history(f, "chat:a", &since_a);
     assert_int_equal(ra.status, CORE_EUNRECOVERABLE);
     assert_string_not_equal(ra.epoch, ea);
