@@ -30,8 +30,8 @@ typedef struct {
 
 /* Per-channel options that come from the channel's namespace. */
 typedef struct {
-    uint32_t history_size;  /* publications kept; 0 = not stored (no offset) */
-    uint32_t history_ttl_s; /* whole stream expires this long after its last publication */
+    uint32_t history_size;   /* publications kept; 0 = not stored (no offset) */
+    uint32_t history_ttl_s;  /* whole stream expires this long after its last publication */
     uint32_t presence_ttl_s; /* presence entries expire unless refreshed (cluster brokers) */
 } clu_chan_opts_t;
 
@@ -50,11 +50,11 @@ typedef struct {
 typedef void (*clu_publish_cb)(int status, uint64_t offset, const char *epoch, void *ud);
 
 typedef struct {
-    bool has_since;     /* position given: return publications after (or before) it */
+    bool has_since; /* position given: return publications after (or before) it */
     uint64_t since_offset;
     const char *since_epoch; /* checked when has_since; mismatch = CORE_EUNRECOVERABLE */
-    int32_t limit;      /* 0 = none, only the position; < 0 = up to the broker's cap */
-    bool reverse;       /* newest first */
+    int32_t limit;           /* 0 = none, only the position; < 0 = up to the broker's cap */
+    bool reverse;            /* newest first */
 } clu_history_req_t;
 
 /* History answer: pubs in the requested order, the channel's top offset and epoch. When the
@@ -66,7 +66,7 @@ typedef void (*clu_history_cb)(int status, const clu_pub_t *pubs, size_t n, uint
 typedef struct {
     const char *client; /* client id */
     const char *user;
-    const char *info;   /* ClientInfo JSON object */
+    const char *info; /* ClientInfo JSON object */
     size_t info_len;
 } clu_presence_t;
 
@@ -77,14 +77,14 @@ typedef void (*clu_status_cb)(int status, void *ud);
 
 /* Counters every broker keeps, read by the admin module. */
 typedef struct {
-    uint64_t publishes;        /* accepted publish calls */
-    uint64_t publish_errors;   /* publish calls that failed */
-    uint64_t delivered;        /* publications handed to on_pub */
-    uint64_t undecodable;      /* inter-node envelopes dropped */
-    uint64_t state_lost;       /* on_state_lost calls */
-    uint64_t channels;         /* channels with state in the broker (gauge) */
+    uint64_t publishes;          /* accepted publish calls */
+    uint64_t publish_errors;     /* publish calls that failed */
+    uint64_t delivered;          /* publications handed to on_pub */
+    uint64_t undecodable;        /* inter-node envelopes dropped */
+    uint64_t state_lost;         /* on_state_lost calls */
+    uint64_t channels;           /* channels with state in the broker (gauge) */
     uint64_t node_subscriptions; /* channels the node subscribed to (gauge) */
-    uint64_t evicted;          /* channel histories dropped to stay under a memory cap */
+    uint64_t evicted;            /* channel histories dropped to stay under a memory cap */
 } clu_stats_t;
 
 typedef struct clu_broker clu_broker_t;
@@ -103,8 +103,7 @@ typedef struct {
                         const clu_presence_t *entry);
     int (*presence_remove)(clu_broker_t *b, const char *channel, const char *client);
     int (*presence)(clu_broker_t *b, const char *channel, clu_presence_cb cb, void *ud);
-    int (*presence_stats)(clu_broker_t *b, const char *channel, clu_presence_stats_cb cb,
-                          void *ud);
+    int (*presence_stats)(clu_broker_t *b, const char *channel, clu_presence_stats_cb cb, void *ud);
     bool (*ready)(clu_broker_t *b);
     void (*stats)(clu_broker_t *b, clu_stats_t *out);
     void (*close)(clu_broker_t *b, void (*done)(void *ud), void *ud);
@@ -148,12 +147,11 @@ static inline int clu_presence_add(clu_broker_t *b, const char *channel,
 static inline int clu_presence_remove(clu_broker_t *b, const char *channel, const char *client) {
     return b->ops->presence_remove(b, channel, client);
 }
-static inline int clu_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb,
-                               void *ud) {
+static inline int clu_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb, void *ud) {
     return b->ops->presence(b, channel, cb, ud);
 }
-static inline int clu_presence_stats(clu_broker_t *b, const char *channel,
-                                     clu_presence_stats_cb cb, void *ud) {
+static inline int clu_presence_stats(clu_broker_t *b, const char *channel, clu_presence_stats_cb cb,
+                                     void *ud) {
     return b->ops->presence_stats(b, channel, cb, ud);
 }
 /* True when the broker can serve (its backing store is reachable). */
@@ -176,5 +174,15 @@ clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *
  * channel histories are dropped, least recently published first; each dropped channel gets a new
  * epoch. The channel being published to is never dropped by its own publication. */
 void clu_memory_set_max_bytes(clu_broker_t *b, size_t max_bytes);
+
+/* The cluster broker: history, presence and routing in Redis (redis_url "redis://A.B.C.D[:port]
+ * [/db]", numeric IPv4 only), shared by every node on the same Redis. Connects at once and
+ * keeps reconnecting with jittered backoff; ready() is true while the command connection is up,
+ * and operations fail with CORE_EAGAIN (through their callback) while it is not. node_id names
+ * this node in logs. max_history_limit caps how many publications one history call returns
+ * (0: 1000). Returns NULL for a bad URL. Callbacks run later from the loop, except failures
+ * detected before anything was sent (Redis down), which call back at once. */
+clu_broker_t *clu_redis_new(uv_loop_t *loop, const clu_events_t *events, void *ud,
+                            const char *redis_url, const char *node_id, uint32_t max_history_limit);
 
 #endif
