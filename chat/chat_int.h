@@ -6,6 +6,8 @@
 
 #define CHAT_DEDUPE_SLOTS 64
 #define CHAT_CLIENT_ID_LEN 36
+/* Most bytes of commands held while a connect waits for the broker. */
+#define CHAT_HELD_MAX 65536
 
 typedef struct {
     uint64_t key; /* hash of channel and client_msg_id */
@@ -77,6 +79,7 @@ struct chat_client {
     uint64_t next_ping_ms;
     uint64_t pong_deadline_ms;
     uint32_t errors; /* error replies in the current 10 s window */
+    core_str_t held; /* commands that arrived behind a pending connect */
     chat_sub_t *subs;
     uint32_t nsubs;
     core_list_t link;

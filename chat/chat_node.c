@@ -501,6 +501,12 @@ static void connect_finish(connect_op_t *co) {
             sub_activate(sub, co->tops[i]);
     }
     connect_op_free(co);
+    if (c->held.len) {
+        core_str_t held = c->held;
+        c->held = (core_str_t){0};
+        chat_client_on_frame(c, held.ptr, held.len);
+        core_str_free(&held);
+    }
 }
 
 static bool channel_name_ok(const char *ch) {
@@ -1128,6 +1134,18 @@ void chat_client_on_frame(chat_client_t *c, const char *data, size_t len) {
     /* Any traffic proves the client alive. */
     c->pong_deadline_ms = 0;
     while (c->state != CL_CLOSING && chat_frame_next(data, len, &pos, &line, &llen)) {
+        if (c->state == CL_CONNECTING) {
+            /* SDKs send their subscribe commands in the same frame as connect. While the
+             * connect waits for the broker, the rest is held (bounded) and runs after it. */
+            size_t rest = len - (size_t)(line - data);
+            if (c->held.len + rest + 1 > CHAT_HELD_MAX) {
+                client_close(c, 3501, "bad request");
+                return;
+            }
+            core_str_append(&c->held, line, rest);
+            core_str_append(&c->held, "\n", 1);
+            return;
+        }
         chat_cmd_t cmd;
         if (chat_cmd_decode(line, llen, &cmd) != 0) {
             client_close(c, 3501, "bad request");
@@ -1364,6 +1382,7 @@ void chat_client_free(chat_client_t *c) {
     core_map_del(n->clients, c->id);
     core_list_remove(&c->link);
     n->st.sessions--;
+    core_str_free(&c->held);
     free(c->conn_info);
     free(c);
 }

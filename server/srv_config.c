@@ -76,7 +76,7 @@ static const setting_t settings[] = {
     {"CHAT_NAMESPACES", "namespaces", T_JSON, OFF(namespaces), NULL,
      "JSON object of namespaces (default: chat, typing, personal)"},
     {"REDIS_URL", "redis_url", T_STR, OFF(redis_url), NULL,
-     "redis://host:port[/db]: cluster mode (not in this build yet)"},
+     "redis://A.B.C.D:port[/db]: cluster mode (channels shared through Redis)"},
     {"DATABASE_URL", "database_url", T_STR, OFF(database_url), NULL,
      "PostgreSQL primary (not in this build yet)"},
     {"DATABASE_READ_URL", "database_read_url", T_STR, OFF(database_read_url), NULL,

@@ -675,7 +675,7 @@ static void print_ready(srv_t *S) {
     const char *shown = strcmp(host, "0.0.0.0") == 0 ? "localhost" : host;
     if (S->demo) {
         char *tok = mint_demo_token(S, "demo");
-        printf("chatd %s: single node, in-memory broker, demo mode (random secret)\n"
+        printf("chatd %s: demo mode (random secret)\n"
                "  web demo:   http://%s:%d/\n"
                "  demo token: %s\n"
                "  api key:    %s\n",
@@ -712,9 +712,8 @@ int main(int argc, char **argv) {
     }
     core_log_setup((core_log_level_t)core_log_level_parse(S->cfg.log_level),
                    strcmp(S->cfg.log_format, "json") == 0);
-    if (S->cfg.redis_url || S->cfg.database_url || S->cfg.database_read_url) {
-        fprintf(stderr, "chatd: REDIS_URL and DATABASE_URL are not supported by this build yet; "
-                        "unset them to run a single node\n");
+    if (S->cfg.database_url || S->cfg.database_read_url) {
+        fprintf(stderr, "chatd: DATABASE_URL is not supported by this build yet; unset it\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -829,9 +828,20 @@ int main(int argc, char **argv) {
     cc.node_id = S->cfg.node_id;
 
     S->node = chat_node_new(&S->loop, &cc);
-    S->broker =
-        clu_memory_new(&S->loop, chat_node_broker_events(), S->node, S->cfg.history_max_limit);
-    clu_memory_set_max_bytes(S->broker, (size_t)S->cfg.history_memory_mb << 20);
+    if (S->cfg.redis_url) {
+        /* Cluster mode: channels, history and presence live in Redis and are shared with every
+         * node on it. The node starts even while Redis is down and reports not ready. */
+        S->broker = clu_redis_new(&S->loop, chat_node_broker_events(), S->node, S->cfg.redis_url,
+                                  S->cfg.node_id, S->cfg.history_max_limit);
+        if (!S->broker) {
+            fprintf(stderr, "chatd: REDIS_URL must be redis://A.B.C.D[:port][/db]\n");
+            return 2;
+        }
+    } else {
+        S->broker = clu_memory_new(&S->loop, chat_node_broker_events(), S->node,
+                                   S->cfg.history_max_limit);
+        clu_memory_set_max_bytes(S->broker, (size_t)S->cfg.history_memory_mb << 20);
+    }
     chat_node_set_broker(S->node, S->broker);
 
     uv_signal_init(&S->loop, &S->sigterm);

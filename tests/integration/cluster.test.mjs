@@ -1,0 +1,151 @@
+// Cluster mode: several chatd nodes share channels through a real redis-server on loopback.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { startChatd, connectClient, newClient, subscribe, Collector, chatMessage, waitUntil, waitEvent } from './helpers.mjs';
+
+const REDIS_BIN = process.env.REDIS_SERVER_BIN || 'redis-server';
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function canConnect(port) {
+  return new Promise((resolve) => {
+    const sock = net.connect(port, '127.0.0.1');
+    sock.on('connect', () => { sock.destroy(); resolve(true); });
+    sock.on('error', () => resolve(false));
+  });
+}
+
+/** A redis-server of its own on a free loopback port, stopped by PID after the test. */
+async function startRedis(t) {
+  const port = await freePort();
+  const child = spawn(REDIS_BIN, ['--bind', '127.0.0.1', '--port', String(port), '--save', '',
+    '--appendonly', 'no'], { stdio: 'ignore' });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  t.after(async () => {
+    child.kill('SIGTERM');
+    await exited;
+  });
+  await waitUntil(() => canConnect(port), { timeoutMs: 5000, what: 'redis-server accepting' });
+  return `redis://127.0.0.1:${port}`;
+}
+
+async function startCluster(t, n) {
+  const url = await startRedis(t);
+  const nodes = [];
+  for (let i = 0; i < n; i++) {
+    nodes.push(await startChatd(t, {
+      env: { REDIS_URL: url, CHAT_NODE_ID: `node${i}`, CHAT_RATE_LIMITS: 'free=100000/100000' },
+    }));
+  }
+  // Each node is ready once its broker reached Redis.
+  for (const srv of nodes) {
+    await waitUntil(async () => (await fetch(`${srv.adminUrl}/readyz`)).status === 200,
+      { timeoutMs: 5000, what: 'node ready' });
+  }
+  return nodes;
+}
+
+test('10 publishers over 3 nodes: every subscriber gets every publication once, in one order', { timeout: 60_000 }, async (t) => {
+  const nodes = await startCluster(t, 3);
+  const channel = 'chat:cluster';
+  const PUBLISHERS = 10;
+  const PER_PUBLISHER = 30;
+  const total = PUBLISHERS * PER_PUBLISHER;
+
+  const subscribers = [];
+  for (let i = 0; i < 6; i++) {
+    const client = await connectClient(t, nodes[i % 3], { user: `reader${i}`, url: nodes[i % 3].wsUrl });
+    const { sub } = await subscribe(client, channel);
+    subscribers.push(new Collector(sub, 'publication'));
+  }
+  const publishers = [];
+  for (let i = 0; i < PUBLISHERS; i++) {
+    const client = await connectClient(t, nodes[i % 3], { user: `writer${i}`, url: nodes[i % 3].wsUrl });
+    const { sub } = await subscribe(client, channel);
+    publishers.push(sub);
+  }
+  await Promise.all(publishers.map(async (sub, p) => {
+    for (let k = 0; k < PER_PUBLISHER; k++) {
+      await sub.publish(chatMessage(`${p}:${k}`, `p${p}-${k}`));
+    }
+  }));
+
+  const orders = [];
+  for (const c of subscribers) {
+    await c.waitCount(total, 20_000);
+    const offsets = c.items.map((p) => p.offset);
+    // Offsets are the channel's one total order: consecutive, none missing, none twice.
+    assert.deepEqual(offsets, Array.from({ length: total }, (_, i) => offsets[0] + i));
+    const texts = c.items.map((p) => p.data.text);
+    assert.equal(new Set(texts).size, total);
+    // Each publisher's messages keep their own order.
+    for (let p = 0; p < PUBLISHERS; p++) {
+      const mine = texts.filter((x) => x.startsWith(`${p}:`)).map((x) => Number(x.split(':')[1]));
+      assert.deepEqual(mine, Array.from({ length: PER_PUBLISHER }, (_, k) => k));
+    }
+    orders.push(texts.join('|'));
+  }
+  assert.equal(new Set(orders).size, 1, 'subscribers on different nodes saw different orders');
+});
+
+test('a client recovers on another node what was published while it was away', { timeout: 30_000 }, async (t) => {
+  const nodes = await startCluster(t, 2);
+  const channel = 'chat:moving';
+  const writer = await connectClient(t, nodes[1], { user: 'writer', url: nodes[1].wsUrl });
+  const { sub: wsub } = await subscribe(writer, channel);
+  for (let i = 0; i < 3; i++) {
+    await wsub.publish(chatMessage(`before ${i}`));
+  }
+
+  const first = await connectClient(t, nodes[0], { user: 'mover', url: nodes[0].wsUrl });
+  const { ctx } = await subscribe(first, channel, { recoverable: true, positioned: true });
+  const position = ctx.streamPosition;
+  assert.equal(position.offset, 3);
+  first.disconnect();
+
+  for (let i = 0; i < 5; i++) {
+    await wsub.publish(chatMessage(`missed ${i}`));
+  }
+
+  const second = await connectClient(t, nodes[1], { user: 'mover', url: nodes[1].wsUrl });
+  const sub = second.newSubscription(channel, { since: position, recoverable: true, positioned: true });
+  const got = new Collector(sub, 'publication');
+  const subscribed = new Promise((resolve) => sub.once('subscribed', resolve));
+  sub.subscribe();
+  const sctx = await subscribed;
+  assert.equal(sctx.wasRecovering, true);
+  assert.equal(sctx.recovered, true);
+  await got.waitCount(5, 5000);
+  assert.deepEqual(got.items.map((p) => p.data.text), [0, 1, 2, 3, 4].map((i) => `missed ${i}`));
+  assert.deepEqual(got.items.map((p) => p.offset), [4, 5, 6, 7, 8]);
+});
+
+test('presence is shared across nodes; a subscribe sent with the connect waits for it', { timeout: 30_000 }, async (t) => {
+  const nodes = await startCluster(t, 2);
+  const channel = 'chat:together';
+  const a = await connectClient(t, nodes[0], { user: 'ann', url: nodes[0].wsUrl });
+  await subscribe(a, channel);
+  // ben's subscription exists before he connects: the SDK sends its subscribe in the same frame
+  // as connect, which a cluster node answers only after Redis did.
+  const b = newClient(t, nodes[1], { user: 'ben', url: nodes[1].wsUrl });
+  const sub = b.newSubscription(channel);
+  const subscribed = waitEvent(sub, 'subscribed', { timeoutMs: 5000, what: 'pipelined subscribe' });
+  sub.subscribe();
+  b.connect();
+  await subscribed;
+  const users = Object.values((await sub.presence()).clients).map((c) => c.user).sort();
+  assert.deepEqual(users, ['ann', 'ben']);
+  const stats = await sub.presenceStats();
+  assert.equal(stats.numUsers, 2);
+});
