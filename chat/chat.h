@@ -55,6 +55,7 @@ typedef struct {
     uint32_t dedupe_window_s;
     uint32_t max_recover; /* most publications a recovering subscribe returns */
     uint32_t max_errors;  /* error replies per client within 10 s before close 3509; 0 = off */
+    uint32_t presence_ttl_s; /* presence entries expire unless their node refreshes them */
     const char *node_id;
     const char *version;
 } chat_config_t;

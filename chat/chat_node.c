@@ -193,8 +193,8 @@ static chat_sub_t *client_find_sub(chat_client_t *c, const char *channel) {
     return NULL;
 }
 
-static clu_chan_opts_t chan_opts(const chat_ns_t *ns) {
-    return (clu_chan_opts_t){ns->history_size, ns->history_ttl_s, 60};
+static clu_chan_opts_t chan_opts(const chat_node_t *n, const chat_ns_t *ns) {
+    return (clu_chan_opts_t){ns->history_size, ns->history_ttl_s, n->cfg.presence_ttl_s};
 }
 
 /* ClientInfo JSON: {"user","client","conn_info","chan_info"}. */
@@ -284,7 +284,7 @@ static void sub_activate(chat_sub_t *s, uint64_t top) {
     const chat_ns_t *ns = s->ch->ns;
     if (ns->presence || ns->join_leave) {
         clu_presence_t e = {c->id, c->user->name, s->info, s->info_len};
-        clu_chan_opts_t o = chan_opts(ns);
+        clu_chan_opts_t o = chan_opts(n, ns);
         clu_presence_add(n->broker, s->ch->name, &o, &e);
         s->presence_added = true;
         if (ns->join_leave)
@@ -439,7 +439,7 @@ static void sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset,
         req.since_epoch = epoch ? epoch : "";
         req.limit = (int32_t)n->cfg.max_recover;
     }
-    clu_chan_opts_t o = chan_opts(ns);
+    clu_chan_opts_t o = chan_opts(n, ns);
     int rc = clu_history(n->broker, s->ch->name, &o, &req, subop_done, op);
     if (rc != 0)
         subop_done(rc, NULL, 0, 0, "", op);
@@ -737,7 +737,7 @@ static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, 
     size_t info_len = 0;
     char *info = s ? NULL : client_info_json(c, NULL, &info_len);
     clu_pub_t p = {0, data, len, s ? s->info : info, s ? s->info_len : info_len};
-    clu_chan_opts_t o = chan_opts(ns);
+    clu_chan_opts_t o = chan_opts(n, ns);
     int rc = clu_publish(n->broker, channel, &p, &o, pubop_done, op);
     free(info);
     if (rc != 0)
@@ -955,7 +955,7 @@ static void handle_history(chat_client_t *c, const chat_cmd_t *cmd) {
             req.since_epoch = "";
     }
     queryop_t *op = queryop_new(c, cmd->id);
-    clu_chan_opts_t o = chan_opts(ns);
+    clu_chan_opts_t o = chan_opts(c->node, ns);
     int rc = clu_history(c->node->broker, channel, &o, &req, history_done, op);
     if (rc != 0)
         history_done(rc, NULL, 0, 0, "", op);
@@ -1280,7 +1280,25 @@ static void sweep_cb(uv_timer_t *t) {
                 c->pong_deadline_ms = now + (uint64_t)n->cfg.pong_timeout_s * 1000;
         }
     }
-    if (++n->sweep_ticks % 10 == 0) {
+    uint32_t refresh = n->cfg.presence_ttl_s / 3 ? n->cfg.presence_ttl_s / 3 : 1;
+    if (++n->sweep_ticks % refresh == 0) {
+        /* Presence entries in a shared broker expire unless their node refreshes them, so the
+         * users of a node that died disappear on their own. */
+        core_map_iter_t it = 0;
+        void *v;
+        while (core_map_next(n->channels, &it, NULL, &v)) {
+            chat_channel_t *ch = v;
+            clu_chan_opts_t o = chan_opts(n, ch->ns);
+            for (uint32_t i = 0; i < ch->n; i++) {
+                chat_sub_t *sub = ch->subs[i];
+                if (!sub->presence_added)
+                    continue;
+                clu_presence_t e = {sub->c->id, sub->c->user->name, sub->info, sub->info_len};
+                clu_presence_add(n->broker, ch->name, &o, &e);
+            }
+        }
+    }
+    if (n->sweep_ticks % 10 == 0) {
         for (core_list_t *it = n->all.next; it != &n->all; it = it->next)
             CORE_CONTAINER_OF(it, chat_client_t, link)->errors = 0;
         core_map_iter_t it = 0;

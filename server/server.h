@@ -41,6 +41,7 @@ typedef struct {
     uint32_t history_max_limit;
     uint32_t history_memory_mb;
     uint32_t max_errors;
+    uint32_t presence_ttl;
     char *namespaces; /* JSON text or NULL for the defaults */
     char *redis_url;
     char *database_url;

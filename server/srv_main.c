@@ -791,6 +791,7 @@ int main(int argc, char **argv) {
     cc.dedupe_window_s = S->cfg.dedupe_window;
     cc.max_recover = S->cfg.history_max_limit;
     cc.max_errors = S->cfg.max_errors;
+    cc.presence_ttl_s = S->cfg.presence_ttl;
     cc.version = CHATD_VERSION;
     cc.node_id = ""; /* set after the listeners are bound */
 

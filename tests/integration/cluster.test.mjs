@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
-import { startChatd, connectClient, newClient, subscribe, Collector, chatMessage, waitUntil, waitEvent } from './helpers.mjs';
+import { startChatd, stopChatd, connectClient, newClient, subscribe, Collector, chatMessage, waitUntil, waitEvent, delay } from './helpers.mjs';
 
 const REDIS_BIN = process.env.REDIS_SERVER_BIN || 'redis-server';
 
@@ -40,12 +40,12 @@ async function startRedis(t) {
   return `redis://127.0.0.1:${port}`;
 }
 
-async function startCluster(t, n) {
+async function startCluster(t, n, env = {}) {
   const url = await startRedis(t);
   const nodes = [];
   for (let i = 0; i < n; i++) {
     nodes.push(await startChatd(t, {
-      env: { REDIS_URL: url, CHAT_NODE_ID: `node${i}`, CHAT_RATE_LIMITS: 'free=100000/100000' },
+      env: { REDIS_URL: url, CHAT_NODE_ID: `node${i}`, CHAT_RATE_LIMITS: 'free=100000/100000', ...env },
     }));
   }
   // Each node is ready once its broker reached Redis.
@@ -148,4 +148,27 @@ test('presence is shared across nodes; a subscribe sent with the connect waits f
   assert.deepEqual(users, ['ann', 'ben']);
   const stats = await sub.presenceStats();
   assert.equal(stats.numUsers, 2);
+});
+
+test('presence outlives its TTL while the node lives, and a killed node\'s users leave it', { timeout: 30_000 }, async (t) => {
+  const TTL_S = 3;
+  const nodes = await startCluster(t, 2, { CHAT_PRESENCE_TTL: TTL_S });
+  const channel = 'chat:ttl';
+  const a = await connectClient(t, nodes[0], { user: 'ann', url: nodes[0].wsUrl });
+  await subscribe(a, channel);
+  const b = await connectClient(t, nodes[1], { user: 'ben', url: nodes[1].wsUrl });
+  const { sub } = await subscribe(b, channel);
+  const users = async () => Object.values((await sub.presence()).clients).map((c) => c.user).sort();
+  assert.deepEqual(await users(), ['ann', 'ben']);
+
+  // Nothing to observe here but the passing of time: the entries must survive past the TTL
+  // because their nodes refresh them.
+  await delay((TTL_S + 1.5) * 1000);
+  assert.deepEqual(await users(), ['ann', 'ben']);
+
+  await stopChatd(nodes[0], { signal: 'SIGKILL' });
+  const killedAt = Date.now();
+  await waitUntil(async () => (await users()).join() === 'ben',
+    { timeoutMs: (TTL_S + 2) * 1000, what: "ann's entry to expire" });
+  assert.ok(Date.now() - killedAt <= (TTL_S + 2) * 1000);
 });
