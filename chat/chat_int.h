@@ -26,20 +26,28 @@ typedef struct {
 
 typedef struct chat_sub chat_sub_t;
 
+typedef struct {
+    core_buf_t *buf;
+    uint64_t offset;
+} chat_pending_pub_t;
+
 /* A channel with local subscribers. The node is subscribed in the broker while it exists. */
 typedef struct {
     char *name;
     const chat_ns_t *ns;
     chat_sub_t **subs;
     uint32_t n, cap;
+    /* Delivery order: stored publications go out strictly by offset. `last` is the newest one
+     * delivered here (0 = none yet); newer ones that arrive while a gap is being filled from
+     * history wait in `held`. */
+    uint64_t last;
+    char epoch[CLU_EPOCH_MAX];
+    bool filling;
+    chat_pending_pub_t *held;
+    uint32_t nheld, cap_held;
 } chat_channel_t;
 
 enum { SUB_PENDING = 0, SUB_ACTIVE };
-
-typedef struct {
-    core_buf_t *buf;
-    uint64_t offset;
-} chat_pending_pub_t;
 
 /* One client's subscription to one channel. */
 struct chat_sub {

@@ -171,6 +171,8 @@ static void channel_add(chat_channel_t *ch, chat_sub_t *s) {
     s->ch = ch;
 }
 
+static void channel_drop_held(chat_channel_t *ch);
+
 static void channel_remove(chat_node_t *n, chat_sub_t *s) {
     chat_channel_t *ch = s->ch;
     chat_sub_t *last = ch->subs[--ch->n];
@@ -180,6 +182,7 @@ static void channel_remove(chat_node_t *n, chat_sub_t *s) {
         clu_unsubscribe(n->broker, ch->name);
         core_map_del(n->channels, ch->name);
         n->st.channels--;
+        channel_drop_held(ch);
         free(ch->subs);
         free(ch->name);
         free(ch);
@@ -273,6 +276,9 @@ static void sub_activate(chat_sub_t *s, uint64_t top) {
     chat_client_t *c = s->c;
     chat_node_t *n = c->node;
     s->state = SUB_ACTIVE;
+    /* The first subscriber's answer tells where the channel's feed starts for this node. */
+    if (!s->ch->last && s->ch->ns->history_size)
+        s->ch->last = top;
     for (uint32_t i = 0; i < s->npending; i++) {
         chat_pending_pub_t *p = &s->pending[i];
         if (p->offset == 0 || p->offset > top) {
@@ -1158,13 +1164,9 @@ void chat_client_on_frame(chat_client_t *c, const char *data, size_t len) {
 
 /* ---- broker events ---- */
 
-static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const char *epoch) {
-    chat_node_t *n = ud;
-    (void)epoch;
-    chat_channel_t *ch = core_map_get(n->channels, channel);
-    if (!ch)
-        return;
-    /* The push is serialised once; every subscriber's queue references the same bytes. */
+/* The push for a publication, serialised once: every subscriber's queue references the same
+ * bytes. */
+static core_buf_t *pub_push(const char *channel, const clu_pub_t *pub) {
     core_str_t s = {0};
     core_str_reserve(&s, pub->data_len + pub->info_len + strlen(channel) + 64);
     core_str_appends(&s, "{\"push\":{\"channel\":");
@@ -1174,6 +1176,10 @@ static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const ch
     core_str_appends(&s, "}}");
     core_buf_t *b = core_buf_from(0, s.ptr, s.len);
     core_str_free(&s);
+    return b;
+}
+
+static void channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uint64_t offset) {
     uint64_t out = 0;
     for (uint32_t i = 0; i < ch->n; i++) {
         chat_sub_t *sub = ch->subs[i];
@@ -1187,14 +1193,165 @@ static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const ch
                 sub->cap_pending = sub->cap_pending ? sub->cap_pending * 2 : 8;
                 sub->pending = core_realloc(sub->pending, sub->cap_pending * sizeof *sub->pending);
             }
-            sub->pending[sub->npending++] = (chat_pending_pub_t){core_buf_ref(b), pub->offset};
+            sub->pending[sub->npending++] = (chat_pending_pub_t){core_buf_ref(b), offset};
         } else {
             /* Too much arrived before the subscribe could finish: the client resynchronises. */
             client_close(sub->c, 3010, "insufficient state");
         }
     }
     n->st.publications_out += out;
+}
+
+static void channel_drop_held(chat_channel_t *ch) {
+    for (uint32_t i = 0; i < ch->nheld; i++)
+        core_buf_unref(ch->held[i].buf);
+    free(ch->held);
+    ch->held = NULL;
+    ch->nheld = ch->cap_held = 0;
+}
+
+/* The channel's history is gone or its gap cannot be filled: every local subscriber reconnects
+ * and recovers what it can (recovered:false tells it to reload). */
+static void channel_state_lost(chat_channel_t *ch) {
+    channel_drop_held(ch);
+    ch->filling = false;
+    for (uint32_t i = 0; i < ch->n; i++)
+        client_close(ch->subs[i]->c, 3010, "insufficient state");
+}
+
+static void channel_fill(chat_node_t *n, chat_channel_t *ch);
+
+/* Delivers held publications that continue the sequence; starts another fill if a gap
+ * remains. */
+static void channel_release_held(chat_node_t *n, chat_channel_t *ch) {
+    uint32_t i = 0;
+    while (i < ch->nheld && ch->held[i].offset <= ch->last + 1) {
+        if (ch->held[i].offset == ch->last + 1) {
+            ch->last++;
+            channel_fanout(n, ch, ch->held[i].buf, ch->held[i].offset);
+        }
+        core_buf_unref(ch->held[i].buf);
+        i++;
+    }
+    if (i > 0 && i < ch->nheld)
+        memmove(ch->held, ch->held + i, (ch->nheld - i) * sizeof *ch->held);
+    ch->nheld -= i;
+    if (ch->nheld > 0)
+        channel_fill(n, ch);
+}
+
+typedef struct {
+    chat_node_t *node;
+    char *channel;
+} fillop_t;
+
+static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top,
+                      const char *epoch, void *ud) {
+    fillop_t *op = ud;
+    chat_node_t *n = op->node;
+    chat_channel_t *ch = core_map_get(n->channels, op->channel);
+    if (ch && ch->filling) {
+        ch->filling = false;
+        bool contiguous = status == 0 && strcmp(epoch, ch->epoch) == 0 &&
+                          (np == 0 || pubs[0].offset == ch->last + 1);
+        if (!contiguous) {
+            CORE_LOGW(MOD, "gap not recoverable", "channel=%s last=%" PRIu64 " top=%" PRIu64,
+                      ch->name, ch->last, top);
+            channel_state_lost(ch);
+            ch->last = top;
+            snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
+        } else {
+            for (size_t i = 0; i < np; i++) {
+                if (pubs[i].offset != ch->last + 1)
+                    break;
+                core_buf_t *b = pub_push(ch->name, &pubs[i]);
+                ch->last++;
+                channel_fanout(n, ch, b, pubs[i].offset);
+                core_buf_unref(b);
+            }
+            channel_release_held(n, ch);
+        }
+    }
+    free(op->channel);
+    free(op);
+}
+
+/* Reads what follows `last` from history, so that the channel's subscribers see every
+ * publication, in order, even when the feed from the broker skipped some. */
+static void channel_fill(chat_node_t *n, chat_channel_t *ch) {
+    if (ch->filling || !ch->last)
+        return;
+    ch->filling = true;
+    fillop_t *op = core_calloc(1, sizeof *op);
+    op->node = n;
+    op->channel = core_strdup(ch->name);
+    clu_history_req_t req = {.has_since = true,
+                             .since_offset = ch->last,
+                             .since_epoch = ch->epoch,
+                             .limit = (int32_t)n->cfg.max_recover};
+    clu_chan_opts_t o = chan_opts(n, ch->ns);
+    int rc = clu_history(n->broker, ch->name, &o, &req, fill_done, op);
+    if (rc != 0)
+        fill_done(rc, NULL, 0, ch->last, ch->epoch, op);
+}
+
+static void channel_hold(chat_channel_t *ch, core_buf_t *b, uint64_t offset) {
+    if (ch->nheld == ch->cap_held) {
+        ch->cap_held = ch->cap_held ? ch->cap_held * 2 : 16;
+        ch->held = core_realloc(ch->held, ch->cap_held * sizeof *ch->held);
+    }
+    /* Kept sorted by offset: the feed is ordered, but fills interleave with it. */
+    uint32_t i = ch->nheld;
+    while (i > 0 && ch->held[i - 1].offset > offset)
+        i--;
+    if (i > 0 && ch->held[i - 1].offset == offset)
+        return; /* already held */
+    memmove(ch->held + i + 1, ch->held + i, (ch->nheld - i) * sizeof *ch->held);
+    ch->held[i] = (chat_pending_pub_t){core_buf_ref(b), offset};
+    ch->nheld++;
+}
+
+static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const char *epoch) {
+    chat_node_t *n = ud;
+    chat_channel_t *ch = core_map_get(n->channels, channel);
+    if (!ch)
+        return;
+    if (pub->offset == 0) {
+        core_buf_t *b = pub_push(channel, pub);
+        channel_fanout(n, ch, b, 0);
+        core_buf_unref(b);
+        return;
+    }
+    if (ch->epoch[0] && strcmp(ch->epoch, epoch) != 0) {
+        /* The channel's history was lost (Redis restarted empty, the stream expired): offsets
+         * start over and nothing before can be recovered. */
+        channel_state_lost(ch);
+        ch->last = 0;
+    }
+    snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
+    if (ch->last && pub->offset <= ch->last)
+        return; /* delivered already (a fill got it first) */
+    core_buf_t *b = pub_push(channel, pub);
+    if (ch->filling || (ch->last && pub->offset > ch->last + 1)) {
+        if (ch->nheld >= n->cfg.max_recover) {
+            channel_state_lost(ch);
+            ch->last = pub->offset;
+        } else {
+            channel_hold(ch, b, pub->offset);
+            channel_fill(n, ch);
+        }
+    } else {
+        ch->last = pub->offset;
+        channel_fanout(n, ch, b, pub->offset);
+    }
     core_buf_unref(b);
+}
+
+static void on_resync(void *ud, const char *channel) {
+    chat_node_t *n = ud;
+    chat_channel_t *ch = core_map_get(n->channels, channel);
+    if (ch)
+        channel_fill(n, ch);
 }
 
 static void on_join_leave(chat_node_t *n, const char *channel, const char *info, size_t len,
@@ -1235,7 +1392,7 @@ static void on_state_lost(void *ud, const char *channel) {
         client_close(ch->subs[i]->c, 3010, "insufficient state");
 }
 
-static const clu_events_t broker_events = {on_pub, on_join, on_leave, on_state_lost};
+static const clu_events_t broker_events = {on_pub, on_join, on_leave, on_state_lost, on_resync};
 
 const clu_events_t *chat_node_broker_events(void) {
     return &broker_events;

@@ -45,6 +45,9 @@ typedef struct {
     /* The node may have missed publications of channel and cannot fill the gap: its
      * subscribers must re-synchronise (they are disconnected with 3010). */
     void (*on_state_lost)(void *ud, const char *channel);
+    /* The node's feed of channel was (re)established, e.g. after its pub/sub connection came
+     * back: publications may have been missed meanwhile, and the node checks the history. */
+    void (*on_resync)(void *ud, const char *channel);
 } clu_events_t;
 
 typedef void (*clu_publish_cb)(int status, uint64_t offset, const char *epoch, void *ud);

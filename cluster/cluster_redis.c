@@ -343,9 +343,26 @@ static void on_sub_message(redisAsyncContext *ac, void *reply, void *priv) {
     rb_t *rb = priv;
     redisReply *r = reply;
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 3)
-        return; /* NULL: the connection is going away; else a (un)subscribe confirmation */
+        return; /* the connection is going away */
     redisReply *kind = r->element[0], *payload = r->element[2];
-    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0)
+    if (kind->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(kind->str, "subscribe") == 0) {
+        /* From here on the channel's publications arrive; what was published while this
+         * connection was down (or before it subscribed) is for the node to fetch. */
+        redisReply *name = r->element[1];
+        size_t plen = strlen("chat.pub.{");
+        if (rb->base.events.on_resync && name->type == REDIS_REPLY_STRING &&
+            name->len > plen + 1 && name->len - plen - 1 <= CLU_ENV_MAX_CHANNEL) {
+            char channel[CLU_ENV_MAX_CHANNEL + 1];
+            memcpy(channel, name->str + plen, name->len - plen - 1);
+            channel[name->len - plen - 1] = '\0';
+            if (core_map_get(rb->subs, channel))
+                rb->base.events.on_resync(rb->base.events_ud, channel);
+        }
+        return;
+    }
+    if (strcmp(kind->str, "message") != 0)
         return;
     if (payload->type != REDIS_REPLY_STRING) {
         rb->st.undecodable++;

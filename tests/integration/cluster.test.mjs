@@ -172,3 +172,59 @@ test('presence outlives its TTL while the node lives, and a killed node\'s users
     { timeoutMs: (TTL_S + 2) * 1000, what: "ann's entry to expire" });
   assert.ok(Date.now() - killedAt <= (TTL_S + 2) * 1000);
 });
+
+/** Sends one command to Redis in RESP and returns the raw reply line. */
+function redisCommand(url, ...args) {
+  const port = Number(new URL(url).port);
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1');
+    let reply = '';
+    sock.on('connect', () => {
+      sock.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
+    });
+    sock.on('data', (d) => {
+      reply += d.toString();
+      if (reply.includes('\r\n')) {
+        sock.destroy();
+        resolve(reply.trim());
+      }
+    });
+    sock.on('error', reject);
+  });
+}
+
+test('pub/sub connections killed in Redis: every subscriber still gets every publication, in order', { timeout: 60_000 }, async (t) => {
+  const url = await startRedis(t);
+  const nodes = [];
+  for (let i = 0; i < 2; i++) {
+    nodes.push(await startChatd(t, { env: { REDIS_URL: url, CHAT_NODE_ID: `node${i}`, CHAT_RATE_LIMITS: 'free=100000/100000' } }));
+  }
+  for (const srv of nodes) {
+    await waitUntil(async () => (await fetch(`${srv.adminUrl}/readyz`)).status === 200, { timeoutMs: 5000, what: 'node ready' });
+  }
+  const channel = 'chat:killed';
+  const readers = [];
+  for (let i = 0; i < 2; i++) {
+    const c = await connectClient(t, nodes[i], { user: `reader${i}`, url: nodes[i].wsUrl });
+    const { sub } = await subscribe(c, channel);
+    readers.push(new Collector(sub, 'publication'));
+  }
+  const writer = await connectClient(t, nodes[1], { user: 'writer', url: nodes[1].wsUrl });
+  const { sub: wsub } = await subscribe(writer, channel);
+  const TOTAL = 150;
+  let kills = 0;
+  for (let i = 0; i < TOTAL; i++) {
+    if (i === 40 || i === 100) {
+      const r = await redisCommand(url, 'CLIENT', 'KILL', 'TYPE', 'pubsub');
+      assert.match(r, /^:[1-9]/, `CLIENT KILL answered ${r}`);
+      kills++;
+    }
+    await wsub.publish(chatMessage(`n${i}`));
+  }
+  assert.equal(kills, 2);
+  for (const r of readers) {
+    await r.waitCount(TOTAL, 15_000);
+    assert.deepEqual(r.items.map((p) => p.data.text), Array.from({ length: TOTAL }, (_, i) => `n${i}`));
+    assert.deepEqual(r.items.map((p) => p.offset), Array.from({ length: TOTAL }, (_, i) => i + 1));
+  }
+});

@@ -75,7 +75,7 @@ static void on_state_lost(void *ud, const char *channel) {
     next_event(ud, 's', channel);
 }
 
-static const clu_events_t events = {on_pub, on_join, on_leave, on_state_lost};
+static const clu_events_t events = {on_pub, on_join, on_leave, on_state_lost, NULL};
 
 static fx_t *fx_new(uint32_t max_history_limit) {
     fx_t *f = calloc(1, sizeof *f);
