@@ -133,6 +133,18 @@ static void call_argu(call_t *c, uint64_t v) {
     call_arg(c, buf, (size_t)n);
 }
 
+/* The script's KEYS: two keys of one channel, both with its hash tag, so one Redis Cluster
+ * slot holds them and one script may touch both. */
+static void channel_keys(call_t *c, const char *channel, const char *prefix1, const char *prefix2) {
+    core_str_t k = {0};
+    call_args(c, "2");
+    key_of(&k, prefix1, channel);
+    call_arg(c, k.ptr, k.len);
+    key_of(&k, prefix2, channel);
+    call_arg(c, k.ptr, k.len);
+    core_str_free(&k);
+}
+
 static void call_free(call_t *c) {
     for (int i = 2; i < c->argc; i++)
         free(c->argv[i]);
@@ -352,8 +364,8 @@ static void on_sub_message(redisAsyncContext *ac, void *reply, void *priv) {
          * connection was down (or before it subscribed) is for the node to fetch. */
         redisReply *name = r->element[1];
         size_t plen = strlen("chat.pub.{");
-        if (rb->base.events.on_resync && name->type == REDIS_REPLY_STRING &&
-            name->len > plen + 1 && name->len - plen - 1 <= CLU_ENV_MAX_CHANNEL) {
+        if (rb->base.events.on_resync && name->type == REDIS_REPLY_STRING && name->len > plen + 1 &&
+            name->len - plen - 1 <= CLU_ENV_MAX_CHANNEL) {
             char channel[CLU_ENV_MAX_CHANNEL + 1];
             memcpy(channel, name->str + plen, name->len - plen - 1);
             channel[name->len - plen - 1] = '\0';
@@ -448,11 +460,7 @@ static int rb_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub
     }
     call_t *c = call_new(rb, SCRIPT_PUBLISH, publish_done, (void *)cb, ud);
     core_str_t k = {0};
-    call_args(c, "2");
-    key_of(&k, "chat.meta.", channel);
-    call_arg(c, k.ptr, k.len);
-    key_of(&k, "chat.history.", channel);
-    call_arg(c, k.ptr, k.len);
+    channel_keys(c, channel, "chat.meta.", "chat.history.");
     call_argu(c, opts->history_size);
     call_argu(c, (uint64_t)opts->history_ttl_s * 1000);
     char epoch[9];
@@ -541,13 +549,7 @@ static int rb_history(clu_broker_t *b, const char *channel, const clu_chan_opts_
     if (limit > rb->max_history_limit)
         limit = rb->max_history_limit;
     call_t *c = call_new(rb, SCRIPT_HISTORY, history_done, (void *)cb, ud);
-    core_str_t k = {0};
-    call_args(c, "2");
-    key_of(&k, "chat.meta.", channel);
-    call_arg(c, k.ptr, k.len);
-    key_of(&k, "chat.history.", channel);
-    call_arg(c, k.ptr, k.len);
-    core_str_free(&k);
+    channel_keys(c, channel, "chat.meta.", "chat.history.");
     call_args(c, req->has_since ? "1" : "0");
     call_argu(c, req->since_offset);
     call_args(c, req->has_since && req->since_epoch ? req->since_epoch : "");
@@ -580,16 +582,6 @@ static int rb_leave(clu_broker_t *b, const char *channel, const char *info, size
     return rb_join_leave((rb_t *)b, channel, info, len, false);
 }
 
-static void presence_keys(call_t *c, const char *channel) {
-    core_str_t k = {0};
-    call_args(c, "2");
-    key_of(&k, "chat.presence.", channel);
-    call_arg(c, k.ptr, k.len);
-    key_of(&k, "chat.presexp.", channel);
-    call_arg(c, k.ptr, k.len);
-    core_str_free(&k);
-}
-
 static void ignore_done(call_t *c, redisReply *r, int status) {
     (void)c, (void)r, (void)status;
 }
@@ -602,7 +594,7 @@ static int rb_presence_add(clu_broker_t *b, const char *channel, const clu_chan_
     if (!rb->cmd.connected)
         return CORE_EAGAIN;
     call_t *c = call_new(rb, SCRIPT_PRES_ADD, ignore_done, NULL, NULL);
-    presence_keys(c, channel);
+    channel_keys(c, channel, "chat.presence.", "chat.presexp.");
     call_args(c, e->client);
     /* user NUL info: user ids never contain NUL, and one field keeps add/remove atomic. */
     core_str_t v = {0};
@@ -708,7 +700,7 @@ static int rb_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb,
     if (rb->closing || cb == NULL)
         return CORE_EINVAL;
     call_t *c = call_new(rb, SCRIPT_PRES_GET, presence_done, (void *)cb, ud);
-    presence_keys(c, channel);
+    channel_keys(c, channel, "chat.presence.", "chat.presexp.");
     call_start(c);
     return 0;
 }
@@ -719,7 +711,7 @@ static int rb_presence_stats(clu_broker_t *b, const char *channel, clu_presence_
     if (rb->closing || cb == NULL)
         return CORE_EINVAL;
     call_t *c = call_new(rb, SCRIPT_PRES_GET, presence_stats_done, (void *)cb, ud);
-    presence_keys(c, channel);
+    channel_keys(c, channel, "chat.presence.", "chat.presexp.");
     call_start(c);
     return 0;
 }

@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "cluster/cluster.h"
+#include "tests/unit/redis_server.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -26,98 +27,26 @@
 #include <time.h>
 #include <unistd.h>
 
-static pid_t redis_pid = -1;
 static int redis_port;
 static char redis_url[64];
 
-/* ---- the redis-server child ---------------------------------------------------------------- */
-
-static void loopback_addr(int port, struct sockaddr_in *sa) {
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-}
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa;
-    loopback_addr(0, &sa);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0)
-        return -1;
-    socklen_t sl = sizeof sa;
-    getsockname(fd, (struct sockaddr *)&sa, &sl);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static bool can_connect(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa;
-    loopback_addr(port, &sa);
-    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-    close(fd);
-    return ok;
-}
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static int spawn_redis(void) {
-    char port[16];
-    snprintf(port, sizeof port, "%d", redis_port);
-    redis_pid = fork();
-    if (redis_pid < 0)
-        return -1;
-    if (redis_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO);
-        execlp("redis-server", "redis-server", "--bind", "127.0.0.1", "--port", port, "--save", "",
-               "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 250; i++) { /* 5 s, far beyond its usual ~10 ms start */
-        int st;
-        if (waitpid(redis_pid, &st, WNOHANG) == redis_pid) {
-            fprintf(stderr,
-                    "test_redis_broker: redis-server exited early (status %d); is it "
-                    "installed (Debian package redis-server)?\n",
-                    st);
-            redis_pid = -1;
-            return -1;
-        }
-        if (can_connect(redis_port))
-            return 0;
-        sleep_ms(20);
-    }
-    fprintf(stderr, "test_redis_broker: redis-server did not start on port %d\n", redis_port);
-    return -1;
+    return trs_restart("test_redis_broker");
 }
 
 static int kill_redis(void **state) {
     (void)state;
-    if (redis_pid > 0) {
-        kill(redis_pid, SIGTERM);
-        for (int i = 0; i < 100 && waitpid(redis_pid, NULL, WNOHANG) == 0; i++)
-            sleep_ms(20);
-        if (kill(redis_pid, 0) == 0) {
-            kill(redis_pid, SIGKILL);
-            waitpid(redis_pid, NULL, 0);
-        }
-        redis_pid = -1;
-    }
+    trs_stop();
     return 0;
 }
 
 static int start_redis(void **state) {
     (void)state;
-    redis_port = free_port();
-    snprintf(redis_url, sizeof redis_url, "redis://127.0.0.1:%d", redis_port);
-    return redis_port > 0 ? spawn_redis() : -1;
+    if (trs_start("test_redis_broker") != 0)
+        return -1;
+    redis_port = trs_port();
+    snprintf(redis_url, sizeof redis_url, "%s", trs_url());
+    return 0;
 }
 
 /* A blocking side connection for what the broker interface does not expose (NUMSUB, garbage

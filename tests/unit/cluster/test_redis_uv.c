@@ -11,6 +11,7 @@
 #include <cmocka.h>
 
 #include "cluster/cluster_redis_uv.h"
+#include "tests/unit/redis_server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,114 +27,19 @@
 #include <time.h>
 #include <unistd.h>
 
-static pid_t redis_pid = -1;
 static int redis_port;
-
-/* ---- sockets and the redis-server child ---------------------------------------------------- */
-
-static int loopback_addr(int port, struct sockaddr_in *sa) {
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((uint16_t)port);
-    sa->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    return 0;
-}
-
-/* A port nothing listens on right now: bind to port 0, read it back, close. */
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in sa;
-    loopback_addr(0, &sa);
-    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-    socklen_t sl = sizeof sa;
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
-    close(fd);
-    return ntohs(sa.sin_port);
-}
-
-static bool can_connect(int port) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa;
-    loopback_addr(port, &sa);
-    bool ok = connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
-    close(fd);
-    return ok;
-}
-
-static bool in_path(const char *prog) {
-    const char *path = getenv("PATH");
-    if (path == NULL)
-        return false;
-    char buf[4096];
-    while (*path) {
-        size_t n = strcspn(path, ":");
-        if (n > 0 && n + strlen(prog) + 2 < sizeof buf) {
-            snprintf(buf, sizeof buf, "%.*s/%s", (int)n, path, prog);
-            if (access(buf, X_OK) == 0)
-                return true;
-        }
-        path += n + (path[n] == ':');
-    }
-    return false;
-}
-
-static void sleep_ms(long ms) {
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
 
 static int start_redis(void **state) {
     (void)state;
-    if (!in_path("redis-server")) {
-        fprintf(stderr, "test_redis_uv: redis-server not found in PATH; install the Debian "
-                        "package redis-server (CI installs it)\n");
+    if (trs_start("test_redis_uv") != 0)
         return -1;
-    }
-    redis_port = free_port();
-    char port[16];
-    snprintf(port, sizeof port, "%d", redis_port);
-    redis_pid = fork();
-    if (redis_pid < 0)
-        return -1;
-    if (redis_pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive a crashed test */
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0)
-            dup2(devnull, STDOUT_FILENO); /* its log goes to stdout; failures show in stderr */
-        execlp("redis-server", "redis-server", "--bind", "127.0.0.1", "--port", port, "--save", "",
-               "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning", (char *)NULL);
-        _exit(127);
-    }
-    /* Wait until it accepts, bounded: 5 s is far beyond its usual start time of ~10 ms. */
-    for (int i = 0; i < 250; i++) {
-        int st;
-        if (waitpid(redis_pid, &st, WNOHANG) == redis_pid) {
-            fprintf(stderr, "test_redis_uv: redis-server exited early (status %d)\n", st);
-            redis_pid = -1;
-            return -1;
-        }
-        if (can_connect(redis_port))
-            return 0;
-        sleep_ms(20);
-    }
-    fprintf(stderr, "test_redis_uv: redis-server did not accept on port %d within 5 s\n",
-            redis_port);
-    return -1;
+    redis_port = trs_port();
+    return 0;
 }
 
 static int stop_redis(void **state) {
     (void)state;
-    if (redis_pid > 0) {
-        kill(redis_pid, SIGTERM);
-        for (int i = 0; i < 100 && waitpid(redis_pid, NULL, WNOHANG) == 0; i++)
-            sleep_ms(20);
-        if (kill(redis_pid, 0) == 0) {
-            kill(redis_pid, SIGKILL);
-            waitpid(redis_pid, NULL, 0);
-        }
-        redis_pid = -1;
-    }
+    trs_stop();
     return 0;
 }
 
@@ -287,7 +193,7 @@ static void test_refused(void **state) {
     fx_init(&f);
     /* The timeout is a backstop: with hiredis's own adapter this attempt never calls back, so
      * the test would see CORE_ETIMEDOUT after 5 s instead of a refusal at once. */
-    clu_redis_connect_opts_t o = opts_for(&f, free_port(), 5000);
+    clu_redis_connect_opts_t o = opts_for(&f, trs_free_port(), 5000);
     redisAsyncContext *ac = NULL;
     int rc = clu_redis_connect(&f.loop, &o, &ac);
     if (rc == 0) {
@@ -313,7 +219,7 @@ static int silent_listener(int *port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     assert_true(fd >= 0);
     struct sockaddr_in sa;
-    loopback_addr(0, &sa);
+    trs_loopback_addr(0, &sa);
     assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
     assert_int_equal(listen(fd, 0), 0);
     socklen_t sl = sizeof sa;
@@ -355,7 +261,7 @@ static void test_timeout_connect_in_progress(void **state) {
     int lfd = silent_listener(&port);
     int filler = socket(AF_INET, SOCK_STREAM, 0);
     struct sockaddr_in sa;
-    loopback_addr(port, &sa);
+    trs_loopback_addr(port, &sa);
     assert_int_equal(connect(filler, (struct sockaddr *)&sa, sizeof sa), 0);
     run_timeout_case(port);
     close(filler);
