@@ -97,6 +97,8 @@ void adm_metrics_render(core_str_t *o, const adm_snapshot_t *s) {
            c->rate_limited);
     metric(o, "chat_dedupe_hits_total", "counter", "Publishes answered from the dedupe window.",
            c->dedupe_hits);
+    metric(o, "chat_state_lost_total", "counter",
+           "Channel gaps that history could not fill (clients closed with 3010).", c->state_lost);
     metric(o, "chat_write_calls_total", "counter", "WebSocket frames written.", sv->write_calls);
     metric(o, "chat_write_bytes_total", "counter", "WebSocket payload bytes written.",
            sv->write_bytes);

@@ -53,8 +53,8 @@ typedef struct {
     uint32_t max_channels_per_conn;
     uint32_t max_conns_per_user;
     uint32_t dedupe_window_s;
-    uint32_t max_recover; /* most publications a recovering subscribe returns */
-    uint32_t max_errors;  /* error replies per client within 10 s before close 3509; 0 = off */
+    uint32_t max_recover;    /* most publications a recovering subscribe returns */
+    uint32_t max_errors;     /* error replies per client within 10 s before close 3509; 0 = off */
     uint32_t presence_ttl_s; /* presence entries expire unless their node refreshes them */
     const char *node_id;
     const char *version;
@@ -155,10 +155,11 @@ typedef struct {
     uint64_t commands[CHAT_M_COUNT];
     uint64_t publications_in;
     uint64_t publications_out;
-    uint64_t errors[16]; /* by chat_error_slot() */
+    uint64_t errors[16]; /* by the slot of the code in chat_error_codes (last: others) */
     uint64_t rate_limited;
     uint64_t dedupe_hits;
-    uint64_t channels; /* gauge */
+    uint64_t state_lost; /* channels whose clients were closed with 3010 */
+    uint64_t channels;   /* gauge */
 } chat_stats_t;
 
 /* Error codes counted in chat_stats_t.errors, in slot order. */
@@ -169,7 +170,6 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg);
 /* The event table and userdata to create the broker with. */
 const clu_events_t *chat_node_broker_events(void);
 void chat_node_set_broker(chat_node_t *n, clu_broker_t *b);
-clu_broker_t *chat_node_broker(chat_node_t *n);
 /* Closes every client with code/reason (drain). */
 void chat_node_close_all(chat_node_t *n, int code, const char *reason);
 /* Stops the node's timers; done runs when they are closed. Clients must be gone. */

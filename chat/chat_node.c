@@ -1212,7 +1212,8 @@ static void channel_drop_held(chat_channel_t *ch) {
 
 /* The channel's history is gone or its gap cannot be filled: every local subscriber reconnects
  * and recovers what it can (recovered:false tells it to reload). */
-static void channel_state_lost(chat_channel_t *ch) {
+static void channel_state_lost(chat_node_t *n, chat_channel_t *ch) {
+    n->st.state_lost++;
     channel_drop_held(ch);
     ch->filling = false;
     for (uint32_t i = 0; i < ch->n; i++)
@@ -1245,8 +1246,8 @@ typedef struct {
     char *channel;
 } fillop_t;
 
-static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top,
-                      const char *epoch, void *ud) {
+static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top, const char *epoch,
+                      void *ud) {
     fillop_t *op = ud;
     chat_node_t *n = op->node;
     chat_channel_t *ch = core_map_get(n->channels, op->channel);
@@ -1257,7 +1258,7 @@ static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top
         if (!contiguous) {
             CORE_LOGW(MOD, "gap not recoverable", "channel=%s last=%" PRIu64 " top=%" PRIu64,
                       ch->name, ch->last, top);
-            channel_state_lost(ch);
+            channel_state_lost(n, ch);
             ch->last = top;
             snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
         } else {
@@ -1325,7 +1326,7 @@ static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const ch
     if (ch->epoch[0] && strcmp(ch->epoch, epoch) != 0) {
         /* The channel's history was lost (Redis restarted empty, the stream expired): offsets
          * start over and nothing before can be recovered. */
-        channel_state_lost(ch);
+        channel_state_lost(n, ch);
         ch->last = 0;
     }
     snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
@@ -1334,7 +1335,7 @@ static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const ch
     core_buf_t *b = pub_push(channel, pub);
     if (ch->filling || (ch->last && pub->offset > ch->last + 1)) {
         if (ch->nheld >= n->cfg.max_recover) {
-            channel_state_lost(ch);
+            channel_state_lost(n, ch);
             ch->last = pub->offset;
         } else {
             channel_hold(ch, b, pub->offset);
@@ -1383,16 +1384,7 @@ static void on_leave(void *ud, const char *channel, const char *info, size_t len
     on_join_leave(ud, channel, info, len, "leave");
 }
 
-static void on_state_lost(void *ud, const char *channel) {
-    chat_node_t *n = ud;
-    chat_channel_t *ch = core_map_get(n->channels, channel);
-    if (!ch)
-        return;
-    for (uint32_t i = 0; i < ch->n; i++)
-        client_close(ch->subs[i]->c, 3010, "insufficient state");
-}
-
-static const clu_events_t broker_events = {on_pub, on_join, on_leave, on_state_lost, on_resync};
+static const clu_events_t broker_events = {on_pub, on_join, on_leave, on_resync};
 
 const clu_events_t *chat_node_broker_events(void) {
     return &broker_events;
@@ -1405,8 +1397,12 @@ static void sweep_cb(uv_timer_t *t) {
     uint64_t now = core_now_ms();
     int64_t wall = core_wall_s();
     uint64_t stale = (uint64_t)n->cfg.stale_timeout_s * 1000;
+    /* Error counts are per 10 s window (CHAT_MAX_ERRORS). */
+    bool new_window = ++n->sweep_ticks % 10 == 0;
     for (core_list_t *it = n->all.next; it != &n->all; it = it->next) {
         chat_client_t *c = CORE_CONTAINER_OF(it, chat_client_t, link);
+        if (new_window)
+            c->errors = 0;
         if (c->state == CL_CLOSING)
             continue;
         if (c->state != CL_CONNECTED) {
@@ -1438,7 +1434,7 @@ static void sweep_cb(uv_timer_t *t) {
         }
     }
     uint32_t refresh = n->cfg.presence_ttl_s / 3 ? n->cfg.presence_ttl_s / 3 : 1;
-    if (++n->sweep_ticks % refresh == 0) {
+    if (n->sweep_ticks % refresh == 0) {
         /* Presence entries in a shared broker expire unless their node refreshes them, so the
          * users of a node that died disappear on their own. */
         core_map_iter_t it = 0;
@@ -1455,9 +1451,7 @@ static void sweep_cb(uv_timer_t *t) {
             }
         }
     }
-    if (n->sweep_ticks % 10 == 0) {
-        for (core_list_t *it = n->all.next; it != &n->all; it = it->next)
-            CORE_CONTAINER_OF(it, chat_client_t, link)->errors = 0;
+    if (new_window) {
         core_map_iter_t it = 0;
         void *v;
         while (core_map_next(n->users, &it, NULL, &v))
@@ -1484,10 +1478,6 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
 
 void chat_node_set_broker(chat_node_t *n, clu_broker_t *b) {
     n->broker = b;
-}
-
-clu_broker_t *chat_node_broker(chat_node_t *n) {
-    return n->broker;
 }
 
 void chat_node_close_all(chat_node_t *n, int code, const char *reason) {

@@ -42,11 +42,9 @@ typedef struct {
     /* Join or leave of a subscriber anywhere; info is the ClientInfo JSON object. */
     void (*on_join)(void *ud, const char *channel, const char *info, size_t len);
     void (*on_leave)(void *ud, const char *channel, const char *info, size_t len);
-    /* The node may have missed publications of channel and cannot fill the gap: its
-     * subscribers must re-synchronise (they are disconnected with 3010). */
-    void (*on_state_lost)(void *ud, const char *channel);
     /* The node's feed of channel was (re)established, e.g. after its pub/sub connection came
-     * back: publications may have been missed meanwhile, and the node checks the history. */
+     * back: publications may have been missed meanwhile, and the node checks the history.
+     * Brokers do not judge loss themselves: the node sees it from offsets and epochs. */
     void (*on_resync)(void *ud, const char *channel);
 } clu_events_t;
 
@@ -84,7 +82,6 @@ typedef struct {
     uint64_t publish_errors;     /* publish calls that failed */
     uint64_t delivered;          /* publications handed to on_pub */
     uint64_t undecodable;        /* inter-node envelopes dropped */
-    uint64_t state_lost;         /* on_state_lost calls */
     uint64_t channels;           /* channels with state in the broker (gauge) */
     uint64_t node_subscriptions; /* channels the node subscribed to (gauge) */
     uint64_t evicted;            /* channel histories dropped to stay under a memory cap */

@@ -3,8 +3,8 @@
  * has local subscribers in. Each connection is a small state machine: connect with a timeout,
  * on failure or loss retry with jittered exponential backoff, and (pub/sub) re-subscribe.
  *
- * Not done yet: filling the gap after the pub/sub connection dropped or an offset jumped
- * (on_state_lost is never raised), command timeouts, and the node registry. */
+ * After a (re)subscribe it raises on_resync so that the node fills what it missed from the
+ * history stream. Not done yet: command timeouts and the node registry. */
 #include "cluster/cluster.h"
 
 #include <stdlib.h>

@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
-import { startChatd, stopChatd, connectClient, newClient, subscribe, Collector, chatMessage, waitUntil, waitEvent, delay } from './helpers.mjs';
+import { startChatd, stopChatd, connectClient, newClient, subscribe, Collector, chatMessage, waitUntil, waitEvent, delay, scrapeMetrics, metricValue } from './helpers.mjs';
 
 const REDIS_BIN = process.env.REDIS_SERVER_BIN || 'redis-server';
 
@@ -226,5 +226,9 @@ test('pub/sub connections killed in Redis: every subscriber still gets every pub
     await r.waitCount(TOTAL, 15_000);
     assert.deepEqual(r.items.map((p) => p.data.text), Array.from({ length: TOTAL }, (_, i) => `n${i}`));
     assert.deepEqual(r.items.map((p) => p.offset), Array.from({ length: TOTAL }, (_, i) => i + 1));
+  }
+  // The gaps were filled from history, not given up on.
+  for (const srv of nodes) {
+    assert.equal(metricValue(await scrapeMetrics(srv), 'chat_state_lost_total'), 0);
   }
 });

@@ -20,7 +20,7 @@
 #define MAX_EVENTS 64
 
 typedef struct {
-    char kind; /* 'p' pub, 'j' join, 'l' leave, 's' state lost */
+    char kind; /* 'p' pub, 'j' join, 'l' leave */
     char channel[64];
     uint64_t offset;
     char data[128];
@@ -71,11 +71,7 @@ static void on_leave(void *ud, const char *channel, const char *info, size_t len
     copy_text(e->info, sizeof e->info, info, len);
 }
 
-static void on_state_lost(void *ud, const char *channel) {
-    next_event(ud, 's', channel);
-}
-
-static const clu_events_t events = {on_pub, on_join, on_leave, on_state_lost, NULL};
+static const clu_events_t events = {on_pub, on_join, on_leave, NULL};
 
 static fx_t *fx_new(uint32_t max_history_limit) {
     fx_t *f = calloc(1, sizeof *f);

@@ -146,7 +146,7 @@ static void on_leave(void *ud, const char *channel, const char *info, size_t len
     copy_text(add_ev(ud, 'l')->text, 64, info, len);
 }
 
-static const clu_events_t events = {on_pub, on_join, on_leave, NULL, NULL};
+static const clu_events_t events = {on_pub, on_join, on_leave, NULL};
 
 static void on_watchdog(uv_timer_t *t) {
     fx_t *f = t->data;
