@@ -1,60 +1,8 @@
 // Cluster mode: several chatd nodes share channels through a real redis-server on loopback.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import net from 'node:net';
+import { startCluster, startRedis, redisCommand } from './cluster-util.mjs';
 import { startChatd, stopChatd, connectClient, newClient, subscribe, Collector, chatMessage, waitUntil, waitEvent, delay, scrapeMetrics, metricValue } from './helpers.mjs';
-
-const REDIS_BIN = process.env.REDIS_SERVER_BIN || 'redis-server';
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const sock = net.connect(port, '127.0.0.1');
-    sock.on('connect', () => { sock.destroy(); resolve(true); });
-    sock.on('error', () => resolve(false));
-  });
-}
-
-/** A redis-server of its own on a free loopback port, stopped by PID after the test. */
-async function startRedis(t) {
-  const port = await freePort();
-  const child = spawn(REDIS_BIN, ['--bind', '127.0.0.1', '--port', String(port), '--save', '',
-    '--appendonly', 'no'], { stdio: 'ignore' });
-  const exited = new Promise((resolve) => child.on('exit', resolve));
-  t.after(async () => {
-    child.kill('SIGTERM');
-    await exited;
-  });
-  await waitUntil(() => canConnect(port), { timeoutMs: 5000, what: 'redis-server accepting' });
-  return `redis://127.0.0.1:${port}`;
-}
-
-async function startCluster(t, n, env = {}) {
-  const url = await startRedis(t);
-  const nodes = [];
-  for (let i = 0; i < n; i++) {
-    nodes.push(await startChatd(t, {
-      env: { REDIS_URL: url, CHAT_NODE_ID: `node${i}`, CHAT_RATE_LIMITS: 'free=100000/100000', ...env },
-    }));
-  }
-  // Each node is ready once its broker reached Redis.
-  for (const srv of nodes) {
-    await waitUntil(async () => (await fetch(`${srv.adminUrl}/readyz`)).status === 200,
-      { timeoutMs: 5000, what: 'node ready' });
-  }
-  return nodes;
-}
 
 test('10 publishers over 3 nodes: every subscriber gets every publication once, in one order', { timeout: 60_000 }, async (t) => {
   const nodes = await startCluster(t, 3);
@@ -173,28 +121,8 @@ test('presence outlives its TTL while the node lives, and a killed node\'s users
   assert.ok(Date.now() - killedAt <= (TTL_S + 2) * 1000);
 });
 
-/** Sends one command to Redis in RESP and returns the raw reply line. */
-function redisCommand(url, ...args) {
-  const port = Number(new URL(url).port);
-  return new Promise((resolve, reject) => {
-    const sock = net.connect(port, '127.0.0.1');
-    let reply = '';
-    sock.on('connect', () => {
-      sock.write(`*${args.length}\r\n${args.map((a) => `$${Buffer.byteLength(a)}\r\n${a}\r\n`).join('')}`);
-    });
-    sock.on('data', (d) => {
-      reply += d.toString();
-      if (reply.includes('\r\n')) {
-        sock.destroy();
-        resolve(reply.trim());
-      }
-    });
-    sock.on('error', reject);
-  });
-}
-
 test('pub/sub connections killed in Redis: every subscriber still gets every publication, in order', { timeout: 60_000 }, async (t) => {
-  const url = await startRedis(t);
+  const { url } = await startRedis(t);
   const nodes = [];
   for (let i = 0; i < 2; i++) {
     nodes.push(await startChatd(t, { env: { REDIS_URL: url, CHAT_NODE_ID: `node${i}`, CHAT_RATE_LIMITS: 'free=100000/100000' } }));
