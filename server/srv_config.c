@@ -193,6 +193,10 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
         snprintf(err, errlen, "CHAT_LISTEN and CHAT_ADMIN_LISTEN must be host:port");
         return CORE_EINVAL;
     }
+    if (cfg->node_id && !srv_node_id_ok(cfg->node_id)) {
+        snprintf(err, errlen, "CHAT_NODE_ID must be 1-64 of [A-Za-z0-9._:-]");
+        return CORE_EINVAL;
+    }
     if (core_log_level_parse(cfg->log_level) < 0) {
         snprintf(err, errlen, "CHAT_LOG_LEVEL must be error, warn, info or debug");
         return CORE_EINVAL;
@@ -211,6 +215,19 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
         return CORE_EINVAL;
     }
     return 0;
+}
+
+bool srv_node_id_ok(const char *id) {
+    size_t n = strlen(id);
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = id[i];
+        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
+            return false;
+    }
+    return true;
 }
 
 void srv_config_free(srv_config_t *cfg) {

@@ -75,6 +75,8 @@ struct srv {
     uint64_t drain_deadline;
     core_list_t flush; /* connections with queued output, waiting for flush_timer */
     uv_timer_t flush_timer;
+    char cookie[128];                             /* the node cookie, set once the id is known */
+    struct lws_protocol_vhost_options cookie_hdr; /* the same, for files lws serves itself */
 };
 
 /* ---- transport of chat clients ---- */
@@ -322,6 +324,20 @@ static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
 
 /* ---- HTTP responses ---- */
 
+/* The public listener names its node in a cookie on every response, the WebSocket upgrade
+ * included: a load balancer in front of several nodes routes the browser's next request (its
+ * reconnect above all) to the node that holds its session, by this cookie. lws adds it to
+ * every HTTP response as the vhost's canned header; this adds it to the upgrade response, which
+ * lws builds without those. */
+static int add_node_cookie(struct lws *wsi, unsigned char **p, unsigned char *end) {
+    srv_t *S = lws_context_user(lws_get_context(wsi));
+    if (lws_get_vhost(wsi) != S->pub_vh || !S->cookie[0])
+        return 0;
+    return lws_add_http_header_by_name(wsi, (const unsigned char *)"set-cookie:",
+                                       (const unsigned char *)S->cookie, (int)strlen(S->cookie),
+                                       p, end);
+}
+
 /* Sends headers now and the body (taken) from the writeable callback. */
 static int http_respond(struct lws *wsi, srv_conn_t *c, unsigned int status, const char *ctype,
                         char *body, size_t len) {
@@ -480,6 +496,16 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         return 0;
     case LWS_CALLBACK_HTTP:
         return public_http(S, wsi, c);
+    case LWS_CALLBACK_ADD_HEADERS: {
+        /* The upgrade response (HTTP responses carry the vhost's canned header). */
+        struct lws_process_html_args *a = in;
+        unsigned char *p = (unsigned char *)a->p;
+        if (add_node_cookie(wsi, &p, (unsigned char *)a->p + a->max_len))
+            return 1;
+        a->len += (int)(p - (unsigned char *)a->p);
+        a->p = (char *)p;
+        return 0;
+    }
     default:
         return http_common(wsi, reason, c, in, len);
     }
@@ -637,7 +663,8 @@ static void raise_fd_limit(void) {
 static struct lws_vhost *make_vhost(srv_t *S, const char *name, const char *listen,
                                     const struct lws_protocols *protos,
                                     const struct lws_http_mount *mounts,
-                                    const struct lws_protocol_vhost_options *pvo) {
+                                    const struct lws_protocol_vhost_options *pvo,
+                                    const struct lws_protocol_vhost_options *headers) {
     char host[256];
     int port;
     srv_parse_hostport(listen, host, sizeof host, &port);
@@ -649,6 +676,7 @@ static struct lws_vhost *make_vhost(srv_t *S, const char *name, const char *list
     info.protocols = protos;
     info.mounts = mounts;
     info.pvo = pvo;
+    info.headers = headers;
     info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
     info.keepalive_timeout = 30;
     struct lws_vhost *vh = lws_create_vhost(S->ctx, &info);
@@ -669,9 +697,12 @@ static void print_ready(srv_t *S) {
         gethostname(hn, sizeof hn);
         hn[sizeof hn - 1] = '\0';
         char id[200];
-        snprintf(id, sizeof id, "%s:%d", hn, port);
+        snprintf(id, sizeof id, "%.50s:%d", hn, port);
         S->cfg.node_id = core_strdup(id);
     }
+    /* Node ids are checked to be cookie-safe and at most 64 bytes (srv_node_id_ok). */
+    snprintf(S->cookie, sizeof S->cookie, SRV_NODE_COOKIE "=%s; Path=/; HttpOnly; SameSite=Lax",
+             S->cfg.node_id);
     const char *shown = strcmp(host, "0.0.0.0") == 0 ? "localhost" : host;
     if (S->demo) {
         char *tok = mint_demo_token(S, "demo");
@@ -819,8 +850,12 @@ int main(int argc, char **argv) {
     m_health.mountpoint_len = (unsigned char)strlen(m_health.mountpoint);
     m_health.mount_next = &m_demo;
 
-    S->pub_vh = make_vhost(S, "public", S->cfg.listen, public_protocols, &m_health, &pvo_chat);
-    S->adm_vh = make_vhost(S, "admin", S->cfg.admin_listen, admin_protocols, NULL, NULL);
+    /* lws reads the value at each response; it is filled in once the node id is known. */
+    S->cookie_hdr.name = "set-cookie:";
+    S->cookie_hdr.value = S->cookie;
+    S->pub_vh = make_vhost(S, "public", S->cfg.listen, public_protocols, &m_health, &pvo_chat,
+                           &S->cookie_hdr);
+    S->adm_vh = make_vhost(S, "admin", S->cfg.admin_listen, admin_protocols, NULL, NULL, NULL);
     if (!S->pub_vh || !S->adm_vh) {
         lws_context_destroy(S->ctx);
         return 1;

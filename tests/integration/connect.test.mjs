@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startChatd, connectClient, newClient, rawConnect, rawConnectAs, mintToken, userToken, nowSec,
-  waitEvent, sdkSocket,
+  waitEvent, sdkSocket, WebSocket,
 } from './helpers.mjs';
 
 test('SDK client connects: connected event with a client id', async (t) => {
@@ -197,4 +197,25 @@ test('connections per user over CHAT_MAX_CONNECTIONS_PER_USER are closed with 35
   const raw = await rawConnect(t, srv);
   raw.command('connect', { token: userToken('alice') }).catch(() => null);
   assert.equal((await raw.waitClose()).code, 3504);
+});
+
+test('every public response names the node in the chat_node cookie, the WebSocket upgrade too', async (t) => {
+  const srv = await startChatd(t, { env: { CHAT_NODE_ID: 'node-a.1' } });
+  const expected = 'chat_node=node-a.1; Path=/; HttpOnly; SameSite=Lax';
+  for (const path of ['/', '/healthz', '/no-such-file']) {
+    const res = await fetch(`${srv.httpUrl}${path}`);
+    await res.arrayBuffer();
+    assert.deepEqual(res.headers.getSetCookie(), [expected], `GET ${path}`);
+  }
+  const ws = new WebSocket(srv.wsUrl);
+  const upgrade = await waitEvent(ws, 'upgrade', { what: 'upgrade response' });
+  assert.deepEqual(upgrade.headers['set-cookie'], [expected]);
+  ws.close();
+  // Operators' listener: no cookie, a balancer never sees it.
+  const admin = await fetch(`${srv.adminUrl}/healthz`);
+  assert.deepEqual(admin.headers.getSetCookie(), []);
+});
+
+test('a node id that cannot go into a cookie is refused at start', async () => {
+  await assert.rejects(startChatd(null, { env: { CHAT_NODE_ID: 'node 1;x' } }), /CHAT_NODE_ID must be/);
 });
