@@ -29,10 +29,32 @@ typedef struct {
     const char *broker_name;
     bool ready;
     bool draining;
+    bool shared_limits;     /* rate limits held across the cluster */
+    uint32_t cluster_nodes; /* live nodes in the registry */
     const chat_stats_t *chat;
     const clu_stats_t *broker;
     const adm_server_stats_t *server;
 } adm_snapshot_t;
+
+/* ---- node registry ---- */
+
+typedef struct adm_registry adm_registry_t;
+/* Appends this node's registry entry: a JSON object (name, address, version, counts, uptime,
+ * draining, ...). */
+typedef void (*adm_self_fn)(void *ud, core_str_t *out);
+
+/* Starts announcing node_id through the broker at once and every ttl_ms/3. */
+adm_registry_t *adm_registry_new(uv_loop_t *loop, clu_broker_t *b, const char *node_id,
+                                 uint32_t ttl_ms, adm_self_fn self, void *ud);
+/* Announces now (e.g. the node started draining). */
+void adm_registry_beat(adm_registry_t *r);
+/* Live nodes in the last answer of the broker. */
+size_t adm_registry_size(const adm_registry_t *r);
+/* Appends the /api/info answer: {"result":{"nodes":[...]}} with this node's entry fresh. */
+void adm_registry_render_info(const adm_registry_t *r, core_str_t *out);
+/* Stops announcing; the registry is freed once an announcement in flight has come back, so the
+ * broker must close (failing what it has pending) after this. */
+void adm_registry_close(adm_registry_t *r);
 
 /* Appends the Prometheus text exposition (format 0.0.4) of snap and of this process. */
 void adm_metrics_render(core_str_t *out, const adm_snapshot_t *snap);

@@ -95,6 +95,14 @@ void adm_metrics_render(core_str_t *o, const adm_snapshot_t *s) {
                              adm_disconnect_code(i), sv->disconnects[i]);
     metric(o, "chat_rate_limited_total", "counter", "Publishes refused by the rate limit.",
            c->rate_limited);
+    metric(o, "chat_rate_limit_shared", "gauge",
+           "1 when rate limits are held across the cluster (Redis), 0 when per node.",
+           s->shared_limits ? 1 : 0);
+    metric(o, "chat_rate_limit_fallback_total", "counter",
+           "Rate limits taken by this node alone because the shared limiter failed.",
+           c->rate_limit_fallbacks);
+    metric(o, "chat_cluster_nodes", "gauge", "Live nodes in the cluster's registry.",
+           s->cluster_nodes);
     metric(o, "chat_dedupe_hits_total", "counter", "Publishes answered from the dedupe window.",
            c->dedupe_hits);
     metric(o, "chat_state_lost_total", "counter",
@@ -124,6 +132,8 @@ void adm_metrics_render(core_str_t *o, const adm_snapshot_t *s) {
            b->publish_errors);
     metric(o, "chat_broker_undecodable_total", "counter", "Inter-node envelopes dropped.",
            b->undecodable);
+    metric(o, "chat_broker_timeouts_total", "counter",
+           "Broker connections dropped because a command went unanswered.", b->timeouts);
     metric(o, "chat_broker_channels", "gauge", "Channels with state in the broker.", b->channels);
     metric(o, "chat_broker_history_evicted_total", "counter",
            "Channel histories dropped to stay under the history memory cap.", b->evicted);

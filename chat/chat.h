@@ -125,6 +125,8 @@ typedef struct {
 /* Takes one token at now_ms. Returns 0 when allowed, else the milliseconds until a request
  * would be allowed (state unchanged). A rate <= 0 always allows. */
 int64_t chat_gcra_take(chat_gcra_t *g, double now_ms, const chat_rate_t *rate);
+/* Microseconds between two tokens of a positive rate (at least 1). */
+int64_t chat_gcra_interval_us(const chat_rate_t *rate);
 
 /* ---- recovery ----------------------------------------------------------------------------- */
 
@@ -157,6 +159,7 @@ typedef struct {
     uint64_t publications_out;
     uint64_t errors[16]; /* by the slot of the code in chat_error_codes (last: others) */
     uint64_t rate_limited;
+    uint64_t rate_limit_fallbacks; /* limits taken locally because the shared limiter failed */
     uint64_t dedupe_hits;
     uint64_t state_lost; /* channels whose clients were closed with 3010 */
     uint64_t channels;   /* gauge */

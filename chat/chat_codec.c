@@ -280,13 +280,16 @@ const chat_ns_t *chat_ns_find(const chat_ns_t *ns, size_t n, const char *channel
 
 /* ---- limiter and recovery ---- */
 
+int64_t chat_gcra_interval_us(const chat_rate_t *rate) {
+    int64_t interval = (int64_t)(1e6 / rate->rate + 0.5);
+    return interval < 1 ? 1 : interval;
+}
+
 int64_t chat_gcra_take(chat_gcra_t *g, double now_ms, const chat_rate_t *rate) {
     if (rate->rate <= 0)
         return 0;
     int64_t now = (int64_t)(now_ms * 1000.0);
-    int64_t interval = (int64_t)(1e6 / rate->rate + 0.5);
-    if (interval < 1)
-        interval = 1;
+    int64_t interval = chat_gcra_interval_us(rate);
     int64_t burst = rate->burst ? rate->burst : 1;
     int64_t tat = g->tat_us > now ? g->tat_us : now;
     int64_t allow_at = tat + interval - interval * burst;

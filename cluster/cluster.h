@@ -76,6 +76,19 @@ typedef void (*clu_presence_stats_cb)(int status, uint32_t num_clients, uint32_t
                                       void *ud);
 typedef void (*clu_status_cb)(int status, void *ud);
 
+/* One live node of the registry: its id and the JSON object it last announced. */
+typedef struct {
+    const char *id;
+    const char *info;
+    size_t info_len;
+} clu_node_t;
+
+typedef void (*clu_nodes_cb)(int status, const clu_node_t *nodes, size_t n, void *ud);
+
+/* Answer of a rate-limit take: wait_ms 0 = allowed (one token taken), else the milliseconds
+ * until one would be. */
+typedef void (*clu_rate_cb)(int status, int64_t wait_ms, void *ud);
+
 /* Counters every broker keeps, read by the admin module. */
 typedef struct {
     uint64_t publishes;          /* accepted publish calls */
@@ -85,6 +98,7 @@ typedef struct {
     uint64_t channels;           /* channels with state in the broker (gauge) */
     uint64_t node_subscriptions; /* channels the node subscribed to (gauge) */
     uint64_t evicted;            /* channel histories dropped to stay under a memory cap */
+    uint64_t timeouts;           /* backing-store connections dropped for not answering */
 } clu_stats_t;
 
 typedef struct clu_broker clu_broker_t;
@@ -104,6 +118,13 @@ typedef struct {
     int (*presence_remove)(clu_broker_t *b, const char *channel, const char *client);
     int (*presence)(clu_broker_t *b, const char *channel, clu_presence_cb cb, void *ud);
     int (*presence_stats)(clu_broker_t *b, const char *channel, clu_presence_stats_cb cb, void *ud);
+    /* Announces this node (id, info JSON) for ttl_ms and answers with every live node. */
+    int (*heartbeat)(clu_broker_t *b, const char *node_id, const char *info, size_t len,
+                     uint32_t ttl_ms, clu_nodes_cb cb, void *ud);
+    /* Takes one token of the GCRA limiter `key` shared by every node (interval_us between
+     * tokens, burst tokens at most). NULL in brokers of one node: the node limits locally. */
+    int (*rate_take)(clu_broker_t *b, const char *key, int64_t interval_us, int64_t burst,
+                     clu_rate_cb cb, void *ud);
     bool (*ready)(clu_broker_t *b);
     void (*stats)(clu_broker_t *b, clu_stats_t *out);
     void (*close)(clu_broker_t *b, void (*done)(void *ud), void *ud);
@@ -154,6 +175,20 @@ static inline int clu_presence_stats(clu_broker_t *b, const char *channel, clu_p
                                      void *ud) {
     return b->ops->presence_stats(b, channel, cb, ud);
 }
+static inline int clu_heartbeat(clu_broker_t *b, const char *node_id, const char *info,
+                                size_t len, uint32_t ttl_ms, clu_nodes_cb cb, void *ud) {
+    return b->ops->heartbeat(b, node_id, info, len, ttl_ms, cb, ud);
+}
+/* True when limits taken through clu_rate_take hold across the nodes of the broker. */
+static inline bool clu_has_shared_limits(clu_broker_t *b) {
+    return b->ops->rate_take != NULL;
+}
+/* Fails with CORE_EAGAIN (through cb) while the shared store is unreachable: the caller then
+ * limits locally. */
+static inline int clu_rate_take(clu_broker_t *b, const char *key, int64_t interval_us,
+                                int64_t burst, clu_rate_cb cb, void *ud) {
+    return b->ops->rate_take(b, key, interval_us, burst, cb, ud);
+}
 /* True when the broker can serve (its backing store is reachable). */
 static inline bool clu_ready(clu_broker_t *b) {
     return b->ops->ready(b);
@@ -177,8 +212,9 @@ void clu_memory_set_max_bytes(clu_broker_t *b, size_t max_bytes);
 
 /* The cluster broker: history, presence and routing in Redis (redis_url "redis://A.B.C.D[:port]
  * [/db]", numeric IPv4 only), shared by every node on the same Redis. Connects at once and
- * keeps reconnecting with jittered backoff; ready() is true while the command connection is up,
- * and operations fail with CORE_EAGAIN (through their callback) while it is not. node_id names
+ * keeps reconnecting with jittered backoff; ready() is true while both connections (commands,
+ * pub/sub) are up, and operations fail with CORE_EAGAIN (through their callback) while the
+ * command connection is not. node_id names
  * this node in logs. max_history_limit caps how many publications one history call returns
  * (0: 1000). Returns NULL for a bad URL. Callbacks run later from the loop, except failures
  * detected before anything was sent (Redis down), which call back at once. */

@@ -419,6 +419,16 @@ static void mem_close(clu_broker_t *b, void (*done)(void *), void *ud) {
     uv_close((uv_handle_t *)&mb->sweep, sweep_closed);
 }
 
+/* One node is the whole cluster: the registry is the caller itself. */
+static int mem_heartbeat(clu_broker_t *b, const char *node_id, const char *info, size_t len,
+                         uint32_t ttl_ms, clu_nodes_cb cb, void *ud) {
+    (void)b, (void)ttl_ms;
+    clu_node_t self = {node_id, info, len};
+    if (cb)
+        cb(0, &self, 1, ud);
+    return 0;
+}
+
 static const clu_ops_t mem_ops = {
     .publish = mem_publish,
     .subscribe = mem_subscribe,
@@ -430,6 +440,8 @@ static const clu_ops_t mem_ops = {
     .presence_remove = mem_presence_remove,
     .presence = mem_presence,
     .presence_stats = mem_presence_stats,
+    .heartbeat = mem_heartbeat,
+    .rate_take = NULL,
     .ready = mem_ready,
     .stats = mem_stats,
     .close = mem_close,

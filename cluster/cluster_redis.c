@@ -4,7 +4,12 @@
  * on failure or loss retry with jittered exponential backoff, and (pub/sub) re-subscribe.
  *
  * After a (re)subscribe it raises on_resync so that the node fills what it missed from the
- * history stream. Not done yet: command timeouts and the node registry. */
+ * history stream.
+ *
+ * Timeouts are the node's own timers: connects give up after CONNECT_TIMEOUT_MS, and a command
+ * connection that leaves a command unanswered for CMD_TIMEOUT_MS (Redis hung, a network that
+ * drops packets without resetting) is dropped with the pub/sub one, so waiting calls fail with
+ * CORE_EAGAIN and both reconnect. */
 #include "cluster/cluster.h"
 
 #include <stdlib.h>
@@ -21,15 +26,23 @@
 /* Low enough that a node is back within a couple of seconds of Redis returning, high enough
  * that a dead Redis sees at most one attempt per node every two seconds. */
 #define BACKOFF_MAX_MS 2000
+#define CMD_TIMEOUT_MS 3000
+#define WATCHDOG_MS 250
 #define MAX_ARGS 16
 
-enum { SCRIPT_PUBLISH, SCRIPT_HISTORY, SCRIPT_PRES_ADD, SCRIPT_PRES_GET, SCRIPT_COUNT };
+enum {
+    SCRIPT_PUBLISH,
+    SCRIPT_HISTORY,
+    SCRIPT_PRES_ADD,
+    SCRIPT_PRES_GET,
+    SCRIPT_HEARTBEAT,
+    SCRIPT_RATE,
+    SCRIPT_COUNT
+};
 
 static const char *const script_src[SCRIPT_COUNT] = {
-    clu_redis_lua_publish,
-    clu_redis_lua_history,
-    clu_redis_lua_presence_add,
-    clu_redis_lua_presence_get,
+    clu_redis_lua_publish,      clu_redis_lua_history,   clu_redis_lua_presence_add,
+    clu_redis_lua_presence_get, clu_redis_lua_heartbeat, clu_redis_lua_rate,
 };
 
 typedef struct redis_broker rb_t;
@@ -54,6 +67,11 @@ struct redis_broker {
     core_map_t *subs;           /* chat channel -> (void *)1, the channels the node subscribed to */
     char sha[SCRIPT_COUNT][41]; /* "" until SCRIPT LOAD answered on this connection */
     clu_stats_t st;
+    /* Commands with a reply callback awaiting their reply on the command connection, and when
+     * the connection last made progress (a reply, or the first command after an idle spell). */
+    uint32_t inflight;
+    uint64_t progress_ms;
+    uv_timer_t watchdog;
     bool closing;
     int open_timers;
     void (*close_done)(void *);
@@ -155,6 +173,18 @@ static void call_free(call_t *c) {
 static void on_call_reply(redisAsyncContext *ac, void *reply, void *priv);
 static void on_script_loaded(redisAsyncContext *ac, void *reply, void *priv);
 
+/* Bookkeeping of the command timeout, for every command sent with a reply callback. */
+static void cmd_sent(rb_t *rb) {
+    if (rb->inflight++ == 0)
+        rb->progress_ms = core_now_ms();
+}
+
+static void cmd_answered(rb_t *rb) {
+    if (rb->inflight > 0)
+        rb->inflight--;
+    rb->progress_ms = core_now_ms();
+}
+
 static int call_send(call_t *c) {
     rb_t *rb = c->rb;
     const char *sha = rb->sha[c->script];
@@ -174,6 +204,7 @@ static int call_send(call_t *c) {
     if (redisAsyncCommandArgv(rb->cmd.ac, on_call_reply, c, c->argc, (const char **)c->argv,
                               c->lens) != REDIS_OK)
         return CORE_EAGAIN;
+    cmd_sent(rb);
     return 0;
 }
 
@@ -190,14 +221,16 @@ static void on_call_reply(redisAsyncContext *ac, void *reply, void *priv) {
     (void)ac;
     call_t *c = priv;
     redisReply *r = reply;
+    cmd_answered(c->rb);
     if (r != NULL && r->type == REDIS_REPLY_ERROR && !c->retried && r->str != NULL &&
         strncmp(r->str, "NOSCRIPT", 8) == 0) {
         c->retried = true;
         c->rb->sha[c->script][0] = '\0';
         /* Learn the SHA again so later calls go back to EVALSHA instead of sending the body. */
-        if (c->rb->cmd.connected)
+        if (c->rb->cmd.connected &&
             redisAsyncCommand(c->rb->cmd.ac, on_script_loaded, (void *)(uintptr_t)c->script,
-                              "SCRIPT LOAD %s", script_src[c->script]);
+                              "SCRIPT LOAD %s", script_src[c->script]) == REDIS_OK)
+            cmd_sent(c->rb);
         if (c->rb->cmd.connected && call_send(c) == 0)
             return;
         r = NULL;
@@ -218,6 +251,8 @@ static void on_script_loaded(redisAsyncContext *ac, void *reply, void *priv) {
     rb_t *rb = ac->data;
     redisReply *r = reply;
     size_t i = (size_t)(uintptr_t)priv;
+    if (rb != NULL)
+        cmd_answered(rb);
     if (rb != NULL && r != NULL && r->type == REDIS_REPLY_STRING && r->len == 40)
         memcpy(rb->sha[i], r->str, 41);
 }
@@ -278,10 +313,21 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
             send_subscribe(rb, ch, true);
     } else {
         /* A restarted Redis has an empty script cache; learn the SHAs again. */
+        rb->inflight = 0; /* whatever was waiting went with the old connection */
         for (size_t i = 0; i < SCRIPT_COUNT; i++) {
             rb->sha[i][0] = '\0';
-            redisAsyncCommand(ac, on_script_loaded, (void *)(uintptr_t)i, "SCRIPT LOAD %s",
-                              script_src[i]);
+            if (redisAsyncCommand(ac, on_script_loaded, (void *)(uintptr_t)i, "SCRIPT LOAD %s",
+                                  script_src[i]) == REDIS_OK)
+                cmd_sent(rb);
+        }
+        /* Publications may have been missed while commands could not run (the pub/sub
+         * connection may have been back first, and its resyncs were skipped then). A channel
+         * whose subscription is still being confirmed resyncs again on the confirmation. */
+        if (rb->sub.connected && rb->base.events.on_resync) {
+            core_map_iter_t it = 0;
+            const char *ch;
+            while (core_map_next(rb->subs, &it, &ch, NULL))
+                rb->base.events.on_resync(rb->base.events_ud, ch);
         }
     }
 }
@@ -313,6 +359,23 @@ static void conn_start(rconn_t *cn) {
         return;
     }
     cn->ac = ac;
+}
+
+/* A command connection that stopped answering is as good as lost: free both contexts (pending
+ * calls fail with CORE_EAGAIN, the disconnect callbacks schedule the reconnects). The pub/sub
+ * connection goes too because it talks to the same server, and its silence is normal. */
+static void on_watchdog(uv_timer_t *t) {
+    rb_t *rb = ((rconn_t *)t->data)->rb;
+    if (rb->closing || !rb->cmd.connected || rb->inflight == 0 ||
+        core_now_ms() - rb->progress_ms < CMD_TIMEOUT_MS)
+        return;
+    CORE_LOGW(MOD, "redis command timeout", "node=%s waiting=%u timeout_ms=%d", rb->node_id,
+              rb->inflight, CMD_TIMEOUT_MS);
+    rb->st.timeouts++;
+    rconn_t *conns[2] = {&rb->cmd, &rb->sub};
+    for (int i = 0; i < 2; i++)
+        if (conns[i]->connected && conns[i]->ac != NULL)
+            redisAsyncFree(conns[i]->ac); /* on the loop: frees now, runs the callbacks */
 }
 
 /* ---- pub/sub ------------------------------------------------------------------------------- */
@@ -364,8 +427,10 @@ static void on_sub_message(redisAsyncContext *ac, void *reply, void *priv) {
          * connection was down (or before it subscribed) is for the node to fetch. */
         redisReply *name = r->element[1];
         size_t plen = strlen("chat.pub.{");
-        if (rb->base.events.on_resync && name->type == REDIS_REPLY_STRING && name->len > plen + 1 &&
-            name->len - plen - 1 <= CLU_ENV_MAX_CHANNEL) {
+        /* Without the command connection the node could not read history now; it resyncs
+         * every channel when that connection is back (on_conn_connect). */
+        if (rb->base.events.on_resync && rb->cmd.connected && name->type == REDIS_REPLY_STRING &&
+            name->len > plen + 1 && name->len - plen - 1 <= CLU_ENV_MAX_CHANNEL) {
             char channel[CLU_ENV_MAX_CHANNEL + 1];
             memcpy(channel, name->str + plen, name->len - plen - 1);
             channel[name->len - plen - 1] = '\0';
@@ -414,6 +479,7 @@ static void on_plain_publish(redisAsyncContext *ac, void *reply, void *priv) {
     (void)ac;
     call_t *c = priv;
     redisReply *r = reply;
+    cmd_answered(c->rb);
     int status = r == NULL ? CORE_EAGAIN : r->type == REDIS_REPLY_ERROR ? UV_EIO : 0;
     publish_done(c, NULL, status);
     call_free(c);
@@ -430,8 +496,11 @@ static int publish_envelope(rb_t *rb, const char *channel, const clu_envelope_t 
     key_of(&k, "chat.pub.", channel);
     rc = CORE_EAGAIN;
     if (rb->cmd.connected && redisAsyncCommand(rb->cmd.ac, c ? on_plain_publish : NULL, c,
-                                               "PUBLISH %b %b", k.ptr, k.len, buf, len) == REDIS_OK)
+                                               "PUBLISH %b %b", k.ptr, k.len, buf, len) == REDIS_OK) {
         rc = 0;
+        if (c)
+            cmd_sent(rb);
+    }
     core_str_free(&k);
     free(buf);
     return rc;
@@ -716,8 +785,76 @@ static int rb_presence_stats(clu_broker_t *b, const char *channel, clu_presence_
     return 0;
 }
 
+static void heartbeat_done(call_t *c, redisReply *r, int status) {
+    clu_nodes_cb cb = (clu_nodes_cb)c->cb;
+    if (cb == NULL)
+        return;
+    if (status != 0 || r->type != REDIS_REPLY_ARRAY) {
+        cb(status ? status : CORE_EPROTO, NULL, 0, c->ud);
+        return;
+    }
+    size_t n = r->elements / 2, k = 0;
+    clu_node_t *nodes = core_calloc(n ? n : 1, sizeof *nodes);
+    for (size_t i = 0; i < n; i++) {
+        redisReply *id = r->element[2 * i], *info = r->element[2 * i + 1];
+        if (id->type != REDIS_REPLY_STRING || info->type != REDIS_REPLY_STRING)
+            continue;
+        /* hiredis NUL-terminates string replies, so the id is a C string as it is. */
+        nodes[k++] = (clu_node_t){id->str, info->str, info->len};
+    }
+    cb(0, nodes, k, c->ud);
+    free(nodes);
+}
+
+static int rb_heartbeat(clu_broker_t *b, const char *node_id, const char *info, size_t len,
+                        uint32_t ttl_ms, clu_nodes_cb cb, void *ud) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing)
+        return CORE_EINVAL;
+    call_t *c = call_new(rb, SCRIPT_HEARTBEAT, heartbeat_done, (void *)cb, ud);
+    call_args(c, "2");
+    call_args(c, "{chat}.nodes");
+    call_args(c, "{chat}.nodes.exp");
+    call_args(c, node_id);
+    call_arg(c, info, len);
+    call_argu(c, ttl_ms);
+    call_start(c);
+    return 0;
+}
+
+static void rate_done(call_t *c, redisReply *r, int status) {
+    clu_rate_cb cb = (clu_rate_cb)c->cb;
+    int64_t wait_ms = 0;
+    if (status == 0) {
+        if (r->type == REDIS_REPLY_INTEGER && r->integer >= 0)
+            wait_ms = (r->integer + 999) / 1000;
+        else
+            status = CORE_EPROTO;
+    }
+    cb(status, wait_ms, c->ud);
+}
+
+static int rb_rate_take(clu_broker_t *b, const char *key, int64_t interval_us, int64_t burst,
+                        clu_rate_cb cb, void *ud) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing || cb == NULL)
+        return CORE_EINVAL;
+    call_t *c = call_new(rb, SCRIPT_RATE, rate_done, (void *)cb, ud);
+    call_args(c, "1");
+    core_str_t k = {0};
+    key_of(&k, "chat.rate.", key);
+    call_arg(c, k.ptr, k.len);
+    core_str_free(&k);
+    call_argu(c, (uint64_t)(interval_us > 0 ? interval_us : 1));
+    call_argu(c, (uint64_t)(burst > 0 ? burst : 1));
+    call_start(c);
+    return 0;
+}
+
+/* Both connections: without the pub/sub one the node would accept clients it cannot feed. */
 static bool rb_ready(clu_broker_t *b) {
-    return ((rb_t *)b)->cmd.connected;
+    rb_t *rb = (rb_t *)b;
+    return rb->cmd.connected && rb->sub.connected;
 }
 
 static void rb_stats(clu_broker_t *b, clu_stats_t *out) {
@@ -758,6 +895,7 @@ static void on_close_tick(uv_timer_t *t) {
     }
     for (int i = 0; i < 2; i++)
         uv_close((uv_handle_t *)&conns[i]->retry, on_timer_closed);
+    uv_close((uv_handle_t *)&rb->watchdog, on_timer_closed);
 }
 
 static void rb_close(clu_broker_t *b, void (*done)(void *), void *ud) {
@@ -768,6 +906,7 @@ static void rb_close(clu_broker_t *b, void (*done)(void *), void *ud) {
     rb->close_done = done;
     rb->close_ud = ud;
     uv_timer_stop(&rb->sub.retry);
+    uv_timer_stop(&rb->watchdog);
     uv_timer_start(&rb->cmd.retry, on_close_tick, 0, 0);
 }
 
@@ -782,6 +921,8 @@ static const clu_ops_t redis_ops = {
     .presence_remove = rb_presence_remove,
     .presence = rb_presence,
     .presence_stats = rb_presence_stats,
+    .heartbeat = rb_heartbeat,
+    .rate_take = rb_rate_take,
     .ready = rb_ready,
     .stats = rb_stats,
     .close = rb_close,
@@ -817,6 +958,10 @@ clu_broker_t *clu_redis_new(uv_loop_t *loop, const clu_events_t *events, void *u
     rb->rng |= 1; /* xorshift must not start at 0 */
     conn_init(rb, &rb->cmd, false);
     conn_init(rb, &rb->sub, true);
+    uv_timer_init(loop, &rb->watchdog);
+    rb->watchdog.data = &rb->cmd;
+    rb->open_timers++;
+    uv_timer_start(&rb->watchdog, on_watchdog, WATCHDOG_MS, WATCHDOG_MS);
     conn_start(&rb->cmd);
     conn_start(&rb->sub);
     return &rb->base;

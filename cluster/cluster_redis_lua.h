@@ -7,7 +7,13 @@
  *   chat.history.{C}   stream, entry id 0-<offset>, fields d (data) and i (info, optional)
  *   chat.presence.{C}  hash  client id -> user NUL info
  *   chat.presexp.{C}   zset  client id scored by its expiry time in ms (+inf: never)
- * Pub/sub channel: chat.pub.{C}. */
+ * Pub/sub channel: chat.pub.{C}.
+ *
+ * Keys of the cluster as a whole:
+ *   {chat}.nodes       hash  node id -> the node's info JSON
+ *   {chat}.nodes.exp   zset  node id scored by its expiry time in ms
+ *   chat.rate.{K}      string  the GCRA theoretical arrival time (µs) of limiter K, named by
+ *                      the node as "<limit>:<user>" */
 #ifndef CLUSTER_CLUSTER_REDIS_LUA_H
 #define CLUSTER_CLUSTER_REDIS_LUA_H
 
@@ -130,5 +136,37 @@ static const char clu_redis_lua_presence_get[] =
     "for _, c in ipairs(gone) do redis.call('HDEL', KEYS[1], c) end\n"
     "if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
     "return redis.call('HGETALL', KEYS[1])\n";
+
+/* KEYS: nodes hash, expiry zset. ARGV: node id, info JSON, ttl_ms. Announces the node, drops
+ * nodes whose announcement expired and returns HGETALL of the live ones. Redis's clock, not the
+ * nodes': expiry must not depend on how well the nodes' clocks agree. */
+static const char clu_redis_lua_heartbeat[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])\n"
+    "local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)\n"
+    "for _, n in ipairs(gone) do redis.call('HDEL', KEYS[1], n) end\n"
+    "if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
+    "return redis.call('HGETALL', KEYS[1])\n";
+
+/* KEYS: the limiter's key. ARGV: interval_us, burst. GCRA as chat_gcra_take does it locally:
+ * returns 0 (allowed, token taken) or the microseconds until a token is available. Times are
+ * Redis's clock in microseconds; Lua numbers are doubles, exact up to 2^53 µs (285 years), and
+ * written with %.0f because Lua 5.1's tostring keeps only 14 digits. The key expires when the
+ * bucket is full again, so idle users cost nothing. */
+static const char clu_redis_lua_rate[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local interval = tonumber(ARGV[1])\n"
+    "local burst = tonumber(ARGV[2])\n"
+    "local tat = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n"
+    "if tat < now then tat = now end\n"
+    "local allow_at = tat + interval - interval * burst\n"
+    "if now < allow_at then return allow_at - now end\n"
+    "local new = tat + interval\n"
+    "redis.call('SET', KEYS[1], string.format('%.0f', new), 'PX',\n"
+    "           math.floor((new - now) / 1000) + 1)\n"
+    "return 0\n";
 
 #endif

@@ -64,6 +64,9 @@ static const setting_t settings[] = {
      "non-temporary error replies per client within 10 s before close 3509 (0 = off)"},
     {"CHAT_PRESENCE_TTL", "presence_ttl", T_U32, OFF(presence_ttl), "30",
      "seconds a presence entry outlives its node (refreshed every third of it)"},
+    {"CHAT_NODE_TTL", "node_ttl", T_U32, OFF(node_ttl), "9",
+     "seconds a node stays in the cluster's registry unless it announces itself again (every "
+     "third of it)"},
     {"CHAT_RATE_LIMITS", "rate_limits", T_STR, OFF(rate_limits),
      "free=5/10,plus=10/20,pro=20/40,executive=50/100",
      "per-user publish limit by plan: plan=rate/burst (rate per second)"},
@@ -208,7 +211,7 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
     if (cfg->ping_interval == 0 || cfg->pong_timeout == 0 || cfg->stale_timeout == 0 ||
         cfg->max_frame_bytes < 1024 || cfg->write_queue_bytes < 1024 ||
         cfg->write_queue_messages == 0 || cfg->max_channels == 0 ||
-        cfg->max_connections_per_user == 0 || cfg->presence_ttl == 0) {
+        cfg->max_connections_per_user == 0 || cfg->presence_ttl == 0 || cfg->node_ttl == 0) {
         snprintf(err, errlen,
                  "timeouts and limits must be positive (frame and queue bytes at "
                  "least 1024)");

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -75,6 +76,9 @@ struct srv {
     uint64_t drain_deadline;
     core_list_t flush; /* connections with queued output, waiting for flush_timer */
     uv_timer_t flush_timer;
+    adm_registry_t *registry;
+    char public_addr[300]; /* host:port of the public listener, as the registry shows it */
+    uint64_t started_ms;
     char cookie[128];                             /* the node cookie, set once the id is known */
     struct lws_protocol_vhost_options cookie_hdr; /* the same, for files lws serves itself */
 };
@@ -520,9 +524,63 @@ static void snapshot(srv_t *S, adm_snapshot_t *snap, chat_stats_t *cs, clu_stats
     snap->broker_name = S->broker->name;
     snap->ready = !S->draining && clu_ready(S->broker);
     snap->draining = S->draining;
+    snap->shared_limits = clu_has_shared_limits(S->broker);
+    snap->cluster_nodes = S->registry ? (uint32_t)adm_registry_size(S->registry) : 1;
     snap->chat = cs;
     snap->broker = bs;
     snap->server = &S->st;
+}
+
+/* Constant time in the length of the expected key: the comparison must not tell an attacker how
+ * many leading bytes were right. */
+static bool key_equal(const char *got, const char *want) {
+    size_t gl = strlen(got), wl = strlen(want);
+    unsigned char d = gl != wl;
+    for (size_t i = 0; i < wl; i++)
+        d |= (unsigned char)(want[i] ^ (i < gl ? got[i] : 0));
+    return d == 0;
+}
+
+/* The server API's key, from "X-API-Key: K" or "Authorization: apikey K". */
+static bool api_authorized(srv_t *S, struct lws *wsi) {
+    char buf[256];
+    int n = lws_hdr_custom_copy(wsi, buf, sizeof buf, "x-api-key:", 10);
+    if (n > 0)
+        return key_equal(buf, S->cfg.api_key);
+    if (lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_AUTHORIZATION) > 7 &&
+        strncasecmp(buf, "apikey ", 7) == 0)
+        return key_equal(buf + 7, S->cfg.api_key);
+    return false;
+}
+
+static int api_error(struct lws *wsi, srv_conn_t *c, unsigned int status, int code,
+                     const char *message) {
+    core_str_t s = {0};
+    core_str_appendf(&s, "{\"error\":{\"code\":%d,\"message\":", code);
+    core_str_append_json_string(&s, message, strlen(message));
+    core_str_appends(&s, "}}");
+    return http_respond(wsi, c, status, "application/json", s.ptr, s.len);
+}
+
+/* The node's registry entry (Centrifugo's info fields, plus what a balancer and an operator
+ * need: where it listens, whether it drains). */
+static void node_self_info(void *ud, core_str_t *out) {
+    srv_t *S = ud;
+    chat_stats_t cs;
+    chat_node_stats(S->node, &cs);
+    core_str_appends(out, "{\"name\":");
+    core_str_append_json_string(out, S->cfg.node_id, strlen(S->cfg.node_id));
+    core_str_appends(out, ",\"address\":");
+    core_str_append_json_string(out, S->public_addr, strlen(S->public_addr));
+    core_str_appends(out, ",\"version\":");
+    core_str_append_json_string(out, CHATD_VERSION, strlen(CHATD_VERSION));
+    core_str_appendf(out,
+                     ",\"num_clients\":%" PRIu64 ",\"num_channels\":%" PRIu64
+                     ",\"uptime\":%" PRIu64 ",\"draining\":%s,\"ready\":%s"
+                     ",\"updated_ms\":%" PRIu64 "}",
+                     cs.connections, cs.channels, (core_now_ms() - S->started_ms) / 1000,
+                     S->draining ? "true" : "false",
+                     !S->draining && clu_ready(S->broker) ? "true" : "false", core_wall_ms());
 }
 
 static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
@@ -547,6 +605,16 @@ static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
         adm_metrics_render(&body, &snap);
         return http_respond(wsi, c, 200, "text/plain; version=0.0.4; charset=utf-8", body.ptr,
                             body.len);
+    }
+    if (strncmp(uri, "/api/", 5) == 0) {
+        if (!api_authorized(S, wsi))
+            return api_error(wsi, c, 401, 401, "unauthorized: X-API-Key required");
+        if (strcmp(uri, "/api/info") == 0) {
+            core_str_t body = {0};
+            adm_registry_render_info(S->registry, &body);
+            return http_respond(wsi, c, 200, "application/json", body.ptr, body.len);
+        }
+        return api_error(wsi, c, 404, 404, "unknown API method");
     }
     return http_respond_text(wsi, c, 404, "not found\n");
 }
@@ -610,6 +678,8 @@ static void drain_finish(srv_t *S) {
     /* The first destroy closes every remaining socket, so every chat client is freed before
      * the node goes. */
     lws_context_destroy(S->ctx);
+    adm_registry_close(S->registry);
+    S->registry = NULL;
     chat_node_close(S->node, node_closed, S);
     uv_close((uv_handle_t *)&S->drain_timer, NULL);
 }
@@ -622,6 +692,8 @@ static void begin_drain(srv_t *S) {
     chat_node_stats(S->node, &cs);
     CORE_LOGI(MOD, "draining", "sessions=%" PRIu64, cs.sessions);
     lws_context_deprecate(S->ctx, NULL);
+    if (S->registry)
+        adm_registry_beat(S->registry); /* balancers and peers learn it now, not at the next tick */
     chat_node_close_all(S->node, 3001, "shutdown");
     S->drain_deadline = core_now_ms() + DRAIN_MAX_MS;
     uv_timer_start(&S->drain_timer, drain_tick, 10, 10);
@@ -713,6 +785,7 @@ static void print_ready(srv_t *S) {
                CHATD_VERSION, shown, port, tok, S->cfg.api_key);
         free(tok);
     }
+    snprintf(S->public_addr, sizeof S->public_addr, "%s:%d", host, port);
     printf("chatd ready public=%s:%d admin=%s:%d node=%s\n", host, port, ahost, aport,
            S->cfg.node_id);
     fflush(stdout);
@@ -879,6 +952,9 @@ int main(int argc, char **argv) {
         clu_memory_set_max_bytes(S->broker, (size_t)S->cfg.history_memory_mb << 20);
     }
     chat_node_set_broker(S->node, S->broker);
+    S->started_ms = core_now_ms();
+    S->registry = adm_registry_new(&S->loop, S->broker, S->cfg.node_id,
+                                   S->cfg.node_ttl * 1000, node_self_info, S);
 
     uv_signal_init(&S->loop, &S->sigterm);
     uv_signal_init(&S->loop, &S->sigint);
