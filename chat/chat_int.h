@@ -42,6 +42,10 @@ typedef struct {
      * history wait in `held`. */
     uint64_t last;
     char epoch[CLU_EPOCH_MAX];
+    /* `last` and `epoch` are known: set by the first subscribe answer. Until then publications
+     * are held, because the node cannot tell a gap from the start of its feed. */
+    bool positioned;
+    bool resync_wanted; /* the broker asked for a fill before the position was known */
     bool filling;
     chat_pending_pub_t *held;
     uint32_t nheld, cap_held;
@@ -63,6 +67,9 @@ struct chat_sub {
     char *info; /* ClientInfo JSON of this subscriber, chan_info included */
     size_t info_len;
     int64_t exp; /* subscription token expiry, Unix seconds; 0 = none */
+    /* Publications up to this offset reached the client in its subscribe answer (recovered)
+     * or before it subscribed: never sent again, whatever the node's feed delivers late. */
+    uint64_t floor;
     /* Publications that arrived while the subscribe was waiting for its history answer. */
     chat_pending_pub_t *pending;
     uint32_t npending, cap_pending;

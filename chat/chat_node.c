@@ -272,13 +272,15 @@ static void sub_remove(chat_sub_t *s) {
 
 /* Makes a subscription live: buffered publications newer than what the subscribe answer
  * carried go out in order, then presence and the join event. */
-static void sub_activate(chat_sub_t *s, uint64_t top) {
+static void channel_release_held(chat_node_t *n, chat_channel_t *ch);
+static void channel_fill(chat_node_t *n, chat_channel_t *ch);
+
+static void sub_activate(chat_sub_t *s, uint64_t top, const char *epoch) {
     chat_client_t *c = s->c;
     chat_node_t *n = c->node;
+    chat_channel_t *ch = s->ch;
     s->state = SUB_ACTIVE;
-    /* The first subscriber's answer tells where the channel's feed starts for this node. */
-    if (!s->ch->last && s->ch->ns->history_size)
-        s->ch->last = top;
+    s->floor = top;
     for (uint32_t i = 0; i < s->npending; i++) {
         chat_pending_pub_t *p = &s->pending[i];
         if (p->offset == 0 || p->offset > top) {
@@ -287,6 +289,18 @@ static void sub_activate(chat_sub_t *s, uint64_t top) {
         }
     }
     sub_drop_pending(s);
+    if (ch->ns->history_size && !ch->positioned) {
+        /* The first answer tells where the channel's feed starts for this node; what was held
+         * meanwhile goes out in order, gaps filled from history. */
+        ch->positioned = true;
+        ch->last = top;
+        snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
+        channel_release_held(n, ch);
+        if (ch->resync_wanted) {
+            ch->resync_wanted = false;
+            channel_fill(n, ch);
+        }
+    }
     const chat_ns_t *ns = s->ch->ns;
     if (ns->presence || ns->join_leave) {
         clu_presence_t e = {c->id, c->user->name, s->info, s->info_len};
@@ -323,7 +337,8 @@ struct connect_op {
     uint32_t cmd_id;
     uint32_t pending;
     core_str_t subs; /* "\"channel\":{...},..." */
-    uint64_t *tops;  /* per channel top, in the order of `channels` */
+    uint64_t *tops;  /* per channel top and epoch, in the order of `channels` */
+    char (*epochs)[CLU_EPOCH_MAX];
     char **channels;
     uint64_t *gens;
     uint32_t nchannels;
@@ -398,7 +413,7 @@ static void subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top
             subscribe_result(&res, s->ch->ns, op, status, pubs, n, top, epoch);
             if (op->kind == SUBOP_COMMAND) {
                 reply_raw(s->c, op->cmd_id, CHAT_M_SUBSCRIBE, res.ptr, res.len);
-                sub_activate(s, top);
+                sub_activate(s, top, epoch);
             } else {
                 connect_op_t *co = op->conn;
                 if (co->subs.len)
@@ -407,8 +422,10 @@ static void subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top
                 core_str_appends(&co->subs, ":");
                 core_str_append(&co->subs, res.ptr, res.len);
                 for (uint32_t i = 0; i < co->nchannels; i++)
-                    if (strcmp(co->channels[i], op->channel) == 0)
+                    if (strcmp(co->channels[i], op->channel) == 0) {
                         co->tops[i] = top;
+                        snprintf(co->epochs[i], CLU_EPOCH_MAX, "%s", epoch);
+                    }
             }
             core_str_free(&res);
         }
@@ -458,6 +475,7 @@ static void connect_op_free(connect_op_t *co) {
         free(co->channels[i]);
     free(co->channels);
     free(co->tops);
+    free(co->epochs);
     free(co->gens);
     core_str_free(&co->subs);
     free(co);
@@ -504,7 +522,7 @@ static void connect_finish(connect_op_t *co) {
     for (uint32_t i = 0; i < co->nchannels; i++) {
         chat_sub_t *sub = sub_lookup(n, c->id, co->channels[i], co->gens[i]);
         if (sub)
-            sub_activate(sub, co->tops[i]);
+            sub_activate(sub, co->tops[i], co->epochs[i]);
     }
     connect_op_free(co);
     if (c->held.len) {
@@ -576,6 +594,7 @@ static void handle_connect(chat_client_t *c, const chat_cmd_t *cmd) {
     co->cmd_id = cmd->id;
     co->channels = core_calloc(nclaim + 1, sizeof *co->channels);
     co->tops = core_calloc(nclaim + 1, sizeof *co->tops);
+    co->epochs = core_calloc(nclaim + 1, sizeof *co->epochs);
     co->gens = core_calloc(nclaim + 1, sizeof *co->gens);
     json_t *recover = json_object_get(cmd->params, "subs");
     for (size_t i = 0; i <= nclaim; i++) {
@@ -750,6 +769,114 @@ static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, 
         pubop_done(rc, 0, "", op);
 }
 
+/* ---- rate limits ---- */
+
+/* A publication that passed every check but the rate limit. The limit is the user's across the
+ * cluster when the broker can share it (one token bucket in Redis for all nodes), else this
+ * node's own; while the shared one is unreachable the node falls back to its own and counts it,
+ * because refusing every publish for a Redis hiccup would be worse than a looser limit. */
+typedef enum { LIMIT_PUB, LIMIT_TYPING } limit_kind_t;
+
+typedef struct {
+    chat_node_t *node;
+    char client[CHAT_CLIENT_ID_LEN + 1];
+    uint32_t cmd_id;
+    chat_method_t method;
+    limit_kind_t kind;
+    char *channel;
+    const chat_ns_t *ns;
+    char *data;
+    size_t len;
+    uint64_t dedupe;
+} limitop_t;
+
+static const chat_rate_t *limit_rate(chat_client_t *c, limit_kind_t kind) {
+    return kind == LIMIT_PUB ? &c->node->cfg.plan_rate[c->plan] : &c->node->cfg.typing_rate;
+}
+
+static int64_t limit_take_local(chat_client_t *c, limit_kind_t kind) {
+    chat_gcra_t *g = kind == LIMIT_PUB ? &c->user->pub_gcra : &c->user->typing_gcra;
+    return chat_gcra_take(g, (double)core_now_ms(), limit_rate(c, kind));
+}
+
+/* Publishes once the limit allowed it. A publish is tied to an active subscription, which may
+ * have gone while the shared limiter answered. */
+static void publish_allowed(chat_client_t *c, uint32_t cmd_id, chat_method_t method,
+                            const char *channel, const chat_ns_t *ns, const char *data, size_t len,
+                            uint64_t dedupe) {
+    const chat_sub_t *s = NULL;
+    if (method == CHAT_M_PUBLISH) {
+        s = client_find_sub(c, channel);
+        if (!s || s->state != SUB_ACTIVE) {
+            if (dedupe)
+                dedupe_forget(c->user, dedupe);
+            reply_error(c, cmd_id, 103, "permission denied", false);
+            return;
+        }
+    }
+    do_publish(c, cmd_id, method, channel, ns, data, len, s, dedupe);
+}
+
+static void limit_refused(chat_client_t *c, uint32_t cmd_id, uint64_t dedupe, int64_t wait) {
+    if (dedupe)
+        dedupe_forget(c->user, dedupe);
+    rate_limited(c, cmd_id, wait);
+}
+
+static void limit_done(int status, int64_t wait, void *ud) {
+    limitop_t *op = ud;
+    chat_node_t *n = op->node;
+    chat_client_t *c = client_lookup(n, op->client);
+    if (c && c->state == CL_CONNECTED) {
+        if (status != 0) {
+            n->st.rate_limit_fallbacks++;
+            wait = limit_take_local(c, op->kind);
+        }
+        if (wait > 0)
+            limit_refused(c, op->cmd_id, op->dedupe, wait);
+        else
+            publish_allowed(c, op->cmd_id, op->method, op->channel, op->ns, op->data, op->len,
+                            op->dedupe);
+    }
+    free(op->channel);
+    free(op->data);
+    free(op);
+}
+
+static void gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method,
+                          limit_kind_t kind, const char *channel, const chat_ns_t *ns,
+                          const char *data, size_t len, uint64_t dedupe) {
+    chat_node_t *n = c->node;
+    const chat_rate_t *rate = limit_rate(c, kind);
+    if (rate->rate > 0 && clu_has_shared_limits(n->broker)) {
+        limitop_t *op = core_calloc(1, sizeof *op);
+        op->node = n;
+        memcpy(op->client, c->id, sizeof op->client);
+        op->cmd_id = cmd_id;
+        op->method = method;
+        op->kind = kind;
+        op->channel = core_strdup(channel);
+        op->ns = ns;
+        op->data = core_strndup(data, len);
+        op->len = len;
+        op->dedupe = dedupe;
+        core_str_t key = {0};
+        core_str_appends(&key, kind == LIMIT_PUB ? "pub:" : "typing:");
+        core_str_appends(&key, c->user->name);
+        int rc = clu_rate_take(n->broker, key.ptr, chat_gcra_interval_us(rate),
+                               rate->burst ? rate->burst : 1, limit_done, op);
+        core_str_free(&key);
+        if (rc != 0)
+            limit_done(rc, 0, op);
+        return;
+    }
+    int64_t wait = limit_take_local(c, kind);
+    if (wait > 0)
+        limit_refused(c, cmd_id, dedupe, wait);
+    else
+        publish_allowed(c, cmd_id, method, channel, ns, data, len, dedupe);
+}
+
 static void handle_publish(chat_client_t *c, const chat_cmd_t *cmd) {
     chat_node_t *n = c->node;
     const char *channel = json_str(cmd->params, "channel");
@@ -797,15 +924,9 @@ static void handle_publish(chat_client_t *c, const chat_cmd_t *cmd) {
             return;
         }
     }
-    int64_t wait = chat_gcra_take(&c->user->pub_gcra, (double)now, &n->cfg.plan_rate[c->plan]);
-    if (wait > 0) {
-        free(txt);
-        rate_limited(c, cmd->id, wait);
-        return;
-    }
     if (key)
         dedupe_remember(c->user, key, now);
-    do_publish(c, cmd->id, CHAT_M_PUBLISH, channel, ns, txt, len, s, key);
+    gated_publish(c, cmd->id, CHAT_M_PUBLISH, LIMIT_PUB, channel, ns, txt, len, key);
     free(txt);
 }
 
@@ -1064,19 +1185,13 @@ static void handle_rpc(chat_client_t *c, const chat_cmd_t *cmd) {
         reply_error(c, cmd->id, 103, "permission denied", false);
         return;
     }
-    int64_t wait =
-        chat_gcra_take(&c->user->typing_gcra, (double)core_now_ms(), &n->cfg.typing_rate);
-    if (wait > 0) {
-        rate_limited(c, cmd->id, wait);
-        return;
-    }
     char channel[MAX_CHANNEL_BYTES + 8];
     snprintf(channel, sizeof channel, "typing:%s", colon ? colon + 1 : room);
     core_str_t d = {0};
     core_str_appends(&d, "{\"type\":\"typing\",\"user\":");
     core_str_append_json_string(&d, c->user->name, strlen(c->user->name));
     core_str_appends(&d, "}");
-    do_publish(c, cmd->id, CHAT_M_RPC, channel, tns, d.ptr, d.len, NULL, 0);
+    gated_publish(c, cmd->id, CHAT_M_RPC, LIMIT_TYPING, channel, tns, d.ptr, d.len, 0);
     core_str_free(&d);
 }
 
@@ -1186,6 +1301,8 @@ static void channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, ui
         if (sub->c->state == CL_CLOSING)
             continue;
         if (sub->state == SUB_ACTIVE) {
+            if (offset && offset <= sub->floor)
+                continue; /* in its subscribe answer already */
             sub->c->t->send(sub->c->tctx, b);
             out++;
         } else if (sub->npending < 4096) {
@@ -1253,6 +1370,16 @@ static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top
     chat_channel_t *ch = core_map_get(n->channels, op->channel);
     if (ch && ch->filling) {
         ch->filling = false;
+        if (status != 0 && status != CORE_EUNRECOVERABLE) {
+            /* The broker could not answer (Redis away, not lost): the position stands. The
+             * fill runs again when the broker resyncs the channel or a publication shows the
+             * gap again. */
+            CORE_LOGD(MOD, "gap fill deferred", "channel=%s last=%" PRIu64 " err=%s", ch->name,
+                      ch->last, uv_strerror(status));
+            free(op->channel);
+            free(op);
+            return;
+        }
         bool contiguous = status == 0 && strcmp(epoch, ch->epoch) == 0 &&
                           (np == 0 || pubs[0].offset == ch->last + 1);
         if (!contiguous) {
@@ -1280,7 +1407,11 @@ static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top
 /* Reads what follows `last` from history, so that the channel's subscribers see every
  * publication, in order, even when the feed from the broker skipped some. */
 static void channel_fill(chat_node_t *n, chat_channel_t *ch) {
-    if (ch->filling || !ch->last)
+    if (!ch->positioned) {
+        ch->resync_wanted = true;
+        return;
+    }
+    if (ch->filling)
         return;
     ch->filling = true;
     fillop_t *op = core_calloc(1, sizeof *op);
@@ -1323,17 +1454,27 @@ static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const ch
         core_buf_unref(b);
         return;
     }
-    if (ch->epoch[0] && strcmp(ch->epoch, epoch) != 0) {
+    if (!ch->positioned) {
+        /* Held until the first subscribe answer says where this node's feed starts. Past the
+         * bound the rest is read from history then. */
+        if (ch->nheld < n->cfg.max_recover) {
+            core_buf_t *b = pub_push(channel, pub);
+            channel_hold(ch, b, pub->offset);
+            core_buf_unref(b);
+        }
+        return;
+    }
+    if (strcmp(ch->epoch, epoch) != 0) {
         /* The channel's history was lost (Redis restarted empty, the stream expired): offsets
-         * start over and nothing before can be recovered. */
+         * start over in the new epoch and nothing before can be recovered. */
         channel_state_lost(n, ch);
         ch->last = 0;
+        snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
     }
-    snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
-    if (ch->last && pub->offset <= ch->last)
+    if (pub->offset <= ch->last)
         return; /* delivered already (a fill got it first) */
     core_buf_t *b = pub_push(channel, pub);
-    if (ch->filling || (ch->last && pub->offset > ch->last + 1)) {
+    if (ch->filling || pub->offset > ch->last + 1) {
         if (ch->nheld >= n->cfg.max_recover) {
             channel_state_lost(n, ch);
             ch->last = pub->offset;
