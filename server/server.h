@@ -23,6 +23,7 @@ typedef struct {
     char *jwt_issuer;
     uint32_t jwt_leeway;
     char *api_key;
+    uint32_t demo_tokens;
     char *web_root;
     char *log_format;
     char *log_level;

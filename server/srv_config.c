@@ -38,6 +38,9 @@ static const setting_t settings[] = {
      "clock skew allowance for exp/nbf, seconds"},
     {"CHAT_API_KEY", "api_key", T_STR, OFF(api_key), NULL,
      "key for /api/* (default: random, printed in demo mode)"},
+    {"CHAT_DEMO_TOKENS", "demo_tokens", T_U32, OFF(demo_tokens), "0",
+     "1 = serve /demo/token with the configured secret (a demo of several nodes: anyone can "
+     "sign in as anyone)"},
     {"CHAT_WEB_ROOT", "web_root", T_STR, OFF(web_root), CHAT_SOURCE_DIR "/web-demo",
      "folder served as the web demo"},
     {"CHAT_LOG_FORMAT", "log_format", T_STR, OFF(log_format), "text", "text or json"},

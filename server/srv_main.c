@@ -427,7 +427,7 @@ static int public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
         return http_respond_text(wsi, c, 400, "bad request\n");
     if (strcmp(uri, "/healthz") == 0)
         return http_respond_text(wsi, c, 200, "ok\n");
-    if (strcmp(uri, "/demo/token") == 0 && S->demo) {
+    if (strcmp(uri, "/demo/token") == 0 && (S->demo || S->cfg.demo_tokens)) {
         char arg[64] = "";
         /* lws copies "user=NAME" into arg and returns a pointer to NAME. */
         const char *user = lws_get_urlarg_by_name(wsi, "user=", arg, sizeof arg);

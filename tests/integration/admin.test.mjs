@@ -86,3 +86,16 @@ test('with a configured secret /demo/token is 404', async (t) => {
   assert.equal(r.status, 404);
   assert.ok(!/demo token:|api key:/.test(srv.stdout), 'nothing secret printed with a configured secret');
 });
+
+test('CHAT_DEMO_TOKENS=1 serves /demo/token signed with the configured secret (a demo of several nodes)', async (t) => {
+  const srv = await startChatd(t, { env: { CHAT_DEMO_TOKENS: 1 } });
+  assert.ok(!/demo token:|api key:/.test(srv.stdout), 'still nothing secret printed');
+  const r = await httpGet(`${srv.httpUrl}/demo/token?user=zed`);
+  assert.equal(r.status, 200);
+  const { token, user } = JSON.parse(r.body);
+  assert.equal(user, 'zed');
+  // A second node with the same secret and no demo tokens accepts it: the secret signed it.
+  const other = await startChatd(t);
+  const client = await connectClient(t, other, { token });
+  assert.equal(client.state, 'connected');
+});
