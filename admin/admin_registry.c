@@ -29,6 +29,7 @@ struct adm_registry {
     size_t n;
     bool have_answer;
     bool inflight;
+    bool beat_again; /* asked to announce while an announcement was in flight */
     bool closing;
     bool timer_closed;
 };
@@ -67,6 +68,10 @@ static void on_nodes(int status, const clu_node_t *nodes, size_t n, void *ud) {
     }
     reg_clear(r);
     r->nodes = core_calloc(n ? n : 1, sizeof *r->nodes);
+    if (r->beat_again) {
+        r->beat_again = false;
+        uv_timer_start(&r->timer, on_tick, 0, r->every_ms);
+    }
     for (size_t i = 0; i < n; i++) {
         r->nodes[i].id = core_strdup(nodes[i].id);
         r->nodes[i].info = core_strndup(nodes[i].info, nodes[i].info_len);
@@ -76,8 +81,12 @@ static void on_nodes(int status, const clu_node_t *nodes, size_t n, void *ud) {
 }
 
 void adm_registry_beat(adm_registry_t *r) {
-    if (r->closing || r->inflight)
-        return; /* one announcement at a time; the next tick carries the newer state */
+    if (r->closing)
+        return;
+    if (r->inflight) {
+        r->beat_again = true; /* one at a time: the next goes when this one is answered */
+        return;
+    }
     core_str_t info = {0};
     r->self(r->self_ud, &info);
     r->inflight = true;

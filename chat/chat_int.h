@@ -45,7 +45,9 @@ typedef struct {
     /* `last` and `epoch` are known: set by the first subscribe answer. Until then publications
      * are held, because the node cannot tell a gap from the start of its feed. */
     bool positioned;
-    bool resync_wanted; /* the broker asked for a fill before the position was known */
+    bool resync_wanted; /* a fill was asked for while one could not start (unpositioned, or
+                         * one in flight): it runs when it can */
+    bool stalled;       /* a fill failed for a passing reason; the sweep retries it */
     bool filling;
     chat_pending_pub_t *held;
     uint32_t nheld, cap_held;
@@ -97,6 +99,7 @@ struct chat_client {
     core_str_t held; /* commands that arrived behind a pending connect */
     chat_sub_t *subs;
     uint32_t nsubs;
+    uint32_t limits_waiting; /* publishes waiting for the shared rate limiter */
     core_list_t link;
 };
 
@@ -111,6 +114,7 @@ struct chat_node {
     uv_timer_t sweep;
     uint64_t sweep_ticks;
     uint64_t next_gen;
+    uint32_t stalled; /* channels with a fill to retry */
     core_buf_t *ping; /* the shared "{}" */
     chat_stats_t st;
     void (*close_done)(void *);

@@ -182,6 +182,8 @@ static void channel_remove(chat_node_t *n, chat_sub_t *s) {
         clu_unsubscribe(n->broker, ch->name);
         core_map_del(n->channels, ch->name);
         n->st.channels--;
+        if (ch->stalled)
+            n->stalled--;
         channel_drop_held(ch);
         free(ch->subs);
         free(ch->name);
@@ -274,6 +276,7 @@ static void sub_remove(chat_sub_t *s) {
  * carried go out in order, then presence and the join event. */
 static void channel_release_held(chat_node_t *n, chat_channel_t *ch);
 static void channel_fill(chat_node_t *n, chat_channel_t *ch);
+static void channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uint64_t offset);
 
 static void sub_activate(chat_sub_t *s, uint64_t top, const char *epoch) {
     chat_client_t *c = s->c;
@@ -295,6 +298,11 @@ static void sub_activate(chat_sub_t *s, uint64_t top, const char *epoch) {
         ch->positioned = true;
         ch->last = top;
         snprintf(ch->epoch, sizeof ch->epoch, "%s", epoch);
+        /* Held publications this answer covered may be newer than what another subscription
+         * still waiting for its own answer will cover: they go to those pending lists (this
+         * subscription skips them by its floor), then out of the channel. */
+        for (uint32_t i = 0; i < ch->nheld && ch->held[i].offset <= top; i++)
+            channel_fanout(n, ch, ch->held[i].buf, ch->held[i].offset);
         channel_release_held(n, ch);
         if (ch->resync_wanted) {
             ch->resync_wanted = false;
@@ -777,9 +785,14 @@ static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, 
  * because refusing every publish for a Redis hiccup would be worse than a looser limit. */
 typedef enum { LIMIT_PUB, LIMIT_TYPING } limit_kind_t;
 
+/* Publishes one client may have waiting for the shared limiter: a client that floods gets
+ * its 429s from the node, not from Redis, and the waiting copies stay bounded. */
+#define LIMITS_WAITING_MAX 32
+
 typedef struct {
     chat_node_t *node;
     char client[CHAT_CLIENT_ID_LEN + 1];
+    char *user;
     uint32_t cmd_id;
     chat_method_t method;
     limit_kind_t kind;
@@ -827,7 +840,15 @@ static void limit_done(int status, int64_t wait, void *ud) {
     limitop_t *op = ud;
     chat_node_t *n = op->node;
     chat_client_t *c = client_lookup(n, op->client);
-    if (c && c->state == CL_CONNECTED) {
+    if (c && c->limits_waiting > 0)
+        c->limits_waiting--;
+    if (!c || c->state != CL_CONNECTED) {
+        /* Gone before the answer: nothing was published, so a retry must not be taken for a
+         * duplicate (the user may live on through another connection). */
+        chat_user_t *u = op->dedupe ? core_map_get(n->users, op->user) : NULL;
+        if (u)
+            dedupe_forget(u, op->dedupe);
+    } else {
         if (status != 0) {
             n->st.rate_limit_fallbacks++;
             wait = limit_take_local(c, op->kind);
@@ -840,6 +861,7 @@ static void limit_done(int status, int64_t wait, void *ud) {
     }
     free(op->channel);
     free(op->data);
+    free(op->user);
     free(op);
 }
 
@@ -849,9 +871,15 @@ static void gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t metho
     chat_node_t *n = c->node;
     const chat_rate_t *rate = limit_rate(c, kind);
     if (rate->rate > 0 && clu_has_shared_limits(n->broker)) {
+        if (c->limits_waiting >= LIMITS_WAITING_MAX) {
+            limit_refused(c, cmd_id, dedupe, 1);
+            return;
+        }
+        c->limits_waiting++;
         limitop_t *op = core_calloc(1, sizeof *op);
         op->node = n;
         memcpy(op->client, c->id, sizeof op->client);
+        op->user = core_strdup(c->user->name);
         op->cmd_id = cmd_id;
         op->method = method;
         op->kind = kind;
@@ -1333,15 +1361,19 @@ static void channel_state_lost(chat_node_t *n, chat_channel_t *ch) {
     n->st.state_lost++;
     channel_drop_held(ch);
     ch->filling = false;
+    ch->resync_wanted = false;
+    if (ch->stalled) {
+        ch->stalled = false;
+        n->stalled--;
+    }
     for (uint32_t i = 0; i < ch->n; i++)
         client_close(ch->subs[i]->c, 3010, "insufficient state");
 }
 
 static void channel_fill(chat_node_t *n, chat_channel_t *ch);
 
-/* Delivers held publications that continue the sequence; starts another fill if a gap
- * remains. */
-static void channel_release_held(chat_node_t *n, chat_channel_t *ch) {
+/* Delivers held publications that continue the sequence. */
+static void channel_deliver_held(chat_node_t *n, chat_channel_t *ch) {
     uint32_t i = 0;
     while (i < ch->nheld && ch->held[i].offset <= ch->last + 1) {
         if (ch->held[i].offset == ch->last + 1) {
@@ -1354,8 +1386,23 @@ static void channel_release_held(chat_node_t *n, chat_channel_t *ch) {
     if (i > 0 && i < ch->nheld)
         memmove(ch->held, ch->held + i, (ch->nheld - i) * sizeof *ch->held);
     ch->nheld -= i;
+}
+
+/* The same, then a fill when a gap remains. */
+static void channel_release_held(chat_node_t *n, chat_channel_t *ch) {
+    channel_deliver_held(n, ch);
     if (ch->nheld > 0)
         channel_fill(n, ch);
+}
+
+static void channel_set_stalled(chat_node_t *n, chat_channel_t *ch, bool stalled) {
+    if (ch->stalled == stalled)
+        return;
+    ch->stalled = stalled;
+    if (stalled)
+        n->stalled++;
+    else
+        n->stalled--;
 }
 
 typedef struct {
@@ -1376,10 +1423,13 @@ static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top
              * gap again. */
             CORE_LOGD(MOD, "gap fill deferred", "channel=%s last=%" PRIu64 " err=%s", ch->name,
                       ch->last, uv_strerror(status));
+            channel_deliver_held(n, ch);
+            channel_set_stalled(n, ch, true);
             free(op->channel);
             free(op);
             return;
         }
+        channel_set_stalled(n, ch, false);
         bool contiguous = status == 0 && strcmp(epoch, ch->epoch) == 0 &&
                           (np == 0 || pubs[0].offset == ch->last + 1);
         if (!contiguous) {
@@ -1399,6 +1449,12 @@ static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top
             }
             channel_release_held(n, ch);
         }
+        if (ch->resync_wanted && !ch->filling) {
+            /* Asked for while this fill was in flight, which may have read history before
+             * the feed was back. */
+            ch->resync_wanted = false;
+            channel_fill(n, ch);
+        }
     }
     free(op->channel);
     free(op);
@@ -1407,12 +1463,10 @@ static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top
 /* Reads what follows `last` from history, so that the channel's subscribers see every
  * publication, in order, even when the feed from the broker skipped some. */
 static void channel_fill(chat_node_t *n, chat_channel_t *ch) {
-    if (!ch->positioned) {
+    if (!ch->positioned || ch->filling) {
         ch->resync_wanted = true;
         return;
     }
-    if (ch->filling)
-        return;
     ch->filling = true;
     fillop_t *op = core_calloc(1, sizeof *op);
     op->node = n;
@@ -1461,6 +1515,8 @@ static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const ch
             core_buf_t *b = pub_push(channel, pub);
             channel_hold(ch, b, pub->offset);
             core_buf_unref(b);
+        } else {
+            ch->resync_wanted = true; /* what did not fit is read from history then */
         }
         return;
     }
@@ -1572,6 +1628,17 @@ static void sweep_cb(uv_timer_t *t) {
             c->next_ping_ms = now + (uint64_t)n->cfg.ping_interval_s * 1000;
             if (!c->pong_deadline_ms)
                 c->pong_deadline_ms = now + (uint64_t)n->cfg.pong_timeout_s * 1000;
+        }
+    }
+    if (n->stalled > 0) {
+        /* Fills that failed for a passing reason (a script error, Redis busy) while nothing
+         * else would start them again: once a second until they get through. */
+        core_map_iter_t it = 0;
+        void *v;
+        while (core_map_next(n->channels, &it, NULL, &v)) {
+            chat_channel_t *ch = v;
+            if (ch->stalled)
+                channel_fill(n, ch);
         }
     }
     uint32_t refresh = n->cfg.presence_ttl_s / 3 ? n->cfg.presence_ttl_s / 3 : 1;

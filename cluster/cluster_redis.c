@@ -72,6 +72,7 @@ struct redis_broker {
     uint32_t inflight;
     uint64_t progress_ms;
     uv_timer_t watchdog;
+    uint64_t script_error_logged_ms;
     bool closing;
     int open_timers;
     void (*close_done)(void *);
@@ -239,7 +240,12 @@ static void on_call_reply(redisAsyncContext *ac, void *reply, void *priv) {
     if (r == NULL) {
         status = CORE_EAGAIN; /* the connection went away; the outcome is unknown */
     } else if (r->type == REDIS_REPLY_ERROR) {
-        CORE_LOGW(MOD, "redis script failed", "reply=\"%.120s\"", r->str ? r->str : "");
+        /* Every publish runs scripts: one line a second at most, however many fail. */
+        uint64_t now = core_now_ms();
+        if (now - c->rb->script_error_logged_ms >= 1000) {
+            c->rb->script_error_logged_ms = now;
+            CORE_LOGW(MOD, "redis script failed", "reply=\"%.120s\"", r->str ? r->str : "");
+        }
         status = UV_EIO;
         r = NULL;
     }
@@ -305,6 +311,10 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
     cn->connected = true;
     cn->attempts = 0;
     ac->data = rb;
+    /* A quiet connection (pub/sub above all) that a NAT or firewall dropped without a reset
+     * would otherwise look alive forever: with hiredis 0.14's settings the kernel probes it
+     * after 15 s of silence and drops it after three probes 5 s apart go unanswered. */
+    redisEnableKeepAlive(&ac->c);
     CORE_LOGI(MOD, "redis connected", "conn=%s node=%s", cn->is_sub ? "sub" : "cmd", rb->node_id);
     if (cn->is_sub) {
         core_map_iter_t it = 0;

@@ -199,6 +199,10 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
         snprintf(err, errlen, "CHAT_LISTEN and CHAT_ADMIN_LISTEN must be host:port");
         return CORE_EINVAL;
     }
+    if (cfg->node_ttl > 86400) {
+        snprintf(err, errlen, "CHAT_NODE_TTL must be at most 86400 seconds");
+        return CORE_EINVAL;
+    }
     if (cfg->node_id && !srv_node_id_ok(cfg->node_id)) {
         snprintf(err, errlen, "CHAT_NODE_ID must be 1-64 of [A-Za-z0-9._:-]");
         return CORE_EINVAL;

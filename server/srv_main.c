@@ -506,7 +506,6 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         unsigned char *p = (unsigned char *)a->p;
         if (add_node_cookie(wsi, &p, (unsigned char *)a->p + a->max_len))
             return 1;
-        a->len += (int)(p - (unsigned char *)a->p);
         a->p = (char *)p;
         return 0;
     }
@@ -661,13 +660,15 @@ static void drain_tick(uv_timer_t *t) {
         drain_finish(S);
 }
 
-static void broker_closed(void *ud) {
+static void node_closed(void *ud) {
     (void)ud;
 }
 
-static void node_closed(void *ud) {
+/* The broker fails what it still has pending (publishes, rate takes, fills) while closing, and
+ * those callbacks reach into the node: the node goes only after the broker. */
+static void broker_closed(void *ud) {
     srv_t *S = ud;
-    clu_close(S->broker, broker_closed, S);
+    chat_node_close(S->node, node_closed, S);
 }
 
 static void drain_finish(srv_t *S) {
@@ -680,7 +681,7 @@ static void drain_finish(srv_t *S) {
     lws_context_destroy(S->ctx);
     adm_registry_close(S->registry);
     S->registry = NULL;
-    chat_node_close(S->node, node_closed, S);
+    clu_close(S->broker, broker_closed, S);
     uv_close((uv_handle_t *)&S->drain_timer, NULL);
 }
 
@@ -769,6 +770,10 @@ static void print_ready(srv_t *S) {
         gethostname(hn, sizeof hn);
         hn[sizeof hn - 1] = '\0';
         char id[200];
+        /* Whatever the host name holds, the id must be cookie- and key-safe. */
+        for (char *q = hn; *q; q++)
+            if (!srv_node_id_ok((char[]){*q, '\0'}) || *q == ':')
+                *q = '-';
         snprintf(id, sizeof id, "%.50s:%d", hn, port);
         S->cfg.node_id = core_strdup(id);
     }
@@ -954,7 +959,7 @@ int main(int argc, char **argv) {
     chat_node_set_broker(S->node, S->broker);
     S->started_ms = core_now_ms();
     S->registry = adm_registry_new(&S->loop, S->broker, S->cfg.node_id,
-                                   S->cfg.node_ttl * 1000, node_self_info, S);
+                                   (uint32_t)((uint64_t)S->cfg.node_ttl * 1000), node_self_info, S);
 
     uv_signal_init(&S->loop, &S->sigterm);
     uv_signal_init(&S->loop, &S->sigint);

@@ -118,3 +118,8 @@ int trs_port(void) {
 const char *trs_url(void) {
     return url_;
 }
+
+void trs_signal(int sig) {
+    if (child > 0)
+        kill(child, sig);
+}

@@ -20,6 +20,8 @@ int trs_restart(const char *who);
 /* Stops the child: SIGTERM, then SIGKILL after 2 s; waits for it. */
 void trs_stop(void);
 int trs_port(void);
+/* Sends a signal to the child (SIGSTOP/SIGCONT to make it hang and come back). */
+void trs_signal(int sig);
 /* "redis://127.0.0.1:PORT" */
 const char *trs_url(void);
 

@@ -560,6 +560,138 @@ static void test_presence(void **state) {
     fx_finish(&f, nodes, 2);
 }
 
+/* ---- registry, shared limiter, command timeout ----------------------------------------- */
+
+typedef struct {
+    int done, status;
+    size_t n;
+    char ids[4][16];
+    char infos[4][64];
+    int64_t wait_ms;
+} answer_t;
+
+static void on_nodes(int status, const clu_node_t *nodes, size_t n, void *ud) {
+    answer_t *a = ud;
+    a->done++;
+    a->status = status;
+    a->n = n;
+    assert_true(n <= 4);
+    for (size_t i = 0; i < n; i++) {
+        copy_text(a->ids[i], sizeof a->ids[i], nodes[i].id, strlen(nodes[i].id));
+        copy_text(a->infos[i], sizeof a->infos[i], nodes[i].info, nodes[i].info_len);
+    }
+}
+
+static bool answered(void *arg) {
+    return ((answer_t *)arg)->done > 0;
+}
+
+static void beat(node_t *n, const char *id, const char *info, uint32_t ttl_ms, answer_t *a) {
+    memset(a, 0, sizeof *a);
+    assert_int_equal(clu_heartbeat(n->b, id, info, strlen(info), ttl_ms, on_nodes, a), 0);
+    assert_true(run_until(n->f, answered, a, 5000));
+    assert_int_equal(a->status, 0);
+}
+
+static const char *info_of(const answer_t *a, const char *id) {
+    for (size_t i = 0; i < a->n; i++)
+        if (strcmp(a->ids[i], id) == 0)
+            return a->infos[i];
+    return NULL;
+}
+
+static void test_registry(void **state) {
+    (void)state;
+    fx_t f;
+    node_t a, b;
+    fx_init(&f);
+    node_init(&f, &a, "a");
+    node_init(&f, &b, "b");
+    answer_t ans;
+    beat(&a, "a", "{\"name\":\"a\"}", 60000, &ans);
+    assert_int_equal(ans.n, 1);
+    beat(&b, "b", "{\"name\":\"b\"}", 300, &ans);
+    assert_int_equal(ans.n, 2);
+    assert_string_equal(info_of(&ans, "a"), "{\"name\":\"a\"}");
+    /* A newer announcement replaces the older one. */
+    beat(&a, "a", "{\"name\":\"a\",\"draining\":true}", 60000, &ans);
+    assert_string_equal(info_of(&ans, "a"), "{\"name\":\"a\",\"draining\":true}");
+    /* b stops announcing: gone once its TTL passed on Redis's clock. */
+    settle(&f, 400);
+    beat(&a, "a", "{\"name\":\"a\"}", 60000, &ans);
+    assert_int_equal(ans.n, 1);
+    assert_null(info_of(&ans, "b"));
+    node_t *nodes[] = {&a, &b};
+    fx_finish(&f, nodes, 2);
+}
+
+static void on_rate(int status, int64_t wait_ms, void *ud) {
+    answer_t *a = ud;
+    a->done++;
+    a->status = status;
+    a->wait_ms = wait_ms;
+}
+
+static int64_t take(node_t *n, const char *key, int64_t interval_us, int64_t burst) {
+    answer_t a = {0};
+    assert_int_equal(clu_rate_take(n->b, key, interval_us, burst, on_rate, &a), 0);
+    assert_true(run_until(n->f, answered, &a, 5000));
+    assert_int_equal(a.status, 0);
+    return a.wait_ms;
+}
+
+static void test_shared_limit(void **state) {
+    (void)state;
+    fx_t f;
+    node_t a, b;
+    fx_init(&f);
+    node_init(&f, &a, "a");
+    node_init(&f, &b, "b");
+    assert_true(clu_has_shared_limits(a.b));
+    /* One token per 10 s, burst 3: three takes from either node pass, the fourth waits about
+     * the whole interval, however the takes are spread. */
+    const int64_t interval = 10 * 1000 * 1000;
+    assert_int_equal(take(&a, "pub:u", interval, 3), 0);
+    assert_int_equal(take(&b, "pub:u", interval, 3), 0);
+    assert_int_equal(take(&a, "pub:u", interval, 3), 0);
+    int64_t wait = take(&b, "pub:u", interval, 3);
+    assert_true(wait > 9000 && wait <= 10000);
+    /* A refused take takes nothing: the wait only shrinks. */
+    assert_true(take(&a, "pub:u", interval, 3) <= wait);
+    /* Other keys are other buckets; the key expires once its bucket is full again. */
+    assert_int_equal(take(&a, "pub:v", interval, 3), 0);
+    assert_int_equal(take(&a, "one:u", interval, 1), 0);
+    long long pttl = sync_cmd_int("PTTL %s", "chat.rate.{one:u}");
+    assert_true(pttl > 9000 && pttl <= 10001);
+    node_t *nodes[] = {&a, &b};
+    fx_finish(&f, nodes, 2);
+}
+
+static void test_command_timeout(void **state) {
+    (void)state;
+    fx_t f;
+    node_t a;
+    fx_init(&f);
+    node_init(&f, &a, "a");
+    /* A Redis that stops answering but keeps its sockets: only the broker's own timer can tell. */
+    trs_signal(SIGSTOP);
+    answer_t ans = {0};
+    assert_int_equal(clu_rate_take(a.b, "pub:u", 1000, 1, on_rate, &ans), 0);
+    uint64_t t0 = uv_hrtime() / 1000000u;
+    assert_true(run_until(&f, answered, &ans, 8000));
+    uint64_t took = uv_hrtime() / 1000000u - t0;
+    trs_signal(SIGCONT);
+    assert_int_equal(ans.status, CORE_EAGAIN);
+    assert_true(took >= 2500 && took < 6000);
+    clu_stats_t st;
+    clu_stats(a.b, &st);
+    assert_int_equal(st.timeouts, 1);
+    assert_true(run_until(&f, is_ready, &a, 10000));
+    assert_int_equal(take(&a, "pub:u", 1000, 1), 0);
+    node_t *nodes[] = {&a};
+    fx_finish(&f, nodes, 1);
+}
+
 static void test_outage(void **state) {
     fx_t f;
     node_t a;
@@ -602,6 +734,9 @@ int main(void) {
         cmocka_unit_test(test_two_nodes),
         cmocka_unit_test(test_history),
         cmocka_unit_test(test_presence),
+        cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_shared_limit),
+        cmocka_unit_test(test_command_timeout),
         cmocka_unit_test(test_outage), /* last: it restarts redis-server */
     };
     return cmocka_run_group_tests(tests, start_redis, kill_redis);
