@@ -780,14 +780,16 @@ static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, 
 /* ---- rate limits ---- */
 
 /* A publication that passed every check but the rate limit. The limit is the user's across the
- * cluster when the broker can share it (one token bucket in Redis for all nodes), else this
- * node's own; while the shared one is unreachable the node falls back to its own and counts it,
- * because refusing every publish for a Redis hiccup would be worse than a looser limit. */
+ * cluster when the broker can share it (one token bucket in Redis for all nodes) and this
+ * node's own takes, which can only be stricter; while the shared one is unreachable the node's
+ * own decides, counted, because refusing every publish for a Redis hiccup would be worse than a
+ * looser limit. */
 typedef enum { LIMIT_PUB, LIMIT_TYPING } limit_kind_t;
 
-/* Publishes one client may have waiting for the shared limiter: a client that floods gets
- * its 429s from the node, not from Redis, and the waiting copies stay bounded. */
-#define LIMITS_WAITING_MAX 32
+/* A safety bound on the publishes one client may have waiting for the shared limiter. The
+ * local limiter already refuses a flood before it reaches Redis (a node never asks for more
+ * tokens than the user's limit gives), so this only matters with huge configured bursts. */
+#define LIMITS_WAITING_MAX 1024
 
 typedef struct {
     chat_node_t *node;
@@ -850,8 +852,9 @@ static void limit_done(int status, int64_t wait, void *ud) {
             dedupe_forget(u, op->dedupe);
     } else {
         if (status != 0) {
+            /* The local token was taken before asking: the local limit alone decides. */
             n->st.rate_limit_fallbacks++;
-            wait = limit_take_local(c, op->kind);
+            wait = 0;
         }
         if (wait > 0)
             limit_refused(c, op->cmd_id, op->dedupe, wait);
@@ -870,6 +873,13 @@ static void gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t metho
                           const char *data, size_t len, uint64_t dedupe) {
     chat_node_t *n = c->node;
     const chat_rate_t *rate = limit_rate(c, kind);
+    /* This node's own takes: when they alone exceed the limit the shared bucket would refuse
+     * too, so a flood is refused here without a round trip to Redis. */
+    int64_t wait = limit_take_local(c, kind);
+    if (wait > 0) {
+        limit_refused(c, cmd_id, dedupe, wait);
+        return;
+    }
     if (rate->rate > 0 && clu_has_shared_limits(n->broker)) {
         if (c->limits_waiting >= LIMITS_WAITING_MAX) {
             limit_refused(c, cmd_id, dedupe, 1);
@@ -898,11 +908,7 @@ static void gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t metho
             limit_done(rc, 0, op);
         return;
     }
-    int64_t wait = limit_take_local(c, kind);
-    if (wait > 0)
-        limit_refused(c, cmd_id, dedupe, wait);
-    else
-        publish_allowed(c, cmd_id, method, channel, ns, data, len, dedupe);
+    publish_allowed(c, cmd_id, method, channel, ns, data, len, dedupe);
 }
 
 static void handle_publish(chat_client_t *c, const chat_cmd_t *cmd) {
