@@ -33,6 +33,9 @@
 
 #define MAX_RATES 32
 #define MAX_CODES 32
+/* Nodes one run can spread its connections over (--url), and processes it can watch
+ * (--node-pid, --admin). */
+#define MAX_NODES 16
 /* The server's messages are small, but a slow reader can be handed one large frame holding a
  * whole backlog; past this size something is wrong and the connection is dropped. */
 #define MAX_MESSAGE_BYTES (64u << 20)
@@ -47,10 +50,17 @@
 /* ------------------------------------------------------------------------------------------ */
 /* Options */
 
-typedef struct options {
+/* One node to connect to: --url. */
+typedef struct target {
     char host[64];
     int port;
     char path[256];
+    struct sockaddr_in addr;
+} target;
+
+typedef struct options {
+    target urls[MAX_NODES];
+    unsigned nurls;
     const char *secret;
     unsigned subscribers;
     unsigned publishers;
@@ -63,8 +73,12 @@ typedef struct options {
     bool idle;
     double hold_seconds;
     unsigned sources;
-    int node_pid;
-    const char *admin;
+    int node_pids[MAX_NODES];
+    unsigned nnode_pids;
+    const char *admins[MAX_NODES];
+    unsigned nadmins;
+    int redis_pid;
+    bool host_cpu;
     double timeout;
     unsigned max_inflight;
     double connect_timeout;
@@ -72,9 +86,6 @@ typedef struct options {
 } options;
 
 static options opt = {
-    .host = "127.0.0.1",
-    .port = 8000,
-    .path = "/connection/websocket",
     .subscribers = 1000,
     .publishers = 10,
     .channel = "chat:bench",
@@ -99,7 +110,9 @@ static void usage(FILE *out) {
         "protocol), publishes at stepped total rates and measures end-to-end delivery.\n"
         "\n"
         "  --url URL             ws://HOST:PORT/PATH, numeric IPv4 host\n"
-        "                        (default ws://127.0.0.1:8000/connection/websocket)\n"
+        "                        (default ws://127.0.0.1:8000/connection/websocket);\n"
+        "                        repeat it or give a comma list for a cluster: subscriber i\n"
+        "                        and publisher j go to URL i %% n and j %% n\n"
         "  --secret S            HS256 secret used to mint the connection JWTs (required)\n"
         "  --subscribers N       subscriber connections (default 1000)\n"
         "  --publishers M        publisher connections (default 10)\n"
@@ -116,9 +129,15 @@ static void usage(FILE *out) {
         "                        (default 4; each gives about 28,000 ephemeral ports)\n"
         "  --max-inflight H      most handshakes in progress at once (default 256)\n"
         "  --connect-timeout S   time one connection may take to be subscribed (default 30)\n"
-        "  --node-pid PID        report the node's RSS and CPU from /proc/PID\n"
+        "  --node-pid PID        report the node's RSS and CPU from /proc/PID; repeat it or\n"
+        "                        give a comma list for several nodes (sums, and per node\n"
+        "                        when there are several URLs)\n"
         "  --admin URL           http://HOST:PORT of the admin listener: also report the\n"
-        "                        server's own publication counters per step (optional)\n"
+        "                        server's own publication counters per step (optional);\n"
+        "                        repeat it or give a comma list: the counters are summed\n"
+        "  --redis-pid PID       also report this process's CPU and RSS (redis-server)\n"
+        "  --host-cpu            also report the whole machine's busy CPU per step and what\n"
+        "                        of it was neither the node(s), Redis nor this tool\n"
         "  --timeout S           hard limit for the whole run (default 600)\n"
         "  --batch-us U          after handling a batch of events, wait until U us have\n"
         "                        passed before reading again, so each read takes several\n"
@@ -132,13 +151,15 @@ static void usage(FILE *out) {
         "           p50/p99/p999/max in ms, lost (not received by the end of the drain),\n"
         "           dup (duplicate or out of order), late (arrived after being counted\n"
         "           lost), node RSS and CPU, tool CPU\n"
+        "  URL      with several URLs: per URL, subscribers and publishers connected\n"
         "  IDLE     with --idle: connections, node RSS before and after, KiB per connection\n"
         "  CLOSES/ERRORS  close codes and error reply codes seen, when any\n"
         "  DISCONNECTS    live connections lost during the run, when any\n"
+        "  TOTALS   with several URLs: publications and deliveries over the whole run\n"
         "Exit status: 0 done, 1 bad usage or no connection, 2 global timeout or interrupted.\n");
 }
 
-static int parse_url(const char *url) {
+static int parse_url(target *t, const char *url) {
     char host[64];
     int port = 0;
     int consumed = 0;
@@ -150,10 +171,46 @@ static int parse_url(const char *url) {
     if (inet_pton(AF_INET, host, &a) != 1) {
         return -1;
     }
-    snprintf(opt.host, sizeof opt.host, "%s", host);
-    opt.port = port;
+    snprintf(t->host, sizeof t->host, "%s", host);
+    t->port = port;
     const char *path = url + consumed;
-    snprintf(opt.path, sizeof opt.path, "%s", *path == '/' ? path : "/connection/websocket");
+    snprintf(t->path, sizeof t->path, "%s", *path == '/' ? path : "/connection/websocket");
+    memset(&t->addr, 0, sizeof t->addr);
+    t->addr.sin_family = AF_INET;
+    t->addr.sin_port = htons((uint16_t)port);
+    t->addr.sin_addr = a;
+    return 0;
+}
+
+/* Splits a comma list in place and hands each item to add(); -1 when one is refused or there
+ * are more than MAX_NODES in all. */
+static int parse_list(char *s, unsigned *count, int (*add)(const char *item, unsigned i)) {
+    for (char *save = NULL, *item = strtok_r(s, ",", &save); item != NULL;
+         item = strtok_r(NULL, ",", &save)) {
+        if (*count == MAX_NODES || add(item, *count) != 0) {
+            return -1;
+        }
+        (*count)++;
+    }
+    return 0;
+}
+
+static int add_url(const char *item, unsigned i) {
+    return parse_url(&opt.urls[i], item);
+}
+
+static int add_node_pid(const char *item, unsigned i) {
+    char *end = NULL;
+    long pid = strtol(item, &end, 10);
+    if (end == item || *end != '\0' || pid <= 0) {
+        return -1;
+    }
+    opt.node_pids[i] = (int)pid;
+    return 0;
+}
+
+static int add_admin(const char *item, unsigned i) {
+    opt.admins[i] = item;
     return 0;
 }
 
@@ -194,6 +251,8 @@ static int parse_options(int argc, char **argv) {
         O_CTIMEOUT,
         O_PID,
         O_ADMIN,
+        O_REDIS_PID,
+        O_HOST_CPU,
         O_TIMEOUT,
         O_BATCH,
         O_HELP
@@ -215,6 +274,8 @@ static int parse_options(int argc, char **argv) {
         {"connect-timeout", required_argument, NULL, O_CTIMEOUT},
         {"node-pid", required_argument, NULL, O_PID},
         {"admin", required_argument, NULL, O_ADMIN},
+        {"redis-pid", required_argument, NULL, O_REDIS_PID},
+        {"host-cpu", no_argument, NULL, O_HOST_CPU},
         {"timeout", required_argument, NULL, O_TIMEOUT},
         {"batch-us", required_argument, NULL, O_BATCH},
         {"help", no_argument, NULL, O_HELP},
@@ -224,8 +285,10 @@ static int parse_options(int argc, char **argv) {
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
         case O_URL:
-            if (parse_url(optarg) != 0) {
-                fprintf(stderr, "chat-load: bad --url %s (want ws://IPV4:PORT/PATH)\n", optarg);
+            if (parse_list(optarg, &opt.nurls, add_url) != 0) {
+                fprintf(stderr,
+                        "chat-load: bad --url (want ws://IPV4:PORT/PATH, at most %d in all)\n",
+                        MAX_NODES);
                 return -1;
             }
             break;
@@ -272,10 +335,22 @@ static int parse_options(int argc, char **argv) {
             opt.connect_timeout = strtod(optarg, NULL);
             break;
         case O_PID:
-            opt.node_pid = atoi(optarg);
+            if (parse_list(optarg, &opt.nnode_pids, add_node_pid) != 0) {
+                fprintf(stderr, "chat-load: bad --node-pid (at most %d in all)\n", MAX_NODES);
+                return -1;
+            }
             break;
         case O_ADMIN:
-            opt.admin = optarg;
+            if (parse_list(optarg, &opt.nadmins, add_admin) != 0) {
+                fprintf(stderr, "chat-load: too many --admin URLs (at most %d)\n", MAX_NODES);
+                return -1;
+            }
+            break;
+        case O_REDIS_PID:
+            opt.redis_pid = atoi(optarg);
+            break;
+        case O_HOST_CPU:
+            opt.host_cpu = true;
             break;
         case O_TIMEOUT:
             opt.timeout = strtod(optarg, NULL);
@@ -299,6 +374,10 @@ static int parse_options(int argc, char **argv) {
     if (opt.secret == NULL) {
         fprintf(stderr, "chat-load: --secret is required\n");
         return -1;
+    }
+    if (opt.nurls == 0) {
+        parse_url(&opt.urls[0], "ws://127.0.0.1:8000/connection/websocket");
+        opt.nurls = 1;
     }
     if (opt.idle) {
         opt.publishers = 0;
@@ -364,6 +443,7 @@ typedef struct conn {
     uint8_t in_frag;   /* a fragmented message is being assembled */
     uint8_t was_ready; /* reached CS_READY once: its losses count even after it died */
     uint8_t got_close; /* the server sent a close frame before the socket ended */
+    uint8_t node;      /* index of its --url: subscriber i and publisher j go to i % n, j % n */
     uint32_t idx;      /* subscriber index or publisher index */
     uint32_t seq;      /* publisher: last sequence number sent */
     uint32_t next_id;  /* publisher: next command id */
@@ -406,6 +486,9 @@ typedef struct step_stats {
     uint64_t dup;
     uint64_t late;
     load_hist hist;
+    /* With several URLs: deliveries and latency by the subscriber's node. */
+    uint64_t node_deliveries[MAX_NODES];
+    load_hist node_hist[MAX_NODES];
 } step_stats;
 
 static struct {
@@ -430,6 +513,14 @@ static struct {
     code_count errors[MAX_CODES];
     uint64_t pings;
     uint64_t push_disconnects;
+    /* Over the whole run, for the TOTALS line of a multi-URL run. */
+    uint64_t total_sent;
+    uint64_t total_ok;
+    uint64_t total_err;
+    uint64_t total_deliveries;
+    uint64_t total_lost;
+    uint64_t total_dup;
+    uint64_t total_late;
 
     step_stats st;
     char *pad;        /* payload padding, payload_bytes of 'x' */
@@ -637,9 +728,8 @@ static void conn_start(conn *c, unsigned i, int64_t now) {
             return;
         }
     }
-    struct sockaddr_in dst = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.port)};
-    inet_pton(AF_INET, opt.host, &dst.sin_addr);
-    if (connect(c->fd, (struct sockaddr *)&dst, sizeof dst) != 0 && errno != EINPROGRESS) {
+    const struct sockaddr_in *dst = &opt.urls[c->node].addr;
+    if (connect(c->fd, (const struct sockaddr *)dst, sizeof *dst) != 0 && errno != EINPROGRESS) {
         conn_kill(c, FAIL_LOCAL);
         return;
     }
@@ -660,12 +750,13 @@ static void conn_on_tcp_connected(conn *c) {
         conn_kill(c, FAIL_LOCAL);
         return;
     }
+    const target *t = &opt.urls[c->node];
     char req[512];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     opt.path, opt.host, opt.port, key);
+                     t->path, t->host, t->port, key);
     memcpy(wbuf_reserve(c, (size_t)n), req, (size_t)n);
     c->wlen += (uint32_t)n;
     c->state = CS_HTTP;
@@ -775,7 +866,12 @@ static void on_publication(conn *c, const char *t, const char *end, int64_t now)
         return;
     }
     g.st.deliveries++;
-    load_hist_record(&g.st.hist, now > (int64_t)ts ? (uint64_t)(now - (int64_t)ts) : 0);
+    uint64_t lat = now > (int64_t)ts ? (uint64_t)(now - (int64_t)ts) : 0;
+    load_hist_record(&g.st.hist, lat);
+    if (opt.nurls > 1) {
+        g.st.node_deliveries[c->node]++;
+        load_hist_record(&g.st.node_hist[c->node], lat);
+    }
     seq_cell *cell = &g.cells[(size_t)c->idx * opt.publishers + pub];
     if (seq > cell->hi) {
         g.st.lost += seq - cell->hi - 1;
@@ -1160,30 +1256,79 @@ typedef struct metrics_job {
     pthread_t thread;
     bool started;
     int rc;
+    const char *url;
     load_metrics m;
 } metrics_job;
 
 static void *metrics_thread(void *arg) {
     metrics_job *j = arg;
-    j->rc = load_metrics_fetch(opt.admin, 3000, &j->m);
+    j->rc = load_metrics_fetch(j->url, 3000, &j->m);
     return NULL;
 }
 
-static void metrics_start(metrics_job *j) {
-    if (opt.admin != NULL && !j->started) {
-        j->rc = -1;
-        j->started = pthread_create(&j->thread, NULL, metrics_thread, j) == 0;
+/* One scrape per --admin URL, all at once. */
+static void metrics_start(metrics_job *jobs) {
+    for (unsigned i = 0; i < opt.nadmins; i++) {
+        metrics_job *j = &jobs[i];
+        if (!j->started) {
+            j->rc = -1;
+            j->url = opt.admins[i];
+            j->started = pthread_create(&j->thread, NULL, metrics_thread, j) == 0;
+        }
     }
 }
 
-/* Waits for the scrape (bounded by its own 3 s timeout); true when it succeeded. */
-static bool metrics_finish(metrics_job *j) {
-    if (!j->started) {
-        return false;
+/* Waits for the scrapes (each bounded by its own 3 s timeout) and sums their counters into
+ * *sum; true when every one succeeded. */
+static bool metrics_finish(metrics_job *jobs, load_metrics *sum) {
+    bool ok = opt.nadmins > 0;
+    load_metrics total = {0};
+    for (unsigned i = 0; i < opt.nadmins; i++) {
+        metrics_job *j = &jobs[i];
+        if (!j->started) {
+            ok = false;
+            continue;
+        }
+        pthread_join(j->thread, NULL);
+        j->started = false;
+        if (j->rc != 0) {
+            ok = false;
+            continue;
+        }
+        total.pubs_in += j->m.pubs_in;
+        total.pubs_out += j->m.pubs_out;
+        total.disconnects += j->m.disconnects;
+        total.write_calls += j->m.write_calls;
+        total.rate_limited += j->m.rate_limited;
     }
-    pthread_join(j->thread, NULL);
-    j->started = false;
-    return j->rc == 0;
+    if (sum != NULL) {
+        *sum = total;
+    }
+    return ok;
+}
+
+/* The watched nodes' CPU ticks and RSS, summed; -1 when there is none or one cannot be read
+ * (a node that died). */
+static long long nodes_cpu_ticks(long long *each) {
+    long long sum = opt.nnode_pids > 0 ? 0 : -1;
+    for (unsigned i = 0; i < opt.nnode_pids; i++) {
+        long long t = load_proc_cpu_ticks(opt.node_pids[i]);
+        each[i] = t;
+        sum = (sum < 0 || t < 0) ? -1 : sum + t;
+    }
+    return sum;
+}
+
+static long nodes_rss_kib(long *each) {
+    long sum = opt.nnode_pids > 0 ? 0 : -1;
+    for (unsigned i = 0; i < opt.nnode_pids; i++) {
+        long k = load_proc_rss_kib(opt.node_pids[i]);
+        if (each != NULL) {
+            each[i] = k;
+        }
+        sum = (sum < 0 || k < 0) ? -1 : sum + k;
+    }
+    return sum;
 }
 
 typedef struct run {
@@ -1199,16 +1344,25 @@ typedef struct run {
     /* window snapshots */
     int64_t win_t0;
     long long node_ticks0;
+    long long node_ticks0_each[MAX_NODES];
+    long long redis_ticks0;
+    long long host_ticks0;
     int64_t self_cpu0;
-    metrics_job m0;
+    metrics_job m0[MAX_NODES];
     double win_secs;
     uint64_t win_sent;
     uint64_t win_ok;
     uint64_t win_deliv;
+    uint64_t win_node_deliv[MAX_NODES];
     double node_cpu;
+    double node_cpu_each[MAX_NODES];
     double tool_cpu;
+    double redis_cpu;
+    double host_cpu;
     long node_rss;
-    metrics_job m1;
+    long node_rss_each[MAX_NODES];
+    long redis_rss;
+    metrics_job m1[MAX_NODES];
     long rss_before;
 } run;
 
@@ -1249,14 +1403,40 @@ static void report_connect(const run *r, int64_t now) {
     }
     printf(" secs=%.2f conn/s=%.0f\n", secs,
            secs > 0 ? (double)(g.ready_subs + g.ready_pubs) / secs : 0);
+    if (opt.nurls > 1) {
+        /* Where the connections went: one line per URL, numbered from 1. */
+        for (unsigned u = 0; u < opt.nurls; u++) {
+            unsigned subs = 0, pubs = 0, subs_wanted = 0, pubs_wanted = 0, nfailed = 0;
+            for (unsigned i = 0; i < g.nconns; i++) {
+                const conn *c = &g.conns[i];
+                if (c->node != u) {
+                    continue;
+                }
+                unsigned *wanted = c->role == ROLE_SUB ? &subs_wanted : &pubs_wanted;
+                unsigned *ready = c->role == ROLE_SUB ? &subs : &pubs;
+                (*wanted)++;
+                if (c->state == CS_READY) {
+                    (*ready)++;
+                } else if (!c->was_ready) {
+                    nfailed++;
+                }
+            }
+            const target *t = &opt.urls[u];
+            printf("URL %u url=ws://%s:%d%s subs=%u subs_wanted=%u pubs=%u pubs_wanted=%u "
+                   "failed=%u\n",
+                   u + 1, t->host, t->port, t->path, subs, subs_wanted, pubs, pubs_wanted, nfailed);
+        }
+    }
     fflush(stdout);
 }
 
 static void window_begin(run *r, int64_t now) {
     r->win_t0 = now;
-    r->node_ticks0 = opt.node_pid > 0 ? load_proc_cpu_ticks(opt.node_pid) : -1;
+    r->node_ticks0 = nodes_cpu_ticks(r->node_ticks0_each);
+    r->redis_ticks0 = opt.redis_pid > 0 ? load_proc_cpu_ticks(opt.redis_pid) : -1;
+    r->host_ticks0 = opt.host_cpu ? load_host_busy_ticks() : -1;
     r->self_cpu0 = load_self_cpu_us();
-    metrics_start(&r->m0);
+    metrics_start(r->m0);
 }
 
 static void window_end(run *r, int64_t now) {
@@ -1264,11 +1444,24 @@ static void window_end(run *r, int64_t now) {
     r->win_sent = g.st.sent;
     r->win_ok = g.st.ok;
     r->win_deliv = g.st.deliveries;
-    long long t1 = opt.node_pid > 0 ? load_proc_cpu_ticks(opt.node_pid) : -1;
+    memcpy(r->win_node_deliv, g.st.node_deliveries, sizeof r->win_node_deliv);
+    long long each[MAX_NODES];
+    long long t1 = nodes_cpu_ticks(each);
     r->node_cpu = (r->node_ticks0 >= 0 && t1 >= 0) ? pct(t1 - r->node_ticks0, r->win_secs) : -1;
+    for (unsigned i = 0; i < opt.nnode_pids; i++) {
+        r->node_cpu_each[i] = (r->node_ticks0_each[i] >= 0 && each[i] >= 0)
+                                  ? pct(each[i] - r->node_ticks0_each[i], r->win_secs)
+                                  : -1;
+    }
+    long long rt1 = opt.redis_pid > 0 ? load_proc_cpu_ticks(opt.redis_pid) : -1;
+    r->redis_cpu =
+        (r->redis_ticks0 >= 0 && rt1 >= 0) ? pct(rt1 - r->redis_ticks0, r->win_secs) : -1;
     r->tool_cpu = 100.0 * (double)(load_self_cpu_us() - r->self_cpu0) / 1e6 / r->win_secs;
-    r->node_rss = opt.node_pid > 0 ? load_proc_rss_kib(opt.node_pid) : -1;
-    metrics_start(&r->m1);
+    long long ht1 = opt.host_cpu ? load_host_busy_ticks() : -1;
+    r->host_cpu = (r->host_ticks0 >= 0 && ht1 >= 0) ? pct(ht1 - r->host_ticks0, r->win_secs) : -1;
+    r->node_rss = nodes_rss_kib(r->node_rss_each);
+    r->redis_rss = opt.redis_pid > 0 ? load_proc_rss_kib(opt.redis_pid) : -1;
+    metrics_start(r->m1);
 }
 
 static void timer_set(int64_t period_us) {
@@ -1333,12 +1526,27 @@ static uint64_t account_tail_losses(void) {
     return lost;
 }
 
+static void print_cpu(const char *key, double v) {
+    if (v >= 0) {
+        printf(" %s=%.1f", key, v);
+    } else {
+        printf(" %s=-", key);
+    }
+}
+
 static void step_report(run *r) {
     step_stats *st = &g.st;
     uint64_t lost = st->lost + account_tail_losses();
     /* A publish the server refused is never delivered, and every subscriber saw it as a gap. */
     uint64_t refused = st->err * g.ever_ready_subs;
     lost = lost > refused ? lost - refused : 0;
+    g.total_sent += st->sent;
+    g.total_ok += st->ok;
+    g.total_err += st->err;
+    g.total_deliveries += st->deliveries;
+    g.total_lost += lost;
+    g.total_dup += st->dup;
+    g.total_late += st->late;
     double s = r->win_secs;
     printf("STEP %u rate=%.0f sent/s=%.1f ok/s=%.1f deliv/s=%.0f expect/s=%.0f", r->step + 1,
            r->rate, (double)r->win_sent / s, (double)r->win_ok / s, (double)r->win_deliv / s,
@@ -1357,20 +1565,63 @@ static void step_report(run *r) {
         printf(" node_cpu=-");
     }
     printf(" tool_cpu=%.1f", r->tool_cpu);
-    bool ok0 = metrics_finish(&r->m0);
-    bool ok1 = metrics_finish(&r->m1);
+    load_metrics a, b;
+    bool ok0 = metrics_finish(r->m0, &a);
+    bool ok1 = metrics_finish(r->m1, &b);
     if (ok0 && ok1) {
         printf(" srv_in/s=%.1f srv_out/s=%.0f srv_disc=%.0f srv_writes/s=%.0f",
-               (r->m1.m.pubs_in - r->m0.m.pubs_in) / s, (r->m1.m.pubs_out - r->m0.m.pubs_out) / s,
-               r->m1.m.disconnects - r->m0.m.disconnects,
-               (r->m1.m.write_calls - r->m0.m.write_calls) / s);
+               (b.pubs_in - a.pubs_in) / s, (b.pubs_out - a.pubs_out) / s,
+               b.disconnects - a.disconnects, (b.write_calls - a.write_calls) / s);
+    }
+    /* Everything below is only printed when asked for, so a single-node run's line is
+     * unchanged. */
+    if (opt.redis_pid > 0) {
+        print_cpu("redis_cpu", r->redis_cpu);
+        print_mib("redis_rss_mib", r->redis_rss);
+    }
+    if (opt.host_cpu) {
+        /* Percent of one core like the others, so up to 100 x cores. `other_cpu` is what the
+         * rest of the machine used meanwhile: anything well above a few percent means the
+         * figures shared the cores with something else. */
+        print_cpu("host_cpu", r->host_cpu);
+        double other = -1;
+        if (r->host_cpu >= 0 && r->node_cpu >= 0) {
+            other = r->host_cpu - r->node_cpu - r->tool_cpu - (r->redis_cpu > 0 ? r->redis_cpu : 0);
+            other = other < 0 ? 0 : other;
+        }
+        print_cpu("other_cpu", other);
+    }
+    if (opt.nurls > 1) {
+        /* Per node (URL k, numbered from 1): its live subscribers, the deliveries they received
+         * in the window, their latency, and the node's CPU and RSS when its PID was given in
+         * the same order. */
+        unsigned subs[MAX_NODES] = {0};
+        for (unsigned i = 0; i < opt.subscribers; i++) {
+            if (g.conns[i].state == CS_READY) {
+                subs[g.conns[i].node]++;
+            }
+        }
+        for (unsigned u = 0; u < opt.nurls; u++) {
+            const load_hist *h = &st->node_hist[u];
+            printf(" n%u_subs=%u n%u_deliv/s=%.0f n%u_p50_ms=%.3f n%u_p99_ms=%.3f", u + 1, subs[u],
+                   u + 1, (double)r->win_node_deliv[u] / s, u + 1,
+                   (double)load_hist_quantile(h, 0.50) / 1000.0, u + 1,
+                   (double)load_hist_quantile(h, 0.99) / 1000.0);
+            if (u < opt.nnode_pids) {
+                char key[32];
+                snprintf(key, sizeof key, "n%u_cpu", u + 1);
+                print_cpu(key, r->node_cpu_each[u]);
+                snprintf(key, sizeof key, "n%u_rss_mib", u + 1);
+                print_mib(key, r->node_rss_each[u]);
+            }
+        }
     }
     printf("\n");
     fflush(stdout);
 }
 
 static void report_idle(const run *r, int64_t now) {
-    long after = opt.node_pid > 0 ? load_proc_rss_kib(opt.node_pid) : -1;
+    long after = nodes_rss_kib(NULL);
     unsigned conns = g.ready_subs;
     printf("IDLE conns=%u wanted=%u dropped_during_hold=%u", conns, opt.subscribers,
            g.dead_after_ready);
@@ -1382,7 +1633,8 @@ static void report_idle(const run *r, int64_t now) {
         printf(" kib_per_conn=-");
     }
     double secs = (double)(now - r->win_t0) / 1e6;
-    long long t1 = opt.node_pid > 0 ? load_proc_cpu_ticks(opt.node_pid) : -1;
+    long long each[MAX_NODES];
+    long long t1 = nodes_cpu_ticks(each);
     if (r->node_ticks0 >= 0 && t1 >= 0) {
         printf(" node_cpu=%.1f", pct(t1 - r->node_ticks0, secs));
     }
@@ -1418,7 +1670,7 @@ static void advance(run *r, int64_t now) {
         if (opt.idle) {
             r->phase = PH_HOLD;
             r->win_t0 = now;
-            r->node_ticks0 = opt.node_pid > 0 ? load_proc_cpu_ticks(opt.node_pid) : -1;
+            r->node_ticks0 = nodes_cpu_ticks(r->node_ticks0_each);
             r->phase_end = now + (int64_t)(opt.hold_seconds * 1e6);
         } else if (g.ready_subs == 0 || g.ready_pubs == 0) {
             fprintf(stderr, "chat-load: no subscriber or no publisher is connected; stopping\n");
@@ -1510,6 +1762,7 @@ int main(int argc, char **argv) {
         c->fd = -1;
         c->role = i < opt.subscribers ? ROLE_SUB : ROLE_PUB;
         c->idx = i < opt.subscribers ? i : i - opt.subscribers;
+        c->node = (uint8_t)(c->idx % opt.nurls);
         c->next_id = 2;
     }
     size_t ncells = (size_t)opt.subscribers * (opt.publishers ? opt.publishers : 1);
@@ -1534,7 +1787,7 @@ int main(int argc, char **argv) {
     r.setup_started = r.started;
     /* The node's baseline is taken before the first socket opens so that --idle reports only
      * what the connections cost. */
-    r.rss_before = opt.node_pid > 0 ? load_proc_rss_kib(opt.node_pid) : -1;
+    r.rss_before = nodes_rss_kib(NULL);
     int64_t deadline = r.started + (int64_t)(opt.timeout * 1e6);
     int64_t next_timeout_scan = r.started;
     int64_t next_progress = r.started + 2000000;
@@ -1596,12 +1849,23 @@ int main(int argc, char **argv) {
     if (g.push_disconnects > 0) {
         printf("PUSH_DISCONNECTS %" PRIu64 "\n", g.push_disconnects);
     }
+    if (opt.nurls > 1 && !opt.idle) {
+        /* The whole run's books: with nothing lost, duplicated or refused and no subscriber
+         * gone, deliveries = publications sent x subscribers, whichever node each publication
+         * entered and each subscriber sat on. */
+        printf("TOTALS sent=%" PRIu64 " ok=%" PRIu64 " pub_err=%" PRIu64
+               " subs=%u deliveries=%" PRIu64 " expected=%" PRIu64 " lost=%" PRIu64 " dup=%" PRIu64
+               " late=%" PRIu64 "\n",
+               g.total_sent, g.total_ok, g.total_err, g.ever_ready_subs, g.total_deliveries,
+               (g.total_sent - g.total_err) * g.ever_ready_subs, g.total_lost, g.total_dup,
+               g.total_late);
+    }
     fflush(stdout);
     if (rc == 0 && !opt.idle && (g.ready_subs == 0 || g.ready_pubs == 0) && r.step < opt.nrates) {
         rc = 1;
     }
-    metrics_finish(&r.m0);
-    metrics_finish(&r.m1);
+    metrics_finish(r.m0, NULL);
+    metrics_finish(r.m1, NULL);
     cleanup();
     return rc;
 }

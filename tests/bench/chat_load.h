@@ -47,6 +47,9 @@ long load_proc_rss_kib(int pid);
 long long load_proc_cpu_ticks(int pid);
 /* CPU time (user + system) used by this process so far, microseconds. */
 int64_t load_self_cpu_us(void);
+/* Busy time of the whole machine (every core: user, nice, system, irq, softirq, steal) from
+ * /proc/stat, in clock ticks, or -1. */
+long long load_host_busy_ticks(void);
 
 /* Server-side counters read from the admin listener's /metrics, for cross-checking what the
  * tool counted. A field is -1 when the metric was absent. */

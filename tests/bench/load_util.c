@@ -215,6 +215,22 @@ int64_t load_self_cpu_us(void) {
            ru.ru_stime.tv_usec;
 }
 
+long long load_host_busy_ticks(void) {
+    FILE *f = fopen("/proc/stat", "r");
+    if (f == NULL) {
+        return -1;
+    }
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n < 7) {
+        return -1;
+    }
+    /* user nice system idle iowait irq softirq steal: all but idle and iowait. */
+    return (long long)(v[0] + v[1] + v[2] + v[5] + v[6] + v[7]);
+}
+
 /* Sums every sample of a metric family (all label sets) in a Prometheus text body. */
 static double metric_sum(const char *body, const char *name) {
     size_t nl = strlen(name);

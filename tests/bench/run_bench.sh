@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Runs the chatd benchmark scenarios: starts a fresh chatd on loopback for every run, drives it
-# with chat-load, stops it, and prints the per-step medians over the runs.
+# Runs the chatd benchmark scenarios: starts a fresh chatd (or a fresh redis-server and chatd
+# cluster) on loopback for every run, drives it with chat-load, stops it, and prints the
+# per-step medians over the runs.
 #
-# usage: tests/bench/run_bench.sh SCENARIO [--runs R] [--bin DIR] [--out DIR]
+# usage: tests/bench/run_bench.sh SCENARIO[,SCENARIO...] [--runs R] [--bin DIR] [--out DIR]
 #                                 [--step-seconds S] [--rates LIST] [-- extra chat-load options]
-#   SCENARIO   fanout-1k | fanout-10k | idle-20k | all
+#   SCENARIO   fanout-1k | fanout-10k | idle-20k | all (these three)
+#              cluster-2n | cluster-3n (1,000 subscribers over 2 or 3 nodes on one Redis)
+#              cluster-compare (fanout-1k, cluster-2n, cluster-3n, then cluster/single ratios)
 #   --runs R   runs per scenario (default 3); the medians are over these runs
-#   --bin DIR  where chatd and chat-load are (default <repo>/build/bin); CHATD and CHAT_LOAD
-#              override each binary
-#   --out DIR  keep every run's output and chatd log here (default a temporary folder)
+#   --bin DIR  where chatd and chat-load are (default <repo>/build/bin); CHATD, CHAT_LOAD and
+#              REDIS_SERVER override each binary
+#   --out DIR  keep every run's output and the logs here (default a temporary folder)
 # Nothing is built here: build first with cmake -S . -B build && cmake --build build.
 set -euo pipefail
 
@@ -35,20 +38,50 @@ while [ $# -gt 0 ]; do
     --step-seconds) step_seconds=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$scenario" ] || die "one scenario only"; scenario=$1; shift ;;
     esac
 done
-[ -n "$scenario" ] || die "which scenario? fanout-1k, fanout-10k, idle-20k or all (see --help)"
+[ -n "$scenario" ] || die "which scenario? fanout-1k, fanout-10k, idle-20k, all, cluster-2n, cluster-3n or cluster-compare (see --help)"
+# The scenario list, with all and cluster-compare expanded.
+scenarios=()
+IFS=, read -r -a _names <<<"$scenario"
+for s in "${_names[@]}"; do
+    case "$s" in
+    all) scenarios+=(fanout-1k idle-20k fanout-10k) ;;
+    cluster-compare) scenarios+=(fanout-1k cluster-2n cluster-3n) ;;
+    fanout-1k | fanout-10k | idle-20k | cluster-2n | cluster-3n) scenarios+=("$s") ;;
+    *) die "unknown scenario $s" ;;
+    esac
+done
 chatd=${CHATD:-$bindir/chatd}
 load=${CHAT_LOAD:-$bindir/chat-load}
+redis_server=${REDIS_SERVER:-$(command -v redis-server || true)}
 [ -x "$chatd" ] || die "no chatd at $chatd (build first or set CHATD)"
 [ -x "$load" ] || die "no chat-load at $load (build first or set CHAT_LOAD)"
+for s in "${scenarios[@]}"; do
+    case "$s" in
+    cluster-*)
+        if [ -z "$redis_server" ] || [ ! -x "$redis_server" ]; then
+            die "the cluster scenarios need redis-server (install it or set REDIS_SERVER)"
+        fi
+        ;;
+    esac
+done
 if [ -z "$out" ]; then
     out=$(mktemp -d /tmp/chat-bench.XXXXXX)
 fi
 mkdir -p "$out"
+# Every run of one invocation uses the same binaries even when the build folder is rebuilt
+# meanwhile: they are copied into the output folder first.
+mkdir -p "$out/bin"
+cp "$chatd" "$out/bin/chatd"
+cp "$load" "$out/bin/chat-load"
+chatd_src=$chatd
+load_src=$load
+chatd=$out/bin/chatd
+load=$out/bin/chat-load
 
 # Both processes get the whole open-file hard limit: the node needs one descriptor per client
 # just as the tool does, and each process has its own limit.
@@ -56,71 +89,137 @@ ulimit -n "$(ulimit -Hn)"
 fd_limit=$(ulimit -n)
 
 secret="bench-secret-$(date +%s)-$$"
-node_pid=""
-public=""
-admin=""
+# The nodes of the current run (one, or one per cluster member), and its redis-server.
+node_pids=()
+publics=()
+admins=()
+redis_pid=""
+redis_port=""
 
-stop_node() {
-    if [ -n "$node_pid" ] && kill -0 "$node_pid" 2>/dev/null; then
-        kill -TERM "$node_pid" 2>/dev/null || true
+# Stops one process started here by its PID: SIGTERM, then SIGKILL after 10 s.
+stop_pid() {
+    local pid=$1 what=$2
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
         for _ in $(seq 1 100); do
-            kill -0 "$node_pid" 2>/dev/null || break
+            kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
-        if kill -0 "$node_pid" 2>/dev/null; then
-            echo "run_bench: chatd $node_pid ignored SIGTERM for 10 s; killing it" >&2
-            kill -KILL "$node_pid" 2>/dev/null || true
+        if kill -0 "$pid" 2>/dev/null; then
+            echo "run_bench: $what $pid ignored SIGTERM for 10 s; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
         fi
-        wait "$node_pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
     fi
-    node_pid=""
 }
-trap stop_node EXIT
+
+# Nodes first, so they do not spend their last moments reconnecting to a Redis that is gone.
+stop_all() {
+    local p
+    for p in ${node_pids[@]+"${node_pids[@]}"}; do
+        stop_pid "$p" chatd
+    done
+    node_pids=()
+    publics=()
+    admins=()
+    stop_pid "$redis_pid" redis-server
+    redis_pid=""
+    redis_port=""
+}
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-# Starts chatd with :0 ports and reads the real ones from its ready line.
-# $1 = log file, $2 = write queue bytes, $3 = write queue messages.
+# Starts chatd with :0 ports and reads the real ones from its ready line; appends its PID and
+# addresses to node_pids, publics and admins.
+# $1 = log file, $2 = write queue bytes, $3 = write queue messages, $4 = node id,
+# $5 = REDIS_URL (cluster mode; empty for a single node).
 start_node() {
-    local log=$1
-    CHAT_LISTEN=127.0.0.1:0 CHAT_ADMIN_LISTEN=127.0.0.1:0 CHAT_NODE_ID=bench \
+    local log=$1 pid
+    # REDIS_URL is set only for cluster nodes: an inherited one would turn the single-node
+    # scenarios into a one-node cluster.
+    env -u REDIS_URL ${5:+REDIS_URL="$5"} \
+        CHAT_LISTEN=127.0.0.1:0 CHAT_ADMIN_LISTEN=127.0.0.1:0 CHAT_NODE_ID="$4" \
         CHAT_JWT_SECRET="$secret" CHAT_LOG_LEVEL=warn \
         CHAT_RATE_LIMITS="free=5/10,plus=10/20,pro=20/40,executive=100000/100000" \
         CHAT_WRITE_QUEUE_BYTES="$2" CHAT_WRITE_QUEUE_MESSAGES="$3" \
         "$chatd" >"$log" 2>&1 &
-    node_pid=$!
+    pid=$!
+    node_pids+=("$pid")
     local line=""
     for _ in $(seq 1 100); do
         line=$(grep -m1 '^chatd ready ' "$log" 2>/dev/null || true)
         [ -n "$line" ] && break
-        kill -0 "$node_pid" 2>/dev/null || { cat "$log" >&2; die "chatd exited at start"; }
+        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "chatd exited at start"; }
         sleep 0.1
     done
     [ -n "$line" ] || { cat "$log" >&2; die "chatd printed no ready line within 10 s"; }
-    public=$(sed -n 's/.* public=\([^ ]*\).*/\1/p' <<<"$line")
-    admin=$(sed -n 's/.* admin=\([^ ]*\).*/\1/p' <<<"$line")
+    publics+=("$(sed -n 's/.* public=\([^ ]*\).*/\1/p' <<<"$line")")
+    admins+=("$(sed -n 's/.* admin=\([^ ]*\).*/\1/p' <<<"$line")")
+}
+
+# A cluster node prints its ready line before it has reached Redis; /readyz answers 200 once
+# the broker is connected. $1 = admin host:port, $2 = log file.
+wait_node_ready() {
+    local code=""
+    for _ in $(seq 1 100); do
+        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://$1/readyz" || true)
+        [ "$code" = 200 ] && return 0
+        sleep 0.1
+    done
+    cat "$2" >&2
+    die "chatd at $1 not ready within 10 s (/readyz answered ${code:-nothing})"
+}
+
+# Starts a redis-server without persistence on a free loopback port: tries random ports until
+# one binds (a port taken by anything else makes the server exit at once).
+# $1 = log file. Sets redis_pid and redis_port.
+start_redis() {
+    local log=$1 port pid
+    for _ in $(seq 1 20); do
+        port=$((20000 + RANDOM % 30000))
+        "$redis_server" --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+            --daemonize no --logfile '' >"$log" 2>&1 &
+        pid=$!
+        redis_pid=$pid
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            if grep -q 'Ready to accept connections' "$log" 2>/dev/null; then
+                redis_port=$port
+                return 0
+            fi
+            sleep 0.1
+        done
+        stop_pid "$pid" redis-server
+        redis_pid=""
+    done
+    cat "$log" >&2
+    die "redis-server did not start on a free loopback port (20 tries)"
 }
 
 # Prints the median of every numeric key=value field of the lines starting with $1 (for STEP
-# lines: grouped by step number) over the given files. Non-numeric values ("-") are skipped.
+# and URL lines: grouped by their number) over the given files. Non-numeric values ("-") are
+# skipped.
 medians() {
     local tag=$1
     shift
     local files=("$@")
     local steps
-    steps=$(cat "${files[@]}" | awk -v t="$tag" '$1 == t { print (t == "STEP" ? $2 : 1) }' |
+    local grouped=0
+    case "$tag" in STEP | URL) grouped=1 ;; esac
+    steps=$(cat "${files[@]}" | awk -v t="$tag" -v g="$grouped" '$1 == t { print (g ? $2 : 1) }' |
         sort -n -u)
     for s in $steps; do
         local keys
-        keys=$(cat "${files[@]}" | awk -v t="$tag" -v s="$s" '
-            $1 == t && (t != "STEP" || $2 == s) {
+        keys=$(cat "${files[@]}" | awk -v t="$tag" -v s="$s" -v g="$grouped" '
+            $1 == t && (!g || $2 == s) {
                 for (i = 2; i <= NF; i++) if (index($i, "=") > 0) { split($i, kv, "="); print kv[1] }
             }' | awk '!seen[$0]++')
         local line="$tag"
-        [ "$tag" = STEP ] && line="$line $s"
+        [ "$grouped" = 1 ] && line="$line $s"
         for k in $keys; do
             local vals n med
-            vals=$(cat "${files[@]}" | awk -v t="$tag" -v s="$s" -v k="$k" '
-                $1 == t && (t != "STEP" || $2 == s) {
+            vals=$(cat "${files[@]}" | awk -v t="$tag" -v s="$s" -v k="$k" -v g="$grouped" '
+                $1 == t && (!g || $2 == s) {
                     for (i = 2; i <= NF; i++) {
                         split($i, kv, "=")
                         if (kv[1] == k && kv[2] ~ /^-?[0-9.]+$/) print kv[2]
@@ -132,8 +231,10 @@ medians() {
             else
                 med=$(printf '%s\n' "$vals" | awk -v n="$n" '
                     { v[NR] = $1 }
-                    END { if (n % 2) print v[(n + 1) / 2]; else printf "%g\n", (v[n / 2] + v[n / 2 + 1]) / 2 }')
+                    END { if (n % 2) print v[(n + 1) / 2]; else printf "%.10g\n", (v[n / 2] + v[n / 2 + 1]) / 2 }')
             fi
+            # A URL line's url differs between runs (ports): leave it out.
+            [ "$tag" = URL ] && [ "$med" = - ] && continue
             line="$line $k=$med"
         done
         echo "$line"
@@ -144,11 +245,26 @@ medians() {
 # 0.5 ms, which takes several pushes per recv and leaves more of the shared cores to the node.
 # It adds at most 0.5 ms to latencies that are tens of milliseconds or more once a room is busy;
 # pass "-- --batch-us 0" for exact low-load latencies.
+# They also pass --host-cpu: the machine's busy CPU per step and `other_cpu`, the part of it
+# that was neither the node(s), Redis nor chat-load, i.e. whatever else was running.
 run_scenario() {
     local name=$1
     local wq_bytes wq_msgs
+    local nodes=0 # cluster members; 0 = one node without Redis
     local -a args
     case "$name" in
+    cluster-2n | cluster-3n)
+        # fanout-1k's load with the 1,000 subscribers and 10 publishers spread round-robin over
+        # the nodes, so (n - 1) / n of the deliveries cross nodes through Redis. Every node gets
+        # fanout-1k's write queue.
+        nodes=${name#cluster-}
+        nodes=${nodes%n}
+        wq_bytes=8388608
+        wq_msgs=65536
+        args=(--subscribers 1000 --publishers 10 --rates "${rates:-100,250,500,1000,2000}"
+            --step-seconds "${step_seconds:-10}" --drain-seconds 2
+            --batch-us 500 --host-cpu)
+        ;;
     fanout-1k)
         # 1,000 subscribers on one room, 10 publishers. At 4,000 publications/s each subscriber
         # receives about 1 MB/s; 8 MiB of write queue rides out a few seconds of lag before the
@@ -157,7 +273,7 @@ run_scenario() {
         wq_msgs=65536
         args=(--subscribers 1000 --publishers 10 --rates "${rates:-100,250,500,1000,2000}"
             --step-seconds "${step_seconds:-10}" --drain-seconds 2
-            --batch-us 500)
+            --batch-us 500 --host-cpu)
         ;;
     fanout-10k)
         # 10,000 subscribers on one room: every publication becomes 10,000 deliveries, so the
@@ -167,7 +283,7 @@ run_scenario() {
         wq_msgs=16384
         args=(--subscribers 10000 --publishers 10 --rates "${rates:-10,25,50,100,200}"
             --step-seconds "${step_seconds:-10}" --drain-seconds 3
-            --batch-us 500)
+            --batch-us 500 --host-cpu)
         ;;
     idle-20k)
         # As many idle subscribers as the open-file limit leaves room for, in both processes:
@@ -182,33 +298,109 @@ run_scenario() {
     esac
 
     echo "== $name: ${args[*]} ${extra[*]:-} (runs: $runs, output: $out)"
-    echo "   chatd: $chatd, chat-load: $load, open-file limit: $fd_limit"
+    echo "   chatd: $chatd_src (sha256 $(sha256sum "$chatd" | cut -c1-12)), chat-load: $load_src" \
+        "(sha256 $(sha256sum "$load" | cut -c1-12)), open-file limit: $fd_limit"
+    [ "$nodes" -gt 0 ] && echo "   $nodes chatd nodes on one $("$redis_server" --version | cut -d' ' -f1-3)"
     local files=()
     for r in $(seq 1 "$runs"); do
-        local log="$out/$name-run$r.chatd.log"
         local res="$out/$name-run$r.txt"
-        start_node "$log" "$wq_bytes" "$wq_msgs"
-        echo "-- run $r/$runs: chatd pid $node_pid public=$public admin=$admin"
+        local -a target=()
+        if [ "$nodes" -eq 0 ]; then
+            local log="$out/$name-run$r.chatd.log"
+            start_node "$log" "$wq_bytes" "$wq_msgs" bench ""
+            echo "-- run $r/$runs: chatd pid ${node_pids[0]} public=${publics[0]} admin=${admins[0]}"
+        else
+            start_redis "$out/$name-run$r.redis.log"
+            local k
+            for k in $(seq 1 "$nodes"); do
+                start_node "$out/$name-run$r.chatd$k.log" "$wq_bytes" "$wq_msgs" "bench-$k" \
+                    "redis://127.0.0.1:$redis_port"
+            done
+            for k in $(seq 1 "$nodes"); do
+                wait_node_ready "${admins[k - 1]}" "$out/$name-run$r.chatd$k.log"
+            done
+            echo "-- run $r/$runs: redis-server pid $redis_pid port $redis_port"
+            for k in $(seq 1 "$nodes"); do
+                echo "   node bench-$k: chatd pid ${node_pids[k - 1]} public=${publics[k - 1]} admin=${admins[k - 1]}"
+            done
+            target+=(--redis-pid "$redis_pid")
+        fi
+        local i
+        for i in "${!node_pids[@]}"; do
+            target+=(--url "ws://${publics[i]}/connection/websocket" --node-pid "${node_pids[i]}"
+                --admin "http://${admins[i]}")
+        done
         local rc=0
-        "$load" --url "ws://$public/connection/websocket" --secret "$secret" \
-            --channel chat:bench --node-pid "$node_pid" --admin "http://$admin" \
+        "$load" "${target[@]}" --secret "$secret" --channel chat:bench \
             "${args[@]}" ${extra[@]+"${extra[@]}"} >"$res" || rc=$?
         cat "$res"
-        kill -0 "$node_pid" 2>/dev/null || echo "run_bench: chatd died during the run (see $log)"
-        stop_node
+        for i in "${!node_pids[@]}"; do
+            kill -0 "${node_pids[i]}" 2>/dev/null ||
+                echo "run_bench: chatd ${node_pids[i]} died during the run (see its log in $out)"
+        done
+        if [ -n "$redis_pid" ] && ! kill -0 "$redis_pid" 2>/dev/null; then
+            echo "run_bench: redis-server died during the run (see $out/$name-run$r.redis.log)"
+        fi
+        stop_all
         [ "$rc" -eq 0 ] || echo "run_bench: chat-load exited with $rc"
         files+=("$res")
     done
     echo "== $name: medians over $runs run(s)"
-    medians CONNECT "${files[@]}"
-    if [ "$name" = idle-20k ]; then
-        medians IDLE "${files[@]}"
-    else
-        medians STEP "${files[@]}"
-    fi
+    {
+        medians CONNECT "${files[@]}"
+        [ "$nodes" -gt 0 ] && medians URL "${files[@]}"
+        if [ "$name" = idle-20k ]; then
+            medians IDLE "${files[@]}"
+        else
+            medians STEP "${files[@]}"
+        fi
+        [ "$nodes" -gt 0 ] && medians TOTALS "${files[@]}"
+        true
+    } | tee "$out/$name.medians"
 }
 
-case "$scenario" in
-all) for s in fanout-1k idle-20k fanout-10k; do run_scenario "$s"; done ;;
-*) run_scenario "$scenario" ;;
-esac
+# Prints the value of key $2 in the line $1 ("-" when absent).
+field() {
+    awk -v k="$2" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) { print kv[2]; exit } } }' <<<"$1"
+}
+
+# With fanout-1k and a cluster scenario in one invocation: per step with the same rate, the
+# cluster's median deliveries/s over the single node's, and the latencies and CPU side by side.
+compare() {
+    local single="$out/fanout-1k.medians" name
+    [ -f "$single" ] || return 0
+    for name in cluster-2n cluster-3n; do
+        local cl="$out/$name.medians"
+        [ -f "$cl" ] || continue
+        echo "== $name vs fanout-1k: ratios of the medians (cluster / single node)"
+        local line
+        while read -r line; do
+            local step rate sline
+            step=$(awk '{ print $2 }' <<<"$line")
+            rate=$(field "$line" rate)
+            sline=$(awk -v s="$step" '$1 == "STEP" && $2 == s' "$single")
+            if [ -z "$sline" ] || [ "$(field "$sline" rate)" != "$rate" ]; then
+                echo "RATIO step=$step rate=$rate (no fanout-1k step at this rate)"
+                continue
+            fi
+            awk -v n="$name" -v s="$step" -v r="$rate" \
+                -v cd="$(field "$line" deliv/s)" -v sd="$(field "$sline" deliv/s)" \
+                -v c50="$(field "$line" p50_ms)" -v s50="$(field "$sline" p50_ms)" \
+                -v c99="$(field "$line" p99_ms)" -v s99="$(field "$sline" p99_ms)" \
+                -v cc="$(field "$line" node_cpu)" -v sc="$(field "$sline" node_cpu)" \
+                -v rc="$(field "$line" redis_cpu)" -v cl="$(field "$line" lost)" \
+                -v ct="$(field "$line" tool_cpu)" -v st="$(field "$sline" tool_cpu)" \
+                -v co="$(field "$line" other_cpu)" -v so="$(field "$sline" other_cpu)" 'BEGIN {
+                    printf "RATIO step=%s rate=%s deliv_ratio=%s deliv/s=%s single_deliv/s=%s", s, r, (sd > 0 ? sprintf("%.3f", cd / sd) : "-"), cd, sd
+                    printf " p50_ms=%s single_p50_ms=%s p99_ms=%s single_p99_ms=%s", c50, s50, c99, s99
+                    printf " nodes_cpu=%s single_node_cpu=%s redis_cpu=%s tool_cpu=%s single_tool_cpu=%s", cc, sc, rc, ct, st
+                    printf " other_cpu=%s single_other_cpu=%s lost=%s\n", co, so, cl
+                }'
+        done < <(awk '$1 == "STEP"' "$cl")
+    done
+}
+
+for s in "${scenarios[@]}"; do
+    run_scenario "$s"
+done
+compare
