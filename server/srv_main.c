@@ -582,10 +582,7 @@ static void node_self_info(void *ud, core_str_t *out) {
                      !S->draining && clu_ready(S->broker) ? "true" : "false", core_wall_ms());
 }
 
-static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
-    char uri[256];
-    if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0)
-        return http_respond_text(wsi, c, 400, "bad request\n");
+static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri) {
     if (strcmp(uri, "/healthz") == 0)
         return http_respond_text(wsi, c, 200, "ok\n");
     if (strcmp(uri, "/readyz") == 0) {
@@ -618,15 +615,49 @@ static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
     return http_respond_text(wsi, c, 404, "not found\n");
 }
 
+/* Per-session data of the admin listener: an HTTP exchange, and the path of a POST whose body
+ * is still arriving. */
+typedef struct {
+    srv_conn_t base;
+    char post_uri[64];
+    bool post_too_long;
+} adm_conn_t;
+
+/* Request bodies the API reads at most (none reads one yet; Centrifugo's SDKs send "{}"). */
+#define API_BODY_MAX 65536
+
 static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len) {
     srv_t *S = lws_context_user(lws_get_context(wsi));
+    adm_conn_t *a = user;
     srv_conn_t *c = user;
     switch (reason) {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
         return 1; /* no WebSockets on the admin listener */
     case LWS_CALLBACK_HTTP:
-        return admin_http(S, wsi, c);
+        if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0 &&
+            lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
+            /* Answered once the body is read: an answer before it would leave the body on
+             * the connection, to be taken for the next request. */
+            snprintf(a->post_uri, sizeof a->post_uri, "%s", (const char *)in);
+            a->post_too_long = strlen((const char *)in) >= sizeof a->post_uri;
+            c->body_len = 0;
+            return 0;
+        }
+        /* A GET, or a POST without a body. */
+        return admin_http(S, wsi, c, (const char *)in);
+    case LWS_CALLBACK_HTTP_BODY:
+        c->body_len += len; /* nothing reads the body yet: only its size is kept */
+        return 0;
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
+        size_t got = c->body_len;
+        c->body_len = 0;
+        if (got > API_BODY_MAX)
+            return api_error(wsi, c, 413, 413, "request body too large");
+        if (a->post_too_long)
+            return http_respond_text(wsi, c, 404, "not found\n");
+        return admin_http(S, wsi, c, a->post_uri);
+    }
     default:
         return http_common(wsi, reason, c, in, len);
     }
@@ -641,7 +672,7 @@ static const struct lws_protocols public_protocols[] = {
     {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 static const struct lws_protocols admin_protocols[] = {
-    {"admin", cb_admin, sizeof(srv_conn_t), 4096, 0, NULL, 0}, {NULL, NULL, 0, 0, 0, NULL, 0}};
+    {"admin", cb_admin, sizeof(adm_conn_t), 4096, 0, NULL, 0}, {NULL, NULL, 0, 0, 0, NULL, 0}};
 
 static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
 static const struct lws_protocol_vhost_options pvo_chat = {NULL, &pvo_default, "chat", ""};

@@ -99,3 +99,29 @@ test('CHAT_DEMO_TOKENS=1 serves /demo/token signed with the configured secret (a
   const client = await connectClient(t, other, { token });
   assert.equal(client.state, 'connected');
 });
+
+test('/api/info on one node lists itself; GET, or POST with a JSON body as server SDKs send it', async (t) => {
+  const srv = await startChatd(t, { env: { CHAT_API_KEY: 'api-test-key', CHAT_NODE_ID: 'solo' } });
+  const url = `${srv.adminUrl}/api/info`;
+  const headers = { 'X-API-Key': 'api-test-key', 'Content-Type': 'application/json' };
+  for (const init of [{ headers }, { method: 'POST', headers, body: '{}' }, { method: 'POST', headers }]) {
+    const res = await fetch(url, init);
+    assert.equal(res.status, 200, JSON.stringify(init));
+    const { result } = await res.json();
+    assert.deepEqual(result.nodes.map((n) => [n.name, n.address, n.draining]), [['solo', srv.publicAddr, false]]);
+  }
+  // POSTs one after another reuse the keep-alive connection: no body is taken for the next
+  // request.
+  for (let i = 0; i < 3; i++) {
+    const res = await fetch(url, { method: 'POST', headers, body: '{"x":1}' });
+    assert.equal(res.status, 200);
+    assert.equal((await res.json()).result.nodes.length, 1);
+  }
+  const denied = await fetch(url, { method: 'POST', body: '{}' });
+  assert.equal(denied.status, 401);
+  assert.equal((await denied.json()).error.code, 401);
+  const big = await fetch(url, { method: 'POST', headers, body: 'x'.repeat(70_000) });
+  assert.equal(big.status, 413);
+  const unknown = await fetch(`${srv.adminUrl}/api/nope`, { method: 'POST', headers, body: '{}' });
+  assert.equal((await unknown.json()).error.code, 404);
+});
