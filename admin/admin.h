@@ -52,9 +52,10 @@ void adm_registry_beat(adm_registry_t *r);
 size_t adm_registry_size(const adm_registry_t *r);
 /* Appends the /api/info answer: {"result":{"nodes":[...]}} with this node's entry fresh. */
 void adm_registry_render_info(const adm_registry_t *r, core_str_t *out);
-/* Stops announcing; the registry is freed once an announcement in flight has come back, so the
- * broker must close (failing what it has pending) after this. */
-void adm_registry_close(adm_registry_t *r);
+/* Stops announcing and takes the node out of the registry (an announcement with TTL 0); done
+ * runs once that was answered or failed, and the broker may close only then. The registry is
+ * freed by itself. */
+void adm_registry_close(adm_registry_t *r, void (*done)(void *), void *ud);
 
 /* Appends the Prometheus text exposition (format 0.0.4) of snap and of this process. */
 void adm_metrics_render(core_str_t *out, const adm_snapshot_t *snap);

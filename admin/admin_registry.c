@@ -32,6 +32,9 @@ struct adm_registry {
     bool beat_again; /* asked to announce while an announcement was in flight */
     bool closing;
     bool timer_closed;
+    bool left; /* the leave announcement was answered (or failed) */
+    void (*close_done)(void *);
+    void *close_ud;
 };
 
 static void reg_clear(adm_registry_t *r) {
@@ -52,12 +55,37 @@ static void reg_free(adm_registry_t *r) {
 
 static void on_tick(uv_timer_t *t);
 
+static void maybe_free(adm_registry_t *r) {
+    if (r->timer_closed && r->left)
+        reg_free(r);
+}
+
+static void on_left(int status, const clu_node_t *nodes, size_t n, void *ud) {
+    (void)status, (void)nodes, (void)n;
+    adm_registry_t *r = ud;
+    void (*done)(void *) = r->close_done;
+    void *done_ud = r->close_ud;
+    r->inflight = false;
+    r->left = true;
+    maybe_free(r);
+    if (done)
+        done(done_ud);
+}
+
+/* A node that stops on purpose leaves the registry at once rather than after its TTL. A
+ * failure (Redis away) leaves that to the TTL. */
+static void send_leave(adm_registry_t *r) {
+    r->inflight = true;
+    int rc = clu_heartbeat(r->broker, r->node_id, "", 0, 0, on_left, r);
+    if (rc != 0)
+        on_left(rc, NULL, 0, r);
+}
+
 static void on_nodes(int status, const clu_node_t *nodes, size_t n, void *ud) {
     adm_registry_t *r = ud;
     r->inflight = false;
     if (r->closing) {
-        if (r->timer_closed)
-            reg_free(r);
+        send_leave(r); /* the announcement that was in flight is answered: now the leave */
         return;
     }
     if (status != 0) {
@@ -147,13 +175,16 @@ void adm_registry_render_info(const adm_registry_t *r, core_str_t *out) {
 static void on_timer_closed(uv_handle_t *h) {
     adm_registry_t *r = h->data;
     r->timer_closed = true;
-    if (!r->inflight)
-        reg_free(r);
+    maybe_free(r);
 }
 
-void adm_registry_close(adm_registry_t *r) {
-    if (r == NULL || r->closing)
+void adm_registry_close(adm_registry_t *r, void (*done)(void *), void *ud) {
+    if (r->closing)
         return;
     r->closing = true;
+    r->close_done = done;
+    r->close_ud = ud;
     uv_close((uv_handle_t *)&r->timer, on_timer_closed);
+    if (!r->inflight)
+        send_leave(r);
 }

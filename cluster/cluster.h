@@ -118,7 +118,8 @@ typedef struct {
     int (*presence_remove)(clu_broker_t *b, const char *channel, const char *client);
     int (*presence)(clu_broker_t *b, const char *channel, clu_presence_cb cb, void *ud);
     int (*presence_stats)(clu_broker_t *b, const char *channel, clu_presence_stats_cb cb, void *ud);
-    /* Announces this node (id, info JSON) for ttl_ms and answers with every live node. */
+    /* Announces this node (id, info JSON) for ttl_ms and answers with every live node;
+     * ttl_ms 0 takes the node out. */
     int (*heartbeat)(clu_broker_t *b, const char *node_id, const char *info, size_t len,
                      uint32_t ttl_ms, clu_nodes_cb cb, void *ud);
     /* Takes one token of the GCRA limiter `key` shared by every node (interval_us between

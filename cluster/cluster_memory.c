@@ -422,10 +422,10 @@ static void mem_close(clu_broker_t *b, void (*done)(void *), void *ud) {
 /* One node is the whole cluster: the registry is the caller itself. */
 static int mem_heartbeat(clu_broker_t *b, const char *node_id, const char *info, size_t len,
                          uint32_t ttl_ms, clu_nodes_cb cb, void *ud) {
-    (void)b, (void)ttl_ms;
+    (void)b;
     clu_node_t self = {node_id, info, len};
     if (cb)
-        cb(0, &self, 1, ud);
+        cb(0, &self, ttl_ms ? 1 : 0, ud);
     return 0;
 }
 

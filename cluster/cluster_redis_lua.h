@@ -137,14 +137,20 @@ static const char clu_redis_lua_presence_get[] =
     "if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
     "return redis.call('HGETALL', KEYS[1])\n";
 
-/* KEYS: nodes hash, expiry zset. ARGV: node id, info JSON, ttl_ms. Announces the node, drops
- * nodes whose announcement expired and returns HGETALL of the live ones. Redis's clock, not the
- * nodes': expiry must not depend on how well the nodes' clocks agree. */
+/* KEYS: nodes hash, expiry zset. ARGV: node id, info JSON, ttl_ms (0: the node leaves).
+ * Announces the node, drops nodes whose announcement expired and returns HGETALL of the live
+ * ones. Redis's clock, not the nodes': expiry must not depend on how well the nodes' clocks
+ * agree. */
 static const char clu_redis_lua_heartbeat[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
-    "redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])\n"
+    "if tonumber(ARGV[3]) == 0 then\n"
+    "  redis.call('HDEL', KEYS[1], ARGV[1])\n"
+    "  redis.call('ZREM', KEYS[2], ARGV[1])\n"
+    "else\n"
+    "  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])\n"
+    "end\n"
     "local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)\n"
     "for _, n in ipairs(gone) do redis.call('HDEL', KEYS[1], n) end\n"
     "if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"

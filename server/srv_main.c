@@ -702,6 +702,12 @@ static void broker_closed(void *ud) {
     chat_node_close(S->node, node_closed, S);
 }
 
+/* The node has left the registry (or Redis could not be told): the broker may go. */
+static void registry_closed(void *ud) {
+    srv_t *S = ud;
+    clu_close(S->broker, broker_closed, S);
+}
+
 static void drain_finish(srv_t *S) {
     uv_timer_stop(&S->drain_timer);
     uv_close((uv_handle_t *)&S->sigterm, NULL);
@@ -710,9 +716,9 @@ static void drain_finish(srv_t *S) {
     /* The first destroy closes every remaining socket, so every chat client is freed before
      * the node goes. */
     lws_context_destroy(S->ctx);
-    adm_registry_close(S->registry);
+    adm_registry_t *reg = S->registry;
     S->registry = NULL;
-    clu_close(S->broker, broker_closed, S);
+    adm_registry_close(reg, registry_closed, S);
     uv_close((uv_handle_t *)&S->drain_timer, NULL);
 }
 

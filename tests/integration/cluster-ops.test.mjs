@@ -2,7 +2,7 @@
 // and what a node does when Redis stops answering without closing its sockets.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startCluster } from './cluster-util.mjs';
+import { startCluster, redisCommand } from './cluster-util.mjs';
 import { stopChatd, connectClient, subscribe, chatMessage, waitUntil, scrapeMetrics, metricValue } from './helpers.mjs';
 
 const API_KEY = 'cluster-ops-test-key';
@@ -55,6 +55,9 @@ test('/api/info lists the live nodes; a killed node leaves within its TTL, a dra
     return n === undefined || n.draining === true;
   }, { timeoutMs: 5000, what: 'node1 draining or gone' });
   assert.equal((await stopping).code, 0);
+  // Stopped on purpose, it took itself out of the registry rather than waiting for its TTL.
+  assert.equal(await redisCommand(nodes.redis.url, 'HEXISTS', '{chat}.nodes', 'node1'), ':0');
+  assert.equal(await redisCommand(nodes.redis.url, 'HEXISTS', '{chat}.nodes', 'node0'), ':1');
 });
 
 test('one user publishing through three nodes is held to one rate limit', { timeout: 30_000 }, async (t) => {

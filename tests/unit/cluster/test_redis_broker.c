@@ -621,6 +621,12 @@ static void test_registry(void **state) {
     beat(&a, "a", "{\"name\":\"a\"}", 60000, &ans);
     assert_int_equal(ans.n, 1);
     assert_null(info_of(&ans, "b"));
+    /* TTL 0: a node leaving on purpose is gone at once. */
+    beat(&b, "b", "{\"name\":\"b\"}", 60000, &ans);
+    assert_int_equal(ans.n, 2);
+    beat(&a, "a", "", 0, &ans);
+    assert_int_equal(ans.n, 1);
+    assert_string_equal(ans.ids[0], "b");
     node_t *nodes[] = {&a, &b};
     fx_finish(&f, nodes, 2);
 }
