@@ -206,6 +206,10 @@ test('local cluster behind nginx: a node killed with -9 under publishing loses n
   const demo = await fetch(`${cluster.httpUrl}/`);
   assert.equal(demo.status, 200);
   assert.match(await demo.text(), /chatd demo/);
+  // The web demo signs in by name through whichever node answers (CHAT_DEMO_TOKENS, one secret).
+  const signin = await fetch(`${cluster.httpUrl}/demo/token?user=viewer`);
+  assert.equal(signin.status, 200);
+  assert.equal((await signin.json()).user, 'viewer');
 
   // Writer A first; the node it lands on is the one to kill (so its publishes fail and are
   // retried). Writer B on another node keeps publishing while A's node is gone.
