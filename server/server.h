@@ -44,6 +44,7 @@ typedef struct {
     uint32_t max_errors;
     uint32_t presence_ttl;
     uint32_t node_ttl;
+    char *advertise;
     char *namespaces; /* JSON text or NULL for the defaults */
     char *redis_url;
     char *database_url;

@@ -67,6 +67,9 @@ static const setting_t settings[] = {
      "non-temporary error replies per client within 10 s before close 3509 (0 = off)"},
     {"CHAT_PRESENCE_TTL", "presence_ttl", T_U32, OFF(presence_ttl), "30",
      "seconds a presence entry outlives its node (refreshed every third of it)"},
+    {"CHAT_ADVERTISE", "advertise", T_STR, OFF(advertise), NULL,
+     "host:port of the public listener as the registry shows it (default: CHAT_LISTEN, the host "
+     "name when it listens on 0.0.0.0)"},
     {"CHAT_NODE_TTL", "node_ttl", T_U32, OFF(node_ttl), "9",
      "seconds a node stays in the cluster's registry unless it announces itself again (every "
      "third of it)"},

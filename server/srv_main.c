@@ -827,7 +827,17 @@ static void print_ready(srv_t *S) {
                CHATD_VERSION, shown, port, tok, S->cfg.api_key);
         free(tok);
     }
-    snprintf(S->public_addr, sizeof S->public_addr, "%s:%d", host, port);
+    if (S->cfg.advertise) {
+        snprintf(S->public_addr, sizeof S->public_addr, "%s", S->cfg.advertise);
+    } else if (strcmp(host, "0.0.0.0") == 0) {
+        /* Every interface: the host name is the best guess of how peers reach it. */
+        char hn[128] = "localhost";
+        gethostname(hn, sizeof hn);
+        hn[sizeof hn - 1] = '\0';
+        snprintf(S->public_addr, sizeof S->public_addr, "%s:%d", hn, port);
+    } else {
+        snprintf(S->public_addr, sizeof S->public_addr, "%s:%d", host, port);
+    }
     printf("chatd ready public=%s:%d admin=%s:%d node=%s\n", host, port, ahost, aport,
            S->cfg.node_id);
     fflush(stdout);

@@ -125,3 +125,9 @@ test('/api/info on one node lists itself; GET, or POST with a JSON body as serve
   const unknown = await fetch(`${srv.adminUrl}/api/nope`, { method: 'POST', headers, body: '{}' });
   assert.equal((await unknown.json()).error.code, 404);
 });
+
+test('CHAT_ADVERTISE is the address /api/info gives for the node', async (t) => {
+  const srv = await startChatd(t, { env: { CHAT_API_KEY: 'k2', CHAT_ADVERTISE: 'chat-1.internal:8000' } });
+  const res = await fetch(`${srv.adminUrl}/api/info`, { headers: { 'X-API-Key': 'k2' } });
+  assert.equal((await res.json()).result.nodes[0].address, 'chat-1.internal:8000');
+});
