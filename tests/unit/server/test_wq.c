@@ -397,6 +397,25 @@ static void test_ring_cap_clamped(void **state) {
     core_str_free(&out);
 }
 
+/* Node ids end up in Set-Cookie, Redis keys and metric labels. */
+static void test_node_id(void **state) {
+    (void)state;
+    assert_true(srv_node_id_ok("node1"));
+    assert_true(srv_node_id_ok("chat-3.eu_west:8000"));
+    char max[65];
+    memset(max, 'a', 64);
+    max[64] = '\0';
+    assert_true(srv_node_id_ok(max));
+    assert_false(srv_node_id_ok(""));
+    char over[66];
+    memset(over, 'a', 65);
+    over[65] = '\0';
+    assert_false(srv_node_id_ok(over));
+    const char *bad[] = {"a b", "a;b", "a=b", "a,b", "a\r\nSet-Cookie: x", "a\"b", "{x}", "é"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_false(srv_node_id_ok(bad[i]));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_init_empty),
@@ -408,6 +427,7 @@ int main(void) {
         cmocka_unit_test(test_refcounts_after_fill_and_clear),
         cmocka_unit_test(test_ring_growth_and_shrink),
         cmocka_unit_test(test_ring_cap_clamped),
+        cmocka_unit_test(test_node_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
