@@ -199,7 +199,8 @@ static chat_sub_t *client_find_sub(chat_client_t *c, const char *channel) {
 }
 
 static clu_chan_opts_t chan_opts(const chat_node_t *n, const chat_ns_t *ns) {
-    return (clu_chan_opts_t){ns->history_size, ns->history_ttl_s, n->cfg.presence_ttl_s};
+    return (clu_chan_opts_t){ns->history_size, ns->history_ttl_s, n->cfg.presence_ttl_s,
+                             ns->join_leave};
 }
 
 /* ClientInfo JSON: {"user","client","conn_info","chan_info"}. */

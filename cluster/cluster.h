@@ -33,6 +33,7 @@ typedef struct {
     uint32_t history_size;   /* publications kept; 0 = not stored (no offset) */
     uint32_t history_ttl_s;  /* whole stream expires this long after its last publication */
     uint32_t presence_ttl_s; /* presence entries expire unless refreshed (cluster brokers) */
+    bool join_leave;         /* an expired presence entry is announced as a leave */
 } clu_chan_opts_t;
 
 /* Events the broker delivers to the node for channels the node subscribed to. */

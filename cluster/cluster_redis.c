@@ -682,6 +682,12 @@ static int rb_presence_add(clu_broker_t *b, const char *channel, const clu_chan_
     call_arg(c, v.ptr, v.len);
     core_str_free(&v);
     call_argu(c, opts ? (uint64_t)opts->presence_ttl_s * 1000 : 0);
+    core_str_t k = {0};
+    key_of(&k, "chat.pub.", channel);
+    call_arg(c, k.ptr, k.len);
+    core_str_free(&k);
+    call_args(c, channel);
+    call_args(c, opts && opts->join_leave ? "1" : "0");
     call_start(c);
     return 0;
 }

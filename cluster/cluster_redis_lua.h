@@ -106,9 +106,11 @@ static const char clu_redis_lua_history[] =
     "end\n"
     "return res\n";
 
-/* KEYS: presence hash, expiry zset. ARGV: client, value, ttl_ms (0 = never expires).
- * Server TIME rather than the node's clock, so nodes with skewed clocks agree on expiry. The
- * keys themselves expire with the newest entry so an abandoned channel leaves nothing behind. */
+/* KEYS: presence hash, expiry zset. ARGV: client, value, ttl_ms (0 = never expires), pub/sub
+ * channel, chat channel, join_leave ('1'/'0'). Server TIME rather than the node's clock, so
+ * nodes with skewed clocks agree on expiry. The keys themselves expire with the newest entry so
+ * an abandoned channel leaves nothing behind. Entries that expired (their node died) are removed
+ * here, each by exactly one refresh, which announces its leave to every node. */
 static const char clu_redis_lua_presence_add[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -126,16 +128,35 @@ static const char clu_redis_lua_presence_add[] =
     "  redis.call('PERSIST', KEYS[1])\n"
     "  redis.call('PERSIST', KEYS[2])\n"
     "end\n"
+    "local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)\n"
+    "for _, c in ipairs(gone) do\n"
+    "  local v = redis.call('HGET', KEYS[1], c)\n"
+    "  redis.call('HDEL', KEYS[1], c)\n"
+    "  redis.call('ZREM', KEYS[2], c)\n"
+    "  local nul = v and string.find(v, '\\0', 1, true)\n"
+    "  if ARGV[6] == '1' and nul then\n"
+    "    redis.call('PUBLISH', ARGV[4], cmsgpack.pack({v = 1, type = 'leave', channel = ARGV[5],\n"
+    "                                                 info = string.sub(v, nul + 1)}))\n"
+    "  end\n"
+    "end\n"
     "return 1\n";
 
-/* KEYS: presence hash, expiry zset. Drops expired entries, returns HGETALL of the rest. */
+/* KEYS: presence hash, expiry zset. Returns HGETALL of the entries that have not expired.
+ * Expired ones are left for a refresh (presence_add) to remove, which also announces their
+ * leave: a read must not take that away. */
 static const char clu_redis_lua_presence_get[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-    "local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)\n"
-    "for _, c in ipairs(gone) do redis.call('HDEL', KEYS[1], c) end\n"
-    "if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
-    "return redis.call('HGETALL', KEYS[1])\n";
+    "local all = redis.call('HGETALL', KEYS[1])\n"
+    "local res = {}\n"
+    "for i = 1, #all, 2 do\n"
+    "  local exp = redis.call('ZSCORE', KEYS[2], all[i])\n"
+    "  if not exp or exp == 'inf' or tonumber(exp) > now then\n"
+    "    res[#res + 1] = all[i]\n"
+    "    res[#res + 1] = all[i + 1]\n"
+    "  end\n"
+    "end\n"
+    "return res\n";
 
 /* KEYS: nodes hash, expiry zset. ARGV: node id, info JSON, ttl_ms (0: the node leaves).
  * Announces the node, drops nodes whose announcement expired and returns HGETALL of the live

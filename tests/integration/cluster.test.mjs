@@ -105,7 +105,9 @@ test('presence outlives its TTL while the node lives, and a killed node\'s users
   const a = await connectClient(t, nodes[0], { user: 'ann', url: nodes[0].wsUrl });
   await subscribe(a, channel);
   const b = await connectClient(t, nodes[1], { user: 'ben', url: nodes[1].wsUrl });
-  const { sub } = await subscribe(b, channel);
+  const { sub } = await subscribe(b, channel, { joinLeave: true });
+  const leaves = [];
+  sub.on('leave', (ctx) => leaves.push(ctx.info));
   const users = async () => Object.values((await sub.presence()).clients).map((c) => c.user).sort();
   assert.deepEqual(await users(), ['ann', 'ben']);
 
@@ -119,6 +121,12 @@ test('presence outlives its TTL while the node lives, and a killed node\'s users
   await waitUntil(async () => (await users()).join() === 'ben',
     { timeoutMs: (TTL_S + 2) * 1000, what: "ann's entry to expire" });
   assert.ok(Date.now() - killedAt <= (TTL_S + 2) * 1000);
+  // Her leave is announced once, by the node that found the entry expired; no one else left.
+  await waitUntil(() => leaves.length > 0,
+    { timeoutMs: (TTL_S + 2) * 1000, what: "ann's leave event" });
+  assert.ok(Date.now() - killedAt <= (TTL_S + 2) * 1000 + TTL_S * 1000 / 3);
+  await sub.presence(); // one more round trip to Redis: a second leave would be here by now
+  assert.deepEqual(leaves.map((i) => [i.user, i.client]), [['ann', a.clientId]]);
 });
 
 test('pub/sub connections killed in Redis: every subscriber still gets every publication, in order', { timeout: 60_000 }, async (t) => {
