@@ -1,11 +1,13 @@
 // Shared fixtures of the cluster tests: a redis-server of the test's own on a free loopback
-// port, nodes on it, and a tiny RESP client for poking Redis directly.
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+// port, nodes on it, a tiny RESP client for poking Redis directly, and the local cluster of
+// scripts/cluster (nginx in front of three nodes) on free ports.
+import { execFile, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { startChatd, waitUntil } from './helpers.mjs';
+import { fileURLToPath } from 'node:url';
+import { CHATD_BIN, startChatd, waitUntil } from './helpers.mjs';
 
 export const REDIS_BIN = process.env.REDIS_SERVER_BIN || 'redis-server';
 
@@ -111,3 +113,126 @@ export function redisCommand(url, ...args) {
     sock.on('error', reject);
   });
 }
+
+// ---- the local cluster of scripts/cluster ----
+
+const CLUSTER_SCRIPT = fileURLToPath(new URL('../../scripts/cluster', import.meta.url));
+export const NODES = ['node1', 'node2', 'node3'];
+const SANITIZER_RE = /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error:/;
+
+
+function runClusterScript(args, env, timeoutMs) {
+  return new Promise((resolve) => {
+    execFile('bash', [CLUSTER_SCRIPT, ...args], { env, timeout: timeoutMs }, (error, stdout, stderr) => {
+      resolve({ code: error ? (error.code ?? error.signal) : 0, stdout, stderr });
+    });
+  });
+}
+
+function portFree(port) {
+  return new Promise((resolve) => {
+    const s = net.createServer();
+    s.once('error', () => resolve(false));
+    s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+  });
+}
+
+/** First of n consecutive free loopback ports (bounded number of tries). */
+async function freePortRun(n) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = await freePort();
+    let ok = base + n - 1 < 65536;
+    for (let i = 1; ok && i < n; i++) {
+      ok = await portFree(base + i);
+    }
+    if (ok) {
+      return base;
+    }
+  }
+  throw new Error(`no ${n} consecutive free ports found`);
+}
+
+/** Environment of the script: the caller's, without chatd settings that could leak in. */
+function scriptEnv(extra) {
+  const env = {};
+  for (const [k, v] of Object.entries(process.env)) {
+    if (!k.startsWith('CHAT_') && !k.startsWith('CLUSTER_') && k !== 'REDIS_URL') {
+      env[k] = v;
+    }
+  }
+  return { ...env, ...extra };
+}
+
+/** scripts/cluster start on free ports in a temporary state folder; stopped in t.after. */
+export async function startLocalCluster(t, extraEnv = {}) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'chat-cluster-'));
+  const ports = {
+    http: await freePort(),
+    redis: await freePort(),
+    node: await freePortRun(3),
+    admin: await freePortRun(3),
+  };
+  const env = scriptEnv({
+    CLUSTER_DIR: dir,
+    CLUSTER_HTTP_PORT: String(ports.http),
+    CLUSTER_REDIS_PORT: String(ports.redis),
+    CLUSTER_NODE_BASE_PORT: String(ports.node),
+    CLUSTER_ADMIN_BASE_PORT: String(ports.admin),
+    CHATD_BIN,
+    CHAT_RATE_LIMITS: 'free=100000/100000',
+    ...extraEnv,
+  });
+  const cluster = {
+    dir,
+    env,
+    httpUrl: `http://127.0.0.1:${ports.http}`,
+    wsUrl: `ws://127.0.0.1:${ports.http}/connection/websocket`,
+    nodes: NODES.map((id, i) => ({ id, adminUrl: `http://127.0.0.1:${ports.admin + i}`, killed: false })),
+    logs() {
+      return NODES.concat(['redis', 'nginx-error']).map((name) => {
+        let text;
+        try {
+          text = readFileSync(path.join(dir, `${name}.log`), 'utf8');
+        } catch {
+          text = '(none)';
+        }
+        return `--- ${name}.log ---\n${text.slice(-3000)}`;
+      }).join('\n');
+    },
+    pid(id) {
+      return Number(readFileSync(path.join(dir, `${id}.pid`), 'utf8').trim());
+    },
+  };
+  t.after(async () => {
+    const stop = await runClusterScript(['stop'], env, 60_000);
+    const logs = cluster.logs();
+    const problems = [];
+    if (stop.code !== 0) {
+      problems.push(`scripts/cluster stop exited ${stop.code}: ${stop.stderr}`);
+    }
+    if (/did not exit/.test(stop.stderr)) {
+      problems.push(`a process needed SIGKILL: ${stop.stderr}`);
+    }
+    for (const n of cluster.nodes) {
+      const log = readFileSync(path.join(dir, `${n.id}.log`), 'utf8');
+      if (SANITIZER_RE.test(log)) {
+        problems.push(`${n.id} reported a sanitizer error`);
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+    if (problems.length > 0) {
+      throw new Error(`${problems.join('\n')}\n${logs}`);
+    }
+  });
+  const start = await runClusterScript(['start'], env, 120_000);
+  if (start.code !== 0) {
+    throw new Error(`scripts/cluster start exited ${start.code}\n${start.stdout}\n${start.stderr}\n${cluster.logs()}`);
+  }
+  if (!new RegExp(`web demo: +http://127\\.0\\.0\\.1:${ports.http}/`).test(start.stdout) ||
+      !/scripts\/cluster stop/.test(start.stdout)) {
+    throw new Error(`scripts/cluster start printed no URL or stop hint:\n${start.stdout}`);
+  }
+  cluster.secret = readFileSync(path.join(dir, 'jwt-secret'), 'utf8').trim();
+  return cluster;
+}
+
