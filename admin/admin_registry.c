@@ -27,7 +27,6 @@ struct adm_registry {
     void *self_ud;
     reg_node_t *nodes; /* the last answer */
     size_t n;
-    bool have_answer;
     bool inflight;
     bool beat_again; /* asked to announce while an announcement was in flight */
     bool closing;
@@ -105,7 +104,6 @@ static void on_nodes(int status, const clu_node_t *nodes, size_t n, void *ud) {
         r->nodes[i].info = core_strndup(nodes[i].info, nodes[i].info_len);
     }
     r->n = n;
-    r->have_answer = true;
 }
 
 void adm_registry_beat(adm_registry_t *r) {

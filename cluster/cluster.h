@@ -77,7 +77,8 @@ typedef void (*clu_presence_stats_cb)(int status, uint32_t num_clients, uint32_t
                                       void *ud);
 typedef void (*clu_status_cb)(int status, void *ud);
 
-/* One live node of the registry: its id and the JSON object it last announced. */
+/* One live node of the registry: its id and the JSON object it last announced. The strings are
+ * borrowed for the duration of the callback. */
 typedef struct {
     const char *id;
     const char *info;

@@ -57,7 +57,9 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
 void srv_config_free(srv_config_t *cfg);
 /* Writes the --help text listing every setting, its variable and default. */
 void srv_config_help(FILE *out);
-/* Node ids go into cookies, metric labels and Redis keys: 1-64 of [A-Za-z0-9._:-]. */
+/* Node ids go into cookies, metric labels and Redis keys: 1-64 of these. */
+#define SRV_NODE_ID_CHARS                                                                        \
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 bool srv_node_id_ok(const char *id);
 /* The cookie naming the node that served a browser, for sticky load balancers. */
 #define SRV_NODE_COOKIE "chat_node"

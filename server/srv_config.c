@@ -232,15 +232,7 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
 
 bool srv_node_id_ok(const char *id) {
     size_t n = strlen(id);
-    if (n == 0 || n > 64)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char ch = id[i];
-        if (!((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-              ch == '.' || ch == '_' || ch == ':' || ch == '-'))
-            return false;
-    }
-    return true;
+    return n > 0 && n <= 64 && strspn(id, SRV_NODE_ID_CHARS) == n;
 }
 
 void srv_config_free(srv_config_t *cfg) {

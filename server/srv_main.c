@@ -335,7 +335,7 @@ static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
  * lws builds without those. */
 static int add_node_cookie(struct lws *wsi, unsigned char **p, unsigned char *end) {
     srv_t *S = lws_context_user(lws_get_context(wsi));
-    if (lws_get_vhost(wsi) != S->pub_vh || !S->cookie[0])
+    if (!S->cookie[0])
         return 0;
     return lws_add_http_header_by_name(wsi, (const unsigned char *)"set-cookie:",
                                        (const unsigned char *)S->cookie, (int)strlen(S->cookie),
@@ -621,6 +621,7 @@ typedef struct {
     srv_conn_t base;
     char post_uri[64];
     bool post_too_long;
+    size_t post_bytes; /* of the request body so far: only its size matters yet */
 } adm_conn_t;
 
 /* Request bodies the API reads at most (none reads one yet; Centrifugo's SDKs send "{}"). */
@@ -641,23 +642,20 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
              * the connection, to be taken for the next request. */
             snprintf(a->post_uri, sizeof a->post_uri, "%s", (const char *)in);
             a->post_too_long = strlen((const char *)in) >= sizeof a->post_uri;
-            c->body_len = 0;
+            a->post_bytes = 0;
             return 0;
         }
         /* A GET, or a POST without a body. */
         return admin_http(S, wsi, c, (const char *)in);
     case LWS_CALLBACK_HTTP_BODY:
-        c->body_len += len; /* nothing reads the body yet: only its size is kept */
+        a->post_bytes += len;
         return 0;
-    case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
-        size_t got = c->body_len;
-        c->body_len = 0;
-        if (got > API_BODY_MAX)
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        if (a->post_bytes > API_BODY_MAX)
             return api_error(wsi, c, 413, 413, "request body too large");
         if (a->post_too_long)
             return http_respond_text(wsi, c, 404, "not found\n");
         return admin_http(S, wsi, c, a->post_uri);
-    }
     default:
         return http_common(wsi, reason, c, in, len);
     }
@@ -807,9 +805,10 @@ static void print_ready(srv_t *S) {
         gethostname(hn, sizeof hn);
         hn[sizeof hn - 1] = '\0';
         char id[200];
-        /* Whatever the host name holds, the id must be cookie- and key-safe. */
+        /* Whatever the host name holds, the id must be cookie- and key-safe (and its only ':'
+         * the one before the port). */
         for (char *q = hn; *q; q++)
-            if (!srv_node_id_ok((char[]){*q, '\0'}) || *q == ':')
+            if (*q == ':' || !strchr(SRV_NODE_ID_CHARS, *q))
                 *q = '-';
         snprintf(id, sizeof id, "%.50s:%d", hn, port);
         S->cfg.node_id = core_strdup(id);

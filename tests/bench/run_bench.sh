@@ -253,19 +253,14 @@ run_scenario() {
     local nodes=0 # cluster members; 0 = one node without Redis
     local -a args
     case "$name" in
-    cluster-2n | cluster-3n)
-        # fanout-1k's load with the 1,000 subscribers and 10 publishers spread round-robin over
-        # the nodes, so (n - 1) / n of the deliveries cross nodes through Redis. Every node gets
-        # fanout-1k's write queue.
-        nodes=${name#cluster-}
-        nodes=${nodes%n}
-        wq_bytes=8388608
-        wq_msgs=65536
-        args=(--subscribers 1000 --publishers 10 --rates "${rates:-100,250,500,1000,2000}"
-            --step-seconds "${step_seconds:-10}" --drain-seconds 2
-            --batch-us 500 --host-cpu)
-        ;;
-    fanout-1k)
+    cluster-2n | cluster-3n | fanout-1k)
+        # cluster-Nn: fanout-1k's load with the 1,000 subscribers and 10 publishers spread
+        # round-robin over N nodes, so (N - 1) / N of the deliveries cross nodes through Redis;
+        # every node gets fanout-1k's write queue.
+        if [ "$name" != fanout-1k ]; then
+            nodes=${name#cluster-}
+            nodes=${nodes%n}
+        fi
         # 1,000 subscribers on one room, 10 publishers. At 4,000 publications/s each subscriber
         # receives about 1 MB/s; 8 MiB of write queue rides out a few seconds of lag before the
         # node would drop a slow consumer with 3008.

@@ -2,19 +2,10 @@
 // demo mode serving web-demo/. Two users in two browser contexts chat with each other.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fileURLToPath } from 'node:url';
 import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { startChatd } from '../integration/helpers.mjs';
-
-const WEB_ROOT = fileURLToPath(new URL('../../web-demo/', import.meta.url));
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const LAUNCH = {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-};
+import { CHROMIUM, LAUNCH, WEB_ROOT, message, send } from './browser-util.mjs';
 const TIMEOUT = 10_000;
 
 async function setup(t) {
@@ -49,16 +40,7 @@ async function setup(t) {
   return { srv, open, pageErrors };
 }
 
-const message = (page, sender, text) => page.getByTestId('message')
-  .filter({ has: page.getByTestId('message-sender').getByText(sender, { exact: true }) })
-  .filter({ has: page.getByTestId('message-text').getByText(text, { exact: true }) });
-
 const presenceUser = (page, user) => page.locator(`[data-testid="presence-user"][data-user="${user}"]`);
-
-async function send(page, text) {
-  await page.getByTestId('message-input').fill(text);
-  await page.getByTestId('send-button').click();
-}
 
 test('alice and bob chat in the web demo', { timeout: 60_000 }, async (t) => {
   const { open, pageErrors } = await setup(t);

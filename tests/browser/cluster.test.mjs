@@ -5,29 +5,12 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { NODES, startLocalCluster } from '../integration/cluster-util.mjs';
 import { waitUntil } from '../integration/helpers.mjs';
+import { CHROMIUM, LAUNCH, WEB_ROOT, message, send } from './browser-util.mjs';
 
-const WEB_ROOT = fileURLToPath(new URL('../../web-demo/', import.meta.url));
-const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
-const LAUNCH = {
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
-};
 const TIMEOUT = 15_000;
-
-const message = (page, sender, text) => page.getByTestId('message')
-  .filter({ has: page.getByTestId('message-sender').getByText(sender, { exact: true }) })
-  .filter({ has: page.getByTestId('message-text').getByText(text, { exact: true }) });
-
-async function send(page, text) {
-  await page.getByTestId('message-input').fill(text);
-  await page.getByTestId('send-button').click();
-}
 
 async function nodeOf(page) {
   const c = (await page.context().cookies()).find((x) => x.name === 'chat_node');

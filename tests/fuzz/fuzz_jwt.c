@@ -3,6 +3,7 @@
  * payload bytes with a known secret, because random bytes almost never carry a valid HMAC and
  * would otherwise never reach the claim checks that run only after the signature. */
 #include "auth/auth.h"
+#include "tests/support/b64url.h"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -30,27 +31,10 @@ static const auth_verify_opts_t plain_opts = {.now_s = 1700000000, .leeway_s = 3
 static const auth_verify_opts_t strict_opts = {
     .now_s = 1700000000, .leeway_s = 30, .audience = "chat", .issuer = "iss"};
 
-static char *b64url(const void *in, size_t n) {
-    char *out = malloc(4 * ((n + 2) / 3) + 1);
-    if (out == NULL)
-        abort();
-    int len = EVP_EncodeBlock((unsigned char *)out, in, (int)n);
-    while (len > 0 && out[len - 1] == '=')
-        len--;
-    out[len] = '\0';
-    for (int i = 0; i < len; i++) {
-        if (out[i] == '+')
-            out[i] = '-';
-        else if (out[i] == '/')
-            out[i] = '_';
-    }
-    return out;
-}
-
 static char *sign(const void *hdr, size_t hdr_len, const void *pl, size_t pl_len,
                   const char *secret) {
-    char *h = b64url(hdr, hdr_len);
-    char *p = b64url(pl, pl_len);
+    char *h = test_b64url(hdr, hdr_len);
+    char *p = test_b64url(pl, pl_len);
     size_t n = strlen(h) + 1 + strlen(p);
     char *tok = malloc(n + 1 + 44);
     if (tok == NULL)
@@ -63,7 +47,7 @@ static char *sign(const void *hdr, size_t hdr_len, const void *pl, size_t pl_len
     if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (unsigned char *)tok, n, mac, &mac_len) ==
         NULL)
         abort();
-    char *s = b64url(mac, mac_len);
+    char *s = test_b64url(mac, mac_len);
     tok[n] = '.';
     memcpy(tok + n + 1, s, strlen(s) + 1);
     free(h);

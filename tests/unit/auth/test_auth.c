@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "auth/auth.h"
+#include "tests/support/b64url.h"
 
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -23,30 +24,12 @@ static const auth_verify_opts_t opts_now = {.now_s = NOW};
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
-/* Encodes with the standard alphabet and then maps it to base64url without padding, so the test
- * does not share the encoder under test. */
-static char *b64url(const void *data, size_t n) {
-    char *out = malloc(4 * ((n + 2) / 3) + 1);
-    assert_non_null(out);
-    int len = EVP_EncodeBlock((unsigned char *)out, data, (int)n);
-    while (len > 0 && out[len - 1] == '=')
-        len--;
-    out[len] = '\0';
-    for (int i = 0; i < len; i++) {
-        if (out[i] == '+')
-            out[i] = '-';
-        else if (out[i] == '/')
-            out[i] = '_';
-    }
-    return out;
-}
-
 /* Builds header.payload.signature from raw header and payload text, signing with secret; sig_len
  * (at most 33) lets a test cut or extend the signature, the extra byte being zero. */
 static char *sign_raw_len(const char *header, const char *payload, const char *secret,
                           size_t sig_len) {
-    char *h = b64url(header, strlen(header));
-    char *p = b64url(payload, strlen(payload));
+    char *h = test_b64url(header, strlen(header));
+    char *p = test_b64url(payload, strlen(payload));
     size_t n = strlen(h) + 1 + strlen(p);
     char *signing = malloc(n + 1);
     assert_non_null(signing);
@@ -57,7 +40,7 @@ static char *sign_raw_len(const char *header, const char *payload, const char *s
                          mac, &mac_len));
     assert_int_equal(mac_len, 32);
     assert_true(sig_len <= sizeof(mac));
-    char *s = b64url(mac, sig_len);
+    char *s = test_b64url(mac, sig_len);
     size_t total = n + 1 + strlen(s);
     char *tok = malloc(total + 1);
     assert_non_null(tok);
@@ -225,8 +208,8 @@ static void test_time_claim_types(void **state) {
 static void test_alg_none(void **state) {
     (void)state;
     /* The classic form: alg none and an empty signature. */
-    char *h = b64url("{\"alg\":\"none\"}", 14);
-    char *p = b64url("{\"sub\":\"u1\"}", 12);
+    char *h = test_b64url("{\"alg\":\"none\"}", 14);
+    char *p = test_b64url("{\"sub\":\"u1\"}", 12);
     char tok[256];
     snprintf(tok, sizeof(tok), "%s.%s.", h, p);
     assert_int_equal(verify_string(tok), AUTH_E_ALG);
@@ -294,14 +277,14 @@ static void test_tampered_header(void **state) {
     char *tok = sign_raw(hs256_header, "{\"sub\":\"u1\"}", SECRET);
     assert_int_equal(verify_string(tok), AUTH_OK);
     const char *h2 = "{\"alg\":\"HS256\",\"typ\":\"JWS\"}";
-    char *enc = b64url(h2, strlen(h2));
+    char *enc = test_b64url(h2, strlen(h2));
     char *bad = replace_part(tok, 0, enc);
     assert_int_equal(verify_string(bad), AUTH_E_SIGNATURE);
     free(bad);
     free(enc);
     /* Switching to another kid with the same signature must fail too. */
     const char *h3 = "{\"alg\":\"HS256\",\"kid\":\"k1\"}";
-    enc = b64url(h3, strlen(h3));
+    enc = test_b64url(h3, strlen(h3));
     bad = replace_part(tok, 0, enc);
     assert_int_equal(verify_string(bad), AUTH_E_SIGNATURE);
     free(bad);
@@ -313,13 +296,13 @@ static void test_tampered_payload(void **state) {
     (void)state;
     char *tok = sign_raw(hs256_header, "{\"sub\":\"u1\",\"roles\":[]}", SECRET);
     const char *p2 = "{\"sub\":\"u1\",\"roles\":[\"admin\"]}";
-    char *enc = b64url(p2, strlen(p2));
+    char *enc = test_b64url(p2, strlen(p2));
     char *bad = replace_part(tok, 1, enc);
     assert_int_equal(verify_string(bad), AUTH_E_SIGNATURE);
     free(bad);
     free(enc);
     /* A payload that is not even JSON is never parsed when the signature does not match. */
-    enc = b64url("not json", 8);
+    enc = test_b64url("not json", 8);
     bad = replace_part(tok, 1, enc);
     assert_int_equal(verify_string(bad), AUTH_E_SIGNATURE);
     free(bad);
