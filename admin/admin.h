@@ -1,40 +1,59 @@
-/* admin: the metrics registry snapshot and its Prometheus text exposition. The modules keep
- * their own counters; this module only reads them. */
+/* admin: the metrics registry and its Prometheus text exposition, and the cluster's node
+ * registry behind /api/info. The modules keep their own counters and register sources that
+ * render them; this module knows none of them. */
 #ifndef ADMIN_ADMIN_H
 #define ADMIN_ADMIN_H
 
-#include "chat/chat.h"
 #include "cluster/cluster.h"
 #include "core/core.h"
 
-#define ADM_DISCONNECT_SLOTS 64
+/* ---- metrics registry ---- */
 
-/* Counters owned by the transport (server/). */
+/* The registry of metric sources behind /metrics. Every module keeps its own counters; the
+ * program registers one source per module, and each source writes its families through the
+ * writer, so admin knows no module's statistics. The output is the Prometheus text format
+ * 0.0.4: the sources in registration order, then this process's metrics (process_*). */
+typedef struct adm_metrics adm_metrics_t;
+/* Where a source writes its samples: valid only during its render call. */
+typedef struct adm_metrics_writer adm_metrics_writer_t;
+/* Writes the source's metric families; ud is the pointer it was registered with. */
+typedef void (*adm_metrics_render_fn)(void *ud, adm_metrics_writer_t *w);
+
+/* One label of a sample. Values are escaped as the text format requires (\\, \", \n). */
 typedef struct {
-    uint64_t accepted;
-    uint64_t write_calls;
-    uint64_t write_bytes;
-    uint64_t write_queue_bytes;                 /* gauge */
-    uint64_t disconnects[ADM_DISCONNECT_SLOTS]; /* by adm_disconnect_slot() */
-    core_hist_t fanout_latency;                 /* seconds */
-} adm_server_stats_t;
+    const char *name;
+    const char *value;
+} adm_label_t;
 
-/* Slot of a close code: 3000..3031 and 3500..3531; -1 for other codes. */
-int adm_disconnect_slot(int code);
-/* Inverse of adm_disconnect_slot. */
-int adm_disconnect_code(int slot);
+/* An empty registry; never NULL (out of memory aborts). */
+adm_metrics_t *adm_metrics_new(void);
+/* Frees the registry; the sources' userdata stays their owners'. */
+void adm_metrics_free(adm_metrics_t *m);
+/* Adds a source, rendered after those added before it. A source stays until the registry is
+ * freed, so ud must live as long. */
+void adm_metrics_add(adm_metrics_t *m, adm_metrics_render_fn render, void *ud);
+/* Appends the exposition of every source, then of this process, to out. */
+void adm_metrics_render(const adm_metrics_t *m, core_str_t *out);
 
-typedef struct {
-    const char *node_id;
-    const char *broker_name;
-    bool ready;
-    bool draining;
-    bool shared_limits;     /* rate limits held across the cluster */
-    uint32_t cluster_nodes; /* live nodes in the registry */
-    const chat_stats_t *chat;
-    const clu_stats_t *broker;
-    const adm_server_stats_t *server;
-} adm_snapshot_t;
+/* The "# HELP" and "# TYPE" lines of a family; type is "counter", "gauge" or "histogram". Every
+ * family is written once, its samples right after it. */
+void adm_metrics_family(adm_metrics_writer_t *w, const char *name, const char *type,
+                        const char *help);
+/* One sample "name{labels} value"; labels may be NULL when nlabels is 0. */
+void adm_metrics_sample(adm_metrics_writer_t *w, const char *name, const adm_label_t *labels,
+                        size_t nlabels, uint64_t value);
+/* The same with a fractional value, printed with six decimals (e.g. seconds). */
+void adm_metrics_sample_double(adm_metrics_writer_t *w, const char *name, const adm_label_t *labels,
+                               size_t nlabels, double value);
+/* A counter family of one unlabelled sample. */
+void adm_metrics_counter(adm_metrics_writer_t *w, const char *name, const char *help,
+                         uint64_t value);
+/* A gauge family of one unlabelled sample. */
+void adm_metrics_gauge(adm_metrics_writer_t *w, const char *name, const char *help, uint64_t value);
+/* A histogram family: cumulative name_bucket{le="..."} lines for h's bounds and +Inf, then
+ * name_sum and name_count. */
+void adm_metrics_histogram(adm_metrics_writer_t *w, const char *name, const char *help,
+                           const core_hist_t *h);
 
 /* ---- node registry ---- */
 
@@ -56,8 +75,5 @@ void adm_registry_render_info(const adm_registry_t *r, core_str_t *out);
  * runs once that was answered or failed, and the broker may close only then. The registry is
  * freed by itself. */
 void adm_registry_close(adm_registry_t *r, void (*done)(void *), void *ud);
-
-/* Appends the Prometheus text exposition (format 0.0.4) of snap and of this process. */
-void adm_metrics_render(core_str_t *out, const adm_snapshot_t *snap);
 
 #endif

@@ -1,5 +1,6 @@
-/* server: configuration, per-connection write queues, the libwebsockets listeners and the
- * process lifecycle of chatd. */
+/* server: configuration, per-connection write queues, transport statistics and the metric
+ * sources of chatd. The listeners and the process lifecycle are private to the program
+ * (server/srv_int.h). */
 #ifndef SERVER_SERVER_H
 #define SERVER_SERVER_H
 
@@ -8,6 +9,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "admin/admin.h"
+#include "chat/chat.h"
+#include "cluster/cluster.h"
 #include "core/core.h"
 
 /* ---- configuration ----------------------------------------------------------------------- */
@@ -58,8 +62,7 @@ void srv_config_free(srv_config_t *cfg);
 /* Writes the --help text listing every setting, its variable and default. */
 void srv_config_help(FILE *out);
 /* Node ids go into cookies, metric labels and Redis keys: 1-64 of these. */
-#define SRV_NODE_ID_CHARS                                                                        \
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
+#define SRV_NODE_ID_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 bool srv_node_id_ok(const char *id);
 /* The cookie naming the node that served a browser, for sticky load balancers. */
 #define SRV_NODE_COOKIE "chat_node"
@@ -94,5 +97,33 @@ size_t srv_wq_fill(srv_wq_t *q, core_str_t *out, size_t head, size_t max_frame, 
 bool srv_wq_empty(const srv_wq_t *q);
 /* Drops every queued reference and frees the ring. */
 void srv_wq_clear(srv_wq_t *q);
+
+/* ---- transport statistics and metric sources ---------------------------------------------- */
+
+#define SRV_DISCONNECT_SLOTS 64
+
+/* Counters of the transport of chat clients. */
+typedef struct {
+    uint64_t accepted;
+    uint64_t write_calls;
+    uint64_t write_bytes;
+    uint64_t write_queue_bytes;                 /* gauge */
+    uint64_t disconnects[SRV_DISCONNECT_SLOTS]; /* by srv_disconnect_slot() */
+    core_hist_t fanout_latency;                 /* seconds */
+} srv_stats_t;
+
+/* Zeroes st and sets the buckets of its latency histogram. */
+void srv_stats_init(srv_stats_t *st);
+/* Slot of a close code: 3000..3031 and 3500..3531; -1 for other codes. */
+int srv_disconnect_slot(int code);
+/* Inverse of srv_disconnect_slot. */
+int srv_disconnect_code(int slot);
+
+/* Metric sources for adm_metrics_add. The transport's takes a srv_stats_t, the chat node's a
+ * chat_node_t, the broker's a clu_broker_t (with chat_rate_limit_shared, which the broker
+ * decides). */
+void srv_metrics_transport(void *stats, adm_metrics_writer_t *w);
+void srv_metrics_chat(void *node, adm_metrics_writer_t *w);
+void srv_metrics_broker(void *broker, adm_metrics_writer_t *w);
 
 #endif

@@ -69,7 +69,8 @@ struct srv {
     size_t nns;
     bool demo;
     bool draining;
-    adm_server_stats_t st;
+    srv_stats_t st;
+    adm_metrics_t *metrics;
     core_str_t scratch; /* the frame being written; writes are synchronous so one suffices */
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
@@ -135,7 +136,7 @@ static void conn_close(srv_conn_t *c, int code, const char *reason) {
     c->closing = true;
     c->close_code = code;
     snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
-    int slot = adm_disconnect_slot(code);
+    int slot = srv_disconnect_slot(code);
     if (slot >= 0)
         c->srv->st.disconnects[slot]++;
     conn_request_write(c);
@@ -263,7 +264,7 @@ static void conn_fail(srv_conn_t *c) {
     if (!c->closing) {
         c->closing = true;
         c->close_sent = true;
-        c->srv->st.disconnects[adm_disconnect_slot(3009)]++;
+        c->srv->st.disconnects[srv_disconnect_slot(3009)]++;
     }
     lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 }
@@ -277,7 +278,7 @@ static int on_writeable(srv_t *S, srv_conn_t *c) {
     }
     c->want_write = false;
     if (conn_flush(S, c) < 0) {
-        S->st.disconnects[adm_disconnect_slot(3009)]++;
+        S->st.disconnects[srv_disconnect_slot(3009)]++;
         return -1;
     }
     if (c->want_write)
@@ -337,9 +338,9 @@ static int add_node_cookie(struct lws *wsi, unsigned char **p, unsigned char *en
     srv_t *S = lws_context_user(lws_get_context(wsi));
     if (!S->cookie[0])
         return 0;
-    return lws_add_http_header_by_name(wsi, (const unsigned char *)"set-cookie:",
-                                       (const unsigned char *)S->cookie, (int)strlen(S->cookie),
-                                       p, end);
+    return lws_add_http_header_by_name(
+        wsi, (const unsigned char *)"set-cookie:", (const unsigned char *)S->cookie,
+        (int)strlen(S->cookie), p, end);
 }
 
 /* Sends headers now and the body (taken) from the writeable callback. */
@@ -516,18 +517,17 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
 
 /* ---- admin listener ---- */
 
-static void snapshot(srv_t *S, adm_snapshot_t *snap, chat_stats_t *cs, clu_stats_t *bs) {
-    chat_node_stats(S->node, cs);
-    clu_stats(S->broker, bs);
-    snap->node_id = S->cfg.node_id;
-    snap->broker_name = S->broker->name;
-    snap->ready = !S->draining && clu_ready(S->broker);
-    snap->draining = S->draining;
-    snap->shared_limits = clu_has_shared_limits(S->broker);
-    snap->cluster_nodes = S->registry ? (uint32_t)adm_registry_size(S->registry) : 1;
-    snap->chat = cs;
-    snap->broker = bs;
-    snap->server = &S->st;
+/* The node's own families: who it is and whether it takes clients. */
+static void node_metrics(void *ud, adm_metrics_writer_t *w) {
+    srv_t *S = ud;
+    adm_metrics_family(w, "chat_node_info", "gauge", "Node identity; the value is always 1.");
+    adm_label_t labels[] = {{"node", S->cfg.node_id}, {"broker", S->broker->name}};
+    adm_metrics_sample(w, "chat_node_info", labels, 2, 1);
+    adm_metrics_gauge(w, "chat_ready", "1 when the node accepts clients.",
+                      !S->draining && clu_ready(S->broker) ? 1 : 0);
+    adm_metrics_gauge(w, "chat_draining", "1 while the node drains.", S->draining ? 1 : 0);
+    adm_metrics_gauge(w, "chat_cluster_nodes", "Live nodes in the cluster's registry.",
+                      S->registry ? (uint32_t)adm_registry_size(S->registry) : 1);
 }
 
 /* Constant time in the length of the expected key: the comparison must not tell an attacker how
@@ -574,8 +574,8 @@ static void node_self_info(void *ud, core_str_t *out) {
     core_str_appends(out, ",\"version\":");
     core_str_append_json_string(out, CHATD_VERSION, strlen(CHATD_VERSION));
     core_str_appendf(out,
-                     ",\"num_clients\":%" PRIu64 ",\"num_channels\":%" PRIu64
-                     ",\"uptime\":%" PRIu64 ",\"draining\":%s,\"ready\":%s"
+                     ",\"num_clients\":%" PRIu64 ",\"num_channels\":%" PRIu64 ",\"uptime\":%" PRIu64
+                     ",\"draining\":%s,\"ready\":%s"
                      ",\"updated_ms\":%" PRIu64 "}",
                      cs.connections, cs.channels, (core_now_ms() - S->started_ms) / 1000,
                      S->draining ? "true" : "false",
@@ -593,12 +593,8 @@ static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri)
         return http_respond_text(wsi, c, 200, "ready\n");
     }
     if (strcmp(uri, "/metrics") == 0) {
-        adm_snapshot_t snap;
-        chat_stats_t cs;
-        clu_stats_t bs;
-        snapshot(S, &snap, &cs, &bs);
         core_str_t body = {0};
-        adm_metrics_render(&body, &snap);
+        adm_metrics_render(S->metrics, &body);
         return http_respond(wsi, c, 200, "text/plain; version=0.0.4; charset=utf-8", body.ptr,
                             body.len);
     }
@@ -950,9 +946,7 @@ int main(int argc, char **argv) {
     cc.version = CHATD_VERSION;
     cc.node_id = ""; /* set after the listeners are bound */
 
-    static const double bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                    0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
-    core_hist_init(&S->st.fanout_latency, bounds, sizeof bounds / sizeof bounds[0]);
+    srv_stats_init(&S->st);
 
     struct lws_http_mount m_files;
     memset(&m_files, 0, sizeof m_files);
@@ -998,14 +992,19 @@ int main(int argc, char **argv) {
             return 2;
         }
     } else {
-        S->broker = clu_memory_new(&S->loop, chat_node_broker_events(), S->node,
-                                   S->cfg.history_max_limit);
+        S->broker =
+            clu_memory_new(&S->loop, chat_node_broker_events(), S->node, S->cfg.history_max_limit);
         clu_memory_set_max_bytes(S->broker, (size_t)S->cfg.history_memory_mb << 20);
     }
     chat_node_set_broker(S->node, S->broker);
     S->started_ms = core_now_ms();
     S->registry = adm_registry_new(&S->loop, S->broker, S->cfg.node_id,
                                    (uint32_t)((uint64_t)S->cfg.node_ttl * 1000), node_self_info, S);
+    S->metrics = adm_metrics_new();
+    adm_metrics_add(S->metrics, node_metrics, S);
+    adm_metrics_add(S->metrics, srv_metrics_chat, S->node);
+    adm_metrics_add(S->metrics, srv_metrics_transport, &S->st);
+    adm_metrics_add(S->metrics, srv_metrics_broker, S->broker);
 
     uv_signal_init(&S->loop, &S->sigterm);
     uv_signal_init(&S->loop, &S->sigint);
@@ -1028,6 +1027,7 @@ int main(int argc, char **argv) {
     if (rc != 0)
         CORE_LOGW(MOD, "loop not closed cleanly", "err=%s", uv_strerror(rc));
     core_str_free(&S->scratch);
+    adm_metrics_free(S->metrics);
     auth_keyring_free(S->keys);
     chat_namespaces_free(S->ns, S->nns);
     srv_config_free(&S->cfg);
