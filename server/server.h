@@ -67,6 +67,14 @@ bool srv_node_id_ok(const char *id);
 /* The cookie naming the node that served a browser, for sticky load balancers. */
 #define SRV_NODE_COOKIE "chat_node"
 
+/* The chat node's settings from cfg: limits, timeouts, per-plan publish rates
+ * (CHAT_RATE_LIMITS), the typing rate and the namespaces (CHAT_NAMESPACES, or the defaults) into
+ * *ns and *nns, which the caller frees with chat_namespaces_free. Strings are borrowed from cfg.
+ * keys, version and node_id are left for the caller. Returns 0, or CORE_EINVAL with a one-line
+ * reason in err (nothing to free then). */
+int srv_config_chat(const srv_config_t *cfg, chat_config_t *cc, chat_ns_t **ns, size_t *nns,
+                    char *err, size_t errlen);
+
 /* Parses "host:port" into host (size hostlen) and port; port 0 is allowed. */
 int srv_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
 

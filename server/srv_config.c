@@ -2,8 +2,11 @@
  * that --help, the file keys and the variables cannot drift apart. */
 #include "server/server.h"
 
+#include "auth/auth.h"
+
 #include <errno.h>
 #include <jansson.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -251,4 +254,73 @@ void srv_config_help(FILE *out) {
     for (size_t i = 0; i < NSETTINGS; i++)
         fprintf(out, "  %-30s %s\n  %-30s   file key \"%s\", default: %s\n", settings[i].env,
                 settings[i].help, "", settings[i].key, settings[i].def ? settings[i].def : "unset");
+}
+
+/* "free=5/10,plus=10/20" into per-plan rates. */
+static int parse_rates(const char *spec, chat_rate_t *rates, char *err, size_t errlen) {
+    char *copy = core_strdup(spec), *save = NULL;
+    int rc = 0;
+    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(tok, '=');
+        double rate;
+        unsigned burst;
+        int plan = eq ? (*eq = '\0', auth_plan_parse(tok)) : -1;
+        if (plan < 0 || sscanf(eq + 1, "%lf/%u", &rate, &burst) != 2 || rate < 0 || !burst) {
+            snprintf(err, errlen, "CHAT_RATE_LIMITS: expected plan=rate/burst, got \"%s\"", tok);
+            rc = CORE_EINVAL;
+            break;
+        }
+        rates[plan] = (chat_rate_t){rate, burst};
+    }
+    free(copy);
+    return rc;
+}
+
+int srv_config_chat(const srv_config_t *cfg, chat_config_t *cc, chat_ns_t **ns, size_t *nns,
+                    char *err, size_t errlen) {
+    *cc = (chat_config_t){0};
+    *ns = NULL;
+    *nns = 0;
+    if (cfg->namespaces) {
+        json_error_t je;
+        json_t *obj = json_loads(cfg->namespaces, 0, &je);
+        char why[400];
+        if (!obj || chat_namespaces_parse(obj, ns, nns, why, sizeof why) != 0) {
+            snprintf(err, errlen, "CHAT_NAMESPACES: %s", obj ? why : je.text);
+            json_decref(obj);
+            return CORE_EINVAL;
+        }
+        json_decref(obj);
+    } else {
+        chat_namespaces_default(ns, nns);
+    }
+    if (parse_rates(cfg->rate_limits, cc->plan_rate, err, errlen) != 0)
+        goto fail;
+    unsigned tburst;
+    if (sscanf(cfg->typing_rate, "%lf/%u", &cc->typing_rate.rate, &tburst) != 2 || !tburst) {
+        snprintf(err, errlen, "CHAT_TYPING_RATE: expected rate/burst");
+        goto fail;
+    }
+    cc->typing_rate.burst = tburst;
+    cc->namespaces = *ns;
+    cc->n_namespaces = *nns;
+    cc->audience = cfg->jwt_audience;
+    cc->issuer = cfg->jwt_issuer;
+    cc->jwt_leeway_s = cfg->jwt_leeway;
+    cc->ping_interval_s = cfg->ping_interval;
+    cc->pong_timeout_s = cfg->pong_timeout;
+    cc->stale_timeout_s = cfg->stale_timeout;
+    cc->max_channels_per_conn = cfg->max_channels;
+    cc->max_conns_per_user = cfg->max_connections_per_user;
+    cc->dedupe_window_s = cfg->dedupe_window;
+    cc->max_recover = cfg->history_max_limit;
+    cc->max_errors = cfg->max_errors;
+    cc->presence_ttl_s = cfg->presence_ttl;
+    cc->node_id = "";
+    return 0;
+fail:
+    chat_namespaces_free(*ns, *nns);
+    *ns = NULL;
+    *nns = 0;
+    return CORE_EINVAL;
 }

@@ -1,679 +1,17 @@
-/* server: chatd's main, the libwebsockets listeners on the program's libuv loop, the transport
- * of chat clients (write queues and backpressure), static files, health and metrics, drain. */
-#include <libwebsockets.h>
-
-#include <errno.h>
+/* server: chatd's process lifecycle: settings, the libwebsockets context on the program's own
+ * libuv loop, the listeners, the chat node and its broker, the ready line, drain on SIGTERM and
+ * an orderly shutdown. */
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
-#include "admin/admin.h"
-#include "auth/auth.h"
-#include "chat/chat.h"
-#include "cluster/cluster.h"
-#include "core/core.h"
-#include "server/server.h"
+#include "server/srv_int.h"
 
-#define MOD "server"
-#define CHATD_VERSION "0.1.0"
-/* Pushes joined into one WebSocket message stay under this size: large enough that one write
- * serves hundreds of queued messages, small enough to keep latency for the last one low. */
-#define BATCH_MAX_BYTES (64 * 1024)
-/* A closing connection whose peer does not read gets this long before it is dropped. */
-#define CLOSE_GRACE_S 10
-/* Room before a batch for the WebSocket header we write ourselves (at most 10 bytes). */
-#define FRAME_HEAD_MAX 16
 #define DRAIN_MAX_MS 5000
-#define WS_PATH "/connection/websocket"
-/* The close opcode of lws_write(): private in lws 4.1's headers but handled by its ws writer. */
-#define SRV_WRITE_CLOSE ((enum lws_write_protocol)4)
-
-typedef struct srv srv_t;
-
-/* Per-session data of the public protocol: a WebSocket client, or one HTTP exchange. */
-typedef struct {
-    struct lws *wsi;
-    srv_t *srv;
-    chat_client_t *client;
-    srv_wq_t wq;
-    core_str_t rx; /* fragments of an incoming message */
-    int close_code;
-    char close_reason[64];
-    bool closing;
-    bool close_sent;
-    bool want_write;
-    bool in_flush;  /* on srv.flush, waiting for the coalescing timer */
-    bool rx_paused; /* reads stopped while a frame is half written (see conn_flush) */
-    core_str_t tx;  /* the unsent tail of a frame the socket did not take at once */
-    size_t tx_off;
-    core_list_t flush_link;
-    char *body; /* HTTP response body being written */
-    size_t body_len, body_off;
-} srv_conn_t;
-
-struct srv {
-    uv_loop_t loop;
-    srv_config_t cfg;
-    struct lws_context *ctx;
-    struct lws_vhost *pub_vh, *adm_vh;
-    chat_node_t *node;
-    clu_broker_t *broker;
-    auth_keyring_t *keys;
-    chat_ns_t *ns;
-    size_t nns;
-    bool demo;
-    bool draining;
-    srv_stats_t st;
-    adm_metrics_t *metrics;
-    core_str_t scratch; /* the frame being written; writes are synchronous so one suffices */
-    uv_signal_t sigterm, sigint;
-    uv_timer_t drain_timer;
-    uint64_t drain_deadline;
-    core_list_t flush; /* connections with queued output, waiting for flush_timer */
-    uv_timer_t flush_timer;
-    adm_registry_t *registry;
-    char public_addr[300]; /* host:port of the public listener, as the registry shows it */
-    uint64_t started_ms;
-    char cookie[128];                             /* the node cookie, set once the id is known */
-    struct lws_protocol_vhost_options cookie_hdr; /* the same, for files lws serves itself */
-};
-
-/* ---- transport of chat clients ---- */
-
-/* Asks lws for a writeable callback now: used to continue draining and to close. */
-static void conn_request_write(srv_conn_t *c) {
-    if (c->in_flush) {
-        core_list_remove(&c->flush_link);
-        c->in_flush = false;
-    }
-    c->want_write = true;
-    lws_callback_on_writable(c->wsi);
-}
-
-static int conn_flush(srv_t *S, srv_conn_t *c);
-static void conn_fail(srv_conn_t *c);
-
-static void flush_cb(uv_timer_t *t) {
-    srv_t *S = t->data;
-    while (!core_list_empty(&S->flush)) {
-        srv_conn_t *c = CORE_CONTAINER_OF(S->flush.next, srv_conn_t, flush_link);
-        core_list_remove(&c->flush_link);
-        c->in_flush = false;
-        c->want_write = false;
-        /* Bytes lws itself still holds (the upgrade answer, a close frame) go first, from its
-         * writeable callback; otherwise the batch is written now. */
-        if (c->closing || lws_partial_buffered(c->wsi))
-            conn_request_write(c);
-        else if (conn_flush(S, c) < 0)
-            conn_fail(c);
-    }
-}
-
-/* New output for an idle connection waits a few milliseconds so that everything published
- * meanwhile leaves in the same write: the cost of fan-out is per write call, not per byte.
- * With a delay of 0 the flush still waits for the next loop turn, which batches whatever the
- * current turn queued. */
-static void conn_schedule_write(srv_conn_t *c) {
-    srv_t *S = c->srv;
-    if (c->want_write || c->in_flush)
-        return;
-    c->want_write = true;
-    c->in_flush = true;
-    core_list_insert_tail(&S->flush, &c->flush_link);
-    if (!uv_is_active((uv_handle_t *)&S->flush_timer))
-        uv_timer_start(&S->flush_timer, flush_cb, S->cfg.write_delay_ms, 0);
-}
-
-static void conn_close(srv_conn_t *c, int code, const char *reason) {
-    if (c->closing)
-        return;
-    c->closing = true;
-    c->close_code = code;
-    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
-    int slot = srv_disconnect_slot(code);
-    if (slot >= 0)
-        c->srv->st.disconnects[slot]++;
-    conn_request_write(c);
-    /* A peer that never reads never makes its socket writeable, so the close frame may never
-     * go out: drop the socket after a grace period. */
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
-}
-
-static void conn_drop_queue(srv_conn_t *c) {
-    c->srv->st.write_queue_bytes -= c->wq.bytes;
-    srv_wq_clear(&c->wq);
-}
-
-static int t_send(void *tctx, core_buf_t *b) {
-    srv_conn_t *c = tctx;
-    if (c->closing)
-        return 0;
-    if (srv_wq_push(&c->wq, b) != 0) {
-        /* A slow reader: its backlog is dropped at once so memory stays bounded. */
-        conn_drop_queue(c);
-        conn_close(c, 3008, "slow");
-        return CORE_ELIMIT;
-    }
-    c->srv->st.write_queue_bytes += b->len;
-    conn_schedule_write(c);
-    return 0;
-}
-
-static void t_close(void *tctx, int code, const char *reason) {
-    conn_close(tctx, code, reason);
-}
-
-static const chat_transport_t transport = {t_send, t_close};
-
-/* Server-to-client WebSocket header (FIN, text, unmasked) for a payload of len bytes, written
- * to end at `end`. Returns the header length. */
-static size_t ws_header(char *end, size_t len) {
-    unsigned char *h;
-    if (len < 126) {
-        h = (unsigned char *)end - 2;
-        h[1] = (unsigned char)len;
-    } else if (len <= 0xffff) {
-        h = (unsigned char *)end - 4;
-        h[1] = 126;
-        h[2] = (unsigned char)(len >> 8);
-        h[3] = (unsigned char)len;
-    } else {
-        h = (unsigned char *)end - 10;
-        h[1] = 127;
-        for (int i = 0; i < 8; i++)
-            h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
-    }
-    h[0] = 0x81;
-    return (size_t)((unsigned char *)end - h);
-}
-
-/* One non-blocking send. Returns bytes taken (0 when the socket is full) or -1 on error. */
-static ssize_t send_some(struct lws *wsi, const char *p, size_t len) {
-    ssize_t n = send(lws_get_socket_fd(wsi), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n < 0)
-        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
-    return n;
-}
-
-/* Writes what the connection has queued, as far as the socket takes it, with one send() per
- * batch. Data frames bypass lws_write: lws may only write from its writeable callback, and on
- * libuv every writeable request re-arms the socket's poll handle (libuv's uv_poll_start
- * removes the fd from epoll and adds it back), which cost four extra syscalls per write and
- * capped fan-out well below the node's target. lws's writeable callback is used only when the
- * kernel refuses bytes. Returns -1 when the socket failed. */
-static int conn_flush(srv_t *S, srv_conn_t *c) {
-    if (c->tx_off < c->tx.len) {
-        ssize_t n = send_some(c->wsi, c->tx.ptr + c->tx_off, c->tx.len - c->tx_off);
-        if (n < 0)
-            return -1;
-        c->tx_off += (size_t)n;
-        if (c->tx_off < c->tx.len) {
-            conn_request_write(c);
-            return 0;
-        }
-        c->tx.len = c->tx_off = 0;
-        if (c->tx.cap > BATCH_MAX_BYTES)
-            core_str_free(&c->tx);
-        if (c->rx_paused) {
-            c->rx_paused = false;
-            lws_rx_flow_control(c->wsi, 1);
-        }
-    }
-    if (srv_wq_empty(&c->wq))
-        return 0;
-    uint32_t nmsgs;
-    uint64_t oldest;
-    size_t before = c->wq.bytes;
-    size_t len = srv_wq_fill(&c->wq, &S->scratch, FRAME_HEAD_MAX, BATCH_MAX_BYTES, &nmsgs, &oldest);
-    S->st.write_queue_bytes -= before - c->wq.bytes;
-    char *payload = S->scratch.ptr + FRAME_HEAD_MAX;
-    size_t hl = ws_header(payload, len);
-    char *frame = payload - hl;
-    ssize_t n = send_some(c->wsi, frame, hl + len);
-    if (n < 0)
-        return -1;
-    S->st.write_calls++;
-    S->st.write_bytes += len;
-    core_hist_observe(&S->st.fanout_latency, (double)(core_now_us() - oldest) / 1e6);
-    if ((size_t)n < hl + len) {
-        /* The rest of this frame must go out before anything else on the socket, lws's own
-         * control frames included: reads (which could make lws answer a ping) pause until
-         * it has. */
-        core_str_append(&c->tx, frame + n, hl + len - (size_t)n);
-        c->tx_off = 0;
-        if (!c->rx_paused) {
-            c->rx_paused = true;
-            lws_rx_flow_control(c->wsi, 0);
-        }
-        conn_request_write(c);
-        return 0;
-    }
-    if (!srv_wq_empty(&c->wq) || c->closing)
-        conn_request_write(c);
-    return 0;
-}
-
-/* The socket failed under a direct write: lws closes it on its next turn. */
-static void conn_fail(srv_conn_t *c) {
-    if (!c->closing) {
-        c->closing = true;
-        c->close_sent = true;
-        c->srv->st.disconnects[srv_disconnect_slot(3009)]++;
-    }
-    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
-}
-
-static int on_writeable(srv_t *S, srv_conn_t *c) {
-    /* lws also calls back on its own (after draining a partial write), possibly while the
-     * session waits in the flush list: it leaves the list, since this callback serves it. */
-    if (c->in_flush) {
-        core_list_remove(&c->flush_link);
-        c->in_flush = false;
-    }
-    c->want_write = false;
-    if (conn_flush(S, c) < 0) {
-        S->st.disconnects[srv_disconnect_slot(3009)]++;
-        return -1;
-    }
-    if (c->want_write)
-        return 0; /* more to write, or the socket is full: we are called again */
-    if (c->closing && !c->close_sent) {
-        /* The close frame is written here rather than by lws_close_reason() and a non-zero
-         * return: Debian's lws 4.1 (libuv, _DEBUG build) force-closes such a socket without
-         * sending the frame (upstream issue 3569). The socket closes when the peer answers
-         * (LWS_CALLBACK_WS_PEER_INITIATED_CLOSE) or after a short wait. */
-        unsigned char buf[LWS_PRE + 125];
-        size_t rlen = strlen(c->close_reason);
-        if (rlen > 123)
-            rlen = 123;
-        buf[LWS_PRE] = (unsigned char)(c->close_code >> 8);
-        buf[LWS_PRE + 1] = (unsigned char)(c->close_code & 0xff);
-        memcpy(buf + LWS_PRE + 2, c->close_reason, rlen);
-        c->close_sent = true;
-        if (lws_write(c->wsi, buf + LWS_PRE, rlen + 2, SRV_WRITE_CLOSE) < 0)
-            return -1;
-        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 3);
-    }
-    return 0;
-}
-
-static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
-    if (c->closing || !c->client)
-        return;
-    if (lws_frame_is_binary(c->wsi)) {
-        conn_close(c, 3501, "binary frames are not supported");
-        return;
-    }
-    if (c->rx.len + len > S->cfg.max_frame_bytes) {
-        core_str_free(&c->rx);
-        conn_close(c, 3501, "message too large");
-        return;
-    }
-    bool final = lws_is_final_fragment(c->wsi) && lws_remaining_packet_payload(c->wsi) == 0;
-    if (final && c->rx.len == 0) {
-        chat_client_on_frame(c->client, in, len);
-        return;
-    }
-    core_str_append(&c->rx, in, len);
-    if (final) {
-        chat_client_on_frame(c->client, c->rx.ptr, c->rx.len);
-        core_str_free(&c->rx);
-    }
-}
-
-/* ---- HTTP responses ---- */
-
-/* The public listener names its node in a cookie on every response, the WebSocket upgrade
- * included: a load balancer in front of several nodes routes the browser's next request (its
- * reconnect above all) to the node that holds its session, by this cookie. lws adds it to
- * every HTTP response as the vhost's canned header; this adds it to the upgrade response, which
- * lws builds without those. */
-static int add_node_cookie(struct lws *wsi, unsigned char **p, unsigned char *end) {
-    srv_t *S = lws_context_user(lws_get_context(wsi));
-    if (!S->cookie[0])
-        return 0;
-    return lws_add_http_header_by_name(
-        wsi, (const unsigned char *)"set-cookie:", (const unsigned char *)S->cookie,
-        (int)strlen(S->cookie), p, end);
-}
-
-/* Sends headers now and the body (taken) from the writeable callback. */
-static int http_respond(struct lws *wsi, srv_conn_t *c, unsigned int status, const char *ctype,
-                        char *body, size_t len) {
-    unsigned char buf[LWS_PRE + 1024];
-    unsigned char *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf - 1;
-    free(c->body);
-    c->body = body;
-    c->body_len = len;
-    c->body_off = 0;
-    if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)len, &p, end) ||
-        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
-                                    (const unsigned char *)"no-store", 8, &p, end) ||
-        lws_finalize_write_http_header(wsi, start, &p, end))
-        return 1;
-    lws_callback_on_writable(wsi);
-    return 0;
-}
-
-static int http_respond_text(struct lws *wsi, srv_conn_t *c, unsigned int status,
-                             const char *text) {
-    return http_respond(wsi, c, status, "text/plain; charset=utf-8", core_strdup(text),
-                        strlen(text));
-}
-
-static int http_write_body(struct lws *wsi, srv_conn_t *c) {
-    if (!c->body)
-        return 0;
-    size_t chunk = c->body_len - c->body_off;
-    if (chunk > 16384)
-        chunk = 16384;
-    bool last = c->body_off + chunk == c->body_len;
-    unsigned char buf[LWS_PRE + 16384];
-    memcpy(buf + LWS_PRE, c->body + c->body_off, chunk);
-    if (lws_write(wsi, buf + LWS_PRE, chunk, last ? LWS_WRITE_HTTP_FINAL : LWS_WRITE_HTTP) <
-        (int)chunk)
-        return -1;
-    c->body_off += chunk;
-    if (!last) {
-        lws_callback_on_writable(wsi);
-        return 0;
-    }
-    free(c->body);
-    c->body = NULL;
-    return lws_http_transaction_completed(wsi) ? -1 : 0;
-}
-
-/* What both listeners do with HTTP beyond routing: write bodies, free them, and let lws
- * handle the rest (static files among it). */
-static int http_common(struct lws *wsi, enum lws_callback_reasons reason, srv_conn_t *c, void *in,
-                       size_t len) {
-    if (reason == LWS_CALLBACK_HTTP_WRITEABLE)
-        return http_write_body(wsi, c);
-    if (reason == LWS_CALLBACK_CLOSED_HTTP && c) {
-        free(c->body);
-        c->body = NULL;
-    }
-    return lws_callback_http_dummy(wsi, reason, c, in, len);
-}
-
-static bool demo_user_ok(const char *u) {
-    size_t n = strlen(u);
-    if (n == 0 || n > 32)
-        return false;
-    for (size_t i = 0; i < n; i++)
-        if (!((u[i] >= 'a' && u[i] <= 'z') || (u[i] >= 'A' && u[i] <= 'Z') ||
-              (u[i] >= '0' && u[i] <= '9') || u[i] == '_' || u[i] == '-'))
-            return false;
-    return true;
-}
-
-static char *mint_demo_token(srv_t *S, const char *user) {
-    json_t *claims =
-        json_pack("{s:s, s:I, s:I, s:s, s:{s:s}}", "sub", user, "iat", (json_int_t)core_wall_s(),
-                  "exp", (json_int_t)(core_wall_s() + 86400), "plan", "free", "info", "name", user);
-    char *tok = auth_jwt_mint(S->keys, NULL, claims);
-    json_decref(claims);
-    return tok;
-}
-
-static int public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
-    char uri[256];
-    if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0)
-        return http_respond_text(wsi, c, 400, "bad request\n");
-    if (strcmp(uri, "/healthz") == 0)
-        return http_respond_text(wsi, c, 200, "ok\n");
-    if (strcmp(uri, "/demo/token") == 0 && (S->demo || S->cfg.demo_tokens)) {
-        char arg[64] = "";
-        /* lws copies "user=NAME" into arg and returns a pointer to NAME. */
-        const char *user = lws_get_urlarg_by_name(wsi, "user=", arg, sizeof arg);
-        if (!user || !demo_user_ok(user))
-            return http_respond_text(wsi, c, 400, "user must be 1-32 of [A-Za-z0-9_-]\n");
-        char *tok = mint_demo_token(S, user);
-        core_str_t s = {0};
-        core_str_appends(&s, "{\"token\":");
-        core_str_append_json_string(&s, tok, strlen(tok));
-        core_str_appends(&s, ",\"user\":");
-        core_str_append_json_string(&s, user, strlen(user));
-        core_str_appends(&s, "}");
-        free(tok);
-        return http_respond(wsi, c, 200, "application/json", s.ptr, s.len);
-    }
-    return http_respond_text(wsi, c, 404, "not found\n");
-}
-
-static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
-                     size_t len) {
-    srv_t *S = lws_context_user(lws_get_context(wsi));
-    srv_conn_t *c = user;
-    switch (reason) {
-    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
-        char uri[64];
-        if (S->draining)
-            return 1;
-        if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, WS_PATH) != 0)
-            return 1;
-        return 0;
-    }
-    case LWS_CALLBACK_ESTABLISHED: {
-        memset(c, 0, sizeof *c);
-        core_list_init(&c->flush_link);
-        c->wsi = wsi;
-        c->srv = S;
-        srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
-        char peer[64] = "";
-        lws_get_peer_simple(wsi, peer, sizeof peer);
-        c->client = chat_client_new(S->node, &transport, c, peer);
-        S->st.accepted++;
-        return 0;
-    }
-    case LWS_CALLBACK_RECEIVE:
-        on_receive(S, c, in, len);
-        return 0;
-    case LWS_CALLBACK_SERVER_WRITEABLE:
-        return on_writeable(S, c);
-    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
-        /* After our close frame this is the peer's answer: the exchange is complete. */
-        return c->close_sent ? -1 : 0;
-    case LWS_CALLBACK_CLOSED:
-        /* lws also reports the close of an upgrade that FILTER_PROTOCOL_CONNECTION refused,
-         * whose session was never set up. */
-        if (!c || !c->srv)
-            return 0;
-        /* Nothing may be queued for this session from here on: freeing the client emits leave
-         * events and must not schedule writes on a session lws is about to free. */
-        c->closing = true;
-        if (c->client)
-            chat_client_free(c->client);
-        c->client = NULL;
-        if (c->in_flush) {
-            core_list_remove(&c->flush_link);
-            c->in_flush = false;
-        }
-        conn_drop_queue(c);
-        core_str_free(&c->rx);
-        core_str_free(&c->tx);
-        return 0;
-    case LWS_CALLBACK_HTTP:
-        return public_http(S, wsi, c);
-    case LWS_CALLBACK_ADD_HEADERS: {
-        /* The upgrade response (HTTP responses carry the vhost's canned header). */
-        struct lws_process_html_args *a = in;
-        unsigned char *p = (unsigned char *)a->p;
-        if (add_node_cookie(wsi, &p, (unsigned char *)a->p + a->max_len))
-            return 1;
-        a->p = (char *)p;
-        return 0;
-    }
-    default:
-        return http_common(wsi, reason, c, in, len);
-    }
-}
-
-/* ---- admin listener ---- */
-
-/* The node's own families: who it is and whether it takes clients. */
-static void node_metrics(void *ud, adm_metrics_writer_t *w) {
-    srv_t *S = ud;
-    adm_metrics_family(w, "chat_node_info", "gauge", "Node identity; the value is always 1.");
-    adm_label_t labels[] = {{"node", S->cfg.node_id}, {"broker", S->broker->name}};
-    adm_metrics_sample(w, "chat_node_info", labels, 2, 1);
-    adm_metrics_gauge(w, "chat_ready", "1 when the node accepts clients.",
-                      !S->draining && clu_ready(S->broker) ? 1 : 0);
-    adm_metrics_gauge(w, "chat_draining", "1 while the node drains.", S->draining ? 1 : 0);
-    adm_metrics_gauge(w, "chat_cluster_nodes", "Live nodes in the cluster's registry.",
-                      S->registry ? (uint32_t)adm_registry_size(S->registry) : 1);
-}
-
-/* Constant time in the length of the expected key: the comparison must not tell an attacker how
- * many leading bytes were right. */
-static bool key_equal(const char *got, const char *want) {
-    size_t gl = strlen(got), wl = strlen(want);
-    unsigned char d = gl != wl;
-    for (size_t i = 0; i < wl; i++)
-        d |= (unsigned char)(want[i] ^ (i < gl ? got[i] : 0));
-    return d == 0;
-}
-
-/* The server API's key, from "X-API-Key: K" or "Authorization: apikey K". */
-static bool api_authorized(srv_t *S, struct lws *wsi) {
-    char buf[256];
-    int n = lws_hdr_custom_copy(wsi, buf, sizeof buf, "x-api-key:", 10);
-    if (n > 0)
-        return key_equal(buf, S->cfg.api_key);
-    if (lws_hdr_copy(wsi, buf, sizeof buf, WSI_TOKEN_HTTP_AUTHORIZATION) > 7 &&
-        strncasecmp(buf, "apikey ", 7) == 0)
-        return key_equal(buf + 7, S->cfg.api_key);
-    return false;
-}
-
-static int api_error(struct lws *wsi, srv_conn_t *c, unsigned int status, int code,
-                     const char *message) {
-    core_str_t s = {0};
-    core_str_appendf(&s, "{\"error\":{\"code\":%d,\"message\":", code);
-    core_str_append_json_string(&s, message, strlen(message));
-    core_str_appends(&s, "}}");
-    return http_respond(wsi, c, status, "application/json", s.ptr, s.len);
-}
-
-/* The node's registry entry (Centrifugo's info fields, plus what a balancer and an operator
- * need: where it listens, whether it drains). */
-static void node_self_info(void *ud, core_str_t *out) {
-    srv_t *S = ud;
-    chat_stats_t cs;
-    chat_node_stats(S->node, &cs);
-    core_str_appends(out, "{\"name\":");
-    core_str_append_json_string(out, S->cfg.node_id, strlen(S->cfg.node_id));
-    core_str_appends(out, ",\"address\":");
-    core_str_append_json_string(out, S->public_addr, strlen(S->public_addr));
-    core_str_appends(out, ",\"version\":");
-    core_str_append_json_string(out, CHATD_VERSION, strlen(CHATD_VERSION));
-    core_str_appendf(out,
-                     ",\"num_clients\":%" PRIu64 ",\"num_channels\":%" PRIu64 ",\"uptime\":%" PRIu64
-                     ",\"draining\":%s,\"ready\":%s"
-                     ",\"updated_ms\":%" PRIu64 "}",
-                     cs.connections, cs.channels, (core_now_ms() - S->started_ms) / 1000,
-                     S->draining ? "true" : "false",
-                     !S->draining && clu_ready(S->broker) ? "true" : "false", core_wall_ms());
-}
-
-static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri) {
-    if (strcmp(uri, "/healthz") == 0)
-        return http_respond_text(wsi, c, 200, "ok\n");
-    if (strcmp(uri, "/readyz") == 0) {
-        if (S->draining)
-            return http_respond_text(wsi, c, 503, "not ready: draining\n");
-        if (!clu_ready(S->broker))
-            return http_respond_text(wsi, c, 503, "not ready: broker unavailable\n");
-        return http_respond_text(wsi, c, 200, "ready\n");
-    }
-    if (strcmp(uri, "/metrics") == 0) {
-        core_str_t body = {0};
-        adm_metrics_render(S->metrics, &body);
-        return http_respond(wsi, c, 200, "text/plain; version=0.0.4; charset=utf-8", body.ptr,
-                            body.len);
-    }
-    if (strncmp(uri, "/api/", 5) == 0) {
-        if (!api_authorized(S, wsi))
-            return api_error(wsi, c, 401, 401, "unauthorized: X-API-Key required");
-        if (strcmp(uri, "/api/info") == 0) {
-            core_str_t body = {0};
-            adm_registry_render_info(S->registry, &body);
-            return http_respond(wsi, c, 200, "application/json", body.ptr, body.len);
-        }
-        return api_error(wsi, c, 404, 404, "unknown API method");
-    }
-    return http_respond_text(wsi, c, 404, "not found\n");
-}
-
-/* Per-session data of the admin listener: an HTTP exchange, and the path of a POST whose body
- * is still arriving. */
-typedef struct {
-    srv_conn_t base;
-    char post_uri[64];
-    bool post_too_long;
-    size_t post_bytes; /* of the request body so far: only its size matters yet */
-} adm_conn_t;
-
-/* Request bodies the API reads at most (none reads one yet; Centrifugo's SDKs send "{}"). */
-#define API_BODY_MAX 65536
-
-static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
-                    size_t len) {
-    srv_t *S = lws_context_user(lws_get_context(wsi));
-    adm_conn_t *a = user;
-    srv_conn_t *c = user;
-    switch (reason) {
-    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        return 1; /* no WebSockets on the admin listener */
-    case LWS_CALLBACK_HTTP:
-        if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0 &&
-            lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
-            /* Answered once the body is read: an answer before it would leave the body on
-             * the connection, to be taken for the next request. */
-            snprintf(a->post_uri, sizeof a->post_uri, "%s", (const char *)in);
-            a->post_too_long = strlen((const char *)in) >= sizeof a->post_uri;
-            a->post_bytes = 0;
-            return 0;
-        }
-        /* A GET, or a POST without a body. */
-        return admin_http(S, wsi, c, (const char *)in);
-    case LWS_CALLBACK_HTTP_BODY:
-        a->post_bytes += len;
-        return 0;
-    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
-        if (a->post_bytes > API_BODY_MAX)
-            return api_error(wsi, c, 413, 413, "request body too large");
-        if (a->post_too_long)
-            return http_respond_text(wsi, c, 404, "not found\n");
-        return admin_http(S, wsi, c, a->post_uri);
-    default:
-        return http_common(wsi, reason, c, in, len);
-    }
-}
-
-/* ---- lifecycle ---- */
-
-static const struct lws_protocols public_protocols[] = {
-    /* rx_buffer_size is allocated per connection: small keeps idle sockets cheap, and longer
-     * messages arrive in pieces that on_receive joins. */
-    {"chat", cb_public, sizeof(srv_conn_t), 2048, 0, NULL, 0},
-    {NULL, NULL, 0, 0, 0, NULL, 0}};
-
-static const struct lws_protocols admin_protocols[] = {
-    {"admin", cb_admin, sizeof(adm_conn_t), 4096, 0, NULL, 0}, {NULL, NULL, 0, 0, 0, NULL, 0}};
-
-static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
-static const struct lws_protocol_vhost_options pvo_chat = {NULL, &pvo_default, "chat", ""};
-
-static const struct lws_protocol_vhost_options mime_mjs = {NULL, NULL, ".mjs", "text/javascript"};
-static const struct lws_protocol_vhost_options mime_map = {&mime_mjs, NULL, ".map",
-                                                           "application/json"};
 
 static void drain_finish(srv_t *S);
 
@@ -736,26 +74,6 @@ static void on_signal(uv_signal_t *h, int signum) {
     begin_drain(h->data);
 }
 
-/* "free=5/10,plus=10/20" into per-plan rates. */
-static int parse_rates(const char *spec, chat_rate_t *rates, char *err, size_t errlen) {
-    char *copy = core_strdup(spec), *save = NULL;
-    int rc = 0;
-    for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        char *eq = strchr(tok, '=');
-        double rate;
-        unsigned burst;
-        int plan = eq ? (*eq = '\0', auth_plan_parse(tok)) : -1;
-        if (plan < 0 || sscanf(eq + 1, "%lf/%u", &rate, &burst) != 2 || rate < 0 || !burst) {
-            snprintf(err, errlen, "CHAT_RATE_LIMITS: expected plan=rate/burst, got \"%s\"", tok);
-            rc = CORE_EINVAL;
-            break;
-        }
-        rates[plan] = (chat_rate_t){rate, burst};
-    }
-    free(copy);
-    return rc;
-}
-
 static void raise_fd_limit(void) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
@@ -814,7 +132,7 @@ static void print_ready(srv_t *S) {
              S->cfg.node_id);
     const char *shown = strcmp(host, "0.0.0.0") == 0 ? "localhost" : host;
     if (S->demo) {
-        char *tok = mint_demo_token(S, "demo");
+        char *tok = srv__mint_demo_token(S, "demo");
         printf("chatd %s: demo mode (random secret)\n"
                "  web demo:   http://%s:%d/\n"
                "  demo token: %s\n"
@@ -887,29 +205,11 @@ int main(int argc, char **argv) {
         core_random_id(key, 32);
         S->cfg.api_key = core_strdup(key);
     }
-    if (S->cfg.namespaces) {
-        json_error_t je;
-        json_t *obj = json_loads(S->cfg.namespaces, 0, &je);
-        if (!obj || chat_namespaces_parse(obj, &S->ns, &S->nns, err, sizeof err) != 0) {
-            fprintf(stderr, "chatd: CHAT_NAMESPACES: %s\n", obj ? err : je.text);
-            json_decref(obj);
-            return 2;
-        }
-        json_decref(obj);
-    } else {
-        chat_namespaces_default(&S->ns, &S->nns);
-    }
-    chat_config_t cc = {0};
-    if (parse_rates(S->cfg.rate_limits, cc.plan_rate, err, sizeof err) != 0) {
+    chat_config_t cc;
+    if (srv_config_chat(&S->cfg, &cc, &S->ns, &S->nns, err, sizeof err) != 0) {
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
     }
-    unsigned tburst;
-    if (sscanf(S->cfg.typing_rate, "%lf/%u", &cc.typing_rate.rate, &tburst) != 2 || !tburst) {
-        fprintf(stderr, "chatd: CHAT_TYPING_RATE: expected rate/burst\n");
-        return 2;
-    }
-    cc.typing_rate.burst = tburst;
 
     uv_loop_init(&S->loop);
     struct lws_context_creation_info info;
@@ -928,23 +228,8 @@ int main(int argc, char **argv) {
         return 1;
     }
 
-    cc.namespaces = S->ns;
-    cc.n_namespaces = S->nns;
     cc.keys = S->keys;
-    cc.audience = S->cfg.jwt_audience;
-    cc.issuer = S->cfg.jwt_issuer;
-    cc.jwt_leeway_s = S->cfg.jwt_leeway;
-    cc.ping_interval_s = S->cfg.ping_interval;
-    cc.pong_timeout_s = S->cfg.pong_timeout;
-    cc.stale_timeout_s = S->cfg.stale_timeout;
-    cc.max_channels_per_conn = S->cfg.max_channels;
-    cc.max_conns_per_user = S->cfg.max_connections_per_user;
-    cc.dedupe_window_s = S->cfg.dedupe_window;
-    cc.max_recover = S->cfg.history_max_limit;
-    cc.max_errors = S->cfg.max_errors;
-    cc.presence_ttl_s = S->cfg.presence_ttl;
     cc.version = CHATD_VERSION;
-    cc.node_id = ""; /* set after the listeners are bound */
 
     srv_stats_init(&S->st);
 
@@ -955,7 +240,7 @@ int main(int argc, char **argv) {
     m_files.origin = S->cfg.web_root;
     m_files.def = "index.html";
     m_files.origin_protocol = LWSMPRO_FILE;
-    m_files.extra_mimetypes = &mime_map;
+    m_files.extra_mimetypes = &srv__mime_types;
     struct lws_http_mount m_demo = m_files;
     m_demo.mountpoint = "/demo/token";
     m_demo.mountpoint_len = (unsigned char)strlen(m_demo.mountpoint);
@@ -971,9 +256,9 @@ int main(int argc, char **argv) {
     /* lws reads the value at each response; it is filled in once the node id is known. */
     S->cookie_hdr.name = "set-cookie:";
     S->cookie_hdr.value = S->cookie;
-    S->pub_vh = make_vhost(S, "public", S->cfg.listen, public_protocols, &m_health, &pvo_chat,
-                           &S->cookie_hdr);
-    S->adm_vh = make_vhost(S, "admin", S->cfg.admin_listen, admin_protocols, NULL, NULL, NULL);
+    S->pub_vh = make_vhost(S, "public", S->cfg.listen, srv__public_protocols, &m_health,
+                           &srv__public_pvo, &S->cookie_hdr);
+    S->adm_vh = make_vhost(S, "admin", S->cfg.admin_listen, srv__admin_protocols, NULL, NULL, NULL);
     if (!S->pub_vh || !S->adm_vh) {
         lws_context_destroy(S->ctx);
         return 1;
@@ -998,10 +283,11 @@ int main(int argc, char **argv) {
     }
     chat_node_set_broker(S->node, S->broker);
     S->started_ms = core_now_ms();
-    S->registry = adm_registry_new(&S->loop, S->broker, S->cfg.node_id,
-                                   (uint32_t)((uint64_t)S->cfg.node_ttl * 1000), node_self_info, S);
+    S->registry =
+        adm_registry_new(&S->loop, S->broker, S->cfg.node_id,
+                         (uint32_t)((uint64_t)S->cfg.node_ttl * 1000), srv__node_self_info, S);
     S->metrics = adm_metrics_new();
-    adm_metrics_add(S->metrics, node_metrics, S);
+    adm_metrics_add(S->metrics, srv__node_metrics, S);
     adm_metrics_add(S->metrics, srv_metrics_chat, S->node);
     adm_metrics_add(S->metrics, srv_metrics_transport, &S->st);
     adm_metrics_add(S->metrics, srv_metrics_broker, S->broker);

@@ -1,0 +1,105 @@
+/* server: what the files of chatd's program share: the process state, the per-session data of
+ * the listeners, and the functions one file offers the others. Private to server/. */
+#ifndef SERVER_SRV_INT_H
+#define SERVER_SRV_INT_H
+
+#include <libwebsockets.h>
+
+#include "admin/admin.h"
+#include "auth/auth.h"
+#include "chat/chat.h"
+#include "cluster/cluster.h"
+#include "core/core.h"
+#include "server/server.h"
+
+#define MOD "server"
+#define CHATD_VERSION "0.1.0"
+
+typedef struct srv srv_t;
+
+/* Per-session data of the public protocol: a WebSocket client, or one HTTP exchange. */
+typedef struct {
+    struct lws *wsi;
+    srv_t *srv;
+    chat_client_t *client;
+    srv_wq_t wq;
+    core_str_t rx; /* fragments of an incoming message */
+    int close_code;
+    char close_reason[64];
+    bool closing;
+    bool close_sent;
+    bool want_write;
+    bool in_flush;  /* on srv.flush, waiting for the coalescing timer */
+    bool rx_paused; /* reads stopped while a frame is half written (see conn_flush) */
+    core_str_t tx;  /* the unsent tail of a frame the socket did not take at once */
+    size_t tx_off;
+    core_list_t flush_link;
+    char *body; /* HTTP response body being written */
+    size_t body_len, body_off;
+} srv_conn_t;
+
+struct srv {
+    uv_loop_t loop;
+    srv_config_t cfg;
+    struct lws_context *ctx;
+    struct lws_vhost *pub_vh, *adm_vh;
+    chat_node_t *node;
+    clu_broker_t *broker;
+    auth_keyring_t *keys;
+    chat_ns_t *ns;
+    size_t nns;
+    bool demo;
+    bool draining;
+    srv_stats_t st;
+    adm_metrics_t *metrics;
+    core_str_t scratch; /* the frame being written; writes are synchronous so one suffices */
+    uv_signal_t sigterm, sigint;
+    uv_timer_t drain_timer;
+    uint64_t drain_deadline;
+    core_list_t flush; /* connections with queued output, waiting for flush_timer */
+    uv_timer_t flush_timer;
+    adm_registry_t *registry;
+    char public_addr[300]; /* host:port of the public listener, as the registry shows it */
+    uint64_t started_ms;
+    char cookie[128];                             /* the node cookie, set once the id is known */
+    struct lws_protocol_vhost_options cookie_hdr; /* the same, for files lws serves itself */
+};
+
+/* ---- srv_ws.c: the chat protocol on the public listener ---- */
+
+/* The public listener's protocols (WebSocket chat clients and HTTP) and their vhost options. */
+extern const struct lws_protocols srv__public_protocols[];
+extern const struct lws_protocol_vhost_options srv__public_pvo;
+
+/* ---- srv_http.c: HTTP responses of both listeners ---- */
+
+/* Adds the node cookie header (when the node id is known) to a response being built. Returns
+ * non-zero when it did not fit. */
+int srv__add_node_cookie(struct lws *wsi, unsigned char **p, unsigned char *end);
+/* Sends status and headers now and body (taken, freed later) from the writeable callback. */
+int srv__http_respond(struct lws *wsi, srv_conn_t *c, unsigned int status, const char *ctype,
+                      char *body, size_t len);
+/* The same with a copy of a plain-text body. */
+int srv__http_respond_text(struct lws *wsi, srv_conn_t *c, unsigned int status, const char *text);
+/* The shared tail of both listeners' callbacks: writes bodies, frees them, and passes the rest
+ * (static files among it) to lws. */
+int srv__http_common(struct lws *wsi, enum lws_callback_reasons reason, srv_conn_t *c, void *in,
+                     size_t len);
+/* Answers an HTTP request of the public listener that no file mount serves (/healthz,
+ * /demo/token, 404). */
+int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c);
+/* A day-long token for user signed with the node's first key; the caller frees it. */
+char *srv__mint_demo_token(srv_t *S, const char *user);
+/* MIME types lws does not know, for the static file mount. */
+extern const struct lws_protocol_vhost_options srv__mime_types;
+
+/* ---- srv_admin.c: the admin listener ---- */
+
+extern const struct lws_protocols srv__admin_protocols[];
+/* The node's registry entry, an adm_self_fn taking srv_t. */
+void srv__node_self_info(void *ud, core_str_t *out);
+/* The node's own metric families (identity, ready, draining, cluster size), an
+ * adm_metrics_render_fn taking srv_t. */
+void srv__node_metrics(void *ud, adm_metrics_writer_t *w);
+
+#endif

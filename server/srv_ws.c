@@ -1,0 +1,347 @@
+/* server: the chat protocol of the public listener: the lws protocol callback, and the transport
+ * of chat clients (bounded write queues, batched direct writes, backpressure, close frames). */
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "server/srv_int.h"
+
+/* Pushes joined into one WebSocket message stay under this size: large enough that one write
+ * serves hundreds of queued messages, small enough to keep latency for the last one low. */
+#define BATCH_MAX_BYTES (64 * 1024)
+/* A closing connection whose peer does not read gets this long before it is dropped. */
+#define CLOSE_GRACE_S 10
+/* Room before a batch for the WebSocket header we write ourselves (at most 10 bytes). */
+#define FRAME_HEAD_MAX 16
+#define WS_PATH "/connection/websocket"
+/* The close opcode of lws_write(): private in lws 4.1's headers but handled by its ws writer. */
+#define SRV_WRITE_CLOSE ((enum lws_write_protocol)4)
+
+/* Asks lws for a writeable callback now: used to continue draining and to close. */
+static void conn_request_write(srv_conn_t *c) {
+    if (c->in_flush) {
+        core_list_remove(&c->flush_link);
+        c->in_flush = false;
+    }
+    c->want_write = true;
+    lws_callback_on_writable(c->wsi);
+}
+
+static int conn_flush(srv_t *S, srv_conn_t *c);
+static void conn_fail(srv_conn_t *c);
+
+static void flush_cb(uv_timer_t *t) {
+    srv_t *S = t->data;
+    while (!core_list_empty(&S->flush)) {
+        srv_conn_t *c = CORE_CONTAINER_OF(S->flush.next, srv_conn_t, flush_link);
+        core_list_remove(&c->flush_link);
+        c->in_flush = false;
+        c->want_write = false;
+        /* Bytes lws itself still holds (the upgrade answer, a close frame) go first, from its
+         * writeable callback; otherwise the batch is written now. */
+        if (c->closing || lws_partial_buffered(c->wsi))
+            conn_request_write(c);
+        else if (conn_flush(S, c) < 0)
+            conn_fail(c);
+    }
+}
+
+/* New output for an idle connection waits a few milliseconds so that everything published
+ * meanwhile leaves in the same write: the cost of fan-out is per write call, not per byte.
+ * With a delay of 0 the flush still waits for the next loop turn, which batches whatever the
+ * current turn queued. */
+static void conn_schedule_write(srv_conn_t *c) {
+    srv_t *S = c->srv;
+    if (c->want_write || c->in_flush)
+        return;
+    c->want_write = true;
+    c->in_flush = true;
+    core_list_insert_tail(&S->flush, &c->flush_link);
+    if (!uv_is_active((uv_handle_t *)&S->flush_timer))
+        uv_timer_start(&S->flush_timer, flush_cb, S->cfg.write_delay_ms, 0);
+}
+
+static void conn_close(srv_conn_t *c, int code, const char *reason) {
+    if (c->closing)
+        return;
+    c->closing = true;
+    c->close_code = code;
+    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
+    int slot = srv_disconnect_slot(code);
+    if (slot >= 0)
+        c->srv->st.disconnects[slot]++;
+    conn_request_write(c);
+    /* A peer that never reads never makes its socket writeable, so the close frame may never
+     * go out: drop the socket after a grace period. */
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, CLOSE_GRACE_S);
+}
+
+static void conn_drop_queue(srv_conn_t *c) {
+    c->srv->st.write_queue_bytes -= c->wq.bytes;
+    srv_wq_clear(&c->wq);
+}
+
+static int t_send(void *tctx, core_buf_t *b) {
+    srv_conn_t *c = tctx;
+    if (c->closing)
+        return 0;
+    if (srv_wq_push(&c->wq, b) != 0) {
+        /* A slow reader: its backlog is dropped at once so memory stays bounded. */
+        conn_drop_queue(c);
+        conn_close(c, 3008, "slow");
+        return CORE_ELIMIT;
+    }
+    c->srv->st.write_queue_bytes += b->len;
+    conn_schedule_write(c);
+    return 0;
+}
+
+static void t_close(void *tctx, int code, const char *reason) {
+    conn_close(tctx, code, reason);
+}
+
+static const chat_transport_t transport = {t_send, t_close};
+
+/* Server-to-client WebSocket header (FIN, text, unmasked) for a payload of len bytes, written
+ * to end at `end`. Returns the header length. */
+static size_t ws_header(char *end, size_t len) {
+    unsigned char *h;
+    if (len < 126) {
+        h = (unsigned char *)end - 2;
+        h[1] = (unsigned char)len;
+    } else if (len <= 0xffff) {
+        h = (unsigned char *)end - 4;
+        h[1] = 126;
+        h[2] = (unsigned char)(len >> 8);
+        h[3] = (unsigned char)len;
+    } else {
+        h = (unsigned char *)end - 10;
+        h[1] = 127;
+        for (int i = 0; i < 8; i++)
+            h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    }
+    h[0] = 0x81;
+    return (size_t)((unsigned char *)end - h);
+}
+
+/* One non-blocking send. Returns bytes taken (0 when the socket is full) or -1 on error. */
+static ssize_t send_some(struct lws *wsi, const char *p, size_t len) {
+    ssize_t n = send(lws_get_socket_fd(wsi), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+    return n;
+}
+
+/* The batching of a connection's output: moves queued messages (up to BATCH_MAX_BYTES) into
+ * one WebSocket message in S->scratch, joined as srv_wq_fill joins them, and puts the frame
+ * header before it. *frame points at the header, *hl is its length and *len the payload's;
+ * *oldest is when the first message was built. The queue must not be empty. */
+static void ws_batch_frame(srv_t *S, srv_conn_t *c, char **frame, size_t *hl, size_t *len,
+                           uint64_t *oldest) {
+    uint32_t nmsgs;
+    size_t before = c->wq.bytes;
+    *len = srv_wq_fill(&c->wq, &S->scratch, FRAME_HEAD_MAX, BATCH_MAX_BYTES, &nmsgs, oldest);
+    S->st.write_queue_bytes -= before - c->wq.bytes;
+    char *payload = S->scratch.ptr + FRAME_HEAD_MAX;
+    *hl = ws_header(payload, *len);
+    *frame = payload - *hl;
+}
+
+/* Writes what the connection has queued, as far as the socket takes it, with one send() per
+ * batch. Data frames bypass lws_write: lws may only write from its writeable callback, and on
+ * libuv every writeable request re-arms the socket's poll handle (libuv's uv_poll_start
+ * removes the fd from epoll and adds it back), which cost four extra syscalls per write and
+ * capped fan-out well below the node's target. lws's writeable callback is used only when the
+ * kernel refuses bytes. Returns -1 when the socket failed. */
+static int conn_flush(srv_t *S, srv_conn_t *c) {
+    if (c->tx_off < c->tx.len) {
+        ssize_t n = send_some(c->wsi, c->tx.ptr + c->tx_off, c->tx.len - c->tx_off);
+        if (n < 0)
+            return -1;
+        c->tx_off += (size_t)n;
+        if (c->tx_off < c->tx.len) {
+            conn_request_write(c);
+            return 0;
+        }
+        c->tx.len = c->tx_off = 0;
+        if (c->tx.cap > BATCH_MAX_BYTES)
+            core_str_free(&c->tx);
+        if (c->rx_paused) {
+            c->rx_paused = false;
+            lws_rx_flow_control(c->wsi, 1);
+        }
+    }
+    if (srv_wq_empty(&c->wq))
+        return 0;
+    char *frame;
+    size_t hl, len;
+    uint64_t oldest;
+    ws_batch_frame(S, c, &frame, &hl, &len, &oldest);
+    ssize_t n = send_some(c->wsi, frame, hl + len);
+    if (n < 0)
+        return -1;
+    S->st.write_calls++;
+    S->st.write_bytes += len;
+    core_hist_observe(&S->st.fanout_latency, (double)(core_now_us() - oldest) / 1e6);
+    if ((size_t)n < hl + len) {
+        /* The rest of this frame must go out before anything else on the socket, lws's own
+         * control frames included: reads (which could make lws answer a ping) pause until
+         * it has. */
+        core_str_append(&c->tx, frame + n, hl + len - (size_t)n);
+        c->tx_off = 0;
+        if (!c->rx_paused) {
+            c->rx_paused = true;
+            lws_rx_flow_control(c->wsi, 0);
+        }
+        conn_request_write(c);
+        return 0;
+    }
+    if (!srv_wq_empty(&c->wq) || c->closing)
+        conn_request_write(c);
+    return 0;
+}
+
+/* The socket failed under a direct write: lws closes it on its next turn. */
+static void conn_fail(srv_conn_t *c) {
+    if (!c->closing) {
+        c->closing = true;
+        c->close_sent = true;
+        c->srv->st.disconnects[srv_disconnect_slot(3009)]++;
+    }
+    lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+}
+
+static int on_writeable(srv_t *S, srv_conn_t *c) {
+    /* lws also calls back on its own (after draining a partial write), possibly while the
+     * session waits in the flush list: it leaves the list, since this callback serves it. */
+    if (c->in_flush) {
+        core_list_remove(&c->flush_link);
+        c->in_flush = false;
+    }
+    c->want_write = false;
+    if (conn_flush(S, c) < 0) {
+        S->st.disconnects[srv_disconnect_slot(3009)]++;
+        return -1;
+    }
+    if (c->want_write)
+        return 0; /* more to write, or the socket is full: we are called again */
+    if (c->closing && !c->close_sent) {
+        /* The close frame is written here rather than by lws_close_reason() and a non-zero
+         * return: Debian's lws 4.1 (libuv, _DEBUG build) force-closes such a socket without
+         * sending the frame (upstream issue 3569). The socket closes when the peer answers
+         * (LWS_CALLBACK_WS_PEER_INITIATED_CLOSE) or after a short wait. */
+        unsigned char buf[LWS_PRE + 125];
+        size_t rlen = strlen(c->close_reason);
+        if (rlen > 123)
+            rlen = 123;
+        buf[LWS_PRE] = (unsigned char)(c->close_code >> 8);
+        buf[LWS_PRE + 1] = (unsigned char)(c->close_code & 0xff);
+        memcpy(buf + LWS_PRE + 2, c->close_reason, rlen);
+        c->close_sent = true;
+        if (lws_write(c->wsi, buf + LWS_PRE, rlen + 2, SRV_WRITE_CLOSE) < 0)
+            return -1;
+        lws_set_timeout(c->wsi, PENDING_TIMEOUT_USER_OK, 3);
+    }
+    return 0;
+}
+
+static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
+    if (c->closing || !c->client)
+        return;
+    if (lws_frame_is_binary(c->wsi)) {
+        conn_close(c, 3501, "binary frames are not supported");
+        return;
+    }
+    if (c->rx.len + len > S->cfg.max_frame_bytes) {
+        core_str_free(&c->rx);
+        conn_close(c, 3501, "message too large");
+        return;
+    }
+    bool final = lws_is_final_fragment(c->wsi) && lws_remaining_packet_payload(c->wsi) == 0;
+    if (final && c->rx.len == 0) {
+        chat_client_on_frame(c->client, in, len);
+        return;
+    }
+    core_str_append(&c->rx, in, len);
+    if (final) {
+        chat_client_on_frame(c->client, c->rx.ptr, c->rx.len);
+        core_str_free(&c->rx);
+    }
+}
+
+static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                     size_t len) {
+    srv_t *S = lws_context_user(lws_get_context(wsi));
+    srv_conn_t *c = user;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION: {
+        char uri[64];
+        if (S->draining)
+            return 1;
+        if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0 || strcmp(uri, WS_PATH) != 0)
+            return 1;
+        return 0;
+    }
+    case LWS_CALLBACK_ESTABLISHED: {
+        memset(c, 0, sizeof *c);
+        core_list_init(&c->flush_link);
+        c->wsi = wsi;
+        c->srv = S;
+        srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
+        char peer[64] = "";
+        lws_get_peer_simple(wsi, peer, sizeof peer);
+        c->client = chat_client_new(S->node, &transport, c, peer);
+        S->st.accepted++;
+        return 0;
+    }
+    case LWS_CALLBACK_RECEIVE:
+        on_receive(S, c, in, len);
+        return 0;
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        return on_writeable(S, c);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        /* After our close frame this is the peer's answer: the exchange is complete. */
+        return c->close_sent ? -1 : 0;
+    case LWS_CALLBACK_CLOSED:
+        /* lws also reports the close of an upgrade that FILTER_PROTOCOL_CONNECTION refused,
+         * whose session was never set up. */
+        if (!c || !c->srv)
+            return 0;
+        /* Nothing may be queued for this session from here on: freeing the client emits leave
+         * events and must not schedule writes on a session lws is about to free. */
+        c->closing = true;
+        if (c->client)
+            chat_client_free(c->client);
+        c->client = NULL;
+        if (c->in_flush) {
+            core_list_remove(&c->flush_link);
+            c->in_flush = false;
+        }
+        conn_drop_queue(c);
+        core_str_free(&c->rx);
+        core_str_free(&c->tx);
+        return 0;
+    case LWS_CALLBACK_HTTP:
+        return srv__public_http(S, wsi, c);
+    case LWS_CALLBACK_ADD_HEADERS: {
+        /* The upgrade response (HTTP responses carry the vhost's canned header). */
+        struct lws_process_html_args *a = in;
+        unsigned char *p = (unsigned char *)a->p;
+        if (srv__add_node_cookie(wsi, &p, (unsigned char *)a->p + a->max_len))
+            return 1;
+        a->p = (char *)p;
+        return 0;
+    }
+    default:
+        return srv__http_common(wsi, reason, c, in, len);
+    }
+}
+
+const struct lws_protocols srv__public_protocols[] = {
+    /* rx_buffer_size is allocated per connection: small keeps idle sockets cheap, and longer
+     * messages arrive in pieces that on_receive joins. */
+    {"chat", cb_public, sizeof(srv_conn_t), 2048, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
+const struct lws_protocol_vhost_options srv__public_pvo = {NULL, &pvo_default, "chat", ""};
