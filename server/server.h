@@ -64,8 +64,18 @@ void srv_config_help(FILE *out);
 /* Node ids go into cookies, metric labels and Redis keys: 1-64 of these. */
 #define SRV_NODE_ID_CHARS "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-"
 bool srv_node_id_ok(const char *id);
+#define SRV_NODE_ID_MAX 64
+/* The default node id, "HOST:PORT": the host name cut to 50 bytes, with every character that
+ * is not a node id character (and every ':') replaced by '-', so that it is always a valid id. */
+void srv_node_id_default(const char *hostname, int port, char *out, size_t outlen);
 /* The cookie naming the node that served a browser, for sticky load balancers. */
 #define SRV_NODE_COOKIE "chat_node"
+/* The Set-Cookie value naming node_id (a valid node id): out needs 128 bytes. */
+void srv_node_cookie(const char *node_id, char *out, size_t outlen);
+/* host:port of the public listener as the registry shows it: CHAT_ADVERTISE when set, else the
+ * listen host (hostname when it listens on 0.0.0.0) and the bound port. */
+void srv_public_address(const srv_config_t *cfg, const char *hostname, int port, char *out,
+                        size_t outlen);
 
 /* The chat node's settings from cfg: limits, timeouts, per-plan publish rates
  * (CHAT_RATE_LIMITS), the typing rate and the namespaces (CHAT_NAMESPACES, or the defaults) into

@@ -147,5 +147,8 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
     }
 }
 
-const struct lws_protocols srv__admin_protocols[] = {
-    {"admin", cb_admin, sizeof(adm_conn_t), 4096, 0, NULL, 0}, {NULL, NULL, 0, 0, 0, NULL, 0}};
+const struct lws_protocols srv__admin_protocols[] = {{.name = "admin",
+                                                      .callback = cb_admin,
+                                                      .per_session_data_size = sizeof(adm_conn_t),
+                                                      .rx_buffer_size = 4096},
+                                                     {0}};

@@ -235,7 +235,36 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
 
 bool srv_node_id_ok(const char *id) {
     size_t n = strlen(id);
-    return n > 0 && n <= 64 && strspn(id, SRV_NODE_ID_CHARS) == n;
+    return n > 0 && n <= SRV_NODE_ID_MAX && strspn(id, SRV_NODE_ID_CHARS) == n;
+}
+
+void srv_node_id_default(const char *hostname, int port, char *out, size_t outlen) {
+    char hn[51];
+    snprintf(hn, sizeof hn, "%s", hostname);
+    /* Whatever the host name holds, the id must be cookie- and key-safe (and its only ':' the
+     * one before the port). */
+    for (char *q = hn; *q; q++)
+        if (*q == ':' || !strchr(SRV_NODE_ID_CHARS, *q))
+            *q = '-';
+    snprintf(out, outlen, "%s:%d", hn, port);
+}
+
+void srv_node_cookie(const char *node_id, char *out, size_t outlen) {
+    /* Node ids are checked to be cookie-safe and at most 64 bytes (srv_node_id_ok). */
+    snprintf(out, outlen, SRV_NODE_COOKIE "=%s; Path=/; HttpOnly; SameSite=Lax", node_id);
+}
+
+void srv_public_address(const srv_config_t *cfg, const char *hostname, int port, char *out,
+                        size_t outlen) {
+    char host[256];
+    int unused;
+    if (cfg->advertise) {
+        snprintf(out, outlen, "%s", cfg->advertise);
+        return;
+    }
+    srv_parse_hostport(cfg->listen, host, sizeof host, &unused);
+    /* On every interface the host name is the best guess of how peers reach the node. */
+    snprintf(out, outlen, "%s:%d", strcmp(host, "0.0.0.0") == 0 ? hostname : host, port);
 }
 
 void srv_config_free(srv_config_t *cfg) {

@@ -123,6 +123,40 @@ int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
     return srv__http_respond_text(wsi, c, 404, "not found\n");
 }
 
-static const struct lws_protocol_vhost_options mime_mjs = {NULL, NULL, ".mjs", "text/javascript"};
-const struct lws_protocol_vhost_options srv__mime_types = {&mime_mjs, NULL, ".map",
-                                                           "application/json"};
+static const struct lws_protocol_vhost_options mime_mjs = {.name = ".mjs",
+                                                           .value = "text/javascript"};
+/* MIME types lws does not know. */
+static const struct lws_protocol_vhost_options mime_types = {
+    .next = &mime_mjs, .name = ".map", .value = "application/json"};
+
+/* The web demo's files. Its origin is the one setting of a mount that comes from the
+ * configuration (CHAT_WEB_ROOT), so this mount alone is filled in at start. */
+static struct lws_http_mount mount_files = {
+    .mountpoint = "/",
+    .mountpoint_len = 1,
+    .def = "index.html",
+    .origin_protocol = LWSMPRO_FILE,
+    .extra_mimetypes = &mime_types,
+};
+
+/* Answered by the public protocol's callback (srv__public_http). */
+static const struct lws_http_mount mount_demo = {
+    .mount_next = &mount_files,
+    .mountpoint = "/demo/token",
+    .mountpoint_len = sizeof "/demo/token" - 1,
+    .origin = "chat",
+    .origin_protocol = LWSMPRO_CALLBACK,
+};
+
+static const struct lws_http_mount mount_health = {
+    .mount_next = &mount_demo,
+    .mountpoint = "/healthz",
+    .mountpoint_len = sizeof "/healthz" - 1,
+    .origin = "chat",
+    .origin_protocol = LWSMPRO_CALLBACK,
+};
+
+const struct lws_http_mount *srv__public_mounts(const char *web_root) {
+    mount_files.origin = web_root;
+    return &mount_health;
+}

@@ -90,8 +90,9 @@ int srv__http_common(struct lws *wsi, enum lws_callback_reasons reason, srv_conn
 int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c);
 /* A day-long token for user signed with the node's first key; the caller frees it. */
 char *srv__mint_demo_token(srv_t *S, const char *user);
-/* MIME types lws does not know, for the static file mount. */
-extern const struct lws_protocol_vhost_options srv__mime_types;
+/* The public listener's mounts: /healthz and /demo/token answered by srv__public_http, and the
+ * web demo's files from web_root (which must outlive the listener). */
+const struct lws_http_mount *srv__public_mounts(const char *web_root);
 
 /* ---- srv_admin.c: the admin listener ---- */
 

@@ -90,23 +90,49 @@ static struct lws_vhost *make_vhost(srv_t *S, const char *name, const char *list
     char host[256];
     int port;
     srv_parse_hostport(listen, host, sizeof host, &port);
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    info.vhost_name = name;
-    info.port = port;
-    info.iface = strcmp(host, "0.0.0.0") == 0 ? NULL : host;
-    info.protocols = protos;
-    info.mounts = mounts;
-    info.pvo = pvo;
-    info.headers = headers;
-    info.options = LWS_SERVER_OPTION_DISABLE_IPV6;
-    info.keepalive_timeout = 30;
+    struct lws_context_creation_info info = {
+        .vhost_name = name,
+        .port = port,
+        .iface = strcmp(host, "0.0.0.0") == 0 ? NULL : host,
+        .protocols = protos,
+        .mounts = mounts,
+        .pvo = pvo,
+        .headers = headers,
+        .options = LWS_SERVER_OPTION_DISABLE_IPV6,
+        .keepalive_timeout = 30,
+    };
     struct lws_vhost *vh = lws_create_vhost(S->ctx, &info);
     if (!vh)
         CORE_LOGE(MOD, "cannot listen", "vhost=%s listen=%s", name, listen);
     return vh;
 }
 
+/* Decides what names this node once its listeners are bound (the default id and address
+ * carry the public port, which may have been chosen by the kernel): its id, the cookie every
+ * public response carries, and the address the registry shows. */
+static void decide_identity(srv_t *S) {
+    char host[256];
+    int port;
+    srv_parse_hostport(S->cfg.listen, host, sizeof host, &port);
+    port = lws_get_vhost_listen_port(S->pub_vh);
+    if (!S->cfg.node_id) {
+        char hn[128] = "node";
+        gethostname(hn, sizeof hn);
+        hn[sizeof hn - 1] = '\0';
+        char id[SRV_NODE_ID_MAX + 1];
+        srv_node_id_default(hn, port, id, sizeof id);
+        S->cfg.node_id = core_strdup(id);
+    }
+    srv_node_cookie(S->cfg.node_id, S->cookie, sizeof S->cookie);
+    char hn[128] = "localhost";
+    if (!S->cfg.advertise && strcmp(host, "0.0.0.0") == 0) {
+        gethostname(hn, sizeof hn);
+        hn[sizeof hn - 1] = '\0';
+    }
+    srv_public_address(&S->cfg, hn, port, S->public_addr, sizeof S->public_addr);
+}
+
+/* The ready line the scripts and tests wait for (docs/RUNTIME.md), after the demo banner. */
 static void print_ready(srv_t *S) {
     char host[256], ahost[256];
     int port, aport;
@@ -114,22 +140,6 @@ static void print_ready(srv_t *S) {
     srv_parse_hostport(S->cfg.admin_listen, ahost, sizeof ahost, &aport);
     port = lws_get_vhost_listen_port(S->pub_vh);
     aport = lws_get_vhost_listen_port(S->adm_vh);
-    if (!S->cfg.node_id) {
-        char hn[128] = "node";
-        gethostname(hn, sizeof hn);
-        hn[sizeof hn - 1] = '\0';
-        char id[200];
-        /* Whatever the host name holds, the id must be cookie- and key-safe (and its only ':'
-         * the one before the port). */
-        for (char *q = hn; *q; q++)
-            if (*q == ':' || !strchr(SRV_NODE_ID_CHARS, *q))
-                *q = '-';
-        snprintf(id, sizeof id, "%.50s:%d", hn, port);
-        S->cfg.node_id = core_strdup(id);
-    }
-    /* Node ids are checked to be cookie-safe and at most 64 bytes (srv_node_id_ok). */
-    snprintf(S->cookie, sizeof S->cookie, SRV_NODE_COOKIE "=%s; Path=/; HttpOnly; SameSite=Lax",
-             S->cfg.node_id);
     const char *shown = strcmp(host, "0.0.0.0") == 0 ? "localhost" : host;
     if (S->demo) {
         char *tok = srv__mint_demo_token(S, "demo");
@@ -139,17 +149,6 @@ static void print_ready(srv_t *S) {
                "  api key:    %s\n",
                CHATD_VERSION, shown, port, tok, S->cfg.api_key);
         free(tok);
-    }
-    if (S->cfg.advertise) {
-        snprintf(S->public_addr, sizeof S->public_addr, "%s", S->cfg.advertise);
-    } else if (strcmp(host, "0.0.0.0") == 0) {
-        /* Every interface: the host name is the best guess of how peers reach it. */
-        char hn[128] = "localhost";
-        gethostname(hn, sizeof hn);
-        hn[sizeof hn - 1] = '\0';
-        snprintf(S->public_addr, sizeof S->public_addr, "%s:%d", hn, port);
-    } else {
-        snprintf(S->public_addr, sizeof S->public_addr, "%s:%d", host, port);
     }
     printf("chatd ready public=%s:%d admin=%s:%d node=%s\n", host, port, ahost, aport,
            S->cfg.node_id);
@@ -212,14 +211,14 @@ int main(int argc, char **argv) {
     }
 
     uv_loop_init(&S->loop);
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
     void *loops[1] = {&S->loop};
-    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
-                   LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
-    info.foreign_loops = loops;
-    info.user = S;
-    info.port = CONTEXT_PORT_NO_LISTEN;
+    struct lws_context_creation_info info = {
+        .options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
+                   LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN,
+        .foreign_loops = loops,
+        .user = S,
+        .port = CONTEXT_PORT_NO_LISTEN,
+    };
     lws_set_log_level(core_log_enabled(CORE_LOG_DEBUG) ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR,
                       NULL);
     S->ctx = lws_create_context(&info);
@@ -233,36 +232,17 @@ int main(int argc, char **argv) {
 
     srv_stats_init(&S->st);
 
-    struct lws_http_mount m_files;
-    memset(&m_files, 0, sizeof m_files);
-    m_files.mountpoint = "/";
-    m_files.mountpoint_len = 1;
-    m_files.origin = S->cfg.web_root;
-    m_files.def = "index.html";
-    m_files.origin_protocol = LWSMPRO_FILE;
-    m_files.extra_mimetypes = &srv__mime_types;
-    struct lws_http_mount m_demo = m_files;
-    m_demo.mountpoint = "/demo/token";
-    m_demo.mountpoint_len = (unsigned char)strlen(m_demo.mountpoint);
-    m_demo.origin = "chat";
-    m_demo.def = NULL;
-    m_demo.origin_protocol = LWSMPRO_CALLBACK;
-    m_demo.mount_next = &m_files;
-    struct lws_http_mount m_health = m_demo;
-    m_health.mountpoint = "/healthz";
-    m_health.mountpoint_len = (unsigned char)strlen(m_health.mountpoint);
-    m_health.mount_next = &m_demo;
-
     /* lws reads the value at each response; it is filled in once the node id is known. */
     S->cookie_hdr.name = "set-cookie:";
     S->cookie_hdr.value = S->cookie;
-    S->pub_vh = make_vhost(S, "public", S->cfg.listen, srv__public_protocols, &m_health,
-                           &srv__public_pvo, &S->cookie_hdr);
+    S->pub_vh = make_vhost(S, "public", S->cfg.listen, srv__public_protocols,
+                           srv__public_mounts(S->cfg.web_root), &srv__public_pvo, &S->cookie_hdr);
     S->adm_vh = make_vhost(S, "admin", S->cfg.admin_listen, srv__admin_protocols, NULL, NULL, NULL);
     if (!S->pub_vh || !S->adm_vh) {
         lws_context_destroy(S->ctx);
         return 1;
     }
+    decide_identity(S);
     print_ready(S);
     cc.node_id = S->cfg.node_id;
 

@@ -340,8 +340,14 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
 const struct lws_protocols srv__public_protocols[] = {
     /* rx_buffer_size is allocated per connection: small keeps idle sockets cheap, and longer
      * messages arrive in pieces that on_receive joins. */
-    {"chat", cb_public, sizeof(srv_conn_t), 2048, 0, NULL, 0},
-    {NULL, NULL, 0, 0, 0, NULL, 0}};
+    {.name = "chat",
+     .callback = cb_public,
+     .per_session_data_size = sizeof(srv_conn_t),
+     .rx_buffer_size = 2048},
+    {0}};
 
-static const struct lws_protocol_vhost_options pvo_default = {NULL, NULL, "default", "1"};
-const struct lws_protocol_vhost_options srv__public_pvo = {NULL, &pvo_default, "chat", ""};
+/* "chat" is the default protocol of the public listener: plain HTTP requests reach its callback
+ * too. */
+static const struct lws_protocol_vhost_options pvo_default = {.name = "default", .value = "1"};
+const struct lws_protocol_vhost_options srv__public_pvo = {
+    .options = &pvo_default, .name = "chat", .value = ""};
