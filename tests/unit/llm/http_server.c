@@ -26,6 +26,7 @@ typedef struct conn {
     int chunk_no;
     uint64_t big_total, big_sent;
     int inflight;
+    int handles; /* of tcp and timer, not yet through their close callback */
 } conn_t;
 
 struct ths {
@@ -65,7 +66,7 @@ static void on_conn_handle_closed(uv_handle_t *h) {
     conn_t *c = h->data;
     struct ths *s = c->s;
     s->open--;
-    if (h == (uv_handle_t *)&c->tcp) {
+    if (--c->handles == 0) {
         free(c->in);
         free(c);
     }
@@ -305,6 +306,7 @@ static void on_connection(uv_stream_t *l, int status) {
     uv_tcp_init(s->loop, &c->tcp);
     uv_timer_init(s->loop, &c->timer);
     c->tcp.data = c->timer.data = c;
+    c->handles = 2;
     s->open += 2;
     if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0) {
         c->closing = true;
