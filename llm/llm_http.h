@@ -1,7 +1,8 @@
 /* llm_http: streaming HTTP POST requests to LLM providers over one libcurl multi handle driven
  * by the node's libuv loop (curl's socket and timer hooks on uv_poll and uv_timer, and
- * curl_multi_socket_action). Nothing blocks the loop and no thread of ours is started; host names
- * are resolved by libcurl's own asynchronous resolver.
+ * curl_multi_socket_action). Nothing blocks the loop and this module starts no thread; Debian's
+ * libcurl resolves host names on short-lived threads of its own (its threaded resolver), numeric
+ * addresses and "localhost" without any.
  *
  * Requests speak HTTP/1.1 and keep their connection alive: a later request to the same host
  * reuses an idle connection of an earlier one. The response body is streamed to on_data as it
@@ -65,7 +66,8 @@ typedef struct {
 /* Limits in milliseconds; 0 means none.
  * connect_ms:    from llm_http_post until a connection is ready to send the request (DNS, TCP and
  *                TLS included; an idle kept-alive connection is ready at once).
- * first_byte_ms: from then until the first byte of the response (its status line).
+ * first_byte_ms: from then until the first byte of the response (its status line); the upload of
+ *                the request body counts against it.
  * idle_ms:       the longest gap between two received bytes after the first one; the clock stops
  *                while the caller holds the transfer paused and restarts at llm_http_resume.
  * total_ms:      from llm_http_post to the end of the response, pauses included. */
