@@ -1,7 +1,9 @@
-/* libFuzzer driver for llm/llm_sse.c. The input is parsed three ways: in one feed, byte by byte,
- * and in pieces whose sizes come from the input itself; all three must yield the same events and
- * the same final status. Small caps in a second round drive the limit paths the same way. */
-#include "llm/llm_sse.h"
+/* libFuzzer driver for llm/llm_sse.c and the provider decoders. The input is parsed three ways:
+ * in one feed, byte by byte, and in pieces whose sizes come from the input itself; all three must
+ * yield the same events and the same final status. Small caps in a second round drive the limit
+ * paths the same way. Every event of the whole-feed pass also goes through both providers'
+ * decoders, which must accept or refuse it without crashing. */
+#include "llm/llm.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +12,31 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
+typedef struct {
+    core_str_t out;
+    bool decode;
+    llm_stream_t st[2];
+} rec_t;
+
+static void decode(rec_t *r, const char *event, size_t elen, const char *d, size_t dlen) {
+    const llm_provider_ops_t *ops[2] = {&llm_provider_anthropic, &llm_provider_openai};
+    for (int i = 0; i < 2; i++) {
+        llm_chunk_t c;
+        int rc = ops[i]->decode(&r->st[i], event, elen, d, dlen, &c);
+        if (rc != 0 && (rc != CORE_EPROTO || !(c.flags & LLM_DEC_ERROR)))
+            abort();
+        if ((c.flags & LLM_DEC_TEXT) && (c.text_len == 0 || c.text[c.text_len] != '\0'))
+            abort();
+        if ((c.flags & LLM_DEC_ERROR) && c.error.cls == LLM_ERR_NONE)
+            abort();
+    }
+}
+
 static int on_event(void *ud, const char *event, size_t elen, const char *d, size_t dlen) {
-    core_str_t *out = ud;
+    rec_t *r = ud;
+    core_str_t *out = &r->out;
+    if (r->decode)
+        decode(r, event, elen, d, dlen);
     if (event[elen] != '\0' || d[dlen] != '\0' || memchr(d, '\r', dlen) != NULL ||
         memchr(event, '\n', elen) != NULL || memchr(event, '\r', elen) != NULL)
         abort();
@@ -26,7 +51,10 @@ static int on_event(void *ud, const char *event, size_t elen, const char *d, siz
 /* mode 0: whole; 1: byte by byte; 2: piece sizes taken from the input's own bytes. */
 static int run(const char *in, size_t len, size_t cap_line, size_t cap_event, int mode,
                core_str_t *out, bool *idle) {
-    llm_sse_t *p = llm_sse_new(cap_line, cap_event, on_event, out);
+    rec_t r = {.out = *out, .decode = mode == 0};
+    llm_stream_init(&r.st[0]);
+    llm_stream_init(&r.st[1]);
+    llm_sse_t *p = llm_sse_new(cap_line, cap_event, on_event, &r);
     int rc = 0;
     if (mode == 0) {
         rc = llm_sse_feed(p, in, len);
@@ -45,6 +73,9 @@ static int run(const char *in, size_t len, size_t cap_line, size_t cap_event, in
     }
     *idle = llm_sse_idle(p);
     llm_sse_free(p);
+    llm_stream_free(&r.st[0]);
+    llm_stream_free(&r.st[1]);
+    *out = r.out;
     return rc;
 }
 

@@ -446,11 +446,23 @@ static void flush(conn_t *c) {
     }
 }
 
+static void on_linger_done(uv_timer_t *t) {
+    conn_close(t->data);
+}
+
 static void on_shutdown(uv_shutdown_t *req, int status) {
-    (void)status;
     conn_t *c = req->data;
     free(req);
-    conn_close(c);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        conn_close(c);
+        return;
+    }
+    /* Closing a socket with unread input sends a reset, which can destroy the response before
+     * the client reads it (a refused upload is still being sent). Keep reading and discarding
+     * until the client closes, for a bounded time. */
+    uv_timer_start(&c->timer, on_linger_done, 5000, 0);
 }
 
 /* Closes after everything written so far has gone out (FIN, not RST). */
@@ -465,7 +477,7 @@ static void conn_end(conn_t *c) {
         free(req);
         conn_close(c);
     }
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_timer_stop(&c->timer);
 }
 
 /* ---- responses ------------------------------------------------------------------------------- */
@@ -1635,7 +1647,7 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf) {
         client_closed(c);
         return;
     }
-    if (nread == 0 || c->closing || c->ending)
+    if (nread == 0 || c->closing || c->ending) /* input after a final answer is discarded */
         return;
     if (c->in.len + (size_t)nread > MAX_HEADER_BYTES + MAX_BODY_BYTES + 4096) {
         send_status_and_close(c, 413, "request too large");
