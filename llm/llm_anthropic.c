@@ -2,7 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "llm/llm_int.h"
+#include "llm/llm_provider_int.h"
 
 static bool is(const char *s, size_t n, const char *lit) {
     return s && n == strlen(lit) && memcmp(s, lit, n) == 0;
@@ -63,7 +63,7 @@ static int build(const llm_request_t *req, llm_outgoing_t *out) {
 }
 
 /* Usage objects are cumulative: assign every field present. */
-static bool take_usage(llm_stream_t *s, const json_t *u) {
+static bool take_usage(llm_decoder_t *s, const json_t *u) {
     if (!json_is_object(u))
         return false;
     bool any = llm__take_count(u, "input_tokens", &s->usage.input_tokens);
@@ -73,7 +73,7 @@ static bool take_usage(llm_stream_t *s, const json_t *u) {
     return any;
 }
 
-static int decode(llm_stream_t *s, const char *event, size_t event_len, const char *data,
+static int decode(llm_decoder_t *s, const char *event, size_t event_len, const char *data,
                   size_t data_len, llm_chunk_t *out) {
     memset(out, 0, sizeof *out);
     json_t *root = json_loadb(data, data_len, 0, NULL);

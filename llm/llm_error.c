@@ -1,7 +1,7 @@
 /* Error classes and the classification of provider errors, shared by both wire formats. */
 #include <string.h>
 
-#include "llm/llm_int.h"
+#include "llm/llm_provider_int.h"
 
 static const struct {
     const char *name;

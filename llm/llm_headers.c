@@ -8,7 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "llm/llm_int.h"
+#include "llm/llm_provider_int.h"
 
 #define ABSENT INT64_MIN
 /* Ten years: anything longer is junk, and the cap keeps every product below int64 range. */

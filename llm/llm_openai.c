@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "llm/llm_int.h"
+#include "llm/llm_provider_int.h"
 
 static json_t *message(const char *role, const char *content) {
     json_t *r = role ? json_string(role) : NULL;
@@ -72,7 +72,7 @@ static int build(const llm_request_t *req, llm_outgoing_t *out) {
     return 0;
 }
 
-static int decode(llm_stream_t *s, const char *event, size_t event_len, const char *data,
+static int decode(llm_decoder_t *s, const char *event, size_t event_len, const char *data,
                   size_t data_len, llm_chunk_t *out) {
     (void)event; /* OpenAI-compatible streams carry everything in data */
     (void)event_len;

@@ -4,7 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "llm/llm_int.h"
+#include "llm/llm_provider_int.h"
 
 const llm_provider_ops_t *llm_provider_find(const char *name) {
     if (!name)
@@ -25,13 +25,13 @@ void llm_outgoing_free(llm_outgoing_t *o) {
     memset(o, 0, sizeof *o);
 }
 
-void llm_stream_init(llm_stream_t *s) {
+void llm_decoder_init(llm_decoder_t *s) {
     memset(s, 0, sizeof *s);
     s->usage.input_tokens = s->usage.output_tokens = -1;
     s->usage.cache_creation_input_tokens = s->usage.cache_read_input_tokens = -1;
 }
 
-void llm_stream_free(llm_stream_t *s) {
+void llm_decoder_free(llm_decoder_t *s) {
     core_str_free(&s->text);
 }
 
@@ -92,7 +92,7 @@ void llm__add_header(llm_outgoing_t *out, const char *name, const char *value) {
     out->headers[out->n_headers++] = h;
 }
 
-void llm__set_text(llm_stream_t *s, llm_chunk_t *out, const char *text, size_t len) {
+void llm__set_text(llm_decoder_t *s, llm_chunk_t *out, const char *text, size_t len) {
     if (!text || len == 0)
         return;
     s->text.len = 0;

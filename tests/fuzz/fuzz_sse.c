@@ -3,7 +3,7 @@
  * yield the same events and the same final status. Small caps in a second round drive the limit
  * paths the same way. Every event of the whole-feed pass also goes through both providers'
  * decoders, which must accept or refuse it without crashing. */
-#include "llm/llm.h"
+#include "llm/llm_provider.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +15,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 typedef struct {
     core_str_t out;
     bool decode;
-    llm_stream_t st[2];
+    llm_decoder_t st[2];
 } rec_t;
 
 static void decode(rec_t *r, const char *event, size_t elen, const char *d, size_t dlen) {
@@ -52,8 +52,8 @@ static int on_event(void *ud, const char *event, size_t elen, const char *d, siz
 static int run(const char *in, size_t len, size_t cap_line, size_t cap_event, int mode,
                core_str_t *out, bool *idle) {
     rec_t r = {.out = *out, .decode = mode == 0};
-    llm_stream_init(&r.st[0]);
-    llm_stream_init(&r.st[1]);
+    llm_decoder_init(&r.st[0]);
+    llm_decoder_init(&r.st[1]);
     llm_sse_t *p = llm_sse_new(cap_line, cap_event, on_event, &r);
     int rc = 0;
     if (mode == 0) {
@@ -73,8 +73,8 @@ static int run(const char *in, size_t len, size_t cap_line, size_t cap_event, in
     }
     *idle = llm_sse_idle(p);
     llm_sse_free(p);
-    llm_stream_free(&r.st[0]);
-    llm_stream_free(&r.st[1]);
+    llm_decoder_free(&r.st[0]);
+    llm_decoder_free(&r.st[1]);
     *out = r.out;
     return rc;
 }

@@ -12,13 +12,13 @@
 #include <cmocka.h>
 #include <jansson.h>
 
-#include "llm/llm.h"
+#include "llm/llm_provider.h"
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
 typedef struct {
     const llm_provider_ops_t *ops;
-    llm_stream_t st;
+    llm_decoder_t st;
     core_str_t text;
     int pings, errors, stops, dones, usages, protocol_errors;
     llm_error_t last_error;
@@ -57,7 +57,7 @@ static int on_event(void *ud, const char *event, size_t elen, const char *data, 
 static void run_stream(run_t *r, const llm_provider_ops_t *ops, const char *body) {
     memset(r, 0, sizeof *r);
     r->ops = ops;
-    llm_stream_init(&r->st);
+    llm_decoder_init(&r->st);
     llm_sse_t *p = llm_sse_new(0, 0, on_event, r);
     for (size_t i = 0; body[i]; i++)
         assert_int_equal(llm_sse_feed(p, body + i, 1), 0);
@@ -66,7 +66,7 @@ static void run_stream(run_t *r, const llm_provider_ops_t *ops, const char *body
 }
 
 static void run_free(run_t *r) {
-    llm_stream_free(&r->st);
+    llm_decoder_free(&r->st);
     core_str_free(&r->text);
 }
 

@@ -1,10 +1,10 @@
 /* Helpers shared by the provider codecs of the llm module; not part of its contract. */
-#ifndef LLM_LLM_INT_H
-#define LLM_LLM_INT_H
+#ifndef LLM_LLM_PROVIDER_INT_H
+#define LLM_LLM_PROVIDER_INT_H
 
 #include <jansson.h>
 
-#include "llm/llm.h"
+#include "llm/llm_provider.h"
 
 /* Fills an error; type and message are copied, truncated at a UTF-8 character boundary. */
 void llm__error_set(llm_error_t *e, llm_err_class_t cls, int status, const char *type,
@@ -33,7 +33,7 @@ int llm__dump_body(json_t *body, llm_outgoing_t *out);
 /* Appends a header "name: value" to out. */
 void llm__add_header(llm_outgoing_t *out, const char *name, const char *value);
 /* Records a text delta of the stream and points out at it; empty text is not a delta. */
-void llm__set_text(llm_stream_t *s, llm_chunk_t *out, const char *text, size_t len);
+void llm__set_text(llm_decoder_t *s, llm_chunk_t *out, const char *text, size_t len);
 /* Reads an integer member that is a non-negative JSON number into *dst (assignment, so the last
  * value seen wins); returns true if it did. */
 bool llm__take_count(const json_t *obj, const char *key, int64_t *dst);

@@ -6,8 +6,8 @@
  *
  * Every function here is synchronous and deterministic given its inputs (time is passed in), so
  * the transport can be anything and the tests need no network. */
-#ifndef LLM_LLM_H
-#define LLM_LLM_H
+#ifndef LLM_LLM_PROVIDER_H
+#define LLM_LLM_PROVIDER_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -153,10 +153,10 @@ typedef struct {
     bool done;            /* message_stop or [DONE] seen: the stream ended properly */
     uint64_t deltas;      /* text deltas seen */
     core_str_t text;      /* scratch for the last text delta */
-} llm_stream_t;
+} llm_decoder_t;
 
-void llm_stream_init(llm_stream_t *s);
-void llm_stream_free(llm_stream_t *s);
+void llm_decoder_init(llm_decoder_t *s);
+void llm_decoder_free(llm_decoder_t *s);
 
 enum {
     LLM_DEC_TEXT = 1 << 0,  /* text and text_len hold a content delta */
@@ -189,7 +189,7 @@ typedef struct llm_provider_ops {
     const char *name;
     const char *default_base_url;
     int (*build)(const llm_request_t *req, llm_outgoing_t *out);
-    int (*decode)(llm_stream_t *s, const char *event, size_t event_len, const char *data,
+    int (*decode)(llm_decoder_t *s, const char *event, size_t event_len, const char *data,
                   size_t data_len, llm_chunk_t *out);
     void (*classify)(int status, const llm_headers_t *h, const char *body, size_t body_len,
                      llm_error_t *out);
