@@ -83,11 +83,11 @@ void adm_metrics_render(core_str_t *o, const adm_snapshot_t *s) {
     metric(o, "chat_publications_out_total", "counter", "Publications queued to subscribers.",
            c->publications_out);
     header(o, "chat_errors_total", "counter", "Error replies by code.");
-    for (int i = 0; i < 16; i++)
-        if (chat_error_codes[i])
-            core_str_appendf(o, "chat_errors_total{code=\"%d\"} %" PRIu64 "\n", chat_error_codes[i],
-                             c->errors[i]);
-    core_str_appendf(o, "chat_errors_total{code=\"other\"} %" PRIu64 "\n", c->errors[15]);
+    for (int i = 0; i < CORE_REPLY_ERROR_COUNT; i++)
+        core_str_appendf(o, "chat_errors_total{code=\"%d\"} %" PRIu64 "\n",
+                         core_reply_error_code(i), c->errors[i]);
+    core_str_appendf(o, "chat_errors_total{code=\"other\"} %" PRIu64 "\n",
+                     c->errors[CORE_REPLY_ERROR_COUNT]);
     header(o, "chat_disconnects_total", "counter", "Server-side closes by code.");
     for (int i = 0; i < ADM_DISCONNECT_SLOTS; i++)
         if (sv->disconnects[i])

@@ -14,6 +14,8 @@
 #include "auth/auth.h"
 #include "cluster/cluster.h"
 #include "core/core.h"
+#include "core/core_codes.h"
+#include "core/core_limit.h"
 
 /* ---- configuration ----------------------------------------------------------------------- */
 
@@ -33,10 +35,8 @@ typedef struct {
     chat_schema_t schema;
 } chat_ns_t;
 
-typedef struct {
-    double rate; /* per second */
-    uint32_t burst;
-} chat_rate_t;
+/* A publish limit: tokens per second and burst (core's GCRA). */
+typedef core_rate_t chat_rate_t;
 
 typedef struct {
     chat_ns_t *namespaces;
@@ -116,18 +116,6 @@ bool chat_frame_next(const char *frame, size_t frame_len, size_t *pos, const cha
 char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *msg_id, char *err,
                              size_t errlen);
 
-/* ---- GCRA rate limiter ------------------------------------------------------------------ */
-
-typedef struct {
-    int64_t tat_us; /* theoretical arrival time, microseconds: integers keep waits exact */
-} chat_gcra_t;
-
-/* Takes one token at now_ms. Returns 0 when allowed, else the milliseconds until a request
- * would be allowed (state unchanged). A rate <= 0 always allows. */
-int64_t chat_gcra_take(chat_gcra_t *g, double now_ms, const chat_rate_t *rate);
-/* Microseconds between two tokens of a positive rate (at least 1). */
-int64_t chat_gcra_interval_us(const chat_rate_t *rate);
-
 /* ---- recovery ----------------------------------------------------------------------------- */
 
 /* Decides whether a history answer for a recovering subscribe recovers every missed
@@ -157,16 +145,13 @@ typedef struct {
     uint64_t commands[CHAT_M_COUNT];
     uint64_t publications_in;
     uint64_t publications_out;
-    uint64_t errors[16]; /* by the slot of the code in chat_error_codes (last: others) */
+    uint64_t errors[CORE_REPLY_ERROR_SLOTS]; /* by core_reply_error_slot() of the code */
     uint64_t rate_limited;
     uint64_t rate_limit_fallbacks; /* limits taken locally because the shared limiter failed */
     uint64_t dedupe_hits;
     uint64_t state_lost; /* channels whose clients were closed with 3010 */
     uint64_t channels;   /* gauge */
 } chat_stats_t;
-
-/* Error codes counted in chat_stats_t.errors, in slot order. */
-extern const int chat_error_codes[16];
 
 /* Creates a node. The broker is attached with chat_node_set_broker before any client. */
 chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg);

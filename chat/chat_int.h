@@ -1,13 +1,22 @@
-/* chat: structures shared by the module's source files. */
+/* chat: structures and functions shared by the module's source files. Not a contract: server/
+ * uses chat.h only; unit tests may include this header to drive the internals. */
 #ifndef CHAT_CHAT_INT_H
 #define CHAT_CHAT_INT_H
 
+#include <jansson.h>
+
 #include "chat/chat.h"
+#include "core/core_codes.h"
+#include "core/core_limit.h"
 
 #define CHAT_DEDUPE_SLOTS 64
 #define CHAT_CLIENT_ID_LEN 36
 /* Most bytes of commands held while a connect waits for the broker. */
 #define CHAT_HELD_MAX 65536
+#define CHAT_MAX_CHANNEL_BYTES 255
+/* Publications one subscription buffers while its subscribe waits for the broker; past it the
+ * client is closed with 3010 and resynchronises. */
+#define CHAT_SUB_PENDING_MAX 4096
 
 typedef struct {
     uint64_t key; /* hash of channel and client_msg_id */
@@ -18,8 +27,8 @@ typedef struct {
 typedef struct {
     char *name;
     uint32_t nconns;
-    chat_gcra_t pub_gcra;
-    chat_gcra_t typing_gcra;
+    core_gcra_t pub_gcra;
+    core_gcra_t typing_gcra;
     chat_dedupe_slot_t *dedupe; /* CHAT_DEDUPE_SLOTS, allocated on first client_msg_id */
     uint32_t dedupe_next;
 } chat_user_t;
@@ -120,5 +129,125 @@ struct chat_node {
     void (*close_done)(void *);
     void *close_ud;
 };
+
+/* ---- operations waiting for the broker ---------------------------------------------------- */
+
+/* What every per-command operation that waits for the broker remembers of its command. The
+ * client is named by id, not pointer: it may be gone when the answer comes. */
+typedef struct {
+    chat_node_t *node;
+    char client[CHAT_CLIENT_ID_LEN + 1];
+    uint32_t cmd_id;
+} chat_op_t;
+
+void chat__op_init(chat_op_t *op, chat_client_t *c, uint32_t cmd_id);
+/* The op's client when it is still connected, else NULL. */
+chat_client_t *chat__op_client(const chat_op_t *op);
+
+typedef enum { SUBOP_COMMAND, SUBOP_CONNECT } subop_kind_t;
+
+typedef struct connect_op connect_op_t;
+
+/* One subscription waiting for its history answer: a subscribe command, or one server-side
+ * subscription of a connect. */
+typedef struct {
+    chat_op_t base;
+    char *channel;
+    uint64_t gen;
+    subop_kind_t kind;
+    bool recovering;
+    uint64_t since;
+    int64_t sub_exp; /* subscription token expiry for the answer, 0 = none */
+    connect_op_t *conn;
+} subop_t;
+
+/* ---- chat_client.c ---- */
+
+void chat__send_str(chat_client_t *c, core_str_t *s);
+/* Closes the client with a code of CORE_DISCONNECT_MAP and its reason. */
+void chat__client_close(chat_client_t *c, int code);
+/* The same with another reason (a drain's own words). */
+void chat__client_close_reason(chat_client_t *c, int code, const char *reason);
+/* Replies with an error; message NULL takes the table's message. Counts it, and closes a client
+ * that collected too many errors that are not temporary. */
+void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *message);
+/* Sends {"id":N,"<method>":<result text>}. */
+void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
+                     size_t len);
+/* Appends {"data":...,"offset":N,"info":...} for a publication. */
+void chat__append_pub(core_str_t *s, const clu_pub_t *p);
+chat_client_t *chat__client_lookup(chat_node_t *n, const char *id);
+
+static inline const char *chat__json_str(const json_t *obj, const char *key) {
+    return json_string_value(json_object_get(obj, key));
+}
+
+/* ---- chat_user.c ---- */
+
+chat_user_t *chat__user_get(chat_node_t *n, const char *name);
+void chat__user_free(chat_user_t *u);
+/* Frees a user with no connection once its limiter state has drained. */
+void chat__user_maybe_free(chat_node_t *n, chat_user_t *u, double now_ms);
+uint64_t chat__dedupe_key(const char *channel, const char *msg_id);
+bool chat__dedupe_seen(chat_node_t *n, chat_user_t *u, uint64_t key, uint64_t now);
+void chat__dedupe_remember(chat_user_t *u, uint64_t key, uint64_t now);
+void chat__dedupe_forget(chat_user_t *u, uint64_t key);
+
+/* ---- chat_channel.c ---- */
+
+/* The channel, created (and subscribed in the broker) on first use. */
+chat_channel_t *chat__channel_get(chat_node_t *n, const char *name, const chat_ns_t *ns);
+void chat__channel_add(chat_channel_t *ch, chat_sub_t *s);
+/* Takes s out of its channel; the channel goes (unsubscribed) after its last subscriber. */
+void chat__channel_remove(chat_node_t *n, chat_sub_t *s);
+clu_chan_opts_t chat__chan_opts(const chat_node_t *n, const chat_ns_t *ns);
+/* Delivers held publications that continue the sequence, then fills a remaining gap. */
+void chat__channel_release_held(chat_node_t *n, chat_channel_t *ch);
+/* Reads what follows `last` from history (or marks the fill wanted when one cannot start). */
+void chat__channel_fill(chat_node_t *n, chat_channel_t *ch);
+/* Queues b to every active subscriber (above its floor) and buffers it for pending ones. */
+void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uint64_t offset);
+void chat__channel_drop_held(chat_channel_t *ch);
+core_buf_t *chat__pub_push(const char *channel, const clu_pub_t *pub);
+
+/* ---- chat_sub.c ---- */
+
+chat_sub_t *chat__client_find_sub(chat_client_t *c, const char *channel);
+/* The subscription when its client is alive and it is the same generation, else NULL. */
+chat_sub_t *chat__sub_lookup(chat_node_t *n, const char *client, const char *channel, uint64_t gen);
+/* ClientInfo JSON: {"user","client","conn_info","chan_info"} (malloc'd). */
+char *chat__client_info_json(const chat_client_t *c, const char *chan_info, size_t *len);
+chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t *ns,
+                          const char *chan_info);
+/* Removes the subscription: presence, leave event, channel membership. */
+void chat__sub_remove(chat_sub_t *s);
+/* Makes a subscription live: buffered publications newer than the answer go out in order,
+ * then presence and the join event. */
+void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch);
+/* Asks the broker for the channel position or the publications to recover; op is answered
+ * through chat__subop_done. */
+void chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, const char *epoch);
+void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch,
+                      void *ud);
+bool chat__channel_name_ok(const char *ch);
+
+/* ---- chat_connect.c ---- */
+
+/* One server-side subscription of a connect got its answer: res is its SubscribeResult text, or
+ * NULL when it failed (left out of the connect answer). */
+void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_str_t *res,
+                            uint64_t top, const char *epoch);
+
+/* ---- command handlers (one file per concern) ---- */
+
+void chat__handle_connect(chat_client_t *c, const chat_cmd_t *cmd);
+void chat__handle_refresh(chat_client_t *c, const chat_cmd_t *cmd);
+void chat__handle_subscribe(chat_client_t *c, const chat_cmd_t *cmd);
+void chat__handle_unsubscribe(chat_client_t *c, const chat_cmd_t *cmd);
+void chat__handle_sub_refresh(chat_client_t *c, const chat_cmd_t *cmd);
+void chat__handle_publish(chat_client_t *c, const chat_cmd_t *cmd);
+void chat__handle_rpc(chat_client_t *c, const chat_cmd_t *cmd);
+void chat__handle_presence(chat_client_t *c, const chat_cmd_t *cmd, bool stats);
+void chat__handle_history(chat_client_t *c, const chat_cmd_t *cmd);
 
 #endif

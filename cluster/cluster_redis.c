@@ -12,6 +12,8 @@
  * CORE_EAGAIN and both reconnect. */
 #include "cluster/cluster.h"
 
+#include "core/core_limit.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,7 +55,7 @@ typedef struct {
     bool is_sub;
     redisAsyncContext *ac; /* non-NULL from the connect attempt until it is gone */
     bool connected;
-    uint32_t attempts; /* failed attempts in a row, for the backoff */
+    core_backoff_t backoff; /* reconnect pacing; reset by a successful connect */
     uv_timer_t retry;
 } rconn_t;
 
@@ -77,20 +79,9 @@ struct redis_broker {
     int open_timers;
     void (*close_done)(void *);
     void *close_ud;
-    uint64_t rng;
 };
 
 /* ---- small helpers ------------------------------------------------------------------------- */
-
-/* xorshift64*: jitter needs spread, not secrecy, and must not cost a syscall. */
-static uint32_t rb_rand(rb_t *rb) {
-    uint64_t x = rb->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    rb->rng = x;
-    return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
-}
 
 static void key_of(core_str_t *s, const char *prefix, const char *channel) {
     s->len = 0;
@@ -276,14 +267,8 @@ static void on_retry(uv_timer_t *t) {
 static void conn_schedule(rconn_t *cn) {
     if (cn->rb->closing)
         return;
-    uint32_t shift = cn->attempts < 6 ? cn->attempts : 6;
-    uint64_t full = (uint64_t)BACKOFF_MIN_MS << shift;
-    if (full > BACKOFF_MAX_MS)
-        full = BACKOFF_MAX_MS;
     /* Half fixed, half random: nodes that lost Redis together do not return in lockstep. */
-    uint64_t delay = full / 2 + rb_rand(cn->rb) % (full / 2 + 1);
-    cn->attempts++;
-    uv_timer_start(&cn->retry, on_retry, delay, 0);
+    uv_timer_start(&cn->retry, on_retry, core_backoff_next(&cn->backoff), 0);
 }
 
 static void on_sub_message(redisAsyncContext *ac, void *reply, void *priv);
@@ -309,7 +294,7 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
         return;
     }
     cn->connected = true;
-    cn->attempts = 0;
+    core_backoff_reset(&cn->backoff);
     ac->data = rb;
     /* A quiet connection (pub/sub above all) that a NAT or firewall dropped without a reset
      * would otherwise look alive forever: with hiredis 0.14's settings the kernel probes it
@@ -947,6 +932,7 @@ static const clu_ops_t redis_ops = {
 static void conn_init(rb_t *rb, rconn_t *cn, bool is_sub) {
     cn->rb = rb;
     cn->is_sub = is_sub;
+    core_backoff_init(&cn->backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 0);
     uv_timer_init(rb->loop, &cn->retry);
     cn->retry.data = cn;
     rb->open_timers++;
@@ -970,8 +956,6 @@ clu_broker_t *clu_redis_new(uv_loop_t *loop, const clu_events_t *events, void *u
     rb->node_id = core_strdup(node_id ? node_id : "");
     rb->max_history_limit = max_history_limit ? max_history_limit : 1000;
     rb->subs = core_map_new();
-    core_random(&rb->rng, sizeof rb->rng);
-    rb->rng |= 1; /* xorshift must not start at 0 */
     conn_init(rb, &rb->cmd, false);
     conn_init(rb, &rb->sub, true);
     uv_timer_init(loop, &rb->watchdog);
