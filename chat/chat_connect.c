@@ -36,7 +36,7 @@ static void connect_op_free(connect_op_t *co) {
 }
 
 void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_str_t *res,
-                            uint64_t top, const char *epoch) {
+                            uint64_t top, const char *epoch, bool later) {
     if (res) {
         if (co->subs.len)
             core_str_appends(&co->subs, ",");
@@ -49,7 +49,7 @@ void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_st
                 snprintf(co->epochs[i], CLU_EPOCH_MAX, "%s", epoch);
             }
     }
-    if (--co->pending == 0)
+    if (later && --co->pending == 0)
         connect_finish(co);
 }
 
@@ -185,9 +185,6 @@ void chat__handle_connect(chat_client_t *c, const chat_cmd_t *cmd) {
         co->nchannels++;
     }
     auth_claims_clear(&cl);
-    /* Count every pending subscription before starting any: a broker that answers
-     * synchronously would otherwise finish the connect after the first. */
-    co->pending = co->nchannels + 1;
     for (uint32_t i = 0; i < co->nchannels; i++) {
         chat_sub_t *s = chat__client_find_sub(c, co->channels[i]);
         json_t *r = json_object_get(recover, co->channels[i]);
@@ -196,9 +193,10 @@ void chat__handle_connect(chat_client_t *c, const chat_cmd_t *cmd) {
         subop_t *op = core_calloc(1, sizeof *op);
         op->kind = SUBOP_CONNECT;
         op->conn = co;
-        chat__sub_start(s, op, rec, off > 0 ? (uint64_t)off : 0, chat__json_str(r, "epoch"));
+        if (chat__sub_start(s, op, rec, off > 0 ? (uint64_t)off : 0, chat__json_str(r, "epoch")))
+            co->pending++;
     }
-    if (--co->pending == 0)
+    if (co->pending == 0)
         connect_finish(co);
 }
 

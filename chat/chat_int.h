@@ -159,6 +159,7 @@ typedef struct {
     uint64_t since;
     int64_t sub_exp; /* subscription token expiry for the answer, 0 = none */
     connect_op_t *conn;
+    bool later; /* answered by the broker, after chat__sub_start returned */
 } subop_t;
 
 /* ---- chat_client.c ---- */
@@ -225,8 +226,9 @@ void chat__sub_remove(chat_sub_t *s);
  * then presence and the join event. */
 void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch);
 /* Asks the broker for the channel position or the publications to recover; op is answered
- * through chat__subop_done. */
-void chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, const char *epoch);
+ * through chat__subop_done: at once when the namespace keeps no history or the broker refused
+ * the call (returns false), else from the loop once the broker answers (returns true). */
+bool chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, const char *epoch);
 void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch,
                       void *ud);
 bool chat__channel_name_ok(const char *ch);
@@ -234,9 +236,10 @@ bool chat__channel_name_ok(const char *ch);
 /* ---- chat_connect.c ---- */
 
 /* One server-side subscription of a connect got its answer: res is its SubscribeResult text, or
- * NULL when it failed (left out of the connect answer). */
+ * NULL when it failed (left out of the connect answer). later: the answer came from the broker
+ * after the connect started it (one of the connect's pending answers), not inline. */
 void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_str_t *res,
-                            uint64_t top, const char *epoch);
+                            uint64_t top, const char *epoch, bool later);
 
 /* ---- command handlers (one file per concern) ---- */
 

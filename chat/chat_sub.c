@@ -201,7 +201,7 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
         }
     }
     if (op->kind == SUBOP_CONNECT)
-        chat__connect_sub_done(op->conn, op->channel, ok ? &res : NULL, top, epoch);
+        chat__connect_sub_done(op->conn, op->channel, ok ? &res : NULL, top, epoch, op->later);
     core_str_free(&res);
     free(op->channel);
     free(op);
@@ -209,7 +209,7 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
 
 /* Starts a subscription: registers it (pending) so no publication is missed, then asks the
  * broker for the channel position or the publications to recover. */
-void chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, const char *epoch) {
+bool chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, const char *epoch) {
     chat_node_t *n = s->c->node;
     const chat_ns_t *ns = s->ch->ns;
     op->base.node = n;
@@ -218,7 +218,7 @@ void chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, 
     op->gen = s->gen;
     if (ns->history_size == 0) {
         chat__subop_done(0, NULL, 0, 0, "", op);
-        return;
+        return false;
     }
     clu_history_req_t req = {0};
     if (recover) {
@@ -231,8 +231,13 @@ void chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, 
     }
     clu_chan_opts_t o = chat__chan_opts(n, ns);
     int rc = clu_history(n->broker, s->ch->name, &o, &req, chat__subop_done, op);
-    if (rc != 0)
+    if (rc != 0) {
         chat__subop_done(rc, NULL, 0, 0, "", op);
+        return false;
+    }
+    /* The broker answers from the loop, never before clu_history returned. */
+    op->later = true;
+    return true;
 }
 
 /* ---- subscribe / unsubscribe ---- */
