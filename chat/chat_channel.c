@@ -62,13 +62,10 @@ clu_chan_opts_t chat__chan_opts(const chat_node_t *n, const chat_ns_t *ns) {
 /* The push for a publication, serialised once: every subscriber's queue references the same
  * bytes. */
 core_buf_t *chat__pub_push(const char *channel, const clu_pub_t *pub) {
+    /* Every client speaks the JSON codec today, so one buffer serves every subscriber. With
+     * several codecs in use, fan-out builds one buffer per codec. */
     core_str_t s = {0};
-    core_str_reserve(&s, pub->data_len + pub->info_len + strlen(channel) + 64);
-    core_str_appends(&s, "{\"push\":{\"channel\":");
-    core_str_append_json_string(&s, channel, strlen(channel));
-    core_str_appends(&s, ",\"pub\":");
-    chat__append_pub(&s, pub);
-    core_str_appends(&s, "}}");
+    chat__codec_json.pub(&s, channel, pub);
     core_buf_t *b = core_buf_from(0, s.ptr, s.len);
     core_str_free(&s);
     return b;
@@ -307,12 +304,12 @@ static void on_join_leave(chat_node_t *n, const char *channel, const char *info,
     chat_channel_t *ch = core_map_get(n->channels, channel);
     if (!ch)
         return;
-    core_str_t s = {0};
-    core_str_appends(&s, "{\"push\":{\"channel\":");
-    core_str_append_json_string(&s, channel, strlen(channel));
-    core_str_appendf(&s, ",\"%s\":{\"info\":", kind);
-    core_str_append(&s, info, len);
-    core_str_appends(&s, "}}}");
+    core_str_t body = {0}, s = {0};
+    core_str_appends(&body, "{\"info\":");
+    core_str_append(&body, info, len);
+    core_str_appends(&body, "}");
+    chat__codec_json.push(&s, channel, kind, body.ptr, body.len);
+    core_str_free(&body);
     core_buf_t *b = core_buf_from(0, s.ptr, s.len);
     core_str_free(&s);
     for (uint32_t i = 0; i < ch->n; i++) {

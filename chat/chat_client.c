@@ -55,23 +55,23 @@ void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *mess
         return;
     }
     core_str_t s = {0};
-    core_str_appendf(&s, "{\"id\":%u,\"error\":{\"code\":%d,\"message\":", id, code);
-    core_str_append_json_string(&s, message, strlen(message));
-    if (temporary)
-        core_str_appends(&s, ",\"temporary\":true");
-    core_str_appends(&s, "}}");
+    c->codec->error(&s, id, code, message, temporary);
     chat__send_str(c, &s);
     core_str_free(&s);
 }
 
-/* Sends {"id":N,"<method>":<result text>}. */
 void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
                      size_t len) {
     core_str_t s = {0};
-    core_str_reserve(&s, len + 48);
-    core_str_appendf(&s, "{\"id\":%u,\"%s\":", id, chat_method_name(m));
-    core_str_append(&s, result, len);
-    core_str_appends(&s, "}");
+    c->codec->reply(&s, id, m, result, len);
+    chat__send_str(c, &s);
+    core_str_free(&s);
+}
+
+void chat__send_push(chat_client_t *c, const char *channel, const char *kind, const char *body,
+                     size_t len) {
+    core_str_t s = {0};
+    c->codec->push(&s, channel, kind, body, len);
     chat__send_str(c, &s);
     core_str_free(&s);
 }
@@ -91,7 +91,7 @@ void chat__append_pub(core_str_t *s, const clu_pub_t *p) {
 
 /* ---- frames ---- */
 
-static void dispatch(chat_client_t *c, const chat_cmd_t *cmd) {
+static void dispatch(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     n->st.commands[cmd->method]++;
     if (cmd->method == CHAT_M_PING) {
@@ -142,39 +142,71 @@ static void dispatch(chat_client_t *c, const chat_cmd_t *cmd) {
     }
 }
 
-void chat_client_on_frame(chat_client_t *c, const char *data, size_t len) {
+void chat__client_on_data(chat_client_t *c, const char *data, size_t len) {
     size_t pos = 0;
-    const char *line;
-    size_t llen;
     /* Any traffic proves the client alive. */
     c->pong_deadline_ms = 0;
-    while (c->state != CL_CLOSING && chat_frame_next(data, len, &pos, &line, &llen)) {
-        if (c->state == CL_CONNECTING) {
-            /* SDKs send their subscribe commands in the same frame as connect. While the
-             * connect waits for the broker, the rest is held (bounded) and runs after it. */
-            size_t rest = len - (size_t)(line - data);
-            if (c->held.len + rest + 1 > CHAT_HELD_MAX) {
+    while (c->state != CL_CLOSING && pos < len) {
+        if (c->state == CL_CONNECTING || c->blocked) {
+            /* SDKs send their subscribe commands in the same frame as connect, and may publish
+             * right after a subscribe. While a connect or a subscribe waits for the broker, the
+             * client's later commands are held (bounded) and run after it, in order. */
+            size_t rest = len - pos;
+            const chat_framing_t *fr = &c->codec->framing;
+            if (c->held.len + fr->join_size(rest, c->held.len == 0) > CHAT_HELD_MAX) {
                 chat__client_close(c, CORE_DISCONNECT_BAD_REQUEST);
                 return;
             }
-            core_str_append(&c->held, line, rest);
-            core_str_append(&c->held, "\n", 1);
+            fr->join_append(&c->held, data + pos, rest, c->held.len == 0);
             return;
         }
-        chat_cmd_t cmd;
-        if (chat_cmd_decode(line, llen, &cmd) != 0) {
+        chat_req_t req;
+        int rc = c->codec->next(data, len, &pos, &req);
+        if (rc == 0)
+            return;
+        if (rc < 0) {
             chat__client_close(c, CORE_DISCONNECT_BAD_REQUEST);
             return;
         }
-        dispatch(c, &cmd);
-        chat_cmd_clear(&cmd);
+        dispatch(c, &req);
+        c->codec->req_clear(&req);
     }
+}
+
+void chat__client_release_held(chat_client_t *c) {
+    if (!c->held.len || c->blocked || c->state != CL_CONNECTED)
+        return;
+    core_str_t held = c->held;
+    c->held = (core_str_t){0};
+    chat__client_on_data(c, held.ptr, held.len);
+    core_str_free(&held);
+}
+
+void chat__client_unblock(chat_client_t *c) {
+    CORE_ASSERT(c->blocked > 0);
+    c->blocked--;
+    chat__client_release_held(c);
+}
+
+void chat_client_on_frame(chat_client_t *c, bool binary, const char *data, size_t len) {
+    if (binary != (c->codec->framing.ws_opcode == 2)) {
+        chat__client_close_reason(c, CORE_DISCONNECT_BAD_REQUEST,
+                                  binary ? "binary frames are not supported"
+                                         : "text frames are not supported");
+        return;
+    }
+    chat__client_on_data(c, data, len);
+}
+
+const chat_framing_t *chat_client_framing(const chat_client_t *c) {
+    return &c->codec->framing;
 }
 
 chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx,
                                const char *remote) {
     chat_client_t *c = core_calloc(1, sizeof *c);
     c->node = n;
+    c->codec = &chat__codec_json;
     c->t = t;
     c->tctx = tctx;
     uint8_t r[16];

@@ -97,12 +97,7 @@ static void connect_finish(connect_op_t *co) {
             chat__sub_activate(sub, co->tops[i], co->epochs[i]);
     }
     connect_op_free(co);
-    if (c->held.len) {
-        core_str_t held = c->held;
-        c->held = (core_str_t){0};
-        chat_client_on_frame(c, held.ptr, held.len);
-        core_str_free(&held);
-    }
+    chat__client_release_held(c);
 }
 
 bool chat__channel_name_ok(const char *ch) {
@@ -110,13 +105,13 @@ bool chat__channel_name_ok(const char *ch) {
     return len > 0 && len <= CHAT_MAX_CHANNEL_BYTES;
 }
 
-void chat__handle_connect(chat_client_t *c, const chat_cmd_t *cmd) {
+void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     if (c->state != CL_NEW) {
         chat__client_close(c, CORE_DISCONNECT_BAD_REQUEST);
         return;
     }
-    const char *token = chat__json_str(cmd->params, "token");
+    const char *token = cmd->connect.token;
     if (!token || !*token) {
         chat__client_close(c, CORE_DISCONNECT_INVALID_TOKEN);
         return;
@@ -166,7 +161,6 @@ void chat__handle_connect(chat_client_t *c, const chat_cmd_t *cmd) {
     co->tops = core_calloc(nclaim + 1, sizeof *co->tops);
     co->epochs = core_calloc(nclaim + 1, sizeof *co->epochs);
     co->gens = core_calloc(nclaim + 1, sizeof *co->gens);
-    json_t *recover = json_object_get(cmd->params, "subs");
     for (size_t i = 0; i <= nclaim; i++) {
         const char *ch = i < nclaim ? json_string_value(json_array_get(cl.channels, i))
                                     : (has_personal ? personal : NULL);
@@ -187,13 +181,14 @@ void chat__handle_connect(chat_client_t *c, const chat_cmd_t *cmd) {
     auth_claims_clear(&cl);
     for (uint32_t i = 0; i < co->nchannels; i++) {
         chat_sub_t *s = chat__client_find_sub(c, co->channels[i]);
-        json_t *r = json_object_get(recover, co->channels[i]);
-        bool rec = json_is_true(json_object_get(r, "recover"));
-        json_int_t off = json_integer_value(json_object_get(r, "offset"));
+        const chat_recover_req_t *r = NULL;
+        for (size_t k = 0; k < cmd->connect.nsubs && !r; k++)
+            if (strcmp(cmd->connect.subs[k].channel, co->channels[i]) == 0)
+                r = &cmd->connect.subs[k];
         subop_t *op = core_calloc(1, sizeof *op);
         op->kind = SUBOP_CONNECT;
         op->conn = co;
-        if (chat__sub_start(s, op, rec, off > 0 ? (uint64_t)off : 0, chat__json_str(r, "epoch")))
+        if (chat__sub_start(s, op, r && r->recover, r ? r->offset : 0, r ? r->epoch : NULL))
             co->pending++;
     }
     if (co->pending == 0)
@@ -202,9 +197,9 @@ void chat__handle_connect(chat_client_t *c, const chat_cmd_t *cmd) {
 
 /* ---- refresh ---- */
 
-void chat__handle_refresh(chat_client_t *c, const chat_cmd_t *cmd) {
+void chat__handle_refresh(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
-    const char *token = chat__json_str(cmd->params, "token");
+    const char *token = cmd->simple.token;
     if (!token) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: token required");
         return;

@@ -34,6 +34,7 @@ typedef struct {
 } chat_user_t;
 
 typedef struct chat_sub chat_sub_t;
+typedef struct chat_codec chat_codec_t;
 
 typedef struct {
     core_buf_t *buf;
@@ -90,6 +91,7 @@ typedef enum { CL_NEW = 0, CL_CONNECTING, CL_CONNECTED, CL_CLOSING } chat_client
 
 struct chat_client {
     chat_node_t *node;
+    const chat_codec_t *codec;
     const chat_transport_t *t;
     void *tctx;
     char id[CHAT_CLIENT_ID_LEN + 1];
@@ -104,8 +106,9 @@ struct chat_client {
     uint64_t created_ms;
     uint64_t next_ping_ms;
     uint64_t pong_deadline_ms;
-    uint32_t errors; /* error replies in the current 10 s window */
-    core_str_t held; /* commands that arrived behind a pending connect */
+    uint32_t errors;  /* error replies in the current 10 s window */
+    core_str_t held;  /* commands that arrived behind a pending connect or subscribe */
+    uint32_t blocked; /* subscribe commands waiting for the broker; later commands wait */
     chat_sub_t *subs;
     uint32_t nsubs;
     uint32_t limits_waiting; /* publishes waiting for the shared rate limiter */
@@ -124,11 +127,134 @@ struct chat_node {
     uint64_t sweep_ticks;
     uint64_t next_gen;
     uint32_t stalled; /* channels with a fill to retry */
-    core_buf_t *ping; /* the shared "{}" */
+    core_buf_t *ping; /* the shared ping of the JSON codec */
     chat_stats_t st;
     void (*close_done)(void *);
     void *close_ud;
 };
+
+/* ---- typed commands and the codec ---------------------------------------------------------- */
+
+/* Strings of a request are NUL-terminated and borrowed from the decoded frame (valid until
+ * req_clear); NULL when absent. data fields are raw payload bytes (JSON text with the JSON
+ * codec), NULL when absent. */
+typedef struct {
+    const char *channel;
+    bool recover;
+    uint64_t offset;
+    const char *epoch;
+} chat_recover_req_t;
+
+typedef struct {
+    const char *token;
+    chat_recover_req_t *subs; /* recovery positions of server-side subscriptions */
+    size_t nsubs;
+} chat_connect_req_t;
+
+typedef struct {
+    const char *channel;
+    const char *token;
+    bool recover;
+    uint64_t offset;
+    const char *epoch;
+    bool join_leave;
+} chat_subscribe_req_t;
+
+typedef struct {
+    const char *channel;
+    const char *data;
+    size_t data_len;
+} chat_publish_req_t;
+
+typedef struct {
+    const char *channel;
+    int32_t limit; /* < 0: up to the broker's cap */
+    bool reverse;
+    bool has_since;
+    uint64_t since_offset;
+    const char *since_epoch;
+} chat_history_req_t;
+
+typedef struct {
+    const char *method;
+    const char *data;
+    size_t data_len;
+} chat_rpc_req_t;
+
+typedef struct {
+    const char *channel; /* unsubscribe, presence, presence_stats, sub_refresh */
+    const char *token;   /* refresh, sub_refresh */
+} chat_simple_req_t;
+
+/* One decoded command. */
+typedef struct {
+    uint32_t id; /* 0 only for CHAT_M_PING and CHAT_M_SEND */
+    chat_method_t method;
+    /* Parameters of a valid command that have the wrong type (a history limit that is not an
+     * integer): the command is answered with error 107 and this message, in the order of the
+     * command's own checks. */
+    const char *invalid;
+    union {
+        chat_connect_req_t connect;
+        chat_subscribe_req_t subscribe;
+        chat_publish_req_t publish;
+        chat_history_req_t history;
+        chat_rpc_req_t rpc;
+        chat_simple_req_t simple;
+    };
+    void *priv; /* the codec's own (the decoded document, copies) */
+} chat_req_t;
+
+/* A wire format of the client protocol. The framing part is what server/ sees (chat.h). */
+struct chat_codec {
+    chat_framing_t framing;
+    /* Decodes the next command of frame from *pos (advanced). Returns 1 with *req filled (release
+     * with req_clear), 0 when the frame has no more, CORE_EPROTO for input that is not a
+     * command. */
+    int (*next)(const char *frame, size_t len, size_t *pos, chat_req_t *req);
+    void (*req_clear)(chat_req_t *req);
+    /* Encoders append one complete message (a reply or a push) to out. result and body are
+     * JSON texts. */
+    void (*reply)(core_str_t *out, uint32_t id, chat_method_t m, const char *result, size_t len);
+    void (*error)(core_str_t *out, uint32_t id, int code, const char *message, bool temporary);
+    /* A push of kind "join", "leave", ... for channel with body. */
+    void (*push)(core_str_t *out, const char *channel, const char *kind, const char *body,
+                 size_t len);
+    void (*pub)(core_str_t *out, const char *channel, const clu_pub_t *pub);
+    void (*ping)(core_str_t *out);
+};
+
+extern const chat_codec_t chat__codec_json;
+
+/* JSON-level helpers of the JSON codec, for its tests and fuzz drivers. */
+typedef struct {
+    uint32_t id;
+    chat_method_t method;
+    json_t *params; /* borrowed from root; an object, or NULL when absent */
+    json_t *root;   /* owned */
+} chat_cmd_t;
+
+/* Decodes one command (one line of a frame). Returns 0, or CORE_EPROTO for input that is not a
+ * command object (malformed JSON, invalid UTF-8, not an object, bad id, params not an object,
+ * several methods). An unknown method decodes as CHAT_M_UNKNOWN with its id. */
+int chat_cmd_decode(const char *buf, size_t len, chat_cmd_t *out);
+void chat_cmd_clear(chat_cmd_t *cmd);
+/* Splits a frame into lines: returns the next non-empty line (line, len) and advances pos;
+ * false when done. */
+bool chat_frame_next(const char *frame, size_t frame_len, size_t *pos, const char **line,
+                     size_t *len);
+/* Validates chat message data (message_schema "chat") and returns its normalized JSON text
+ * (malloc'd) or NULL with a reason in err. client_msg_id, when present, is copied to msg_id
+ * (65 bytes) or msg_id[0] is 0. */
+char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *msg_id, char *err,
+                             size_t errlen);
+
+/* ---- recovery ---- */
+
+/* Decides whether a history answer for a recovering subscribe recovers every missed
+ * publication: status 0, and pubs are exactly offsets since+1 .. top in order. */
+bool chat_recovery_complete(int status, const clu_pub_t *pubs, size_t n, uint64_t since,
+                            uint64_t top);
 
 /* ---- operations waiting for the broker ---------------------------------------------------- */
 
@@ -182,6 +308,15 @@ chat_client_t *chat__client_lookup(chat_node_t *n, const char *id);
 static inline const char *chat__json_str(const json_t *obj, const char *key) {
     return json_string_value(json_object_get(obj, key));
 }
+/* The commands of a frame (or of held bytes, which hold whole commands). */
+void chat__client_on_data(chat_client_t *c, const char *data, size_t len);
+/* Runs the held commands once nothing blocks them (connected, no subscribe waiting). */
+void chat__client_release_held(chat_client_t *c);
+/* A subscribe command that blocked the client's commands was answered. */
+void chat__client_unblock(chat_client_t *c);
+/* Sends a push of kind ("join", "leave") with its body to the client. */
+void chat__send_push(chat_client_t *c, const char *channel, const char *kind, const char *body,
+                     size_t len);
 
 /* ---- chat_user.c ---- */
 
@@ -243,14 +378,14 @@ void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_st
 
 /* ---- command handlers (one file per concern) ---- */
 
-void chat__handle_connect(chat_client_t *c, const chat_cmd_t *cmd);
-void chat__handle_refresh(chat_client_t *c, const chat_cmd_t *cmd);
-void chat__handle_subscribe(chat_client_t *c, const chat_cmd_t *cmd);
-void chat__handle_unsubscribe(chat_client_t *c, const chat_cmd_t *cmd);
-void chat__handle_sub_refresh(chat_client_t *c, const chat_cmd_t *cmd);
-void chat__handle_publish(chat_client_t *c, const chat_cmd_t *cmd);
-void chat__handle_rpc(chat_client_t *c, const chat_cmd_t *cmd);
-void chat__handle_presence(chat_client_t *c, const chat_cmd_t *cmd, bool stats);
-void chat__handle_history(chat_client_t *c, const chat_cmd_t *cmd);
+void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_refresh(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_subscribe(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_unsubscribe(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_sub_refresh(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_rpc(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_presence(chat_client_t *c, const chat_req_t *cmd, bool stats);
+void chat__handle_history(chat_client_t *c, const chat_req_t *cmd);
 
 #endif

@@ -99,7 +99,10 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
     n->users = core_map_new();
     n->channels = core_map_new();
     core_list_init(&n->all);
-    n->ping = core_buf_from(0, "{}", 2);
+    core_str_t ping = {0};
+    chat__codec_json.ping(&ping);
+    n->ping = core_buf_from(0, ping.ptr, ping.len);
+    core_str_free(&ping);
     uv_timer_init(loop, &n->sweep);
     n->sweep.data = n;
     uv_timer_start(&n->sweep, sweep_cb, 1000, 1000);

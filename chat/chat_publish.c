@@ -199,10 +199,10 @@ static void gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t metho
     publish_allowed(c, cmd_id, method, channel, ns, data, len, dedupe);
 }
 
-void chat__handle_publish(chat_client_t *c, const chat_cmd_t *cmd) {
+void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
-    const char *channel = chat__json_str(cmd->params, "channel");
-    json_t *data = json_object_get(cmd->params, "data");
+    const char *channel = cmd->publish.channel;
+    const char *data = cmd->publish.data;
     if (!channel || !data) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST,
                           "bad request: channel and data required");
@@ -221,10 +221,17 @@ void chat__handle_publish(chat_client_t *c, const chat_cmd_t *cmd) {
     char err[128];
     char msg_id[65] = "";
     char *txt;
-    if (ns->schema == CHAT_SCHEMA_CHAT)
-        txt = chat_message_normalize(data, ns->max_message_bytes, msg_id, err, sizeof err);
-    else
-        txt = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (ns->schema == CHAT_SCHEMA_CHAT) {
+        /* The data is JSON text in every codec; the chat schema checks its fields. */
+        json_t *doc = json_loadb(data, cmd->publish.data_len, JSON_DECODE_ANY, NULL);
+        txt = doc ? chat_message_normalize(doc, ns->max_message_bytes, msg_id, err, sizeof err)
+                  : NULL;
+        if (!doc)
+            snprintf(err, sizeof err, "message must be an object");
+        json_decref(doc);
+    } else {
+        txt = core_strndup(data, cmd->publish.data_len);
+    }
     if (!txt) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, err);
         return;
@@ -255,9 +262,9 @@ void chat__handle_publish(chat_client_t *c, const chat_cmd_t *cmd) {
 
 /* ---- rpc ---- */
 
-void chat__handle_rpc(chat_client_t *c, const chat_cmd_t *cmd) {
+void chat__handle_rpc(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
-    const char *method = chat__json_str(cmd->params, "method");
+    const char *method = cmd->rpc.method;
     if (!method) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: method required");
         return;
@@ -266,9 +273,11 @@ void chat__handle_rpc(chat_client_t *c, const chat_cmd_t *cmd) {
         chat__reply_error(c, cmd->id, CORE_REPLY_METHOD_NOT_FOUND, NULL);
         return;
     }
-    json_t *data = json_object_get(cmd->params, "data");
+    json_t *data =
+        cmd->rpc.data ? json_loadb(cmd->rpc.data, cmd->rpc.data_len, JSON_DECODE_ANY, NULL) : NULL;
     const char *room = chat__json_str(data, "channel");
     if (!room) {
+        json_decref(data);
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: data.channel required");
         return;
     }
@@ -276,11 +285,13 @@ void chat__handle_rpc(chat_client_t *c, const chat_cmd_t *cmd) {
     const char *colon = strchr(room, ':');
     const chat_ns_t *tns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, "typing:");
     if (!s || s->state != SUB_ACTIVE || !tns) {
+        json_decref(data);
         chat__reply_error(c, cmd->id, CORE_REPLY_PERMISSION_DENIED, NULL);
         return;
     }
     char channel[CHAT_MAX_CHANNEL_BYTES + 8];
     snprintf(channel, sizeof channel, "typing:%s", colon ? colon + 1 : room);
+    json_decref(data);
     core_str_t d = {0};
     core_str_appends(&d, "{\"type\":\"typing\",\"user\":");
     core_str_append_json_string(&d, c->user->name, strlen(c->user->name));

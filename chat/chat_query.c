@@ -58,9 +58,9 @@ static void presence_stats_done(int status, uint32_t clients, uint32_t users, vo
 
 /* Checks channel, namespace feature and subscription for presence and history; replies with
  * the error itself and returns NULL when the call is not allowed. */
-static const chat_ns_t *query_check(chat_client_t *c, const chat_cmd_t *cmd, bool history) {
+static const chat_ns_t *query_check(chat_client_t *c, const chat_req_t *cmd, bool history) {
     chat_node_t *n = c->node;
-    const char *channel = chat__json_str(cmd->params, "channel");
+    const char *channel = history ? cmd->history.channel : cmd->simple.channel;
     if (!channel) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: channel required");
         return NULL;
@@ -82,10 +82,10 @@ static const chat_ns_t *query_check(chat_client_t *c, const chat_cmd_t *cmd, boo
     return ns;
 }
 
-void chat__handle_presence(chat_client_t *c, const chat_cmd_t *cmd, bool stats) {
+void chat__handle_presence(chat_client_t *c, const chat_req_t *cmd, bool stats) {
     if (!query_check(c, cmd, false))
         return;
-    const char *channel = chat__json_str(cmd->params, "channel");
+    const char *channel = cmd->simple.channel;
     chat_op_t *op = queryop_new(c, cmd->id);
     int rc = stats ? clu_presence_stats(c->node->broker, channel, presence_stats_done, op)
                    : clu_presence(c->node->broker, channel, presence_done, op);
@@ -124,35 +124,20 @@ static void history_done(int status, const clu_pub_t *pubs, size_t n, uint64_t t
     free(op);
 }
 
-void chat__handle_history(chat_client_t *c, const chat_cmd_t *cmd) {
+void chat__handle_history(chat_client_t *c, const chat_req_t *cmd) {
     const chat_ns_t *ns = query_check(c, cmd, true);
     if (!ns)
         return;
-    const char *channel = chat__json_str(cmd->params, "channel");
-    clu_history_req_t req = {0};
-    json_t *limit = json_object_get(cmd->params, "limit");
-    if (limit && !json_is_integer(limit)) {
-        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST,
-                          "bad request: limit must be an integer");
+    const char *channel = cmd->history.channel;
+    if (cmd->invalid) {
+        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, cmd->invalid);
         return;
     }
-    json_int_t lim = json_integer_value(limit);
-    req.limit = lim < 0 ? -1 : (lim > INT32_MAX ? INT32_MAX : (int32_t)lim);
-    req.reverse = json_is_true(json_object_get(cmd->params, "reverse"));
-    json_t *since = json_object_get(cmd->params, "since");
-    if (since) {
-        if (!json_is_object(since)) {
-            chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST,
-                              "bad request: since must be an object");
-            return;
-        }
-        json_int_t off = json_integer_value(json_object_get(since, "offset"));
-        req.has_since = true;
-        req.since_offset = off > 0 ? (uint64_t)off : 0;
-        req.since_epoch = chat__json_str(since, "epoch");
-        if (!req.since_epoch)
-            req.since_epoch = "";
-    }
+    clu_history_req_t req = {.has_since = cmd->history.has_since,
+                             .since_offset = cmd->history.since_offset,
+                             .since_epoch = cmd->history.since_epoch,
+                             .limit = cmd->history.limit,
+                             .reverse = cmd->history.reverse};
     chat_op_t *op = queryop_new(c, cmd->id);
     clu_chan_opts_t o = chat__chan_opts(c->node, ns);
     int rc = clu_history(c->node->broker, channel, &o, &req, history_done, op);

@@ -200,8 +200,13 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
             }
         }
     }
-    if (op->kind == SUBOP_CONNECT)
+    if (op->kind == SUBOP_CONNECT) {
         chat__connect_sub_done(op->conn, op->channel, ok ? &res : NULL, top, epoch, op->later);
+    } else if (op->later) {
+        chat_client_t *c = chat__client_lookup(node, op->base.client);
+        if (c)
+            chat__client_unblock(c);
+    }
     core_str_free(&res);
     free(op->channel);
     free(op);
@@ -242,9 +247,9 @@ bool chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, 
 
 /* ---- subscribe / unsubscribe ---- */
 
-void chat__handle_subscribe(chat_client_t *c, const chat_cmd_t *cmd) {
+void chat__handle_subscribe(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
-    const char *channel = chat__json_str(cmd->params, "channel");
+    const char *channel = cmd->subscribe.channel;
     if (!channel || !chat__channel_name_ok(channel)) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: channel required");
         return;
@@ -263,7 +268,7 @@ void chat__handle_subscribe(chat_client_t *c, const chat_cmd_t *cmd) {
                           "limit exceeded: too many channels");
         return;
     }
-    const char *token = chat__json_str(cmd->params, "token");
+    const char *token = cmd->subscribe.token;
     char *chan_info = NULL;
     int64_t sub_exp = 0;
     int limited = auth_user_limited_allows(channel, c->user->name);
@@ -293,19 +298,19 @@ void chat__handle_subscribe(chat_client_t *c, const chat_cmd_t *cmd) {
     chat_sub_t *s = chat__sub_new(c, channel, ns, chan_info);
     free(chan_info);
     s->exp = sub_exp;
-    s->join_leave = ns->join_leave && json_is_true(json_object_get(cmd->params, "join_leave"));
+    s->join_leave = ns->join_leave && cmd->subscribe.join_leave;
     subop_t *op = core_calloc(1, sizeof *op);
     op->kind = SUBOP_COMMAND;
     op->base.cmd_id = cmd->id;
     op->sub_exp = sub_exp;
-    bool recover = json_is_true(json_object_get(cmd->params, "recover"));
-    json_int_t off = json_integer_value(json_object_get(cmd->params, "offset"));
-    chat__sub_start(s, op, recover, off > 0 ? (uint64_t)off : 0,
-                    chat__json_str(cmd->params, "epoch"));
+    /* Commands after a subscribe may depend on it (a publish into the channel in the same
+     * frame): the client's next commands wait for its answer. */
+    if (chat__sub_start(s, op, cmd->subscribe.recover, cmd->subscribe.offset, cmd->subscribe.epoch))
+        c->blocked++;
 }
 
-void chat__handle_unsubscribe(chat_client_t *c, const chat_cmd_t *cmd) {
-    const char *channel = chat__json_str(cmd->params, "channel");
+void chat__handle_unsubscribe(chat_client_t *c, const chat_req_t *cmd) {
+    const char *channel = cmd->simple.channel;
     if (!channel) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: channel required");
         return;
@@ -316,10 +321,10 @@ void chat__handle_unsubscribe(chat_client_t *c, const chat_cmd_t *cmd) {
     chat__reply_raw(c, cmd->id, CHAT_M_UNSUBSCRIBE, "{}", 2);
 }
 
-void chat__handle_sub_refresh(chat_client_t *c, const chat_cmd_t *cmd) {
+void chat__handle_sub_refresh(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
-    const char *channel = chat__json_str(cmd->params, "channel");
-    const char *token = chat__json_str(cmd->params, "token");
+    const char *channel = cmd->simple.channel;
+    const char *token = cmd->simple.token;
     if (!channel || !token) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST,
                           "bad request: channel and token required");

@@ -316,12 +316,12 @@ static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
     }
     bool final = lws_is_final_fragment(c->wsi) && lws_remaining_packet_payload(c->wsi) == 0;
     if (final && c->rx.len == 0) {
-        chat_client_on_frame(c->client, in, len);
+        chat_client_on_frame(c->client, false, in, len);
         return;
     }
     core_str_append(&c->rx, in, len);
     if (final) {
-        chat_client_on_frame(c->client, c->rx.ptr, c->rx.len);
+        chat_client_on_frame(c->client, false, c->rx.ptr, c->rx.len);
         core_str_free(&c->rx);
     }
 }
