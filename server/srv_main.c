@@ -170,9 +170,9 @@ static void t_close(void *tctx, int code, const char *reason) {
 
 static const chat_transport_t transport = {t_send, t_close};
 
-/* Server-to-client WebSocket header (FIN, text, unmasked) for a payload of len bytes, written
- * to end at `end`. Returns the header length. */
-static size_t ws_header(char *end, size_t len) {
+/* Server-to-client WebSocket header (FIN, the codec's opcode, unmasked) for a payload of len
+ * bytes, written to end at `end`. Returns the header length. */
+static size_t ws_header(char *end, size_t len, uint8_t opcode) {
     unsigned char *h;
     if (len < 126) {
         h = (unsigned char *)end - 2;
@@ -188,7 +188,7 @@ static size_t ws_header(char *end, size_t len) {
         for (int i = 0; i < 8; i++)
             h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
     }
-    h[0] = 0x81;
+    h[0] = (unsigned char)(0x80 | opcode);
     return (size_t)((unsigned char *)end - h);
 }
 
@@ -229,10 +229,14 @@ static int conn_flush(srv_t *S, srv_conn_t *c) {
     uint32_t nmsgs;
     uint64_t oldest;
     size_t before = c->wq.bytes;
-    size_t len = srv_wq_fill(&c->wq, &S->scratch, FRAME_HEAD_MAX, BATCH_MAX_BYTES, &nmsgs, &oldest);
+    /* The client's codec says how its messages join in one frame and which opcode it has. */
+    const chat_framing_t *fr = chat_client_framing(c->client);
+    const srv_join_t join = {fr->join_size, fr->join_append};
+    size_t len = srv_wq_fill_join(&c->wq, &join, &S->scratch, FRAME_HEAD_MAX, BATCH_MAX_BYTES,
+                                  &nmsgs, &oldest);
     S->st.write_queue_bytes -= before - c->wq.bytes;
     char *payload = S->scratch.ptr + FRAME_HEAD_MAX;
-    size_t hl = ws_header(payload, len);
+    size_t hl = ws_header(payload, len, fr->ws_opcode);
     char *frame = payload - hl;
     ssize_t n = send_some(c->wsi, frame, hl + len);
     if (n < 0)
@@ -305,8 +309,12 @@ static int on_writeable(srv_t *S, srv_conn_t *c) {
 static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
     if (c->closing || !c->client)
         return;
-    if (lws_frame_is_binary(c->wsi)) {
-        conn_close(c, 3501, "binary frames are not supported");
+    /* A frame of the kind the client's codec does not speak is refused on its first
+     * fragment (chat refuses it too, for any other transport). */
+    bool binary = lws_frame_is_binary(c->wsi);
+    if (binary != (chat_client_framing(c->client)->ws_opcode == 2)) {
+        conn_close(c, 3501,
+                   binary ? "binary frames are not supported" : "text frames are not supported");
         return;
     }
     if (c->rx.len + len > S->cfg.max_frame_bytes) {
@@ -316,12 +324,12 @@ static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
     }
     bool final = lws_is_final_fragment(c->wsi) && lws_remaining_packet_payload(c->wsi) == 0;
     if (final && c->rx.len == 0) {
-        chat_client_on_frame(c->client, false, in, len);
+        chat_client_on_frame(c->client, binary, in, len);
         return;
     }
     core_str_append(&c->rx, in, len);
     if (final) {
-        chat_client_on_frame(c->client, false, c->rx.ptr, c->rx.len);
+        chat_client_on_frame(c->client, binary, c->rx.ptr, c->rx.len);
         core_str_free(&c->rx);
     }
 }
