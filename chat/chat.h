@@ -134,6 +134,42 @@ typedef struct {
     uint64_t channels;   /* gauge */
 } chat_stats_t;
 
+/* ---- RPC methods ------------------------------------------------------------------------- */
+
+/* One `rpc` command handed to the handler of its method. It stays valid until it is answered,
+ * exactly once, with chat_rpc_reply or chat_rpc_error, at once or later from the loop. The call
+ * outlives its client: answering after the client went away (or stopped being connected) is
+ * safe and the answer is dropped; client_gone tells the handler when that happens. */
+typedef struct chat_rpc_call chat_rpc_call_t;
+
+typedef struct {
+    const char *method; /* e.g. "llm.ask"; copied at registration */
+    void (*call)(void *ud, chat_rpc_call_t *call);
+    /* A connected client went away (optional): a handler drops what it does for it. */
+    void (*client_gone)(void *ud, const char *client_id, const char *user);
+} chat_rpc_handler_t;
+
+/* Routes `rpc` commands of h->method to h (with ud). Returns 0, CORE_EEXIST for a method
+ * already registered, CORE_ELIMIT past 16 methods. chat registers "typing" itself. */
+int chat_node_set_rpc(chat_node_t *n, const chat_rpc_handler_t *h, void *ud);
+
+/* What a handler may read of a call (strings valid until the answer). */
+uint32_t chat_rpc_id(const chat_rpc_call_t *call);
+const char *chat_rpc_client(const chat_rpc_call_t *call);
+const char *chat_rpc_user(const chat_rpc_call_t *call);
+auth_plan_t chat_rpc_plan(const chat_rpc_call_t *call);
+/* The raw data bytes of the command (JSON text with the JSON codec), NULL when absent. */
+const char *chat_rpc_data(const chat_rpc_call_t *call, size_t *len);
+/* Whether the calling client (still connected) is subscribed to channel, and active there. */
+bool chat_rpc_subscribed(const chat_rpc_call_t *call, const char *channel);
+/* The options of channel's namespace, or NULL. */
+const chat_ns_t *chat_rpc_namespace(const chat_rpc_call_t *call, const char *channel);
+/* Answers with result (a JSON value, sent as {"data":result}) and releases the call. */
+void chat_rpc_reply(chat_rpc_call_t *call, const char *result, size_t len);
+/* Answers with an error code of CORE_REPLY_ERROR_MAP (message NULL: the table's; the temporary
+ * flag comes from the table) and releases the call. */
+void chat_rpc_error(chat_rpc_call_t *call, int code, const char *message);
+
 /* Creates a node. The broker is attached with chat_node_set_broker before any client. */
 chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg);
 /* The event table and userdata to create the broker with. */

@@ -227,6 +227,12 @@ chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *
 
 void chat_client_free(chat_client_t *c) {
     chat_node_t *n = c->node;
+    if (c->user) {
+        /* Out of the client map first: a handler that answers its calls from client_gone
+         * finds the client gone and its answers are dropped. */
+        core_map_del(n->clients, c->id);
+        chat__rpc_client_gone(c);
+    }
     while (c->subs)
         chat__sub_remove(c->subs);
     if (c->user) {

@@ -115,6 +115,15 @@ struct chat_client {
     core_list_t link;
 };
 
+/* A registered RPC method. */
+#define CHAT_RPC_MAX_HANDLERS 16
+
+typedef struct {
+    char *method;
+    chat_rpc_handler_t h;
+    void *ud;
+} chat_rpc_entry_t;
+
 struct chat_node {
     uv_loop_t *loop;
     chat_config_t cfg;
@@ -129,6 +138,9 @@ struct chat_node {
     uint32_t stalled; /* channels with a fill to retry */
     core_buf_t *ping; /* the shared ping of the JSON codec */
     chat_stats_t st;
+    chat_rpc_entry_t rpc[CHAT_RPC_MAX_HANDLERS];
+    uint32_t nrpc;
+    uint64_t rpc_calls; /* calls handed to handlers and not answered yet */
     void (*close_done)(void *);
     void *close_ud;
 };
@@ -375,6 +387,25 @@ bool chat__channel_name_ok(const char *ch);
  * after the connect started it (one of the connect's pending answers), not inline. */
 void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_str_t *res,
                             uint64_t top, const char *epoch, bool later);
+
+/* ---- chat_publish.c ---- */
+
+typedef enum { LIMIT_PUB, LIMIT_TYPING } chat_limit_kind_t;
+
+/* Publishes data (JSON text) into channel once the user's limit of `kind` allows it (locally,
+ * and across the cluster when the broker shares limits), then answers command cmd_id of
+ * `method` (publish: {}, rpc: {"data":{}}) or refuses it with 429. */
+void chat__gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method,
+                         chat_limit_kind_t kind, const char *channel, const chat_ns_t *ns,
+                         const char *data, size_t len, uint64_t dedupe);
+
+/* ---- chat_rpc.c ---- */
+
+/* Registers the handlers chat provides itself (typing). */
+void chat__rpc_init(chat_node_t *n);
+void chat__rpc_free(chat_node_t *n);
+/* Tells every handler that a connected client went away. */
+void chat__rpc_client_gone(chat_client_t *c);
 
 /* ---- command handlers (one file per concern) ---- */
 

@@ -106,6 +106,7 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
     uv_timer_init(loop, &n->sweep);
     n->sweep.data = n;
     uv_timer_start(&n->sweep, sweep_cb, 1000, 1000);
+    chat__rpc_init(n);
     return n;
 }
 
@@ -127,6 +128,7 @@ static void node_timer_closed(uv_handle_t *h) {
     core_map_free(n->users);
     core_map_free(n->clients);
     core_map_free(n->channels);
+    chat__rpc_free(n);
     core_buf_unref(n->ping);
     void (*done)(void *) = n->close_done;
     void *ud = n->close_ud;

@@ -76,7 +76,6 @@ static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, 
  * node's own takes, which can only be stricter; while the shared one is unreachable the node's
  * own decides, counted, because refusing every publish for a Redis hiccup would be worse than a
  * looser limit. */
-typedef enum { LIMIT_PUB, LIMIT_TYPING } limit_kind_t;
 
 /* A safety bound on the publishes one client may have waiting for the shared limiter. The
  * local limiter already refuses a flood before it reaches Redis (a node never asks for more
@@ -87,7 +86,7 @@ typedef struct {
     chat_op_t base;
     char *user;
     chat_method_t method;
-    limit_kind_t kind;
+    chat_limit_kind_t kind;
     char *channel;
     const chat_ns_t *ns;
     char *data;
@@ -95,11 +94,11 @@ typedef struct {
     uint64_t dedupe;
 } limitop_t;
 
-static const chat_rate_t *limit_rate(chat_client_t *c, limit_kind_t kind) {
+static const chat_rate_t *limit_rate(chat_client_t *c, chat_limit_kind_t kind) {
     return kind == LIMIT_PUB ? &c->node->cfg.plan_rate[c->plan] : &c->node->cfg.typing_rate;
 }
 
-static int64_t limit_take_local(chat_client_t *c, limit_kind_t kind) {
+static int64_t limit_take_local(chat_client_t *c, chat_limit_kind_t kind) {
     core_gcra_t *g = kind == LIMIT_PUB ? &c->user->pub_gcra : &c->user->typing_gcra;
     return core_gcra_take(g, (double)core_now_ms(), limit_rate(c, kind));
 }
@@ -158,9 +157,9 @@ static void limit_done(int status, int64_t wait, void *ud) {
     free(op);
 }
 
-static void gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method,
-                          limit_kind_t kind, const char *channel, const chat_ns_t *ns,
-                          const char *data, size_t len, uint64_t dedupe) {
+void chat__gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method,
+                         chat_limit_kind_t kind, const char *channel, const chat_ns_t *ns,
+                         const char *data, size_t len, uint64_t dedupe) {
     chat_node_t *n = c->node;
     const chat_rate_t *rate = limit_rate(c, kind);
     /* This node's own takes: when they alone exceed the limit the shared bucket would refuse
@@ -256,46 +255,6 @@ void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd) {
     }
     if (key)
         chat__dedupe_remember(c->user, key, now);
-    gated_publish(c, cmd->id, CHAT_M_PUBLISH, LIMIT_PUB, channel, ns, txt, len, key);
+    chat__gated_publish(c, cmd->id, CHAT_M_PUBLISH, LIMIT_PUB, channel, ns, txt, len, key);
     free(txt);
-}
-
-/* ---- rpc ---- */
-
-void chat__handle_rpc(chat_client_t *c, const chat_req_t *cmd) {
-    chat_node_t *n = c->node;
-    const char *method = cmd->rpc.method;
-    if (!method) {
-        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: method required");
-        return;
-    }
-    if (strcmp(method, "typing") != 0) {
-        chat__reply_error(c, cmd->id, CORE_REPLY_METHOD_NOT_FOUND, NULL);
-        return;
-    }
-    json_t *data =
-        cmd->rpc.data ? json_loadb(cmd->rpc.data, cmd->rpc.data_len, JSON_DECODE_ANY, NULL) : NULL;
-    const char *room = chat__json_str(data, "channel");
-    if (!room) {
-        json_decref(data);
-        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: data.channel required");
-        return;
-    }
-    chat_sub_t *s = chat__client_find_sub(c, room);
-    const char *colon = strchr(room, ':');
-    const chat_ns_t *tns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, "typing:");
-    if (!s || s->state != SUB_ACTIVE || !tns) {
-        json_decref(data);
-        chat__reply_error(c, cmd->id, CORE_REPLY_PERMISSION_DENIED, NULL);
-        return;
-    }
-    char channel[CHAT_MAX_CHANNEL_BYTES + 8];
-    snprintf(channel, sizeof channel, "typing:%s", colon ? colon + 1 : room);
-    json_decref(data);
-    core_str_t d = {0};
-    core_str_appends(&d, "{\"type\":\"typing\",\"user\":");
-    core_str_append_json_string(&d, c->user->name, strlen(c->user->name));
-    core_str_appends(&d, "}");
-    gated_publish(c, cmd->id, CHAT_M_RPC, LIMIT_TYPING, channel, tns, d.ptr, d.len, 0);
-    core_str_free(&d);
 }
