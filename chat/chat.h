@@ -177,7 +177,8 @@ const clu_events_t *chat_node_broker_events(void);
 void chat_node_set_broker(chat_node_t *n, clu_broker_t *b);
 /* Closes every client with code/reason (drain). */
 void chat_node_close_all(chat_node_t *n, int code, const char *reason);
-/* Stops the node's timers; done runs when they are closed. Clients must be gone. */
+/* Stops the node's timers; done runs when they are closed. Clients must be gone, and every RPC
+ * call answered. */
 void chat_node_close(chat_node_t *n, void (*done)(void *), void *ud);
 void chat_node_stats(const chat_node_t *n, chat_stats_t *out);
 /* A new socket. remote is the peer address for logs. */

@@ -138,6 +138,9 @@ static void node_timer_closed(uv_handle_t *h) {
 }
 
 void chat_node_close(chat_node_t *n, void (*done)(void *), void *ud) {
+    /* RPC handlers answer every call before the node goes (their owners close first); a call
+     * left over would be answered into freed memory. */
+    CORE_ASSERT(n->rpc_calls == 0);
     n->close_done = done;
     n->close_ud = ud;
     uv_close((uv_handle_t *)&n->sweep, node_timer_closed);
