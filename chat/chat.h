@@ -1,11 +1,11 @@
 /* chat: the client protocol (PROTOCOL.md section 1), channels and namespaces, subscriptions,
  * recovery, presence, message validation and per-user limits. Transport-agnostic: server/ hands
- * it text frames and gives it a send/close table; the broker interface (cluster/) carries
- * publications. */
+ * it WebSocket messages and gives it a send/close table, and frames its output by the client's
+ * codec (chat_client_framing); the broker interface (cluster/) carries publications. This header
+ * is the contract server/ uses; chat_int.h holds the internals. */
 #ifndef CHAT_CHAT_H
 #define CHAT_CHAT_H
 
-#include <jansson.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -14,6 +14,8 @@
 #include "auth/auth.h"
 #include "cluster/cluster.h"
 #include "core/core.h"
+#include "core/core_codes.h"
+#include "core/core_limit.h"
 
 /* ---- configuration ----------------------------------------------------------------------- */
 
@@ -33,10 +35,8 @@ typedef struct {
     chat_schema_t schema;
 } chat_ns_t;
 
-typedef struct {
-    double rate; /* per second */
-    uint32_t burst;
-} chat_rate_t;
+/* A publish limit: tokens per second and burst (core's GCRA). */
+typedef core_rate_t chat_rate_t;
 
 typedef struct {
     chat_ns_t *namespaces;
@@ -60,9 +60,11 @@ typedef struct {
     const char *version;
 } chat_config_t;
 
+struct json_t; /* jansson's, for configuration only: chat.h does not include jansson */
 /* Parses a namespaces JSON object ({"name": {options}}) into an array. Returns 0 or
  * CORE_EINVAL with a message in err (size errlen). */
-int chat_namespaces_parse(const json_t *obj, chat_ns_t **out, size_t *n, char *err, size_t errlen);
+int chat_namespaces_parse(const struct json_t *obj, chat_ns_t **out, size_t *n, char *err,
+                          size_t errlen);
 /* The defaults of docs/RUNTIME.md. */
 void chat_namespaces_default(chat_ns_t **out, size_t *n);
 void chat_namespaces_free(chat_ns_t *ns, size_t n);
@@ -91,58 +93,25 @@ typedef enum {
 /* "connect", "subscribe", ... ("ping" for CHAT_M_PING, "unknown"). */
 const char *chat_method_name(chat_method_t m);
 
-/* One decoded command. */
-typedef struct {
-    uint32_t id; /* 0 only for CHAT_M_PING and CHAT_M_SEND */
-    chat_method_t method;
-    json_t *params; /* borrowed from root; an object, or NULL when absent */
-    json_t *root;   /* owned */
-} chat_cmd_t;
-
-/* Decodes one command (one line of a frame). Returns 0, or CORE_EPROTO for input that is not a
- * command object (malformed JSON, invalid UTF-8, not an object, bad id, params not an object,
- * several methods). An unknown method decodes as CHAT_M_UNKNOWN with its id. */
-int chat_cmd_decode(const char *buf, size_t len, chat_cmd_t *out);
-void chat_cmd_clear(chat_cmd_t *cmd);
-
-/* Splits a frame into lines: returns the next non-empty line (line, len) and advances pos;
- * false when done. */
-bool chat_frame_next(const char *frame, size_t frame_len, size_t *pos, const char **line,
-                     size_t *len);
-
-/* Validates chat message data (message_schema "chat") and returns its normalized JSON text
- * (malloc'd) or NULL with a reason in err. client_msg_id, when present, is copied to msg_id
- * (65 bytes) or msg_id[0] is 0. */
-char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *msg_id, char *err,
-                             size_t errlen);
-
-/* ---- GCRA rate limiter ------------------------------------------------------------------ */
-
-typedef struct {
-    int64_t tat_us; /* theoretical arrival time, microseconds: integers keep waits exact */
-} chat_gcra_t;
-
-/* Takes one token at now_ms. Returns 0 when allowed, else the milliseconds until a request
- * would be allowed (state unchanged). A rate <= 0 always allows. */
-int64_t chat_gcra_take(chat_gcra_t *g, double now_ms, const chat_rate_t *rate);
-/* Microseconds between two tokens of a positive rate (at least 1). */
-int64_t chat_gcra_interval_us(const chat_rate_t *rate);
-
-/* ---- recovery ----------------------------------------------------------------------------- */
-
-/* Decides whether a history answer for a recovering subscribe recovers every missed
- * publication: status 0, and pubs are exactly offsets since+1 .. top in order. */
-bool chat_recovery_complete(int status, const clu_pub_t *pubs, size_t n, uint64_t since,
-                            uint64_t top);
-
 /* ---- node and clients -------------------------------------------------------------------- */
 
 typedef struct chat_node chat_node_t;
 typedef struct chat_client chat_client_t;
 
+/* How a client's wire format frames its messages: server/ writes queued messages as one
+ * WebSocket message of this opcode, joined by these rules. */
+typedef struct {
+    const char *name;  /* "json" */
+    uint8_t ws_opcode; /* 1 text, 2 binary */
+    /* Bytes that msg of len bytes adds to a frame (first: nothing before it in the frame). */
+    size_t (*join_size)(size_t len, bool first);
+    /* Appends msg to a frame being built. */
+    void (*join_append)(core_str_t *frame, const char *msg, size_t len, bool first);
+} chat_framing_t;
+
 /* What chat needs from the transport of one connection. */
 typedef struct {
-    /* Queues msg (a complete JSON reply or push, without trailing newline) for the client and
+    /* Queues msg (one complete reply or push in the client's codec) for the client and
      * takes a reference. Returns 0, or a negative code when the connection's queue overflowed:
      * the transport then closes it with 3008 on its own. */
     int (*send)(void *tctx, core_buf_t *msg);
@@ -157,7 +126,7 @@ typedef struct {
     uint64_t commands[CHAT_M_COUNT];
     uint64_t publications_in;
     uint64_t publications_out;
-    uint64_t errors[16]; /* by the slot of the code in chat_error_codes (last: others) */
+    uint64_t errors[CORE_REPLY_ERROR_SLOTS]; /* by core_reply_error_slot() of the code */
     uint64_t rate_limited;
     uint64_t rate_limit_fallbacks; /* limits taken locally because the shared limiter failed */
     uint64_t dedupe_hits;
@@ -165,8 +134,41 @@ typedef struct {
     uint64_t channels;   /* gauge */
 } chat_stats_t;
 
-/* Error codes counted in chat_stats_t.errors, in slot order. */
-extern const int chat_error_codes[16];
+/* ---- RPC methods ------------------------------------------------------------------------- */
+
+/* One `rpc` command handed to the handler of its method. It stays valid until it is answered,
+ * exactly once, with chat_rpc_reply or chat_rpc_error, at once or later from the loop. The call
+ * outlives its client: answering after the client went away (or stopped being connected) is
+ * safe and the answer is dropped; client_gone tells the handler when that happens. */
+typedef struct chat_rpc_call chat_rpc_call_t;
+
+typedef struct {
+    const char *method; /* e.g. "llm.ask"; copied at registration */
+    void (*call)(void *ud, chat_rpc_call_t *call);
+    /* A connected client went away (optional): a handler drops what it does for it. */
+    void (*client_gone)(void *ud, const char *client_id, const char *user);
+} chat_rpc_handler_t;
+
+/* Routes `rpc` commands of h->method to h (with ud). Returns 0, CORE_EEXIST for a method
+ * already registered, CORE_ELIMIT past 16 methods. chat registers "typing" itself. */
+int chat_node_set_rpc(chat_node_t *n, const chat_rpc_handler_t *h, void *ud);
+
+/* What a handler may read of a call (strings valid until the answer). */
+uint32_t chat_rpc_id(const chat_rpc_call_t *call);
+const char *chat_rpc_client(const chat_rpc_call_t *call);
+const char *chat_rpc_user(const chat_rpc_call_t *call);
+auth_plan_t chat_rpc_plan(const chat_rpc_call_t *call);
+/* The raw data bytes of the command (JSON text with the JSON codec), NULL when absent. */
+const char *chat_rpc_data(const chat_rpc_call_t *call, size_t *len);
+/* Whether the calling client (still connected) is subscribed to channel, and active there. */
+bool chat_rpc_subscribed(const chat_rpc_call_t *call, const char *channel);
+/* The options of channel's namespace, or NULL. */
+const chat_ns_t *chat_rpc_namespace(const chat_rpc_call_t *call, const char *channel);
+/* Answers with result (a JSON value, sent as {"data":result}) and releases the call. */
+void chat_rpc_reply(chat_rpc_call_t *call, const char *result, size_t len);
+/* Answers with an error code of CORE_REPLY_ERROR_MAP (message NULL: the table's; the temporary
+ * flag comes from the table) and releases the call. */
+void chat_rpc_error(chat_rpc_call_t *call, int code, const char *message);
 
 /* Creates a node. The broker is attached with chat_node_set_broker before any client. */
 chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg);
@@ -175,14 +177,19 @@ const clu_events_t *chat_node_broker_events(void);
 void chat_node_set_broker(chat_node_t *n, clu_broker_t *b);
 /* Closes every client with code/reason (drain). */
 void chat_node_close_all(chat_node_t *n, int code, const char *reason);
-/* Stops the node's timers; done runs when they are closed. Clients must be gone. */
+/* Stops the node's timers; done runs when they are closed. Clients must be gone, and every RPC
+ * call answered. */
 void chat_node_close(chat_node_t *n, void (*done)(void *), void *ud);
 void chat_node_stats(const chat_node_t *n, chat_stats_t *out);
 /* A new socket. remote is the peer address for logs. */
 chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx,
                                const char *remote);
-/* One complete text message from the socket. Replies and closes go through the transport. */
-void chat_client_on_frame(chat_client_t *c, const char *data, size_t len);
+/* One complete WebSocket message from the socket (binary: opcode 2). Replies and closes go
+ * through the transport; a message of the wrong kind for the client's codec closes it with
+ * 3501. */
+void chat_client_on_frame(chat_client_t *c, bool binary, const char *data, size_t len);
+/* The framing of the client's codec. */
+const chat_framing_t *chat_client_framing(const chat_client_t *c);
 /* The socket is gone: drops subscriptions, presence and the client. */
 void chat_client_free(chat_client_t *c);
 

@@ -1,13 +1,22 @@
-/* chat: structures shared by the module's source files. */
+/* chat: structures and functions shared by the module's source files. Not a contract: server/
+ * uses chat.h only; unit tests may include this header to drive the internals. */
 #ifndef CHAT_CHAT_INT_H
 #define CHAT_CHAT_INT_H
 
+#include <jansson.h>
+
 #include "chat/chat.h"
+#include "core/core_codes.h"
+#include "core/core_limit.h"
 
 #define CHAT_DEDUPE_SLOTS 64
 #define CHAT_CLIENT_ID_LEN 36
 /* Most bytes of commands held while a connect waits for the broker. */
 #define CHAT_HELD_MAX 65536
+#define CHAT_MAX_CHANNEL_BYTES 255
+/* Publications one subscription buffers while its subscribe waits for the broker; past it the
+ * client is closed with 3010 and resynchronises. */
+#define CHAT_SUB_PENDING_MAX 4096
 
 typedef struct {
     uint64_t key; /* hash of channel and client_msg_id */
@@ -18,13 +27,14 @@ typedef struct {
 typedef struct {
     char *name;
     uint32_t nconns;
-    chat_gcra_t pub_gcra;
-    chat_gcra_t typing_gcra;
+    core_gcra_t pub_gcra;
+    core_gcra_t typing_gcra;
     chat_dedupe_slot_t *dedupe; /* CHAT_DEDUPE_SLOTS, allocated on first client_msg_id */
     uint32_t dedupe_next;
 } chat_user_t;
 
 typedef struct chat_sub chat_sub_t;
+typedef struct chat_codec chat_codec_t;
 
 typedef struct {
     core_buf_t *buf;
@@ -81,6 +91,7 @@ typedef enum { CL_NEW = 0, CL_CONNECTING, CL_CONNECTED, CL_CLOSING } chat_client
 
 struct chat_client {
     chat_node_t *node;
+    const chat_codec_t *codec;
     const chat_transport_t *t;
     void *tctx;
     char id[CHAT_CLIENT_ID_LEN + 1];
@@ -95,13 +106,23 @@ struct chat_client {
     uint64_t created_ms;
     uint64_t next_ping_ms;
     uint64_t pong_deadline_ms;
-    uint32_t errors; /* error replies in the current 10 s window */
-    core_str_t held; /* commands that arrived behind a pending connect */
+    uint32_t errors;  /* error replies in the current 10 s window */
+    core_str_t held;  /* commands that arrived behind a pending connect or subscribe */
+    uint32_t blocked; /* subscribe commands waiting for the broker; later commands wait */
     chat_sub_t *subs;
     uint32_t nsubs;
     uint32_t limits_waiting; /* publishes waiting for the shared rate limiter */
     core_list_t link;
 };
+
+/* A registered RPC method. */
+#define CHAT_RPC_MAX_HANDLERS 16
+
+typedef struct {
+    char *method;
+    chat_rpc_handler_t h;
+    void *ud;
+} chat_rpc_entry_t;
 
 struct chat_node {
     uv_loop_t *loop;
@@ -115,10 +136,287 @@ struct chat_node {
     uint64_t sweep_ticks;
     uint64_t next_gen;
     uint32_t stalled; /* channels with a fill to retry */
-    core_buf_t *ping; /* the shared "{}" */
+    core_buf_t *ping; /* the shared ping of the JSON codec */
     chat_stats_t st;
+    chat_rpc_entry_t rpc[CHAT_RPC_MAX_HANDLERS];
+    uint32_t nrpc;
+    uint64_t rpc_calls; /* calls handed to handlers and not answered yet */
     void (*close_done)(void *);
     void *close_ud;
 };
+
+/* ---- typed commands and the codec ---------------------------------------------------------- */
+
+/* Strings of a request are NUL-terminated and borrowed from the decoded frame (valid until
+ * req_clear); NULL when absent. data fields are raw payload bytes (JSON text with the JSON
+ * codec), NULL when absent. */
+typedef struct {
+    const char *channel;
+    bool recover;
+    uint64_t offset;
+    const char *epoch;
+} chat_recover_req_t;
+
+typedef struct {
+    const char *token;
+    chat_recover_req_t *subs; /* recovery positions of server-side subscriptions */
+    size_t nsubs;
+} chat_connect_req_t;
+
+typedef struct {
+    const char *channel;
+    const char *token;
+    bool recover;
+    uint64_t offset;
+    const char *epoch;
+    bool join_leave;
+} chat_subscribe_req_t;
+
+typedef struct {
+    const char *channel;
+    const char *data;
+    size_t data_len;
+} chat_publish_req_t;
+
+typedef struct {
+    const char *channel;
+    int32_t limit; /* < 0: up to the broker's cap */
+    bool reverse;
+    bool has_since;
+    uint64_t since_offset;
+    const char *since_epoch;
+} chat_history_req_t;
+
+typedef struct {
+    const char *method;
+    const char *data;
+    size_t data_len;
+} chat_rpc_req_t;
+
+typedef struct {
+    const char *channel; /* unsubscribe, presence, presence_stats, sub_refresh */
+    const char *token;   /* refresh, sub_refresh */
+} chat_simple_req_t;
+
+/* One decoded command. */
+typedef struct {
+    uint32_t id; /* 0 only for CHAT_M_PING and CHAT_M_SEND */
+    chat_method_t method;
+    /* Parameters of a valid command that have the wrong type (a history limit that is not an
+     * integer): the command is answered with error 107 and this message, in the order of the
+     * command's own checks. */
+    const char *invalid;
+    union {
+        chat_connect_req_t connect;
+        chat_subscribe_req_t subscribe;
+        chat_publish_req_t publish;
+        chat_history_req_t history;
+        chat_rpc_req_t rpc;
+        chat_simple_req_t simple;
+    };
+    void *priv; /* the codec's own (the decoded document, copies) */
+} chat_req_t;
+
+/* A wire format of the client protocol. The framing part is what server/ sees (chat.h). */
+struct chat_codec {
+    chat_framing_t framing;
+    /* Decodes the next command of frame from *pos (advanced). Returns 1 with *req filled (release
+     * with req_clear), 0 when the frame has no more, CORE_EPROTO for input that is not a
+     * command. */
+    int (*next)(const char *frame, size_t len, size_t *pos, chat_req_t *req);
+    void (*req_clear)(chat_req_t *req);
+    /* Encoders append one complete message (a reply or a push) to out. result and body are
+     * JSON texts. */
+    void (*reply)(core_str_t *out, uint32_t id, chat_method_t m, const char *result, size_t len);
+    void (*error)(core_str_t *out, uint32_t id, int code, const char *message, bool temporary);
+    /* A push of kind "join", "leave", ... for channel with body. */
+    void (*push)(core_str_t *out, const char *channel, const char *kind, const char *body,
+                 size_t len);
+    void (*pub)(core_str_t *out, const char *channel, const clu_pub_t *pub);
+    void (*ping)(core_str_t *out);
+};
+
+extern const chat_codec_t chat__codec_json;
+
+/* JSON-level helpers of the JSON codec, for its tests and fuzz drivers. */
+typedef struct {
+    uint32_t id;
+    chat_method_t method;
+    json_t *params; /* borrowed from root; an object, or NULL when absent */
+    json_t *root;   /* owned */
+} chat_cmd_t;
+
+/* Decodes one command (one line of a frame). Returns 0, or CORE_EPROTO for input that is not a
+ * command object (malformed JSON, invalid UTF-8, not an object, bad id, params not an object,
+ * several methods). An unknown method decodes as CHAT_M_UNKNOWN with its id. */
+int chat_cmd_decode(const char *buf, size_t len, chat_cmd_t *out);
+void chat_cmd_clear(chat_cmd_t *cmd);
+/* Splits a frame into lines: returns the next non-empty line (line, len) and advances pos;
+ * false when done. */
+bool chat_frame_next(const char *frame, size_t frame_len, size_t *pos, const char **line,
+                     size_t *len);
+/* Validates chat message data (message_schema "chat") and returns its normalized JSON text
+ * (malloc'd) or NULL with a reason in err. client_msg_id, when present, is copied to msg_id
+ * (65 bytes) or msg_id[0] is 0. */
+char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *msg_id, char *err,
+                             size_t errlen);
+
+/* ---- recovery ---- */
+
+/* Decides whether a history answer for a recovering subscribe recovers every missed
+ * publication: status 0, and pubs are exactly offsets since+1 .. top in order. */
+bool chat_recovery_complete(int status, const clu_pub_t *pubs, size_t n, uint64_t since,
+                            uint64_t top);
+
+/* ---- operations waiting for the broker ---------------------------------------------------- */
+
+/* What every per-command operation that waits for the broker remembers of its command. The
+ * client is named by id, not pointer: it may be gone when the answer comes. */
+typedef struct {
+    chat_node_t *node;
+    char client[CHAT_CLIENT_ID_LEN + 1];
+    uint32_t cmd_id;
+} chat_op_t;
+
+void chat__op_init(chat_op_t *op, chat_client_t *c, uint32_t cmd_id);
+/* The op's client when it is still connected, else NULL. */
+chat_client_t *chat__op_client(const chat_op_t *op);
+
+typedef enum { SUBOP_COMMAND, SUBOP_CONNECT } subop_kind_t;
+
+typedef struct connect_op connect_op_t;
+
+/* One subscription waiting for its history answer: a subscribe command, or one server-side
+ * subscription of a connect. */
+typedef struct {
+    chat_op_t base;
+    char *channel;
+    uint64_t gen;
+    subop_kind_t kind;
+    bool recovering;
+    uint64_t since;
+    int64_t sub_exp; /* subscription token expiry for the answer, 0 = none */
+    connect_op_t *conn;
+    bool later; /* answered by the broker, after chat__sub_start returned */
+} subop_t;
+
+/* ---- chat_client.c ---- */
+
+void chat__send_str(chat_client_t *c, core_str_t *s);
+/* Closes the client with a code of CORE_DISCONNECT_MAP and its reason. */
+void chat__client_close(chat_client_t *c, int code);
+/* The same with another reason (a drain's own words). */
+void chat__client_close_reason(chat_client_t *c, int code, const char *reason);
+/* Replies with an error; message NULL takes the table's message. Counts it, and closes a client
+ * that collected too many errors that are not temporary. */
+void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *message);
+/* Sends {"id":N,"<method>":<result text>}. */
+void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
+                     size_t len);
+/* Appends {"data":...,"offset":N,"info":...} for a publication. */
+void chat__append_pub(core_str_t *s, const clu_pub_t *p);
+chat_client_t *chat__client_lookup(chat_node_t *n, const char *id);
+
+static inline const char *chat__json_str(const json_t *obj, const char *key) {
+    return json_string_value(json_object_get(obj, key));
+}
+/* The commands of a frame (or of held bytes, which hold whole commands). */
+void chat__client_on_data(chat_client_t *c, const char *data, size_t len);
+/* Runs the held commands once nothing blocks them (connected, no subscribe waiting). */
+void chat__client_release_held(chat_client_t *c);
+/* A subscribe command that blocked the client's commands was answered. */
+void chat__client_unblock(chat_client_t *c);
+/* Sends a push of kind ("join", "leave") with its body to the client. */
+void chat__send_push(chat_client_t *c, const char *channel, const char *kind, const char *body,
+                     size_t len);
+
+/* ---- chat_user.c ---- */
+
+chat_user_t *chat__user_get(chat_node_t *n, const char *name);
+void chat__user_free(chat_user_t *u);
+/* Frees a user with no connection once its limiter state has drained. */
+void chat__user_maybe_free(chat_node_t *n, chat_user_t *u, double now_ms);
+uint64_t chat__dedupe_key(const char *channel, const char *msg_id);
+bool chat__dedupe_seen(chat_node_t *n, chat_user_t *u, uint64_t key, uint64_t now);
+void chat__dedupe_remember(chat_user_t *u, uint64_t key, uint64_t now);
+void chat__dedupe_forget(chat_user_t *u, uint64_t key);
+
+/* ---- chat_channel.c ---- */
+
+/* The channel, created (and subscribed in the broker) on first use. */
+chat_channel_t *chat__channel_get(chat_node_t *n, const char *name, const chat_ns_t *ns);
+void chat__channel_add(chat_channel_t *ch, chat_sub_t *s);
+/* Takes s out of its channel; the channel goes (unsubscribed) after its last subscriber. */
+void chat__channel_remove(chat_node_t *n, chat_sub_t *s);
+clu_chan_opts_t chat__chan_opts(const chat_node_t *n, const chat_ns_t *ns);
+/* Delivers held publications that continue the sequence, then fills a remaining gap. */
+void chat__channel_release_held(chat_node_t *n, chat_channel_t *ch);
+/* Reads what follows `last` from history (or marks the fill wanted when one cannot start). */
+void chat__channel_fill(chat_node_t *n, chat_channel_t *ch);
+/* Queues b to every active subscriber (above its floor) and buffers it for pending ones. */
+void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uint64_t offset);
+void chat__channel_drop_held(chat_channel_t *ch);
+core_buf_t *chat__pub_push(const char *channel, const clu_pub_t *pub);
+
+/* ---- chat_sub.c ---- */
+
+chat_sub_t *chat__client_find_sub(chat_client_t *c, const char *channel);
+/* The subscription when its client is alive and it is the same generation, else NULL. */
+chat_sub_t *chat__sub_lookup(chat_node_t *n, const char *client, const char *channel, uint64_t gen);
+/* ClientInfo JSON: {"user","client","conn_info","chan_info"} (malloc'd). */
+char *chat__client_info_json(const chat_client_t *c, const char *chan_info, size_t *len);
+chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t *ns,
+                          const char *chan_info);
+/* Removes the subscription: presence, leave event, channel membership. */
+void chat__sub_remove(chat_sub_t *s);
+/* Makes a subscription live: buffered publications newer than the answer go out in order,
+ * then presence and the join event. */
+void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch);
+/* Asks the broker for the channel position or the publications to recover; op is answered
+ * through chat__subop_done: at once when the namespace keeps no history or the broker refused
+ * the call (returns false), else from the loop once the broker answers (returns true). */
+bool chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, const char *epoch);
+void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch,
+                      void *ud);
+bool chat__channel_name_ok(const char *ch);
+
+/* ---- chat_connect.c ---- */
+
+/* One server-side subscription of a connect got its answer: res is its SubscribeResult text, or
+ * NULL when it failed (left out of the connect answer). later: the answer came from the broker
+ * after the connect started it (one of the connect's pending answers), not inline. */
+void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_str_t *res,
+                            uint64_t top, const char *epoch, bool later);
+
+/* ---- chat_publish.c ---- */
+
+typedef enum { LIMIT_PUB, LIMIT_TYPING } chat_limit_kind_t;
+
+/* Publishes data (JSON text) into channel once the user's limit of `kind` allows it (locally,
+ * and across the cluster when the broker shares limits), then answers command cmd_id of
+ * `method` (publish: {}, rpc: {"data":{}}) or refuses it with 429. */
+void chat__gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method,
+                         chat_limit_kind_t kind, const char *channel, const chat_ns_t *ns,
+                         const char *data, size_t len, uint64_t dedupe);
+
+/* ---- chat_rpc.c ---- */
+
+/* Registers the handlers chat provides itself (typing). */
+void chat__rpc_init(chat_node_t *n);
+void chat__rpc_free(chat_node_t *n);
+/* Tells every handler that a connected client went away. */
+void chat__rpc_client_gone(chat_client_t *c);
+
+/* ---- command handlers (one file per concern) ---- */
+
+void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_refresh(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_subscribe(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_unsubscribe(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_sub_refresh(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_rpc(chat_client_t *c, const chat_req_t *cmd);
+void chat__handle_presence(chat_client_t *c, const chat_req_t *cmd, bool stats);
+void chat__handle_history(chat_client_t *c, const chat_req_t *cmd);
 
 #endif

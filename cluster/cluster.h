@@ -3,10 +3,16 @@
  * (chat/, server/) is written against this interface only, so the one-node in-memory broker and
  * the Redis broker are interchangeable.
  *
- * Callbacks: every operation completes through its callback. An implementation may call back
- * before the operation function returns (the in-memory broker does), or later from the loop (the
- * Redis broker does); callers must handle both. Data passed to callbacks is borrowed for the
- * duration of the callback. */
+ * Callbacks: an operation that returns 0 completes exactly once through its callback, and never
+ * before the operation function returned: answers run from the loop (the in-memory broker
+ * queues its answers; the Redis broker queues failures detected before anything was sent). A
+ * caller therefore never needs to count pending work before starting it. An operation that
+ * returns a negative code (the broker is closing) does not call back. Answers still pending when
+ * the broker closes run during clu_close, before its done callback. Data passed to callbacks is
+ * borrowed for the duration of the callback.
+ *
+ * Events (clu_events_t) are not answers: the in-memory broker delivers on_pub, on_join and
+ * on_leave during the call that caused them (publish, join, leave). */
 #ifndef CLUSTER_CLUSTER_H
 #define CLUSTER_CLUSTER_H
 
@@ -178,8 +184,8 @@ static inline int clu_presence_stats(clu_broker_t *b, const char *channel, clu_p
                                      void *ud) {
     return b->ops->presence_stats(b, channel, cb, ud);
 }
-static inline int clu_heartbeat(clu_broker_t *b, const char *node_id, const char *info,
-                                size_t len, uint32_t ttl_ms, clu_nodes_cb cb, void *ud) {
+static inline int clu_heartbeat(clu_broker_t *b, const char *node_id, const char *info, size_t len,
+                                uint32_t ttl_ms, clu_nodes_cb cb, void *ud) {
     return b->ops->heartbeat(b, node_id, info, len, ttl_ms, cb, ud);
 }
 /* True when limits taken through clu_rate_take hold across the nodes of the broker. */
@@ -219,8 +225,8 @@ void clu_memory_set_max_bytes(clu_broker_t *b, size_t max_bytes);
  * pub/sub) are up, and operations fail with CORE_EAGAIN (through their callback) while the
  * command connection is not. node_id names
  * this node in logs. max_history_limit caps how many publications one history call returns
- * (0: 1000). Returns NULL for a bad URL. Callbacks run later from the loop, except failures
- * detected before anything was sent (Redis down), which call back at once. */
+ * (0: 1000). Returns NULL for a bad URL. Callbacks run later from the loop, failures detected
+ * before anything was sent (Redis down) included. */
 clu_broker_t *clu_redis_new(uv_loop_t *loop, const clu_events_t *events, void *ud,
                             const char *redis_url, const char *node_id, uint32_t max_history_limit);
 

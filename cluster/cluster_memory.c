@@ -1,7 +1,11 @@
 /* cluster: the one-node broker. Channels live in a hash map; each keeps a ring of its newest
- * publications, an epoch, and its presence entries. Operations complete synchronously. */
+ * publications, an epoch, and its presence entries. Operations take effect at once, but their
+ * answers are copied and queued, and run from the loop (an idle handle drains the queue): a
+ * caller is never called back before its call returned, as with the Redis broker. Events
+ * (on_pub, on_join, on_leave) are delivered during the call that causes them. */
 #include "cluster/cluster.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +24,25 @@ typedef struct {
 } presence_entry_t;
 
 typedef struct mem_broker mem_broker_t;
+
+typedef enum { ANS_PUBLISH, ANS_HISTORY, ANS_PRESENCE, ANS_PRESENCE_STATS, ANS_NODES } ans_kind_t;
+
+/* One answer waiting for the loop. Strings it hands out point into `blob`, its own copy. */
+typedef struct answer {
+    struct answer *next;
+    ans_kind_t kind;
+    void *cb;
+    void *ud;
+    int status;
+    uint64_t top; /* publish: the offset */
+    uint32_t clients, users;
+    char epoch[CLU_EPOCH_MAX];
+    size_t n;
+    clu_pub_t *pubs;
+    clu_presence_t *presence;
+    clu_node_t node;
+    core_str_t blob;
+} answer_t;
 
 typedef struct {
     mem_broker_t *mb;
@@ -46,10 +69,106 @@ struct mem_broker {
     core_list_t lru;  /* channels with stored publications, least recently published first */
     uint32_t max_history_limit;
     uv_timer_t sweep;
+    uv_idle_t answers; /* active while `queue` holds answers */
+    answer_t *queue, *queue_tail;
+    int open_handles;
     clu_stats_t st;
     void (*close_done)(void *);
     void *close_ud;
 };
+
+/* ---- answers run from the loop ---- */
+
+static answer_t *answer_new(ans_kind_t kind, void *cb, void *ud) {
+    answer_t *a = core_calloc(1, sizeof *a);
+    a->kind = kind;
+    a->cb = cb;
+    a->ud = ud;
+    return a;
+}
+
+/* Copies n bytes into the answer's blob and returns their offset there; pointers are set once
+ * the blob stops growing (answer_fix). */
+static uintptr_t answer_copy(answer_t *a, const char *p, size_t n) {
+    uintptr_t off = a->blob.len;
+    core_str_append(&a->blob, p ? p : "", n);
+    core_str_append(&a->blob, "", 1); /* NUL: ids are used as C strings */
+    return off;
+}
+
+static const char *answer_ptr(const answer_t *a, const char *off) {
+    return a->blob.ptr + (uintptr_t)off;
+}
+
+static void answer_fix(answer_t *a) {
+    for (size_t i = 0; i < a->n && a->pubs; i++) {
+        a->pubs[i].data = answer_ptr(a, a->pubs[i].data);
+        if (a->pubs[i].info)
+            a->pubs[i].info = answer_ptr(a, a->pubs[i].info);
+    }
+    for (size_t i = 0; i < a->n && a->presence; i++) {
+        a->presence[i].client = answer_ptr(a, a->presence[i].client);
+        a->presence[i].user = answer_ptr(a, a->presence[i].user);
+        a->presence[i].info = answer_ptr(a, a->presence[i].info);
+    }
+    if (a->kind == ANS_NODES && a->n) {
+        a->node.id = answer_ptr(a, a->node.id);
+        a->node.info = answer_ptr(a, a->node.info);
+    }
+}
+
+static void answer_run(answer_t *a) {
+    switch (a->kind) {
+    case ANS_PUBLISH:
+        ((clu_publish_cb)a->cb)(a->status, a->top, a->epoch, a->ud);
+        break;
+    case ANS_HISTORY:
+        ((clu_history_cb)a->cb)(a->status, a->pubs, a->n, a->top, a->epoch, a->ud);
+        break;
+    case ANS_PRESENCE:
+        ((clu_presence_cb)a->cb)(a->status, a->presence, a->n, a->ud);
+        break;
+    case ANS_PRESENCE_STATS:
+        ((clu_presence_stats_cb)a->cb)(a->status, a->clients, a->users, a->ud);
+        break;
+    case ANS_NODES:
+        ((clu_nodes_cb)a->cb)(a->status, a->n ? &a->node : NULL, a->n, a->ud);
+        break;
+    }
+    free(a->pubs);
+    free(a->presence);
+    core_str_free(&a->blob);
+    free(a);
+}
+
+/* Runs the answers queued so far; answers their callbacks queue wait for the next turn. */
+static void answers_drain(mem_broker_t *mb) {
+    answer_t *a = mb->queue;
+    mb->queue = mb->queue_tail = NULL;
+    while (a) {
+        answer_t *next = a->next;
+        answer_run(a);
+        a = next;
+    }
+}
+
+static void on_answers(uv_idle_t *h) {
+    mem_broker_t *mb = h->data;
+    answers_drain(mb);
+    if (!mb->queue)
+        uv_idle_stop(&mb->answers);
+}
+
+static void answer_queue(mem_broker_t *mb, answer_t *a) {
+    answer_fix(a);
+    if (mb->queue_tail)
+        mb->queue_tail->next = a;
+    else
+        mb->queue = a;
+    mb->queue_tail = a;
+    if (!uv_is_active((uv_handle_t *)&mb->answers))
+        uv_idle_start(&mb->answers, on_answers);
+}
 
 static void new_epoch(mchan_t *c) {
     core_random_id(c->epoch, 8);
@@ -216,8 +335,12 @@ static int mem_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pu
         mb->st.delivered++;
         b->events.on_pub(b->events_ud, channel, &out, epoch);
     }
-    if (cb)
-        cb(0, offset, epoch, ud);
+    if (cb) {
+        answer_t *a = answer_new(ANS_PUBLISH, (void *)cb, ud);
+        a->top = offset;
+        snprintf(a->epoch, sizeof a->epoch, "%s", epoch);
+        answer_queue(mb, a);
+    }
     return 0;
 }
 
@@ -258,12 +381,16 @@ static int mem_history(clu_broker_t *b, const char *channel, const clu_chan_opts
          * what is kept means the reader would silently miss publications. */
         bool gap = !req->reverse && req->since_offset + 1 < first;
         if (!epoch_ok || gap || req->since_offset > c->top) {
-            cb(CORE_EUNRECOVERABLE, NULL, 0, c->top, c->epoch, ud);
+            answer_t *a = answer_new(ANS_HISTORY, (void *)cb, ud);
+            a->status = CORE_EUNRECOVERABLE;
+            a->top = c->top;
+            memcpy(a->epoch, c->epoch, sizeof a->epoch);
+            answer_queue(mb, a);
             chan_maybe_free(mb, c);
             return 0;
         }
     }
-    clu_pub_t stack[64];
+    answer_t *a = answer_new(ANS_HISTORY, (void *)cb, ud);
     clu_pub_t *out = NULL;
     size_t n = 0;
     if (limit > 0 && c->count > 0) {
@@ -278,21 +405,25 @@ static int mem_history(clu_broker_t *b, const char *channel, const clu_chan_opts
         if (hi > lo) {
             uint64_t avail = hi - lo;
             n = avail < limit ? (size_t)avail : limit;
-            out = n <= 64 ? stack : core_malloc(n * sizeof *out);
+            out = core_calloc(n, sizeof *out);
             for (size_t i = 0; i < n; i++) {
                 uint64_t idx = req->reverse ? hi - 1 - i : lo + i;
                 stored_pub_t *p = &c->ring[(c->start + idx) % c->ring_cap];
-                out[i] = (clu_pub_t){p->offset, p->data, p->data_len, p->info, p->info_len};
+                /* Offsets into the answer's copy for now: the channel may be evicted before
+                 * the answer runs. */
+                out[i] = (clu_pub_t){p->offset, (const char *)answer_copy(a, p->data, p->data_len),
+                                     p->data_len, NULL, p->info_len};
+                if (p->info)
+                    out[i].info = (const char *)answer_copy(a, p->info, p->info_len);
             }
         }
     }
-    char epoch[CLU_EPOCH_MAX];
-    memcpy(epoch, c->epoch, sizeof epoch);
-    uint64_t top = c->top;
+    memcpy(a->epoch, c->epoch, sizeof a->epoch);
+    a->top = c->top;
+    a->pubs = out;
+    a->n = n;
     chan_maybe_free(mb, c);
-    cb(0, out, n, top, epoch, ud);
-    if (out != stack)
-        free(out);
+    answer_queue(mb, a);
     return 0;
 }
 
@@ -350,6 +481,7 @@ static int mem_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb
     mem_broker_t *mb = (mem_broker_t *)b;
     mchan_t *c = chan_get(mb, channel, false);
     size_t n = c && c->presence ? core_map_size(c->presence) : 0;
+    answer_t *a = answer_new(ANS_PRESENCE, (void *)cb, ud);
     clu_presence_t *out = core_calloc(n ? n : 1, sizeof *out);
     size_t i = 0;
     if (n) {
@@ -358,11 +490,15 @@ static int mem_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb
         void *v;
         while (core_map_next(c->presence, &it, &client, &v)) {
             presence_entry_t *pe = v;
-            out[i++] = (clu_presence_t){client, pe->user, pe->info, pe->info_len};
+            out[i++] = (clu_presence_t){(const char *)answer_copy(a, client, strlen(client)),
+                                        (const char *)answer_copy(a, pe->user, strlen(pe->user)),
+                                        (const char *)answer_copy(a, pe->info, pe->info_len),
+                                        pe->info_len};
         }
     }
-    cb(0, out, i, ud);
-    free(out);
+    a->presence = out;
+    a->n = i;
+    answer_queue(mb, a);
     return 0;
 }
 
@@ -383,7 +519,10 @@ static int mem_presence_stats(clu_broker_t *b, const char *channel, clu_presence
         }
         core_map_free(seen);
     }
-    cb(0, clients, users, ud);
+    answer_t *a = answer_new(ANS_PRESENCE_STATS, (void *)cb, ud);
+    a->clients = clients;
+    a->users = users;
+    answer_queue(mb, a);
     return 0;
 }
 
@@ -398,8 +537,10 @@ static void mem_stats(clu_broker_t *b, clu_stats_t *out) {
     out->channels = core_map_size(mb->channels);
 }
 
-static void sweep_closed(uv_handle_t *h) {
+static void handle_closed(uv_handle_t *h) {
     mem_broker_t *mb = h->data;
+    if (--mb->open_handles > 0)
+        return;
     core_map_iter_t it = 0;
     void *v;
     while (core_map_next(mb->channels, &it, NULL, &v))
@@ -416,16 +557,26 @@ static void mem_close(clu_broker_t *b, void (*done)(void *), void *ud) {
     mem_broker_t *mb = (mem_broker_t *)b;
     mb->close_done = done;
     mb->close_ud = ud;
-    uv_close((uv_handle_t *)&mb->sweep, sweep_closed);
+    /* Answers still queued run now, while the broker exists: their callers free what they
+     * keep for the answer there, and learn the outcome of what already took effect. */
+    while (mb->queue)
+        answers_drain(mb);
+    uv_close((uv_handle_t *)&mb->sweep, handle_closed);
+    uv_close((uv_handle_t *)&mb->answers, handle_closed);
 }
 
 /* One node is the whole cluster: the registry is the caller itself. */
 static int mem_heartbeat(clu_broker_t *b, const char *node_id, const char *info, size_t len,
                          uint32_t ttl_ms, clu_nodes_cb cb, void *ud) {
-    (void)b;
-    clu_node_t self = {node_id, info, len};
-    if (cb)
-        cb(0, &self, ttl_ms ? 1 : 0, ud);
+    if (!cb)
+        return 0;
+    answer_t *a = answer_new(ANS_NODES, (void *)cb, ud);
+    if (ttl_ms) {
+        a->n = 1;
+        a->node = (clu_node_t){(const char *)answer_copy(a, node_id, strlen(node_id)),
+                               (const char *)answer_copy(a, info, len), len};
+    }
+    answer_queue((mem_broker_t *)b, a);
     return 0;
 }
 
@@ -462,6 +613,9 @@ clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *
     mb->sweep.data = mb;
     uv_timer_start(&mb->sweep, sweep_cb, 10000, 10000);
     uv_unref((uv_handle_t *)&mb->sweep);
+    uv_idle_init(loop, &mb->answers);
+    mb->answers.data = mb;
+    mb->open_handles = 2;
     return &mb->base;
 }
 

@@ -12,6 +12,8 @@
  * CORE_EAGAIN and both reconnect. */
 #include "cluster/cluster.h"
 
+#include "core/core_limit.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,7 +55,7 @@ typedef struct {
     bool is_sub;
     redisAsyncContext *ac; /* non-NULL from the connect attempt until it is gone */
     bool connected;
-    uint32_t attempts; /* failed attempts in a row, for the backoff */
+    core_backoff_t backoff; /* reconnect pacing; reset by a successful connect */
     uv_timer_t retry;
 } rconn_t;
 
@@ -72,25 +74,18 @@ struct redis_broker {
     uint32_t inflight;
     uint64_t progress_ms;
     uv_timer_t watchdog;
+    /* Calls that failed before anything was sent (Redis away): their callbacks run from the
+     * loop, never before the call that started them returned. */
+    struct call *failed, *failed_tail;
+    uv_idle_t fail_idle;
     uint64_t script_error_logged_ms;
     bool closing;
     int open_timers;
     void (*close_done)(void *);
     void *close_ud;
-    uint64_t rng;
 };
 
 /* ---- small helpers ------------------------------------------------------------------------- */
-
-/* xorshift64*: jitter needs spread, not secrecy, and must not cost a syscall. */
-static uint32_t rb_rand(rb_t *rb) {
-    uint64_t x = rb->rng;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    rb->rng = x;
-    return (uint32_t)((x * 0x2545F4914F6CDD1DULL) >> 32);
-}
 
 static void key_of(core_str_t *s, const char *prefix, const char *channel) {
     s->len = 0;
@@ -115,6 +110,8 @@ struct call {
     char *argv[MAX_ARGS];
     size_t lens[MAX_ARGS];
     call_done_fn done;
+    int status; /* of a call that failed before it was sent, while it waits in rb->failed */
+    call_t *next;
     void *cb;
     void *ud;
     char *channel;
@@ -209,13 +206,46 @@ static int call_send(call_t *c) {
     return 0;
 }
 
-/* Sends c or, when the command connection is down, completes it at once with CORE_EAGAIN:
- * callers must learn quickly that Redis is away rather than queue behind a dead socket. */
+/* Runs the failed calls queued so far (those their callbacks queue wait for the next turn). */
+static void failed_drain(rb_t *rb) {
+    call_t *c = rb->failed;
+    rb->failed = rb->failed_tail = NULL;
+    while (c) {
+        call_t *next = c->next;
+        c->done(c, NULL, c->status);
+        call_free(c);
+        c = next;
+    }
+}
+
+static void on_fail_idle(uv_idle_t *h) {
+    rb_t *rb = ((rconn_t *)h->data)->rb;
+    failed_drain(rb);
+    if (!rb->failed)
+        uv_idle_stop(&rb->fail_idle);
+}
+
+/* Completes c with status from the loop. */
+static void call_fail_later(call_t *c, int status) {
+    rb_t *rb = c->rb;
+    c->status = status;
+    c->next = NULL;
+    if (rb->failed_tail)
+        rb->failed_tail->next = c;
+    else
+        rb->failed = c;
+    rb->failed_tail = c;
+    if (!uv_is_active((uv_handle_t *)&rb->fail_idle))
+        uv_idle_start(&rb->fail_idle, on_fail_idle);
+}
+
+/* Sends c or, when the command connection is down, completes it with CORE_EAGAIN on the next
+ * loop turn: callers must learn quickly that Redis is away rather than queue behind a dead
+ * socket. */
 static void call_start(call_t *c) {
     if (c->rb->cmd.connected && call_send(c) == 0)
         return;
-    c->done(c, NULL, CORE_EAGAIN);
-    call_free(c);
+    call_fail_later(c, CORE_EAGAIN);
 }
 
 static void on_call_reply(redisAsyncContext *ac, void *reply, void *priv) {
@@ -276,14 +306,8 @@ static void on_retry(uv_timer_t *t) {
 static void conn_schedule(rconn_t *cn) {
     if (cn->rb->closing)
         return;
-    uint32_t shift = cn->attempts < 6 ? cn->attempts : 6;
-    uint64_t full = (uint64_t)BACKOFF_MIN_MS << shift;
-    if (full > BACKOFF_MAX_MS)
-        full = BACKOFF_MAX_MS;
     /* Half fixed, half random: nodes that lost Redis together do not return in lockstep. */
-    uint64_t delay = full / 2 + rb_rand(cn->rb) % (full / 2 + 1);
-    cn->attempts++;
-    uv_timer_start(&cn->retry, on_retry, delay, 0);
+    uv_timer_start(&cn->retry, on_retry, core_backoff_next(&cn->backoff), 0);
 }
 
 static void on_sub_message(redisAsyncContext *ac, void *reply, void *priv);
@@ -309,7 +333,7 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
         return;
     }
     cn->connected = true;
-    cn->attempts = 0;
+    core_backoff_reset(&cn->backoff);
     ac->data = rb;
     /* A quiet connection (pub/sub above all) that a NAT or firewall dropped without a reset
      * would otherwise look alive forever: with hiredis 0.14's settings the kernel probes it
@@ -505,8 +529,9 @@ static int publish_envelope(rb_t *rb, const char *channel, const clu_envelope_t 
     core_str_t k = {0};
     key_of(&k, "chat.pub.", channel);
     rc = CORE_EAGAIN;
-    if (rb->cmd.connected && redisAsyncCommand(rb->cmd.ac, c ? on_plain_publish : NULL, c,
-                                               "PUBLISH %b %b", k.ptr, k.len, buf, len) == REDIS_OK) {
+    if (rb->cmd.connected &&
+        redisAsyncCommand(rb->cmd.ac, c ? on_plain_publish : NULL, c, "PUBLISH %b %b", k.ptr, k.len,
+                          buf, len) == REDIS_OK) {
         rc = 0;
         if (c)
             cmd_sent(rb);
@@ -531,10 +556,8 @@ static int rb_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub
                             .info_len = pub->info_len};
         call_t *c = call_new(rb, 0, publish_done, (void *)cb, ud);
         int rc = publish_envelope(rb, channel, &e, c);
-        if (rc != 0) {
-            publish_done(c, NULL, rc);
-            call_free(c);
-        }
+        if (rc != 0)
+            call_fail_later(c, rc);
         return 0;
     }
     call_t *c = call_new(rb, SCRIPT_PUBLISH, publish_done, (void *)cb, ud);
@@ -900,6 +923,8 @@ static void on_timer_closed(uv_handle_t *h) {
  * commands complete with NULL replies from inside the free, while the broker still exists. */
 static void on_close_tick(uv_timer_t *t) {
     rb_t *rb = ((rconn_t *)t->data)->rb;
+    while (rb->failed)
+        failed_drain(rb);
     rconn_t *conns[2] = {&rb->cmd, &rb->sub};
     for (int i = 0; i < 2; i++) {
         if (conns[i]->ac != NULL) {
@@ -912,6 +937,7 @@ static void on_close_tick(uv_timer_t *t) {
     for (int i = 0; i < 2; i++)
         uv_close((uv_handle_t *)&conns[i]->retry, on_timer_closed);
     uv_close((uv_handle_t *)&rb->watchdog, on_timer_closed);
+    uv_close((uv_handle_t *)&rb->fail_idle, on_timer_closed);
 }
 
 static void rb_close(clu_broker_t *b, void (*done)(void *), void *ud) {
@@ -947,6 +973,7 @@ static const clu_ops_t redis_ops = {
 static void conn_init(rb_t *rb, rconn_t *cn, bool is_sub) {
     cn->rb = rb;
     cn->is_sub = is_sub;
+    core_backoff_init(&cn->backoff, BACKOFF_MIN_MS, BACKOFF_MAX_MS, 0);
     uv_timer_init(rb->loop, &cn->retry);
     cn->retry.data = cn;
     rb->open_timers++;
@@ -970,14 +997,15 @@ clu_broker_t *clu_redis_new(uv_loop_t *loop, const clu_events_t *events, void *u
     rb->node_id = core_strdup(node_id ? node_id : "");
     rb->max_history_limit = max_history_limit ? max_history_limit : 1000;
     rb->subs = core_map_new();
-    core_random(&rb->rng, sizeof rb->rng);
-    rb->rng |= 1; /* xorshift must not start at 0 */
     conn_init(rb, &rb->cmd, false);
     conn_init(rb, &rb->sub, true);
     uv_timer_init(loop, &rb->watchdog);
     rb->watchdog.data = &rb->cmd;
     rb->open_timers++;
     uv_timer_start(&rb->watchdog, on_watchdog, WATCHDOG_MS, WATCHDOG_MS);
+    uv_idle_init(loop, &rb->fail_idle);
+    rb->fail_idle.data = &rb->cmd;
+    rb->open_timers++;
     conn_start(&rb->cmd);
     conn_start(&rb->sub);
     return &rb->base;

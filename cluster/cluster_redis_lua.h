@@ -177,7 +177,7 @@ static const char clu_redis_lua_heartbeat[] =
     "if #gone > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end\n"
     "return redis.call('HGETALL', KEYS[1])\n";
 
-/* KEYS: the limiter's key. ARGV: interval_us, burst. GCRA as chat_gcra_take does it locally:
+/* KEYS: the limiter's key. ARGV: interval_us, burst. GCRA as core_gcra_take does it locally:
  * returns 0 (allowed, token taken) or the microseconds until a token is available. Times are
  * Redis's clock in microseconds; Lua numbers are doubles, exact up to 2^53 µs (285 years), and
  * written with %.0f because Lua 5.1's tostring keeps only 14 digits. The key expires when the

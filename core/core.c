@@ -25,6 +25,12 @@ const char *core_strerror(int err) {
     }
 }
 
+void core__assert_fail(const char *expr, const char *file, int line, const char *func) {
+    core_log(CORE_LOG_ERROR, "core", "assertion failed", "expr=\"%s\" at=%s:%d func=%s", expr, file,
+             line, func);
+    abort();
+}
+
 static void oom(size_t n) {
     fprintf(stderr, "fatal: out of memory allocating %zu bytes\n", n);
     abort();

@@ -31,6 +31,15 @@ enum {
 /* Human-readable text for a code returned by any module's fallible function. */
 const char *core_strerror(int err);
 
+/* ---- invariants ------------------------------------------------------------------------------ */
+
+/* An assertion that stays on in release builds: a state that must never happen logs where it
+ * happened and aborts, instead of running on with corrupted data (assert() is compiled out
+ * with NDEBUG, so it guards nothing where it matters). Use it for invariants, never for input. */
+#define CORE_ASSERT(e) ((e) ? (void)0 : core__assert_fail(#e, __FILE__, __LINE__, __func__))
+__attribute__((noreturn)) void core__assert_fail(const char *expr, const char *file, int line,
+                                                 const char *func);
+
 /* ---- memory -------------------------------------------------------------------------------- */
 
 /* Allocation helpers that abort with a log line on out-of-memory: every network-fed buffer has

@@ -107,11 +107,21 @@ void srv_wq_init(srv_wq_t *q, uint32_t max_msgs, size_t max_bytes);
 /* Queues a reference to b. Returns 0, or CORE_ELIMIT (nothing queued) over a bound. */
 int srv_wq_push(srv_wq_t *q, core_buf_t *b);
 /* Moves queued messages into one frame: the first message always, then more while the frame
- * stays within max_frame bytes, joined by '\n'. The frame is written to *out (grown as needed,
- * with `head` bytes of headroom before the payload). Returns the payload length, sets *nmsgs
- * and *oldest_us (born_us of the first message). Returns 0 when the queue is empty. */
+ * stays within max_frame bytes, joined by '\n' (the JSON codec's rule). The frame is written to
+ * *out (grown as needed, with `head` bytes of headroom before the payload). Returns the payload
+ * length, sets *nmsgs and *oldest_us (born_us of the first message). Returns 0 when the queue is
+ * empty. */
 size_t srv_wq_fill(srv_wq_t *q, core_str_t *out, size_t head, size_t max_frame, uint32_t *nmsgs,
                    uint64_t *oldest_us);
+/* How messages join in one frame (the client's codec decides): the bytes a message adds and
+ * how it is appended (first: nothing before it in the frame). */
+typedef struct {
+    size_t (*size)(size_t len, bool first);
+    void (*append)(core_str_t *frame, const char *msg, size_t len, bool first);
+} srv_join_t;
+/* srv_wq_fill with the join rule of the connection's codec. */
+size_t srv_wq_fill_join(srv_wq_t *q, const srv_join_t *join, core_str_t *out, size_t head,
+                        size_t max_frame, uint32_t *nmsgs, uint64_t *oldest_us);
 bool srv_wq_empty(const srv_wq_t *q);
 /* Drops every queued reference and frees the ring. */
 void srv_wq_clear(srv_wq_t *q);

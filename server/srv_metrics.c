@@ -62,14 +62,13 @@ void srv_metrics_chat(void *ud, adm_metrics_writer_t *w) {
     adm_metrics_counter(w, "chat_publications_out_total", "Publications queued to subscribers.",
                         c.publications_out);
     adm_metrics_family(w, "chat_errors_total", "counter", "Error replies by code.");
-    for (int i = 0; i < 16; i++) {
-        if (!chat_error_codes[i])
-            continue;
+    for (int i = 0; i < CORE_REPLY_ERROR_COUNT; i++) {
         char code[16];
-        snprintf(code, sizeof code, "%d", chat_error_codes[i]);
+        snprintf(code, sizeof code, "%d", core_reply_error_code(i));
         adm_metrics_sample(w, "chat_errors_total", &(adm_label_t){"code", code}, 1, c.errors[i]);
     }
-    adm_metrics_sample(w, "chat_errors_total", &(adm_label_t){"code", "other"}, 1, c.errors[15]);
+    adm_metrics_sample(w, "chat_errors_total", &(adm_label_t){"code", "other"}, 1,
+                       c.errors[CORE_REPLY_ERROR_COUNT]);
     adm_metrics_counter(w, "chat_rate_limited_total", "Publishes refused by the rate limit.",
                         c.rate_limited);
     adm_metrics_counter(w, "chat_rate_limit_fallback_total",

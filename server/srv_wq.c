@@ -35,8 +35,24 @@ bool srv_wq_empty(const srv_wq_t *q) {
     return q->count == 0;
 }
 
+static size_t newline_size(size_t len, bool first) {
+    return len + (first ? 0 : 1);
+}
+
+static void newline_append(core_str_t *frame, const char *msg, size_t len, bool first) {
+    if (!first)
+        core_str_append(frame, "\n", 1);
+    core_str_append(frame, msg, len);
+}
+
 size_t srv_wq_fill(srv_wq_t *q, core_str_t *out, size_t head, size_t max_frame, uint32_t *nmsgs,
                    uint64_t *oldest_us) {
+    static const srv_join_t newline = {newline_size, newline_append};
+    return srv_wq_fill_join(q, &newline, out, head, max_frame, nmsgs, oldest_us);
+}
+
+size_t srv_wq_fill_join(srv_wq_t *q, const srv_join_t *join, core_str_t *out, size_t head,
+                        size_t max_frame, uint32_t *nmsgs, uint64_t *oldest_us) {
     *nmsgs = 0;
     if (q->count == 0)
         return 0;
@@ -46,12 +62,10 @@ size_t srv_wq_fill(srv_wq_t *q, core_str_t *out, size_t head, size_t max_frame, 
     *oldest_us = q->ring[q->head]->born_us;
     while (q->count > 0) {
         core_buf_t *b = q->ring[q->head];
-        size_t add = b->len + (*nmsgs ? 1 : 0);
+        size_t add = join->size(b->len, *nmsgs == 0);
         if (*nmsgs > 0 && out->len - head + add > max_frame)
             break;
-        if (*nmsgs)
-            core_str_append(out, "\n", 1);
-        core_str_append(out, b->data, b->len);
+        join->append(out, b->data, b->len, *nmsgs == 0);
         q->head = (q->head + 1) % q->cap;
         q->count--;
         q->bytes -= b->len;

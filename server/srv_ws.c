@@ -102,9 +102,9 @@ static void t_close(void *tctx, int code, const char *reason) {
 
 static const chat_transport_t transport = {t_send, t_close};
 
-/* Server-to-client WebSocket header (FIN, text, unmasked) for a payload of len bytes, written
- * to end at `end`. Returns the header length. */
-static size_t ws_header(char *end, size_t len) {
+/* Server-to-client WebSocket header (FIN, the codec's opcode, unmasked) for a payload of len
+ * bytes, written to end at `end`. Returns the header length. */
+static size_t ws_header(char *end, size_t len, uint8_t opcode) {
     unsigned char *h;
     if (len < 126) {
         h = (unsigned char *)end - 2;
@@ -120,7 +120,7 @@ static size_t ws_header(char *end, size_t len) {
         for (int i = 0; i < 8; i++)
             h[2 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
     }
-    h[0] = 0x81;
+    h[0] = (unsigned char)(0x80 | opcode);
     return (size_t)((unsigned char *)end - h);
 }
 
@@ -133,17 +133,20 @@ static ssize_t send_some(struct lws *wsi, const char *p, size_t len) {
 }
 
 /* The batching of a connection's output: moves queued messages (up to BATCH_MAX_BYTES) into
- * one WebSocket message in S->scratch, joined as srv_wq_fill joins them, and puts the frame
- * header before it. *frame points at the header, *hl is its length and *len the payload's;
+ * one WebSocket message in S->scratch, joined as the client's codec joins them, and puts the
+ * frame header with the codec's opcode before it. *frame points at the header, *hl is its length and *len the payload's;
  * *oldest is when the first message was built. The queue must not be empty. */
 static void ws_batch_frame(srv_t *S, srv_conn_t *c, char **frame, size_t *hl, size_t *len,
                            uint64_t *oldest) {
     uint32_t nmsgs;
     size_t before = c->wq.bytes;
-    *len = srv_wq_fill(&c->wq, &S->scratch, FRAME_HEAD_MAX, BATCH_MAX_BYTES, &nmsgs, oldest);
+    const chat_framing_t *fr = chat_client_framing(c->client);
+    const srv_join_t join = {fr->join_size, fr->join_append};
+    *len = srv_wq_fill_join(&c->wq, &join, &S->scratch, FRAME_HEAD_MAX, BATCH_MAX_BYTES, &nmsgs,
+                            oldest);
     S->st.write_queue_bytes -= before - c->wq.bytes;
     char *payload = S->scratch.ptr + FRAME_HEAD_MAX;
-    *hl = ws_header(payload, *len);
+    *hl = ws_header(payload, *len, fr->ws_opcode);
     *frame = payload - *hl;
 }
 
@@ -248,8 +251,12 @@ static int on_writeable(srv_t *S, srv_conn_t *c) {
 static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
     if (c->closing || !c->client)
         return;
-    if (lws_frame_is_binary(c->wsi)) {
-        conn_close(c, 3501, "binary frames are not supported");
+    /* A frame of the kind the client's codec does not speak is refused on its first
+     * fragment (chat refuses it too, for any other transport). */
+    bool binary = lws_frame_is_binary(c->wsi);
+    if (binary != (chat_client_framing(c->client)->ws_opcode == 2)) {
+        conn_close(c, 3501,
+                   binary ? "binary frames are not supported" : "text frames are not supported");
         return;
     }
     if (c->rx.len + len > S->cfg.max_frame_bytes) {
@@ -259,12 +266,12 @@ static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
     }
     bool final = lws_is_final_fragment(c->wsi) && lws_remaining_packet_payload(c->wsi) == 0;
     if (final && c->rx.len == 0) {
-        chat_client_on_frame(c->client, in, len);
+        chat_client_on_frame(c->client, binary, in, len);
         return;
     }
     core_str_append(&c->rx, in, len);
     if (final) {
-        chat_client_on_frame(c->client, c->rx.ptr, c->rx.len);
+        chat_client_on_frame(c->client, binary, c->rx.ptr, c->rx.len);
         core_str_free(&c->rx);
     }
 }

@@ -2,7 +2,7 @@
  * decoded as a command, and the "data" of its params validated as a chat message, as the node
  * does for a publish into a namespace with message_schema "chat". Besides memory errors, it
  * checks the contracts of chat.h on every accepted input. */
-#include "chat/chat.h"
+#include "chat/chat_int.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "chat/chat.h"
+#include "chat/chat_int.h"
 
 /* Fills pubs with the given offsets (data is irrelevant to the decision). */
 static size_t mk(clu_pub_t *pubs, const uint64_t *offs, size_t n) {

@@ -1,7 +1,7 @@
 /* Unit tests for cluster/cluster_memory.c: the one-node broker behind the clu_* interface.
  * Every test runs on its own libuv loop and ends with the broker closed and the loop closed
- * cleanly. The in-memory broker completes synchronously, but results are still read only after
- * running the loop, as the interface allows either. */
+ * cleanly. Operations take effect at once, but answers run from the loop (never before the call
+ * returned), so results are read after a loop turn. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -292,6 +292,10 @@ static void test_history_forward_reverse_limit(void **state) {
     clu_chan_opts_t opts = {.history_size = 10};
     pub_res_t first = {0};
     assert_int_equal(clu_publish(f->b, "chat:h", &pub, &opts, publish_cb, &first), 0);
+    /* The broker never calls back before the call returned: the answer comes from the loop. */
+    assert_int_equal(first.calls, 0);
+    fx_turn(f);
+    assert_int_equal(first.calls, 1);
     memcpy(epoch, first.epoch, sizeof epoch);
     for (int i = 2; i <= 5; i++) {
         char data[16];

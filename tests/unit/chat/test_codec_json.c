@@ -1,4 +1,4 @@
-/* Unit tests for chat/chat_codec.c: command decoding, frame splitting, chat message
+/* Unit tests for chat/chat_codec_json.c: command decoding, frame splitting, chat message
  * normalisation and namespace options. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -7,7 +7,7 @@
 
 #include <cmocka.h>
 
-#include "chat/chat.h"
+#include "chat/chat_int.h"
 
 #include <stdlib.h>
 #include <string.h>

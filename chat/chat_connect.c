@@ -1,0 +1,228 @@
+/* chat: connect (with server-side subscriptions) and refresh. */
+#include "chat/chat_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "chat"
+
+/* ---- connect ---- */
+
+/* A connect waiting for the answers of its server-side subscriptions. */
+struct connect_op {
+    chat_op_t base;
+    uint32_t pending;
+    core_str_t subs; /* "\"channel\":{...},..." */
+    uint64_t *tops;  /* per channel top and epoch, in the order of `channels` */
+    char (*epochs)[CLU_EPOCH_MAX];
+    char **channels;
+    uint64_t *gens;
+    uint32_t nchannels;
+};
+
+static void connect_finish(connect_op_t *co);
+
+static void connect_op_free(connect_op_t *co) {
+    for (uint32_t i = 0; i < co->nchannels; i++)
+        free(co->channels[i]);
+    free(co->channels);
+    free(co->tops);
+    free(co->epochs);
+    free(co->gens);
+    core_str_free(&co->subs);
+    free(co);
+}
+
+void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_str_t *res,
+                            uint64_t top, const char *epoch, bool later) {
+    if (res) {
+        if (co->subs.len)
+            core_str_appends(&co->subs, ",");
+        core_str_append_json_string(&co->subs, channel, strlen(channel));
+        core_str_appends(&co->subs, ":");
+        core_str_append(&co->subs, res->ptr, res->len);
+        for (uint32_t i = 0; i < co->nchannels; i++)
+            if (strcmp(co->channels[i], channel) == 0) {
+                co->tops[i] = top;
+                snprintf(co->epochs[i], CLU_EPOCH_MAX, "%s", epoch);
+            }
+    }
+    if (later && --co->pending == 0)
+        connect_finish(co);
+}
+
+/* Opens a connect or refresh result: {"client","version" and, with a token exp, "expires",
+ * "ttl" (the caller closes the object). */
+static void append_identity(core_str_t *s, const chat_client_t *c) {
+    core_str_appends(s, "{\"client\":");
+    core_str_append_json_string(s, c->id, strlen(c->id));
+    core_str_appends(s, ",\"version\":");
+    core_str_append_json_string(s, c->node->cfg.version, strlen(c->node->cfg.version));
+    if (c->has_exp) {
+        int64_t ttl = c->exp - core_wall_s();
+        core_str_appendf(s, ",\"expires\":true,\"ttl\":%" PRId64, ttl > 0 ? ttl : 0);
+    }
+}
+
+static void connect_finish(connect_op_t *co) {
+    chat_node_t *n = co->base.node;
+    chat_client_t *c = chat__client_lookup(n, co->base.client);
+    if (!c || c->state != CL_CONNECTING) {
+        connect_op_free(co);
+        return;
+    }
+    core_str_t s = {0};
+    append_identity(&s, c);
+    core_str_appendf(&s, ",\"ping\":%u,\"pong\":true", n->cfg.ping_interval_s);
+    core_str_appends(&s, ",\"node\":");
+    core_str_append_json_string(&s, n->cfg.node_id, strlen(n->cfg.node_id));
+    if (co->subs.len) {
+        core_str_appends(&s, ",\"subs\":{");
+        core_str_append(&s, co->subs.ptr, co->subs.len);
+        core_str_appends(&s, "}");
+    }
+    core_str_appends(&s, "}");
+    c->state = CL_CONNECTED;
+    c->counted = true;
+    n->st.connections++;
+    uint64_t now = core_now_ms();
+    c->next_ping_ms = now + (uint64_t)n->cfg.ping_interval_s * 1000;
+    chat__reply_raw(c, co->base.cmd_id, CHAT_M_CONNECT, s.ptr, s.len);
+    core_str_free(&s);
+    for (uint32_t i = 0; i < co->nchannels; i++) {
+        chat_sub_t *sub = chat__sub_lookup(n, c->id, co->channels[i], co->gens[i]);
+        if (sub)
+            chat__sub_activate(sub, co->tops[i], co->epochs[i]);
+    }
+    connect_op_free(co);
+    chat__client_release_held(c);
+}
+
+bool chat__channel_name_ok(const char *ch) {
+    size_t len = strlen(ch);
+    return len > 0 && len <= CHAT_MAX_CHANNEL_BYTES;
+}
+
+void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
+    chat_node_t *n = c->node;
+    if (c->state != CL_NEW) {
+        chat__client_close(c, CORE_DISCONNECT_BAD_REQUEST);
+        return;
+    }
+    const char *token = cmd->connect.token;
+    if (!token || !*token) {
+        chat__client_close(c, CORE_DISCONNECT_INVALID_TOKEN);
+        return;
+    }
+    auth_verify_opts_t vo = {n->cfg.audience, n->cfg.issuer, n->cfg.jwt_leeway_s, 0};
+    auth_claims_t cl;
+    int rc = auth_verify_connection(n->cfg.keys, token, strlen(token), &vo, &cl);
+    if (rc == AUTH_E_EXPIRED) {
+        chat__reply_error(c, cmd->id, CORE_REPLY_TOKEN_EXPIRED, NULL);
+        return;
+    }
+    if (rc != 0) {
+        CORE_LOGD(MOD, "connect refused", "client=%s remote=%s why=\"%s\"", c->id, c->remote,
+                  auth_strerror(rc));
+        chat__client_close(c, CORE_DISCONNECT_INVALID_TOKEN);
+        return;
+    }
+    chat_user_t *u = chat__user_get(n, cl.sub);
+    if (u->nconns >= n->cfg.max_conns_per_user) {
+        auth_claims_clear(&cl);
+        chat__client_close(c, CORE_DISCONNECT_CONNECTION_LIMIT);
+        return;
+    }
+    /* Server-side subscriptions: the token's channels plus the user's personal channel. */
+    size_t nclaim = cl.channels ? json_array_size(cl.channels) : 0;
+    char personal[CHAT_MAX_CHANNEL_BYTES + 16];
+    bool has_personal = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, "personal:") &&
+                        strlen(cl.sub) + 10 <= CHAT_MAX_CHANNEL_BYTES && !strchr(cl.sub, ',');
+    snprintf(personal, sizeof personal, "personal:#%s", cl.sub);
+    if (nclaim + has_personal > n->cfg.max_channels_per_conn) {
+        auth_claims_clear(&cl);
+        chat__client_close(c, CORE_DISCONNECT_CHANNEL_LIMIT);
+        return;
+    }
+    c->user = u;
+    u->nconns++;
+    c->plan = cl.plan;
+    c->has_exp = cl.has_exp;
+    c->exp = cl.exp;
+    if (cl.info)
+        c->conn_info = json_dumps(cl.info, JSON_COMPACT | JSON_ENCODE_ANY);
+    c->state = CL_CONNECTING;
+
+    connect_op_t *co = core_calloc(1, sizeof *co);
+    chat__op_init(&co->base, c, cmd->id);
+    co->channels = core_calloc(nclaim + 1, sizeof *co->channels);
+    co->tops = core_calloc(nclaim + 1, sizeof *co->tops);
+    co->epochs = core_calloc(nclaim + 1, sizeof *co->epochs);
+    co->gens = core_calloc(nclaim + 1, sizeof *co->gens);
+    for (size_t i = 0; i <= nclaim; i++) {
+        const char *ch = i < nclaim ? json_string_value(json_array_get(cl.channels, i))
+                                    : (has_personal ? personal : NULL);
+        if (!ch || !chat__channel_name_ok(ch) || chat__client_find_sub(c, ch))
+            continue;
+        const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, ch);
+        if (!ns) {
+            CORE_LOGW(MOD, "token channel in unknown namespace", "channel=%s", ch);
+            continue;
+        }
+        chat_sub_t *s = chat__sub_new(c, ch, ns, NULL);
+        s->server_side = true;
+        s->join_leave = ns->join_leave;
+        co->channels[co->nchannels] = core_strdup(ch);
+        co->gens[co->nchannels] = s->gen;
+        co->nchannels++;
+    }
+    auth_claims_clear(&cl);
+    for (uint32_t i = 0; i < co->nchannels; i++) {
+        chat_sub_t *s = chat__client_find_sub(c, co->channels[i]);
+        const chat_recover_req_t *r = NULL;
+        for (size_t k = 0; k < cmd->connect.nsubs && !r; k++)
+            if (strcmp(cmd->connect.subs[k].channel, co->channels[i]) == 0)
+                r = &cmd->connect.subs[k];
+        subop_t *op = core_calloc(1, sizeof *op);
+        op->kind = SUBOP_CONNECT;
+        op->conn = co;
+        if (chat__sub_start(s, op, r && r->recover, r ? r->offset : 0, r ? r->epoch : NULL))
+            co->pending++;
+    }
+    if (co->pending == 0)
+        connect_finish(co);
+}
+
+/* ---- refresh ---- */
+
+void chat__handle_refresh(chat_client_t *c, const chat_req_t *cmd) {
+    chat_node_t *n = c->node;
+    const char *token = cmd->simple.token;
+    if (!token) {
+        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: token required");
+        return;
+    }
+    auth_verify_opts_t vo = {n->cfg.audience, n->cfg.issuer, n->cfg.jwt_leeway_s, 0};
+    auth_claims_t cl;
+    int rc = auth_verify_connection(n->cfg.keys, token, strlen(token), &vo, &cl);
+    if (rc == AUTH_E_EXPIRED) {
+        chat__reply_error(c, cmd->id, CORE_REPLY_TOKEN_EXPIRED, NULL);
+        return;
+    }
+    if (rc != 0 || strcmp(cl.sub, c->user->name) != 0) {
+        if (rc == 0)
+            auth_claims_clear(&cl);
+        chat__client_close(c, CORE_DISCONNECT_INVALID_TOKEN);
+        return;
+    }
+    c->has_exp = cl.has_exp;
+    c->exp = cl.exp;
+    auth_claims_clear(&cl);
+    core_str_t s = {0};
+    append_identity(&s, c);
+    core_str_appends(&s, "}");
+    chat__reply_raw(c, cmd->id, CHAT_M_REFRESH, s.ptr, s.len);
+    core_str_free(&s);
+}
