@@ -5,21 +5,27 @@
  * are torn down at the end so leaked memory or handles show up.
  *
  * Input: one flags byte, then frames. A 0x00 byte before a frame sends it to client A, 0x01 to
- * client B; the first frame goes to A. Neither byte can appear in JSON text outside strings, so
- * the frames of a valid session read as plain JSON.
+ * client B; the first frame goes to A. 0x02 and the byte d after it advance the clock by d*d
+ * seconds and run the timers (pings, pong and connect deadlines, expiry, presence and history
+ * TTLs). None of these bytes can appear in JSON text outside strings, so the frames of a valid
+ * session read as plain JSON.
  *   flags bit 0, bit 1: start client A (user u1), B (user u2) with a valid connect, because
  *                       random bytes never carry a valid HMAC
  *   bit 2: B connects as u1 too
  *   bits 3-4: plan claim of those tokens
  *   bit 5: the tokens list chat:lobby in `channels` (a server-side subscription)
  *   bit 6: a tiny history cap, so the broker evicts channel histories while they are used
+ *   bit 7: the tokens expire a minute after the start
  *
- * Randomness is replaced per input by a counter (the link wraps core_random and core_random_id):
- * channel epochs are e0000001, e0000002, ... in the order channels are created, so an input can
- * name a current epoch in a recovering subscribe or a history call, and a crash reproduces.
+ * Time and randomness belong to the input (the link wraps core's clock and random functions):
+ * the clock starts at FUZZ_WALL_START and moves only as the input says, so rate limits and
+ * deadlines do not depend on the speed of the machine; channel epochs are e0000001, e0000002, ...
+ * in the order channels are created, so an input can name a current epoch in a recovering
+ * subscribe or a history call. An input does the same on every run, and a crash reproduces.
  *
  * Besides memory errors, leaks and handles left open, it checks that every message chat sends
- * is one JSON object and that every close carries a protocol close code and a reason. */
+ * is one JSON object, that every close carries a protocol close code and a reason, and that once
+ * the clients are gone the node's gauges are back at zero and it follows no channel. */
 #include "auth/auth.h"
 #include "chat/chat.h"
 #include "cluster/cluster.h"
@@ -39,25 +45,53 @@ enum {
     F_PLAN_SHIFT = 3,
     F_CHANNELS = 1 << 5,
     F_SMALL_HISTORY = 1 << 6,
+    F_EXPIRING = 1 << 7,
 };
+
+enum { TO_A = 0, TO_B = 1, TIME = 2 };
+
+#define FUZZ_WALL_START 1700000000 /* Unix seconds at the start of every input */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 void __wrap_core_random(void *buf, size_t n);
 void __wrap_core_random_id(char *out, size_t n);
+uint64_t __wrap_core_now_ms(void);
+uint64_t __wrap_core_now_us(void);
+int64_t __wrap_core_wall_s(void);
+int64_t __wrap_core_wall_ms(void);
 
 static void check(bool ok) {
     if (!ok)
         abort();
 }
 
-/* ---- deterministic randomness ---- */
+/* ---- the input's clock and randomness ---- */
 
+static uint64_t elapsed_us; /* since the start of the input */
 static uint32_t rnd_state, id_count;
 
-static void rnd_reset(void) {
+static void world_reset(void) {
+    elapsed_us = 0;
     rnd_state = 0x9e3779b9u;
     id_count = 0;
+}
+
+/* The monotonic clock starts at an arbitrary 1000 s, like a machine that booted a while ago. */
+uint64_t __wrap_core_now_us(void) {
+    return 1000000000u + elapsed_us;
+}
+
+uint64_t __wrap_core_now_ms(void) {
+    return __wrap_core_now_us() / 1000;
+}
+
+int64_t __wrap_core_wall_ms(void) {
+    return (int64_t)FUZZ_WALL_START * 1000 + (int64_t)(elapsed_us / 1000);
+}
+
+int64_t __wrap_core_wall_s(void) {
+    return __wrap_core_wall_ms() / 1000;
 }
 
 void __wrap_core_random(void *buf, size_t n) {
@@ -82,7 +116,8 @@ void __wrap_core_random_id(char *out, size_t n) {
     out[n] = '\0';
 }
 
-/* FUZZ_SESSION_TRACE=1 prints what each client receives, to see what an input does. */
+/* FUZZ_SESSION_TRACE=1 prints every frame, close and message of the clients, to see what an
+ * input does. */
 static bool trace;
 
 /* The recording transport of one connection. */
@@ -165,6 +200,8 @@ static void connect_as(conn_t *k, const char *user, uint8_t flags) {
                   auth_plan_name((auth_plan_t)((flags >> F_PLAN_SHIFT) & 3)), "info", "name", user);
     if (flags & F_CHANNELS)
         json_object_set_new(claims, "channels", json_pack("[s]", "chat:lobby"));
+    if (flags & F_EXPIRING)
+        json_object_set_new(claims, "exp", json_integer(FUZZ_WALL_START + 60));
     char *token = auth_jwt_mint(keys, NULL, claims);
     check(token != NULL);
     json_decref(claims);
@@ -200,6 +237,32 @@ static void settle(uv_loop_t *loop, conn_t *conns, size_t n) {
     }
 }
 
+typedef struct {
+    uv_timer_t *t[8];
+    int n;
+} timers_t;
+
+static void collect_timer(uv_handle_t *h, void *ud) {
+    timers_t *ts = ud;
+    if (h->type == UV_TIMER && uv_is_active(h)) {
+        check(ts->n < 8);
+        ts->t[ts->n++] = (uv_timer_t *)h;
+    }
+}
+
+/* The clock moves on by secs, then every timer runs once, as the loop runs the due ones (they
+ * all repeat and look at the clock themselves). libuv's own clock does not move, so the driver
+ * calls them itself: timer_cb is a field of libuv's public struct, and calling it is all that
+ * libuv does for a due timer. */
+static void advance(uv_loop_t *loop, uint64_t secs) {
+    elapsed_us += secs * 1000000;
+    timers_t ts = {0};
+    uv_walk(loop, collect_timer, &ts);
+    for (int i = 0; i < ts.n; i++)
+        if (uv_is_active((uv_handle_t *)ts.t[i]))
+            ts.t[i]->timer_cb(ts.t[i]);
+}
+
 static void closed(void *ud) {
     (*(int *)ud)++;
 }
@@ -208,7 +271,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size == 0)
         return 0;
     uint8_t flags = data[0];
-    rnd_reset();
+    world_reset();
     uv_loop_t loop;
     check(uv_loop_init(&loop) == 0);
     chat_config_t cc = config();
@@ -229,12 +292,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t pos = 1;
     conn_t *to = &conns[0];
     while (pos < size) {
-        if (data[pos] <= 1) {
-            to = &conns[data[pos]];
-            pos++;
+        if (data[pos] == TIME) {
+            uint64_t d = pos + 1 < size ? data[pos + 1] : 1;
+            advance(&loop, d * d);
+            settle(&loop, conns, 2);
+            pos += 2;
+            continue;
         }
+        if (data[pos] == TO_A || data[pos] == TO_B)
+            to = &conns[data[pos++]];
         size_t end = pos;
-        while (end < size && data[end] > 1)
+        while (end < size && data[end] > TIME)
             end++;
         deliver(to, data + pos, end - pos);
         settle(&loop, conns, 2);
@@ -244,6 +312,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     for (int i = 0; i < 2; i++)
         if (conns[i].c != NULL)
             chat_client_free(conns[i].c);
+    /* With every client gone, the gauges are back at zero and the node follows no channel. */
+    chat_stats_t st;
+    chat_node_stats(node, &st);
+    check(st.connections == 0 && st.sessions == 0 && st.channels == 0);
+    clu_stats_t bs;
+    clu_stats(broker, &bs);
+    check(bs.node_subscriptions == 0);
     int done = 0;
     chat_node_close(node, closed, &done);
     clu_close(broker, closed, &done);

@@ -303,15 +303,21 @@ function commandSeeds(sdk) {
 // ---------------------------------------------------------------- fuzz_session
 
 // Input layout of fuzz_session.c: one flags byte, then frames; a 0x00 byte before a frame sends
-// it to client A, 0x01 to client B (the first frame goes to A).
+// it to client A, 0x01 to client B (the first frame goes to A); 0x02 d advances the clock by
+// d*d seconds and runs the timers.
 const FLAG_CONNECT_A = 0x01;
 const FLAG_CONNECT_B = 0x02;
 const FLAG_SAME_USER = 0x04;
 const FLAG_SMALL_HISTORY = 0x40;
+const FLAG_EXPIRING = 0x80;
 
 function session(flags, steps) {
   const parts = [Buffer.from([flags])];
   steps.forEach(([who, frame], i) => {
+    if (who === 'T') {
+      parts.push(Buffer.from([2, frame]));
+      return;
+    }
     if (i > 0 || who === 'B') parts.push(Buffer.from([who === 'B' ? 1 : 0]));
     parts.push(Buffer.from(frame));
   });
@@ -322,6 +328,7 @@ function sessionSeeds(sdk, refresh, tokenU1) {
   const t = 'fuzz_session';
   const A = (f) => ['A', f];
   const B = (f) => ['B', f];
+  const T = (d) => ['T', d]; // d*d seconds later
   // The SDK's whole conversation; its connect carries a valid token. After the drain the SDK
   // reconnects on a new socket (client B) and recovers from the position it saw.
   const again = sdk.findIndex((f, i) => i > 0 && f.startsWith('{"connect"'));
@@ -372,6 +379,23 @@ function sessionSeeds(sdk, refresh, tokenU1) {
     A(sub), A(sub), A('{"publish":{"channel":"typing:lobby","data":{}},"id":5}'),
     A('{"refresh":{"token":"x"},"id":6}'), A('{"sub_refresh":{"channel":"chat:lobby","token":"x"},"id":7}'),
     A('{"rpc":{"method":"nope"},"id":8}'), A('{"id":9,"frobnicate":{}}'), A('{}'),
+  ]));
+  // Time: pings and the pong deadline, the connect deadline, token expiry, windows and TTLs.
+  write(t, 'time-ping-pong', session(FLAG_CONNECT_A, [A(sub), T(5), A('{}'), T(5), T(4)]));
+  write(t, 'time-stale', session(0, [T(4), A(sub)]));
+  write(t, 'time-expiring', session(FLAG_CONNECT_A | FLAG_CONNECT_B | FLAG_EXPIRING, [
+    A(sub), B(sub), B('{"refresh":{"token":"x"},"id":3}'), T(8), A(pub(3, 'late', null)),
+  ]));
+  write(t, 'time-rate-limit-dedupe', session(FLAG_CONNECT_A, [
+    A(sub), ...[3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14].map((i) => A(pub(i, 'spam', null))),
+    A(pub(15, 'once', 'm1')), T(1), A(pub(16, 'once', 'm1')), T(11), A(pub(17, 'once', 'm1')),
+    A('{"rpc":{"method":"typing","data":{"channel":"chat:lobby"}},"id":18}'),
+  ]));
+  write(t, 'time-ttls', session(FLAG_CONNECT_A | FLAG_CONNECT_B, [
+    A(sub), B(sub), A(pub(3, 'old', null)), T(6), A('{}'), B('{}'),
+    B('{"presence_stats":{"channel":"chat:lobby"},"id":3}'),
+    T(255), B('{}'), T(255), B('{}'), B('{"history":{"channel":"chat:lobby","limit":-1},"id":4}'),
+    B('{"subscribe":{"channel":"chat:other","recover":true,"offset":1,"epoch":"e0000003"},"id":5}'),
   ]));
 }
 
