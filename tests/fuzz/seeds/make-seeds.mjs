@@ -401,6 +401,11 @@ function sessionSeeds(sdk, refresh, tokenU1) {
 
 // ---------------------------------------------------------------- main
 
+// The SDK steps wait for events; should a new SDK version never send one, fail instead of hanging.
+setTimeout(() => {
+  console.error('make-seeds: the SDK conversation did not finish within 30 s');
+  process.exit(1);
+}, 30_000).unref();
 jwtSeeds();
 const tokenU1 = sign(HS, { sub: 'u1', exp: FAR_EXP, info: { name: 'Ann' } }, SESSION_SECRET);
 const sdk = await sdkFrames(tokenU1);
