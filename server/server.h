@@ -37,6 +37,7 @@ typedef struct {
     uint32_t max_frame_bytes;
     uint32_t max_channels;
     uint32_t max_connections_per_user;
+    uint32_t max_connections; /* 0 = a margin below the open-file limit (srv_max_connections) */
     uint32_t write_queue_bytes;
     uint32_t write_queue_messages;
     uint32_t write_delay_ms;
@@ -85,6 +86,14 @@ void srv_public_address(const srv_config_t *cfg, const char *hostname, int port,
 int srv_config_chat(const srv_config_t *cfg, chat_config_t *cc, chat_ns_t **ns, size_t *nns,
                     char *err, size_t errlen);
 
+/* Descriptors below the open-file limit that chat clients never take (CHAT_MAX_CONNECTIONS's
+ * default margin): room for the admin listener, the broker's reconnects, HTTP requests and the
+ * files the node opens. */
+#define SRV_FD_MARGIN 64
+/* The node-wide cap on WebSocket sessions: cfg->max_connections, or when 0 the open-file limit
+ * fd_limit less SRV_FD_MARGIN (half the limit when it is that small). */
+uint32_t srv_max_connections(const srv_config_t *cfg, uint64_t fd_limit);
+
 /* Parses "host:port" into host (size hostlen) and port; port 0 is allowed. */
 int srv_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
 
@@ -120,6 +129,13 @@ void srv_wq_clear(srv_wq_t *q);
 
 #define SRV_DISCONNECT_SLOTS 64
 
+/* Why a connection was refused before it became a session. */
+enum {
+    SRV_REFUSED_LIMIT,       /* CHAT_MAX_CONNECTIONS reached: HTTP 503 */
+    SRV_REFUSED_DESCRIPTORS, /* the descriptor reserve reached, or none left: closed at once */
+    SRV_REFUSED_COUNT
+};
+
 /* Counters of the transport of chat clients. */
 typedef struct {
     uint64_t accepted;
@@ -127,6 +143,7 @@ typedef struct {
     uint64_t write_bytes;
     uint64_t write_queue_bytes;                 /* gauge */
     uint64_t disconnects[SRV_DISCONNECT_SLOTS]; /* by srv_disconnect_slot() */
+    uint64_t refused[SRV_REFUSED_COUNT];        /* by SRV_REFUSED_* */
     core_hist_t fanout_latency;                 /* seconds */
 } srv_stats_t;
 

@@ -60,6 +60,8 @@ static const setting_t settings[] = {
      "subscriptions per connection (error 106)"},
     {"CHAT_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", T_U32,
      OFF(max_connections_per_user), "64", "connections per user on this node (close 3504)"},
+    {"CHAT_MAX_CONNECTIONS", "max_connections", T_U32, OFF(max_connections), "0",
+     "WebSocket connections on this node; more get HTTP 503 (0 = the open-file limit less 64)"},
     {"CHAT_WRITE_QUEUE_BYTES", "write_queue_bytes", T_U32, OFF(write_queue_bytes), "1048576",
      "bytes queued for one connection before close 3008"},
     {"CHAT_WRITE_QUEUE_MESSAGES", "write_queue_messages", T_U32, OFF(write_queue_messages), "16384",
@@ -231,6 +233,13 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
         return CORE_EINVAL;
     }
     return 0;
+}
+
+uint32_t srv_max_connections(const srv_config_t *cfg, uint64_t fd_limit) {
+    if (cfg->max_connections)
+        return cfg->max_connections;
+    uint64_t n = fd_limit > 2 * SRV_FD_MARGIN ? fd_limit - SRV_FD_MARGIN : fd_limit / 2;
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
 }
 
 bool srv_node_id_ok(const char *id) {

@@ -17,6 +17,20 @@
 
 typedef struct srv srv_t;
 
+/* A listening socket whose connections chatd accepts itself and hands to lws (srv_listen.c). */
+typedef struct {
+    srv_t *srv;
+    const char *name;
+    int fd;
+    int port;         /* bound port */
+    unsigned reserve; /* descriptors below the limit this listener leaves free */
+    struct lws_vhost *vh;
+    uv_poll_t poll;
+    uv_timer_t backoff;
+    uint64_t logged_ms; /* of the last "connections refused" line */
+    uint64_t unlogged;  /* refusals since */
+} srv_listener_t;
+
 /* Per-session data of the public protocol: a WebSocket client, or one HTTP exchange. */
 typedef struct {
     struct lws *wsi;
@@ -43,6 +57,10 @@ struct srv {
     srv_config_t cfg;
     struct lws_context *ctx;
     struct lws_vhost *pub_vh, *adm_vh;
+    srv_listener_t pub_l, adm_l;
+    uint64_t fd_limit;        /* RLIMIT_NOFILE as raised at start */
+    uint32_t max_connections; /* node-wide cap on WebSocket sessions */
+    uint32_t ws_open;         /* WebSocket sessions open now */
     chat_node_t *node;
     clu_broker_t *broker;
     auth_keyring_t *keys;
@@ -64,6 +82,17 @@ struct srv {
     char cookie[128];                             /* the node cookie, set once the id is known */
     struct lws_protocol_vhost_options cookie_hdr; /* the same, for files lws serves itself */
 };
+
+/* ---- srv_listen.c: the listening sockets ---- */
+
+/* Binds and listens on hostport (host:port, IPv4); connections accepted into the last `reserve`
+ * descriptors below S->fd_limit are closed at once. Returns 0, or CORE_EINVAL (logged). */
+int srv__listen_open(srv_t *S, srv_listener_t *l, const char *name, const char *hostport,
+                     unsigned reserve);
+/* Starts accepting, handing connections to vh. */
+void srv__listen_start(srv_listener_t *l, struct lws_vhost *vh);
+/* Stops accepting and closes the socket (from the loop). */
+void srv__listen_close(srv_listener_t *l);
 
 /* ---- srv_ws.c: the chat protocol on the public listener ---- */
 
