@@ -114,14 +114,11 @@ int srv__http_respond_text(struct lws *wsi, srv_conn_t *c, unsigned int status, 
  * (static files among it) to lws. */
 int srv__http_common(struct lws *wsi, enum lws_callback_reasons reason, srv_conn_t *c, void *in,
                      size_t len);
-/* Answers an HTTP request of the public listener that no file mount serves (/healthz,
- * /demo/token, 404). */
+/* Answers an HTTP request of the public listener: /healthz, /demo/token, the web demo's files
+ * (from cfg.web_root), 404 for anything else. */
 int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c);
 /* A day-long token for user signed with the node's first key; the caller frees it. */
 char *srv__mint_demo_token(srv_t *S, const char *user);
-/* The public listener's mounts: /healthz and /demo/token answered by srv__public_http, and the
- * web demo's files from web_root (which must outlive the listener). */
-const struct lws_http_mount *srv__public_mounts(const char *web_root);
 
 /* ---- srv_admin.c: the admin listener ---- */
 

@@ -104,14 +104,12 @@ static uint64_t raise_fd_limit(void) {
  * admin listener's requests would be served by the public vhost. */
 static struct lws_vhost *make_vhost(srv_t *S, srv_listener_t *l, int port,
                                     const struct lws_protocols *protos,
-                                    const struct lws_http_mount *mounts,
                                     const struct lws_protocol_vhost_options *pvo,
                                     const struct lws_protocol_vhost_options *headers) {
     struct lws_context_creation_info info = {
         .vhost_name = l->name,
         .port = port,
         .protocols = protos,
-        .mounts = mounts,
         .pvo = pvo,
         .headers = headers,
         .options = LWS_SERVER_OPTION_DISABLE_IPV6,
@@ -260,9 +258,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     S->pub_vh = make_vhost(S, &S->pub_l, CONTEXT_PORT_NO_LISTEN_SERVER, srv__public_protocols,
-                           srv__public_mounts(S->cfg.web_root), &srv__public_pvo, &S->cookie_hdr);
-    S->adm_vh =
-        make_vhost(S, &S->adm_l, CONTEXT_PORT_NO_LISTEN, srv__admin_protocols, NULL, NULL, NULL);
+                           &srv__public_pvo, &S->cookie_hdr);
+    S->adm_vh = make_vhost(S, &S->adm_l, CONTEXT_PORT_NO_LISTEN, srv__admin_protocols, NULL, NULL);
     if (!S->pub_vh || !S->adm_vh) {
         lws_context_destroy(S->ctx);
         return 1;
