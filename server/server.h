@@ -38,6 +38,7 @@ typedef struct {
     uint32_t max_channels;
     uint32_t max_connections_per_user;
     uint32_t max_connections; /* 0 = a margin below the open-file limit (srv_max_connections) */
+    char *allowed_origins;    /* NULL = any origin (srv_origin_allowed) */
     uint32_t write_queue_bytes;
     uint32_t write_queue_messages;
     uint32_t write_delay_ms;
@@ -94,6 +95,14 @@ int srv_config_chat(const srv_config_t *cfg, chat_config_t *cc, chat_ns_t **ns, 
  * fd_limit less SRV_FD_MARGIN (half the limit when it is that small). */
 uint32_t srv_max_connections(const srv_config_t *cfg, uint64_t fd_limit);
 
+/* Whether a WebSocket upgrade with this Origin header (NULL: none, not a browser) may proceed
+ * under CHAT_ALLOWED_ORIGINS (list: NULL = any origin). The list holds origins separated by
+ * commas or blanks, compared without regard to case; "*" alone allows any origin, and within an
+ * entry '*' matches any run of characters but '/' and ':', so that it stands for host labels
+ * (an entry of scheme, "://", "*.example.com") or a port (after the host's ':'), never for a
+ * different scheme or port. */
+bool srv_origin_allowed(const char *list, const char *origin);
+
 /* Parses "host:port" into host (size hostlen) and port; port 0 is allowed. */
 int srv_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
 
@@ -133,6 +142,7 @@ void srv_wq_clear(srv_wq_t *q);
 enum {
     SRV_REFUSED_LIMIT,       /* CHAT_MAX_CONNECTIONS reached: HTTP 503 */
     SRV_REFUSED_DESCRIPTORS, /* the descriptor reserve reached, or none left: closed at once */
+    SRV_REFUSED_ORIGIN,      /* Origin not in CHAT_ALLOWED_ORIGINS: HTTP 403 */
     SRV_REFUSED_COUNT
 };
 

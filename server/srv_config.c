@@ -4,6 +4,7 @@
 
 #include "auth/auth.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -60,6 +61,9 @@ static const setting_t settings[] = {
      "subscriptions per connection (error 106)"},
     {"CHAT_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", T_U32,
      OFF(max_connections_per_user), "64", "connections per user on this node (close 3504)"},
+    {"CHAT_ALLOWED_ORIGINS", "allowed_origins", T_STR, OFF(allowed_origins), NULL,
+     "origins browsers may open WebSockets from, e.g. \"https://chat.example.com "
+     "https://*.example.com\"; others get HTTP 403 (unset: any origin)"},
     {"CHAT_MAX_CONNECTIONS", "max_connections", T_U32, OFF(max_connections), "0",
      "WebSocket connections on this node; more get HTTP 503 (0 = the open-file limit less 64)"},
     {"CHAT_WRITE_QUEUE_BYTES", "write_queue_bytes", T_U32, OFF(write_queue_bytes), "1048576",
@@ -142,6 +146,63 @@ int srv_parse_hostport(const char *s, char *host, size_t hostlen, int *port) {
     return 0;
 }
 
+#define ORIGIN_SEPARATORS ", \t\n"
+
+/* The pattern p (pe its end) against the whole of s, as srv_origin_allowed describes. */
+static bool origin_match(const char *p, const char *pe, const char *s) {
+    while (p < pe) {
+        if (*p == '*') {
+            p++;
+            for (const char *t = s;; t++) {
+                if (origin_match(p, pe, t))
+                    return true;
+                if (!*t || *t == '/' || *t == ':')
+                    return false;
+            }
+        }
+        if (!*s || tolower((unsigned char)*p) != tolower((unsigned char)*s))
+            return false;
+        p++;
+        s++;
+    }
+    return *s == '\0';
+}
+
+bool srv_origin_allowed(const char *list, const char *origin) {
+    if (!list || !origin)
+        return true;
+    for (const char *p = list + strspn(list, ORIGIN_SEPARATORS); *p;) {
+        size_t n = strcspn(p, ORIGIN_SEPARATORS);
+        if ((n == 1 && *p == '*') || origin_match(p, p + n, origin))
+            return true;
+        p += n;
+        p += strspn(p, ORIGIN_SEPARATORS);
+    }
+    return false;
+}
+
+/* Every entry is "*" or scheme://host[:port]: a bare host would never match a browser's
+ * Origin, which is a mistake better told at start. */
+static bool origins_valid(const char *list) {
+    bool any = false;
+    for (const char *p = list + strspn(list, ORIGIN_SEPARATORS); *p;) {
+        size_t n = strcspn(p, ORIGIN_SEPARATORS);
+        char entry[256];
+        if (n >= sizeof entry)
+            return false;
+        memcpy(entry, p, n);
+        entry[n] = '\0';
+        const char *sep = strstr(entry, "://");
+        if (strcmp(entry, "*") != 0 &&
+            (!sep || sep == entry || !sep[3] || strchr(sep + 3, '/') != NULL))
+            return false;
+        any = true;
+        p += n;
+        p += strspn(p, ORIGIN_SEPARATORS);
+    }
+    return any;
+}
+
 int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errlen) {
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < NSETTINGS; i++)
@@ -205,6 +266,12 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
     if (srv_parse_hostport(cfg->listen, host, sizeof host, &port) ||
         srv_parse_hostport(cfg->admin_listen, host, sizeof host, &port)) {
         snprintf(err, errlen, "CHAT_LISTEN and CHAT_ADMIN_LISTEN must be host:port");
+        return CORE_EINVAL;
+    }
+    if (cfg->allowed_origins && !origins_valid(cfg->allowed_origins)) {
+        snprintf(err, errlen,
+                 "CHAT_ALLOWED_ORIGINS: expected origins like https://chat.example.com or "
+                 "https://*.example.com, or *");
         return CORE_EINVAL;
     }
     if (cfg->node_ttl > 86400) {

@@ -276,6 +276,18 @@ static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
  * reconnecting), and no session is set up for a client that cannot stay. Returns 0 to let the
  * upgrade proceed, 1 when an answer was sent. */
 static int confirm_upgrade(srv_t *S, struct lws *wsi) {
+    char origin[256];
+    /* A browser always names the page's origin; other clients usually send none. An Origin too
+     * long to copy matches no entry. */
+    int olen = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0 && olen <= 0)
+        origin[0] = '\0';
+    if (!srv_origin_allowed(S->cfg.allowed_origins,
+                            lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0 ? origin : NULL)) {
+        S->st.refused[SRV_REFUSED_ORIGIN]++;
+        lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, "origin not allowed");
+        return 1;
+    }
     if (S->ws_open >= S->max_connections) {
         S->st.refused[SRV_REFUSED_LIMIT]++;
         lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "connection limit");
