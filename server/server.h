@@ -74,6 +74,9 @@ void srv_node_id_default(const char *hostname, int port, char *out, size_t outle
 #define SRV_NODE_COOKIE "chat_node"
 /* The Set-Cookie value naming node_id (a valid node id): out needs 128 bytes. */
 void srv_node_cookie(const char *node_id, char *out, size_t outlen);
+/* Whether a listener's host:port is on loopback (127.0.0.0/8 or localhost): reachable from this
+ * machine only. */
+bool srv_listen_is_loopback(const char *listen);
 /* host:port of the public listener as the registry shows it: CHAT_ADVERTISE when set, else the
  * listen host (hostname when it listens on 0.0.0.0) and the bound port. */
 void srv_public_address(const srv_config_t *cfg, const char *hostname, int port, char *out,

@@ -29,7 +29,10 @@ typedef struct {
 #define OFF(f) offsetof(srv_config_t, f)
 
 static const setting_t settings[] = {
-    {"CHAT_LISTEN", "listen", T_STR, OFF(listen), "0.0.0.0:8000", "public listener host:port"},
+    /* Demo mode hands out tokens for any user name to whoever asks: by default only to this
+     * machine. With a secret the default is every interface (see srv_config_load). */
+    {"CHAT_LISTEN", "listen", T_STR, OFF(listen), "127.0.0.1:8000",
+     "public listener host:port (default 0.0.0.0:8000 when CHAT_JWT_SECRET is set)"},
     {"CHAT_ADMIN_LISTEN", "admin_listen", T_STR, OFF(admin_listen), "127.0.0.1:9100",
      "admin listener host:port (metrics, health, API)"},
     {"CHAT_NODE_ID", "node_id", T_STR, OFF(node_id), NULL, "node name (default hostname:port)"},
@@ -208,6 +211,7 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
     for (size_t i = 0; i < NSETTINGS; i++)
         if (settings[i].def && set_value(cfg, &settings[i], settings[i].def, err, errlen))
             return CORE_EINVAL;
+    bool listen_given = false;
     if (path) {
         json_error_t je;
         json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
@@ -247,6 +251,7 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
                 json_decref(root);
                 return CORE_EINVAL;
             }
+            listen_given |= s->offset == OFF(listen);
             int rc = set_value(cfg, s, text, err, errlen);
             free(dumped);
             if (rc) {
@@ -258,8 +263,15 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
     }
     for (size_t i = 0; i < NSETTINGS; i++) {
         const char *v = getenv(settings[i].env);
-        if (v && *v && set_value(cfg, &settings[i], v, err, errlen))
+        if (!v || !*v)
+            continue;
+        listen_given |= settings[i].offset == OFF(listen);
+        if (set_value(cfg, &settings[i], v, err, errlen))
             return CORE_EINVAL;
+    }
+    if (!listen_given && cfg->jwt_secret) {
+        free(cfg->listen);
+        cfg->listen = core_strdup("0.0.0.0:8000");
     }
     char host[256];
     int port;
@@ -328,6 +340,14 @@ void srv_node_id_default(const char *hostname, int port, char *out, size_t outle
 void srv_node_cookie(const char *node_id, char *out, size_t outlen) {
     /* Node ids are checked to be cookie-safe and at most 64 bytes (srv_node_id_ok). */
     snprintf(out, outlen, SRV_NODE_COOKIE "=%s; Path=/; HttpOnly; SameSite=Lax", node_id);
+}
+
+bool srv_listen_is_loopback(const char *listen) {
+    char host[256];
+    int port;
+    if (srv_parse_hostport(listen, host, sizeof host, &port) != 0)
+        return false;
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0;
 }
 
 void srv_public_address(const srv_config_t *cfg, const char *hostname, int port, char *out,

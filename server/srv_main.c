@@ -216,6 +216,12 @@ int main(int argc, char **argv) {
         auth_keyring_add(S->keys, NULL, secret, strlen(secret));
         S->demo = true;
     }
+    if ((S->demo || S->cfg.demo_tokens) && !srv_listen_is_loopback(S->cfg.listen))
+        CORE_LOGW(MOD,
+                  "demo tokens are served on a non-loopback address: anyone who reaches it can "
+                  "sign in as any user",
+                  "listen=%s /demo/token=on%s", S->cfg.listen,
+                  S->demo ? " (no CHAT_JWT_SECRET: demo mode)" : " (CHAT_DEMO_TOKENS=1)");
     if (!S->cfg.api_key) {
         char key[33];
         core_random_id(key, 32);

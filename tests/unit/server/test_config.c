@@ -135,12 +135,41 @@ static void test_origins_checked_at_load(void **state) {
     unsetenv("CHAT_ALLOWED_ORIGINS");
 }
 
+/* CHAT_LISTEN: loopback without a secret, every interface with one, and a given value always
+ * wins, whatever the allocator hands out. */
+static void test_listen_default(void **state) {
+    (void)state;
+    srv_config_t cfg;
+    char err[256];
+    unsetenv("CHAT_LISTEN");
+    unsetenv("CHAT_JWT_SECRET");
+    assert_int_equal(srv_config_load(&cfg, NULL, err, sizeof err), 0);
+    assert_string_equal(cfg.listen, "127.0.0.1:8000");
+    srv_config_free(&cfg);
+    setenv("CHAT_JWT_SECRET", "s3cret", 1);
+    assert_int_equal(srv_config_load(&cfg, NULL, err, sizeof err), 0);
+    assert_string_equal(cfg.listen, "0.0.0.0:8000");
+    srv_config_free(&cfg);
+    for (int i = 0; i < 2; i++) {
+        setenv("CHAT_LISTEN", i ? "127.0.0.1:8000" : "127.0.0.1:0", 1);
+        assert_int_equal(srv_config_load(&cfg, NULL, err, sizeof err), 0);
+        assert_string_equal(cfg.listen, i ? "127.0.0.1:8000" : "127.0.0.1:0");
+        srv_config_free(&cfg);
+    }
+    unsetenv("CHAT_LISTEN");
+    unsetenv("CHAT_JWT_SECRET");
+    assert_true(srv_listen_is_loopback("127.0.0.1:8000"));
+    assert_true(srv_listen_is_loopback("localhost:1"));
+    assert_false(srv_listen_is_loopback("0.0.0.0:8000"));
+    assert_false(srv_listen_is_loopback("10.0.0.1:8000"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_node_id_default),         cmocka_unit_test(test_node_cookie),
         cmocka_unit_test(test_public_address),          cmocka_unit_test(test_config_chat),
         cmocka_unit_test(test_config_chat_errors),      cmocka_unit_test(test_origin_allowed),
-        cmocka_unit_test(test_origins_checked_at_load),
+        cmocka_unit_test(test_origins_checked_at_load), cmocka_unit_test(test_listen_default),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
