@@ -146,6 +146,7 @@ enum {
     SRV_REFUSED_LIMIT,       /* CHAT_MAX_CONNECTIONS reached: HTTP 503 */
     SRV_REFUSED_DESCRIPTORS, /* the descriptor reserve reached, or none left: closed at once */
     SRV_REFUSED_ORIGIN,      /* Origin not in CHAT_ALLOWED_ORIGINS: HTTP 403 */
+    SRV_REFUSED_HEADERS,     /* a request header field over SRV_HEADER_FIELD_MAX: 431 or 414 */
     SRV_REFUSED_COUNT
 };
 

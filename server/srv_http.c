@@ -78,6 +78,36 @@ int srv__http_common(struct lws *wsi, enum lws_callback_reasons reason, srv_conn
     return lws_callback_http_dummy(wsi, reason, c, in, len);
 }
 
+const struct lws_token_limits *srv__token_limits(void) {
+    static struct lws_token_limits limits;
+    for (int i = 0; i < WSI_TOKEN_COUNT; i++)
+        limits.token_limit[i] = SRV_HEADER_FIELD_MAX + 1;
+    return &limits;
+}
+
+unsigned int srv__header_limit_status(struct lws *wsi) {
+    for (int t = 0; t < WSI_TOKEN_COUNT; t++) {
+        if (lws_hdr_total_length(wsi, (enum lws_token_indexes)t) <= SRV_HEADER_FIELD_MAX)
+            continue;
+        if (t == WSI_TOKEN_GET_URI || t == WSI_TOKEN_POST_URI || t == WSI_TOKEN_HTTP_URI_ARGS)
+            return 414;
+        return 431;
+    }
+    return 0;
+}
+
+int srv__http_refuse_headers(struct lws *wsi, srv_conn_t *c, int *rc) {
+    unsigned int status = srv__header_limit_status(wsi);
+    if (!status)
+        return 0;
+    srv_t *S = lws_context_user(lws_get_context(wsi));
+    S->st.refused[SRV_REFUSED_HEADERS]++;
+    *rc = srv__http_respond_text(wsi, c, status,
+                                 status == 414 ? "request target too long\n"
+                                               : "request header fields too large\n");
+    return 1;
+}
+
 static bool demo_user_ok(const char *u) {
     size_t n = strlen(u);
     if (n == 0 || n > 32)
@@ -136,11 +166,14 @@ static int serve_web_file(srv_t *S, struct lws *wsi, const char *uri) {
 
 int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
     char uri[256];
+    int rc;
+    if (srv__http_refuse_headers(wsi, c, &rc))
+        return rc;
     if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0)
         return srv__http_respond_text(wsi, c, 400, "bad request\n");
     if (strcmp(uri, "/healthz") == 0)
         return srv__http_respond_text(wsi, c, 200, "ok\n");
-    int rc = serve_web_file(S, wsi, uri);
+    rc = serve_web_file(S, wsi, uri);
     if (rc != -2)
         return rc;
     if (strcmp(uri, "/demo/token") == 0 && (S->demo || S->cfg.demo_tokens)) {

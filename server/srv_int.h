@@ -102,6 +102,24 @@ extern const struct lws_protocol_vhost_options srv__public_pvo;
 
 /* ---- srv_http.c: HTTP responses of both listeners ---- */
 
+/* Request headers. lws 4.1 holds a request's headers in one buffer per connection being parsed
+ * (max_http_header_data) and, when they overflow it, closes the connection without an answer;
+ * it cannot be made to answer instead. What it can do is cut each header field it knows at a
+ * length of its own (token_limits) and carry on: chatd sets that length one byte over
+ * SRV_HEADER_FIELD_MAX, so that a field over the limit, the common case of a cookie grown too
+ * large above all, arrives cut and is answered 431 (414 for the request target) by
+ * srv__header_limit_status, and sizes the buffer so that several fields of that size fit. */
+#define SRV_HEADER_FIELD_MAX 8192
+#define SRV_HEADER_BUFFER 16384
+/* 0, or the status that answers a request with a header field over SRV_HEADER_FIELD_MAX (414 for
+ * the request target, 431 for any other field). */
+unsigned int srv__header_limit_status(struct lws *wsi);
+/* Answers 431 or 414 (in *rc, the callback's return) when srv__header_limit_status says so;
+ * returns 1 when it did. */
+int srv__http_refuse_headers(struct lws *wsi, srv_conn_t *c, int *rc);
+/* The per-field lengths lws cuts known header fields at (SRV_HEADER_FIELD_MAX + 1). */
+const struct lws_token_limits *srv__token_limits(void);
+
 /* Adds the node cookie header (when the node id is known) to a response being built. Returns
  * non-zero when it did not fit. */
 int srv__add_node_cookie(struct lws *wsi, unsigned char **p, unsigned char *end);

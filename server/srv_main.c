@@ -241,6 +241,8 @@ int main(int argc, char **argv) {
         .foreign_loops = loops,
         .user = S,
         .port = CONTEXT_PORT_NO_LISTEN,
+        .max_http_header_data = SRV_HEADER_BUFFER,
+        .token_limits = srv__token_limits(),
     };
     lws_set_log_level(core_log_enabled(CORE_LOG_DEBUG) ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR,
                       NULL);

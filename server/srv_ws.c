@@ -276,6 +276,12 @@ static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
  * reconnecting), and no session is set up for a client that cannot stay. Returns 0 to let the
  * upgrade proceed, 1 when an answer was sent. */
 static int confirm_upgrade(srv_t *S, struct lws *wsi) {
+    unsigned int status = srv__header_limit_status(wsi);
+    if (status) {
+        S->st.refused[SRV_REFUSED_HEADERS]++;
+        lws_return_http_status(wsi, status, "request header fields too large");
+        return 1;
+    }
     char origin[256];
     /* A browser always names the page's origin; other clients usually send none. An Origin too
      * long to copy matches no entry. */
