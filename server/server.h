@@ -37,6 +37,8 @@ typedef struct {
     uint32_t max_frame_bytes;
     uint32_t max_channels;
     uint32_t max_connections_per_user;
+    uint32_t max_connections; /* 0 = a margin below the open-file limit (srv_max_connections) */
+    char *allowed_origins;    /* NULL = any origin (srv_origin_allowed) */
     uint32_t write_queue_bytes;
     uint32_t write_queue_messages;
     uint32_t write_delay_ms;
@@ -72,6 +74,9 @@ void srv_node_id_default(const char *hostname, int port, char *out, size_t outle
 #define SRV_NODE_COOKIE "chat_node"
 /* The Set-Cookie value naming node_id (a valid node id): out needs 128 bytes. */
 void srv_node_cookie(const char *node_id, char *out, size_t outlen);
+/* Whether a listener's host:port is on loopback (127.0.0.0/8 or localhost): reachable from this
+ * machine only. */
+bool srv_listen_is_loopback(const char *listen);
 /* host:port of the public listener as the registry shows it: CHAT_ADVERTISE when set, else the
  * listen host (hostname when it listens on 0.0.0.0) and the bound port. */
 void srv_public_address(const srv_config_t *cfg, const char *hostname, int port, char *out,
@@ -84,6 +89,22 @@ void srv_public_address(const srv_config_t *cfg, const char *hostname, int port,
  * reason in err (nothing to free then). */
 int srv_config_chat(const srv_config_t *cfg, chat_config_t *cc, chat_ns_t **ns, size_t *nns,
                     char *err, size_t errlen);
+
+/* Descriptors below the open-file limit that chat clients never take (CHAT_MAX_CONNECTIONS's
+ * default margin): room for the admin listener, the broker's reconnects, HTTP requests and the
+ * files the node opens. */
+#define SRV_FD_MARGIN 64
+/* The node-wide cap on WebSocket sessions: cfg->max_connections, or when 0 the open-file limit
+ * fd_limit less SRV_FD_MARGIN (half the limit when it is that small). */
+uint32_t srv_max_connections(const srv_config_t *cfg, uint64_t fd_limit);
+
+/* Whether a WebSocket upgrade with this Origin header (NULL: none, not a browser) may proceed
+ * under CHAT_ALLOWED_ORIGINS (list: NULL = any origin). The list holds origins separated by
+ * commas or blanks, compared without regard to case; "*" alone allows any origin, and within an
+ * entry '*' matches any run of characters but '/' and ':', so that it stands for host labels
+ * (an entry of scheme, "://", "*.example.com") or a port (after the host's ':'), never for a
+ * different scheme or port. */
+bool srv_origin_allowed(const char *list, const char *origin);
 
 /* Parses "host:port" into host (size hostlen) and port; port 0 is allowed. */
 int srv_parse_hostport(const char *s, char *host, size_t hostlen, int *port);
@@ -130,6 +151,15 @@ void srv_wq_clear(srv_wq_t *q);
 
 #define SRV_DISCONNECT_SLOTS 64
 
+/* Why a connection was refused before it became a session. */
+enum {
+    SRV_REFUSED_LIMIT,       /* CHAT_MAX_CONNECTIONS reached: HTTP 503 */
+    SRV_REFUSED_DESCRIPTORS, /* the descriptor reserve reached, or none left: closed at once */
+    SRV_REFUSED_ORIGIN,      /* Origin not in CHAT_ALLOWED_ORIGINS: HTTP 403 */
+    SRV_REFUSED_HEADERS,     /* a request header field over SRV_HEADER_FIELD_MAX: 431 or 414 */
+    SRV_REFUSED_COUNT
+};
+
 /* Counters of the transport of chat clients. */
 typedef struct {
     uint64_t accepted;
@@ -137,6 +167,7 @@ typedef struct {
     uint64_t write_bytes;
     uint64_t write_queue_bytes;                 /* gauge */
     uint64_t disconnects[SRV_DISCONNECT_SLOTS]; /* by srv_disconnect_slot() */
+    uint64_t refused[SRV_REFUSED_COUNT];        /* by SRV_REFUSED_* */
     core_hist_t fanout_latency;                 /* seconds */
 } srv_stats_t;
 

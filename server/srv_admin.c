@@ -121,7 +121,10 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
     switch (reason) {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
         return 1; /* no WebSockets on the admin listener */
-    case LWS_CALLBACK_HTTP:
+    case LWS_CALLBACK_HTTP: {
+        int rc;
+        if (srv__http_refuse_headers(wsi, c, &rc))
+            return rc;
         if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0 &&
             lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH) > 0) {
             /* Answered once the body is read: an answer before it would leave the body on
@@ -133,6 +136,7 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         /* A GET, or a POST without a body. */
         return admin_http(S, wsi, c, (const char *)in);
+    }
     case LWS_CALLBACK_HTTP_BODY:
         a->post_bytes += len;
         return 0;

@@ -4,6 +4,7 @@
 
 #include "auth/auth.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -28,7 +29,10 @@ typedef struct {
 #define OFF(f) offsetof(srv_config_t, f)
 
 static const setting_t settings[] = {
-    {"CHAT_LISTEN", "listen", T_STR, OFF(listen), "0.0.0.0:8000", "public listener host:port"},
+    /* Demo mode hands out tokens for any user name to whoever asks: by default only to this
+     * machine. With a secret the default is every interface (see srv_config_load). */
+    {"CHAT_LISTEN", "listen", T_STR, OFF(listen), "127.0.0.1:8000",
+     "public listener host:port (default 0.0.0.0:8000 when CHAT_JWT_SECRET is set)"},
     {"CHAT_ADMIN_LISTEN", "admin_listen", T_STR, OFF(admin_listen), "127.0.0.1:9100",
      "admin listener host:port (metrics, health, API)"},
     {"CHAT_NODE_ID", "node_id", T_STR, OFF(node_id), NULL, "node name (default hostname:port)"},
@@ -60,6 +64,11 @@ static const setting_t settings[] = {
      "subscriptions per connection (error 106)"},
     {"CHAT_MAX_CONNECTIONS_PER_USER", "max_connections_per_user", T_U32,
      OFF(max_connections_per_user), "64", "connections per user on this node (close 3504)"},
+    {"CHAT_ALLOWED_ORIGINS", "allowed_origins", T_STR, OFF(allowed_origins), NULL,
+     "origins browsers may open WebSockets from, e.g. \"https://chat.example.com "
+     "https://*.example.com\"; others get HTTP 403 (unset: any origin)"},
+    {"CHAT_MAX_CONNECTIONS", "max_connections", T_U32, OFF(max_connections), "0",
+     "WebSocket connections on this node; more get HTTP 503 (0 = the open-file limit less 64)"},
     {"CHAT_WRITE_QUEUE_BYTES", "write_queue_bytes", T_U32, OFF(write_queue_bytes), "1048576",
      "bytes queued for one connection before close 3008"},
     {"CHAT_WRITE_QUEUE_MESSAGES", "write_queue_messages", T_U32, OFF(write_queue_messages), "16384",
@@ -140,11 +149,69 @@ int srv_parse_hostport(const char *s, char *host, size_t hostlen, int *port) {
     return 0;
 }
 
+#define ORIGIN_SEPARATORS ", \t\n"
+
+/* The pattern p (pe its end) against the whole of s, as srv_origin_allowed describes. */
+static bool origin_match(const char *p, const char *pe, const char *s) {
+    while (p < pe) {
+        if (*p == '*') {
+            p++;
+            for (const char *t = s;; t++) {
+                if (origin_match(p, pe, t))
+                    return true;
+                if (!*t || *t == '/' || *t == ':')
+                    return false;
+            }
+        }
+        if (!*s || tolower((unsigned char)*p) != tolower((unsigned char)*s))
+            return false;
+        p++;
+        s++;
+    }
+    return *s == '\0';
+}
+
+bool srv_origin_allowed(const char *list, const char *origin) {
+    if (!list || !origin)
+        return true;
+    for (const char *p = list + strspn(list, ORIGIN_SEPARATORS); *p;) {
+        size_t n = strcspn(p, ORIGIN_SEPARATORS);
+        if ((n == 1 && *p == '*') || origin_match(p, p + n, origin))
+            return true;
+        p += n;
+        p += strspn(p, ORIGIN_SEPARATORS);
+    }
+    return false;
+}
+
+/* Every entry is "*" or scheme://host[:port]: a bare host would never match a browser's
+ * Origin, which is a mistake better told at start. */
+static bool origins_valid(const char *list) {
+    bool any = false;
+    for (const char *p = list + strspn(list, ORIGIN_SEPARATORS); *p;) {
+        size_t n = strcspn(p, ORIGIN_SEPARATORS);
+        char entry[256];
+        if (n >= sizeof entry)
+            return false;
+        memcpy(entry, p, n);
+        entry[n] = '\0';
+        const char *sep = strstr(entry, "://");
+        if (strcmp(entry, "*") != 0 &&
+            (!sep || sep == entry || !sep[3] || strchr(sep + 3, '/') != NULL))
+            return false;
+        any = true;
+        p += n;
+        p += strspn(p, ORIGIN_SEPARATORS);
+    }
+    return any;
+}
+
 int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errlen) {
     memset(cfg, 0, sizeof *cfg);
     for (size_t i = 0; i < NSETTINGS; i++)
         if (settings[i].def && set_value(cfg, &settings[i], settings[i].def, err, errlen))
             return CORE_EINVAL;
+    bool listen_given = false;
     if (path) {
         json_error_t je;
         json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
@@ -184,6 +251,7 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
                 json_decref(root);
                 return CORE_EINVAL;
             }
+            listen_given |= s->offset == OFF(listen);
             int rc = set_value(cfg, s, text, err, errlen);
             free(dumped);
             if (rc) {
@@ -195,14 +263,27 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
     }
     for (size_t i = 0; i < NSETTINGS; i++) {
         const char *v = getenv(settings[i].env);
-        if (v && *v && set_value(cfg, &settings[i], v, err, errlen))
+        if (!v || !*v)
+            continue;
+        listen_given |= settings[i].offset == OFF(listen);
+        if (set_value(cfg, &settings[i], v, err, errlen))
             return CORE_EINVAL;
+    }
+    if (!listen_given && cfg->jwt_secret) {
+        free(cfg->listen);
+        cfg->listen = core_strdup("0.0.0.0:8000");
     }
     char host[256];
     int port;
     if (srv_parse_hostport(cfg->listen, host, sizeof host, &port) ||
         srv_parse_hostport(cfg->admin_listen, host, sizeof host, &port)) {
         snprintf(err, errlen, "CHAT_LISTEN and CHAT_ADMIN_LISTEN must be host:port");
+        return CORE_EINVAL;
+    }
+    if (cfg->allowed_origins && !origins_valid(cfg->allowed_origins)) {
+        snprintf(err, errlen,
+                 "CHAT_ALLOWED_ORIGINS: expected origins like https://chat.example.com or "
+                 "https://*.example.com, or *");
         return CORE_EINVAL;
     }
     if (cfg->node_ttl > 86400) {
@@ -233,6 +314,13 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
     return 0;
 }
 
+uint32_t srv_max_connections(const srv_config_t *cfg, uint64_t fd_limit) {
+    if (cfg->max_connections)
+        return cfg->max_connections;
+    uint64_t n = fd_limit > 2 * SRV_FD_MARGIN ? fd_limit - SRV_FD_MARGIN : fd_limit / 2;
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
 bool srv_node_id_ok(const char *id) {
     size_t n = strlen(id);
     return n > 0 && n <= SRV_NODE_ID_MAX && strspn(id, SRV_NODE_ID_CHARS) == n;
@@ -252,6 +340,14 @@ void srv_node_id_default(const char *hostname, int port, char *out, size_t outle
 void srv_node_cookie(const char *node_id, char *out, size_t outlen) {
     /* Node ids are checked to be cookie-safe and at most 64 bytes (srv_node_id_ok). */
     snprintf(out, outlen, SRV_NODE_COOKIE "=%s; Path=/; HttpOnly; SameSite=Lax", node_id);
+}
+
+bool srv_listen_is_loopback(const char *listen) {
+    char host[256];
+    int port;
+    if (srv_parse_hostport(listen, host, sizeof host, &port) != 0)
+        return false;
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "localhost") == 0;
 }
 
 void srv_public_address(const srv_config_t *cfg, const char *hostname, int port, char *out,

@@ -1,6 +1,6 @@
 /* server: HTTP on both listeners: responses with bodies written from the writeable callback,
- * the node cookie, the public listener's own answers (/healthz, /demo/token) and the MIME types
- * of the static web demo, which lws serves itself. */
+ * the node cookie, and the public listener's answers (/healthz, /demo/token, the web demo's
+ * files). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,6 +78,36 @@ int srv__http_common(struct lws *wsi, enum lws_callback_reasons reason, srv_conn
     return lws_callback_http_dummy(wsi, reason, c, in, len);
 }
 
+const struct lws_token_limits *srv__token_limits(void) {
+    static struct lws_token_limits limits;
+    for (int i = 0; i < WSI_TOKEN_COUNT; i++)
+        limits.token_limit[i] = SRV_HEADER_FIELD_MAX + 1;
+    return &limits;
+}
+
+unsigned int srv__header_limit_status(struct lws *wsi) {
+    for (int t = 0; t < WSI_TOKEN_COUNT; t++) {
+        if (lws_hdr_total_length(wsi, (enum lws_token_indexes)t) <= SRV_HEADER_FIELD_MAX)
+            continue;
+        if (t == WSI_TOKEN_GET_URI || t == WSI_TOKEN_POST_URI || t == WSI_TOKEN_HTTP_URI_ARGS)
+            return 414;
+        return 431;
+    }
+    return 0;
+}
+
+int srv__http_refuse_headers(struct lws *wsi, srv_conn_t *c, int *rc) {
+    unsigned int status = srv__header_limit_status(wsi);
+    if (!status)
+        return 0;
+    srv_t *S = lws_context_user(lws_get_context(wsi));
+    S->st.refused[SRV_REFUSED_HEADERS]++;
+    *rc = srv__http_respond_text(wsi, c, status,
+                                 status == 414 ? "request target too long\n"
+                                               : "request header fields too large\n");
+    return 1;
+}
+
 static bool demo_user_ok(const char *u) {
     size_t n = strlen(u);
     if (n == 0 || n > 32)
@@ -98,12 +128,54 @@ char *srv__mint_demo_token(srv_t *S, const char *user) {
     return tok;
 }
 
+/* What the public listener serves of the web root: the web demo's page and exactly the files it
+ * loads (web-demo/index.html: its style sheet, its script and the centrifuge-js bundle from
+ * node_modules, with the bundle's source map for browsers' developer tools). Everything else
+ * there, the package files and the rest of node_modules among it, is not for the network. */
+static const struct {
+    const char *uri;
+    const char *file; /* under web_root */
+    const char *type;
+} web_files[] = {
+    {"/", "index.html", "text/html; charset=utf-8"},
+    {"/index.html", "index.html", "text/html; charset=utf-8"},
+    {"/app.js", "app.js", "text/javascript; charset=utf-8"},
+    {"/style.css", "style.css", "text/css; charset=utf-8"},
+    {"/node_modules/centrifuge/dist/centrifuge.js", "node_modules/centrifuge/dist/centrifuge.js",
+     "text/javascript; charset=utf-8"},
+    {"/node_modules/centrifuge/dist/centrifuge.js.map",
+     "node_modules/centrifuge/dist/centrifuge.js.map", "application/json"},
+};
+
+/* Serves uri when it is one of web_files. Returns -2 when it is not, else the callback's
+ * answer. */
+static int serve_web_file(srv_t *S, struct lws *wsi, const char *uri) {
+    for (size_t i = 0; i < sizeof web_files / sizeof web_files[0]; i++) {
+        if (strcmp(uri, web_files[i].uri) != 0)
+            continue;
+        char path[1024];
+        if (snprintf(path, sizeof path, "%s/%s", S->cfg.web_root, web_files[i].file) >=
+            (int)sizeof path)
+            return -1;
+        /* lws answers 404 itself when the file is missing (node_modules not installed). */
+        int n = lws_serve_http_file(wsi, path, web_files[i].type, NULL, 0);
+        return n < 0 || (n > 0 && lws_http_transaction_completed(wsi)) ? -1 : 0;
+    }
+    return -2;
+}
+
 int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
     char uri[256];
+    int rc;
+    if (srv__http_refuse_headers(wsi, c, &rc))
+        return rc;
     if (lws_hdr_copy(wsi, uri, sizeof uri, WSI_TOKEN_GET_URI) <= 0)
         return srv__http_respond_text(wsi, c, 400, "bad request\n");
     if (strcmp(uri, "/healthz") == 0)
         return srv__http_respond_text(wsi, c, 200, "ok\n");
+    rc = serve_web_file(S, wsi, uri);
+    if (rc != -2)
+        return rc;
     if (strcmp(uri, "/demo/token") == 0 && (S->demo || S->cfg.demo_tokens)) {
         char arg[64] = "";
         /* lws copies "user=NAME" into arg and returns a pointer to NAME. */
@@ -121,42 +193,4 @@ int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
         return srv__http_respond(wsi, c, 200, "application/json", s.ptr, s.len);
     }
     return srv__http_respond_text(wsi, c, 404, "not found\n");
-}
-
-static const struct lws_protocol_vhost_options mime_mjs = {.name = ".mjs",
-                                                           .value = "text/javascript"};
-/* MIME types lws does not know. */
-static const struct lws_protocol_vhost_options mime_types = {
-    .next = &mime_mjs, .name = ".map", .value = "application/json"};
-
-/* The web demo's files. Its origin is the one setting of a mount that comes from the
- * configuration (CHAT_WEB_ROOT), so this mount alone is filled in at start. */
-static struct lws_http_mount mount_files = {
-    .mountpoint = "/",
-    .mountpoint_len = 1,
-    .def = "index.html",
-    .origin_protocol = LWSMPRO_FILE,
-    .extra_mimetypes = &mime_types,
-};
-
-/* Answered by the public protocol's callback (srv__public_http). */
-static const struct lws_http_mount mount_demo = {
-    .mount_next = &mount_files,
-    .mountpoint = "/demo/token",
-    .mountpoint_len = sizeof "/demo/token" - 1,
-    .origin = "chat",
-    .origin_protocol = LWSMPRO_CALLBACK,
-};
-
-static const struct lws_http_mount mount_health = {
-    .mount_next = &mount_demo,
-    .mountpoint = "/healthz",
-    .mountpoint_len = sizeof "/healthz" - 1,
-    .origin = "chat",
-    .origin_protocol = LWSMPRO_CALLBACK,
-};
-
-const struct lws_http_mount *srv__public_mounts(const char *web_root) {
-    mount_files.origin = web_root;
-    return &mount_health;
 }

@@ -17,6 +17,20 @@
 
 typedef struct srv srv_t;
 
+/* A listening socket whose connections chatd accepts itself and hands to lws (srv_listen.c). */
+typedef struct {
+    srv_t *srv;
+    const char *name;
+    int fd;
+    int port;         /* bound port */
+    unsigned reserve; /* descriptors below the limit this listener leaves free */
+    struct lws_vhost *vh;
+    uv_poll_t poll;
+    uv_timer_t backoff;
+    uint64_t logged_ms; /* of the last "connections refused" line */
+    uint64_t unlogged;  /* refusals since */
+} srv_listener_t;
+
 /* Per-session data of the public protocol: a WebSocket client, or one HTTP exchange. */
 typedef struct {
     struct lws *wsi;
@@ -43,6 +57,10 @@ struct srv {
     srv_config_t cfg;
     struct lws_context *ctx;
     struct lws_vhost *pub_vh, *adm_vh;
+    srv_listener_t pub_l, adm_l;
+    uint64_t fd_limit;        /* RLIMIT_NOFILE as raised at start */
+    uint32_t max_connections; /* node-wide cap on WebSocket sessions */
+    uint32_t ws_open;         /* WebSocket sessions open now */
     chat_node_t *node;
     clu_broker_t *broker;
     auth_keyring_t *keys;
@@ -65,6 +83,17 @@ struct srv {
     struct lws_protocol_vhost_options cookie_hdr; /* the same, for files lws serves itself */
 };
 
+/* ---- srv_listen.c: the listening sockets ---- */
+
+/* Binds and listens on hostport (host:port, IPv4); connections accepted into the last `reserve`
+ * descriptors below S->fd_limit are closed at once. Returns 0, or CORE_EINVAL (logged). */
+int srv__listen_open(srv_t *S, srv_listener_t *l, const char *name, const char *hostport,
+                     unsigned reserve);
+/* Starts accepting, handing connections to vh. */
+void srv__listen_start(srv_listener_t *l, struct lws_vhost *vh);
+/* Stops accepting and closes the socket (from the loop). */
+void srv__listen_close(srv_listener_t *l);
+
 /* ---- srv_ws.c: the chat protocol on the public listener ---- */
 
 /* The public listener's protocols (WebSocket chat clients and HTTP) and their vhost options. */
@@ -72,6 +101,24 @@ extern const struct lws_protocols srv__public_protocols[];
 extern const struct lws_protocol_vhost_options srv__public_pvo;
 
 /* ---- srv_http.c: HTTP responses of both listeners ---- */
+
+/* Request headers. lws 4.1 holds a request's headers in one buffer per connection being parsed
+ * (max_http_header_data) and, when they overflow it, closes the connection without an answer;
+ * it cannot be made to answer instead. What it can do is cut each header field it knows at a
+ * length of its own (token_limits) and carry on: chatd sets that length one byte over
+ * SRV_HEADER_FIELD_MAX, so that a field over the limit, the common case of a cookie grown too
+ * large above all, arrives cut and is answered 431 (414 for the request target) by
+ * srv__header_limit_status, and sizes the buffer so that several fields of that size fit. */
+#define SRV_HEADER_FIELD_MAX 8192
+#define SRV_HEADER_BUFFER 16384
+/* 0, or the status that answers a request with a header field over SRV_HEADER_FIELD_MAX (414 for
+ * the request target, 431 for any other field). */
+unsigned int srv__header_limit_status(struct lws *wsi);
+/* Answers 431 or 414 (in *rc, the callback's return) when srv__header_limit_status says so;
+ * returns 1 when it did. */
+int srv__http_refuse_headers(struct lws *wsi, srv_conn_t *c, int *rc);
+/* The per-field lengths lws cuts known header fields at (SRV_HEADER_FIELD_MAX + 1). */
+const struct lws_token_limits *srv__token_limits(void);
 
 /* Adds the node cookie header (when the node id is known) to a response being built. Returns
  * non-zero when it did not fit. */
@@ -85,14 +132,11 @@ int srv__http_respond_text(struct lws *wsi, srv_conn_t *c, unsigned int status, 
  * (static files among it) to lws. */
 int srv__http_common(struct lws *wsi, enum lws_callback_reasons reason, srv_conn_t *c, void *in,
                      size_t len);
-/* Answers an HTTP request of the public listener that no file mount serves (/healthz,
- * /demo/token, 404). */
+/* Answers an HTTP request of the public listener: /healthz, /demo/token, the web demo's files
+ * (from cfg.web_root), 404 for anything else. */
 int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c);
 /* A day-long token for user signed with the node's first key; the caller frees it. */
 char *srv__mint_demo_token(srv_t *S, const char *user);
-/* The public listener's mounts: /healthz and /demo/token answered by srv__public_http, and the
- * web demo's files from web_root (which must outlive the listener). */
-const struct lws_http_mount *srv__public_mounts(const char *web_root);
 
 /* ---- srv_admin.c: the admin listener ---- */
 

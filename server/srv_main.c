@@ -12,6 +12,11 @@
 #include "server/srv_int.h"
 
 #define DRAIN_MAX_MS 5000
+/* Descriptors below the open-file limit that each listener leaves free (srv_listen.c): the
+ * public one room for the admin listener, the broker's reconnects and the files the node opens;
+ * the admin one room for the broker at least. */
+#define PUBLIC_FD_RESERVE 32
+#define ADMIN_FD_RESERVE 8
 
 static void drain_finish(srv_t *S);
 
@@ -42,6 +47,8 @@ static void registry_closed(void *ud) {
 
 static void drain_finish(srv_t *S) {
     uv_timer_stop(&S->drain_timer);
+    srv__listen_close(&S->pub_l);
+    srv__listen_close(&S->adm_l);
     uv_close((uv_handle_t *)&S->sigterm, NULL);
     uv_close((uv_handle_t *)&S->sigint, NULL);
     uv_close((uv_handle_t *)&S->flush_timer, NULL);
@@ -61,7 +68,9 @@ static void begin_drain(srv_t *S) {
     chat_stats_t cs;
     chat_node_stats(S->node, &cs);
     CORE_LOGI(MOD, "draining", "sessions=%" PRIu64, cs.sessions);
-    lws_context_deprecate(S->ctx, NULL);
+    /* New clients are refused from now on; the admin listener stays, so that /readyz tells
+     * balancers the node drains. */
+    srv__listen_close(&S->pub_l);
     if (S->registry)
         adm_registry_beat(S->registry); /* balancers and peers learn it now, not at the next tick */
     chat_node_close_all(S->node, 3001, "shutdown");
@@ -74,28 +83,33 @@ static void on_signal(uv_signal_t *h, int signum) {
     begin_drain(h->data);
 }
 
-static void raise_fd_limit(void) {
+/* Raises the soft open-file limit to the hard one; returns the limit in force. */
+static uint64_t raise_fd_limit(void) {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return 1024;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
     }
+    return rl.rlim_cur == RLIM_INFINITY ? UINT32_MAX : (uint64_t)rl.rlim_cur;
 }
 
-static struct lws_vhost *make_vhost(srv_t *S, const char *name, const char *listen,
+/* A vhost without a listening socket of its own: its listener (srv_listen.c) hands it the
+ * connections it accepts. lws 4.1 moves a request to the vhost its Host header names, or else
+ * to the first vhost with the same listen port, which for vhosts without a listener is the
+ * kind of non-port they were created with: each vhost needs a different one (port), or the
+ * admin listener's requests would be served by the public vhost. */
+static struct lws_vhost *make_vhost(srv_t *S, srv_listener_t *l, int port,
                                     const struct lws_protocols *protos,
-                                    const struct lws_http_mount *mounts,
                                     const struct lws_protocol_vhost_options *pvo,
                                     const struct lws_protocol_vhost_options *headers) {
-    char host[256];
-    int port;
-    srv_parse_hostport(listen, host, sizeof host, &port);
     struct lws_context_creation_info info = {
-        .vhost_name = name,
+        .vhost_name = l->name,
         .port = port,
-        .iface = strcmp(host, "0.0.0.0") == 0 ? NULL : host,
         .protocols = protos,
-        .mounts = mounts,
         .pvo = pvo,
         .headers = headers,
         .options = LWS_SERVER_OPTION_DISABLE_IPV6,
@@ -103,7 +117,9 @@ static struct lws_vhost *make_vhost(srv_t *S, const char *name, const char *list
     };
     struct lws_vhost *vh = lws_create_vhost(S->ctx, &info);
     if (!vh)
-        CORE_LOGE(MOD, "cannot listen", "vhost=%s listen=%s", name, listen);
+        CORE_LOGE(MOD, "cannot create the vhost", "vhost=%s", l->name);
+    else
+        srv__listen_start(l, vh);
     return vh;
 }
 
@@ -114,7 +130,7 @@ static void decide_identity(srv_t *S) {
     char host[256];
     int port;
     srv_parse_hostport(S->cfg.listen, host, sizeof host, &port);
-    port = lws_get_vhost_listen_port(S->pub_vh);
+    port = S->pub_l.port;
     if (!S->cfg.node_id) {
         char hn[128] = "node";
         gethostname(hn, sizeof hn);
@@ -138,8 +154,8 @@ static void print_ready(srv_t *S) {
     int port, aport;
     srv_parse_hostport(S->cfg.listen, host, sizeof host, &port);
     srv_parse_hostport(S->cfg.admin_listen, ahost, sizeof ahost, &aport);
-    port = lws_get_vhost_listen_port(S->pub_vh);
-    aport = lws_get_vhost_listen_port(S->adm_vh);
+    port = S->pub_l.port;
+    aport = S->adm_l.port;
     const char *shown = strcmp(host, "0.0.0.0") == 0 ? "localhost" : host;
     if (S->demo) {
         char *tok = srv__mint_demo_token(S, "demo");
@@ -185,7 +201,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    raise_fd_limit();
+    S->fd_limit = raise_fd_limit();
+    S->max_connections = srv_max_connections(&S->cfg, S->fd_limit);
 
     S->keys = auth_keyring_new();
     if (S->cfg.jwt_secret) {
@@ -199,6 +216,12 @@ int main(int argc, char **argv) {
         auth_keyring_add(S->keys, NULL, secret, strlen(secret));
         S->demo = true;
     }
+    if ((S->demo || S->cfg.demo_tokens) && !srv_listen_is_loopback(S->cfg.listen))
+        CORE_LOGW(MOD,
+                  "demo tokens are served on a non-loopback address: anyone who reaches it can "
+                  "sign in as any user",
+                  "listen=%s /demo/token=on%s", S->cfg.listen,
+                  S->demo ? " (no CHAT_JWT_SECRET: demo mode)" : " (CHAT_DEMO_TOKENS=1)");
     if (!S->cfg.api_key) {
         char key[33];
         core_random_id(key, 32);
@@ -218,6 +241,8 @@ int main(int argc, char **argv) {
         .foreign_loops = loops,
         .user = S,
         .port = CONTEXT_PORT_NO_LISTEN,
+        .max_http_header_data = SRV_HEADER_BUFFER,
+        .token_limits = srv__token_limits(),
     };
     lws_set_log_level(core_log_enabled(CORE_LOG_DEBUG) ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR,
                       NULL);
@@ -235,9 +260,14 @@ int main(int argc, char **argv) {
     /* lws reads the value at each response; it is filled in once the node id is known. */
     S->cookie_hdr.name = "set-cookie:";
     S->cookie_hdr.value = S->cookie;
-    S->pub_vh = make_vhost(S, "public", S->cfg.listen, srv__public_protocols,
-                           srv__public_mounts(S->cfg.web_root), &srv__public_pvo, &S->cookie_hdr);
-    S->adm_vh = make_vhost(S, "admin", S->cfg.admin_listen, srv__admin_protocols, NULL, NULL, NULL);
+    if (srv__listen_open(S, &S->pub_l, "public", S->cfg.listen, PUBLIC_FD_RESERVE) != 0 ||
+        srv__listen_open(S, &S->adm_l, "admin", S->cfg.admin_listen, ADMIN_FD_RESERVE) != 0) {
+        lws_context_destroy(S->ctx);
+        return 1;
+    }
+    S->pub_vh = make_vhost(S, &S->pub_l, CONTEXT_PORT_NO_LISTEN_SERVER, srv__public_protocols,
+                           &srv__public_pvo, &S->cookie_hdr);
+    S->adm_vh = make_vhost(S, &S->adm_l, CONTEXT_PORT_NO_LISTEN, srv__admin_protocols, NULL, NULL);
     if (!S->pub_vh || !S->adm_vh) {
         lws_context_destroy(S->ctx);
         return 1;
@@ -283,8 +313,11 @@ int main(int argc, char **argv) {
     uv_timer_init(&S->loop, &S->flush_timer);
     S->flush_timer.data = S;
 
-    CORE_LOGI(MOD, "started", "node=%s broker=%s public=%s admin=%s", S->cfg.node_id,
-              S->broker->name, S->cfg.listen, S->cfg.admin_listen);
+    CORE_LOGI(MOD, "started",
+              "node=%s broker=%s public=%s admin=%s max_connections=%" PRIu32
+              " open_file_limit=%" PRIu64,
+              S->cfg.node_id, S->broker->name, S->cfg.listen, S->cfg.admin_listen,
+              S->max_connections, S->fd_limit);
     uv_run(&S->loop, UV_RUN_DEFAULT);
     /* On a foreign loop lws finishes its teardown (and unloads its event-loop plugin) only on a
      * second destroy once its handles are closed, which is when uv_run returns. */

@@ -37,6 +37,13 @@ void srv_metrics_transport(void *ud, adm_metrics_writer_t *w) {
         adm_metrics_sample(w, "chat_disconnects_total", &(adm_label_t){"code", code}, 1,
                            sv->disconnects[i]);
     }
+    static const char *const refused[SRV_REFUSED_COUNT] = {"limit", "descriptors", "origin",
+                                                           "headers"};
+    adm_metrics_family(w, "chat_connections_refused_total", "counter",
+                       "Connections refused before they became sessions, by reason.");
+    for (int i = 0; i < SRV_REFUSED_COUNT; i++)
+        adm_metrics_sample(w, "chat_connections_refused_total",
+                           &(adm_label_t){"reason", refused[i]}, 1, sv->refused[i]);
     adm_metrics_counter(w, "chat_write_calls_total", "WebSocket frames written.", sv->write_calls);
     adm_metrics_counter(w, "chat_write_bytes_total", "WebSocket payload bytes written.",
                         sv->write_bytes);

@@ -276,6 +276,39 @@ static void on_receive(srv_t *S, srv_conn_t *c, const char *in, size_t len) {
     }
 }
 
+/* Decides an upgrade before lws answers it. A refusal is an HTTP answer, which a browser's
+ * WebSocket reports as a failed connection and every client retries with its backoff: the
+ * node-wide cap is a passing condition of this node, not a verdict on the client, so it is not
+ * the close code 3504 (whose "connection limit" closes stop Centrifugo's SDKs from
+ * reconnecting), and no session is set up for a client that cannot stay. Returns 0 to let the
+ * upgrade proceed, 1 when an answer was sent. */
+static int confirm_upgrade(srv_t *S, struct lws *wsi) {
+    unsigned int status = srv__header_limit_status(wsi);
+    if (status) {
+        S->st.refused[SRV_REFUSED_HEADERS]++;
+        lws_return_http_status(wsi, status, "request header fields too large");
+        return 1;
+    }
+    char origin[256];
+    /* A browser always names the page's origin; other clients usually send none. An Origin too
+     * long to copy matches no entry. */
+    int olen = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0 && olen <= 0)
+        origin[0] = '\0';
+    if (!srv_origin_allowed(S->cfg.allowed_origins,
+                            lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) > 0 ? origin : NULL)) {
+        S->st.refused[SRV_REFUSED_ORIGIN]++;
+        lws_return_http_status(wsi, HTTP_STATUS_FORBIDDEN, "origin not allowed");
+        return 1;
+    }
+    if (S->ws_open >= S->max_connections) {
+        S->st.refused[SRV_REFUSED_LIMIT]++;
+        lws_return_http_status(wsi, HTTP_STATUS_SERVICE_UNAVAILABLE, "connection limit");
+        return 1;
+    }
+    return 0;
+}
+
 static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                      size_t len) {
     srv_t *S = lws_context_user(lws_get_context(wsi));
@@ -289,8 +322,11 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
             return 1;
         return 0;
     }
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return confirm_upgrade(S, wsi);
     case LWS_CALLBACK_ESTABLISHED: {
         memset(c, 0, sizeof *c);
+        S->ws_open++;
         core_list_init(&c->flush_link);
         c->wsi = wsi;
         c->srv = S;
@@ -314,6 +350,7 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
          * whose session was never set up. */
         if (!c || !c->srv)
             return 0;
+        S->ws_open--;
         /* Nothing may be queued for this session from here on: freeing the client emits leave
          * events and must not schedule writes on a session lws is about to free. */
         c->closing = true;

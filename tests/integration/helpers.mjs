@@ -49,6 +49,9 @@ function baseEnv() {
  * Starts chatd and waits for its ready line.
  * opts.env: overrides; a value of null removes the variable (e.g. CHAT_JWT_SECRET: null = demo mode).
  * opts.demo: true = demo mode (no CHAT_JWT_SECRET).
+ * opts.prefix: a command that execs chatd (its arguments follow), e.g. ['prlimit', '--nofile=300', '--']
+ *   to lower the node's open-file limit, not the test runner's; it must exec so that the PID is chatd's.
+ * opts.anyAddress: the public listener may report 0.0.0.0 (it is reached through 127.0.0.1).
  * When t is given, the process is stopped in t.after.
  */
 export async function startChatd(t, opts = {}) {
@@ -67,7 +70,8 @@ export async function startChatd(t, opts = {}) {
       env[k] = String(v);
     }
   }
-  const child = spawn(CHATD_BIN, opts.args || [], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const argv = [...(opts.prefix || []), CHATD_BIN, ...(opts.args || [])];
+  const child = spawn(argv[0], argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
   const srv = {
     child,
     pid: child.pid,
@@ -137,6 +141,9 @@ export async function startChatd(t, opts = {}) {
     clearTimeout(timer);
   }
   exitedEarly.catch(() => {});
+  if (opts.anyAddress && srv.publicAddr.startsWith('0.0.0.0:')) {
+    srv.publicAddr = `127.0.0.1:${srv.publicAddr.slice('0.0.0.0:'.length)}`;
+  }
   assertLoopback(srv.publicAddr);
   assertLoopback(srv.adminAddr);
   srv.wsUrl = `ws://${srv.publicAddr}/connection/websocket`;

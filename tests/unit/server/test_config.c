@@ -102,11 +102,74 @@ static void test_config_chat_errors(void **state) {
     assert_null(ns);
 }
 
+/* CHAT_ALLOWED_ORIGINS: exact origins without regard to case, '*' within one part only. */
+static void test_origin_allowed(void **state) {
+    (void)state;
+    const char *list = "https://chat.example.com, https://*.example.org\thttp://127.0.0.1:*";
+    assert_true(srv_origin_allowed(NULL, "https://any.example"));
+    assert_true(srv_origin_allowed(list, NULL));
+    assert_true(srv_origin_allowed(list, "https://chat.example.com"));
+    assert_true(srv_origin_allowed(list, "HTTPS://CHAT.example.com"));
+    assert_true(srv_origin_allowed(list, "https://a.b.example.org"));
+    assert_true(srv_origin_allowed(list, "http://127.0.0.1:8000"));
+    assert_false(srv_origin_allowed(list, "https://chat.example.com:8443"));
+    assert_false(srv_origin_allowed(list, "https://chat.example.com.evil.example"));
+    assert_false(srv_origin_allowed(list, "https://evil.example/x.example.org"));
+    assert_false(srv_origin_allowed(list, "https://a.example.org:1"));
+    assert_false(srv_origin_allowed(list, "http://127.0.0.1:80/x"));
+    assert_false(srv_origin_allowed(list, ""));
+    assert_true(srv_origin_allowed("*", "null"));
+}
+
+static void test_origins_checked_at_load(void **state) {
+    (void)state;
+    srv_config_t cfg;
+    char err[256];
+    setenv("CHAT_ALLOWED_ORIGINS", "chat.example.com", 1);
+    assert_int_equal(srv_config_load(&cfg, NULL, err, sizeof err), CORE_EINVAL);
+    assert_non_null(strstr(err, "CHAT_ALLOWED_ORIGINS"));
+    srv_config_free(&cfg);
+    setenv("CHAT_ALLOWED_ORIGINS", "https://chat.example.com https://*.example.org", 1);
+    assert_int_equal(srv_config_load(&cfg, NULL, err, sizeof err), 0);
+    srv_config_free(&cfg);
+    unsetenv("CHAT_ALLOWED_ORIGINS");
+}
+
+/* CHAT_LISTEN: loopback without a secret, every interface with one, and a given value always
+ * wins, whatever the allocator hands out. */
+static void test_listen_default(void **state) {
+    (void)state;
+    srv_config_t cfg;
+    char err[256];
+    unsetenv("CHAT_LISTEN");
+    unsetenv("CHAT_JWT_SECRET");
+    assert_int_equal(srv_config_load(&cfg, NULL, err, sizeof err), 0);
+    assert_string_equal(cfg.listen, "127.0.0.1:8000");
+    srv_config_free(&cfg);
+    setenv("CHAT_JWT_SECRET", "s3cret", 1);
+    assert_int_equal(srv_config_load(&cfg, NULL, err, sizeof err), 0);
+    assert_string_equal(cfg.listen, "0.0.0.0:8000");
+    srv_config_free(&cfg);
+    for (int i = 0; i < 2; i++) {
+        setenv("CHAT_LISTEN", i ? "127.0.0.1:8000" : "127.0.0.1:0", 1);
+        assert_int_equal(srv_config_load(&cfg, NULL, err, sizeof err), 0);
+        assert_string_equal(cfg.listen, i ? "127.0.0.1:8000" : "127.0.0.1:0");
+        srv_config_free(&cfg);
+    }
+    unsetenv("CHAT_LISTEN");
+    unsetenv("CHAT_JWT_SECRET");
+    assert_true(srv_listen_is_loopback("127.0.0.1:8000"));
+    assert_true(srv_listen_is_loopback("localhost:1"));
+    assert_false(srv_listen_is_loopback("0.0.0.0:8000"));
+    assert_false(srv_listen_is_loopback("10.0.0.1:8000"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_node_id_default),    cmocka_unit_test(test_node_cookie),
-        cmocka_unit_test(test_public_address),     cmocka_unit_test(test_config_chat),
-        cmocka_unit_test(test_config_chat_errors),
+        cmocka_unit_test(test_node_id_default),         cmocka_unit_test(test_node_cookie),
+        cmocka_unit_test(test_public_address),          cmocka_unit_test(test_config_chat),
+        cmocka_unit_test(test_config_chat_errors),      cmocka_unit_test(test_origin_allowed),
+        cmocka_unit_test(test_origins_checked_at_load), cmocka_unit_test(test_listen_default),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
