@@ -382,6 +382,9 @@ bool chat__channel_name_ok(const char *ch);
 
 /* ---- chat_connect.c ---- */
 
+/* Whether s (NUL-terminated, valid UTF-8) holds a control character: C0, DEL or C1. */
+bool chat__has_control(const char *s);
+
 /* One server-side subscription of a connect got its answer: res is its SubscribeResult text, or
  * NULL when it failed (left out of the connect answer). later: the answer came from the broker
  * after the connect started it (one of the connect's pending answers), not inline. */
