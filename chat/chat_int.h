@@ -14,6 +14,12 @@
 /* Most bytes of commands held while a connect waits for the broker. */
 #define CHAT_HELD_MAX 65536
 #define CHAT_MAX_CHANNEL_BYTES 255
+/* How long a leave event waits after an unsubscribe: a subscribe of the same client to the same
+ * channel within it cancels the leave and sends no join, so resubscribing in a loop does not
+ * flood the channel's members. Leaves go out from the once-a-second sweep, so 1-2 s late. */
+#define CHAT_LEAVE_DELAY_MS 1000
+/* Leaves one client may have waiting; past it the oldest goes out at once. */
+#define CHAT_LEAVES_WAITING_MAX 64
 /* Publications one subscription buffers while its subscribe waits for the broker; past it the
  * client is closed with 3010 and resynchronises. */
 #define CHAT_SUB_PENDING_MAX 4096
@@ -89,6 +95,15 @@ struct chat_sub {
 
 typedef enum { CL_NEW = 0, CL_CONNECTING, CL_CONNECTED, CL_CLOSING } chat_client_state_t;
 
+/* A leave event held back after an unsubscribe (CHAT_LEAVE_DELAY_MS). */
+typedef struct chat_leave {
+    struct chat_leave *next;
+    char *channel;
+    char *info; /* the ClientInfo of the subscription that ended */
+    size_t info_len;
+    uint64_t due_ms;
+} chat_leave_t;
+
 struct chat_client {
     chat_node_t *node;
     const chat_codec_t *codec;
@@ -107,6 +122,10 @@ struct chat_client {
     uint64_t next_ping_ms;
     uint64_t pong_deadline_ms;
     uint32_t errors;  /* error replies in the current 10 s window */
+    uint32_t limited; /* commands refused by command_rate in the current 10 s window */
+    core_gcra_t cmd_gcra;
+    chat_leave_t *leaves; /* held-back leave events, oldest first */
+    uint32_t nleaves;
     core_str_t held;  /* commands that arrived behind a pending connect or subscribe */
     uint32_t blocked; /* subscribe commands waiting for the broker; later commands wait */
     chat_sub_t *subs;
@@ -369,6 +388,10 @@ chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t
                           const char *chan_info);
 /* Removes the subscription: presence, leave event, channel membership. */
 void chat__sub_remove(chat_sub_t *s);
+/* The same for an unsubscribe command: the leave event is held back (CHAT_LEAVE_DELAY_MS). */
+void chat__sub_unsubscribe(chat_sub_t *s);
+/* Sends the client's held-back leave events that are due at now (all of them with all). */
+void chat__leaves_flush(chat_client_t *c, uint64_t now, bool all);
 /* Makes a subscription live: buffered publications newer than the answer go out in order,
  * then presence and the join event. */
 void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch);
