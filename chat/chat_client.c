@@ -60,6 +60,15 @@ void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *mess
     core_str_free(&s);
 }
 
+void chat__reply_broker_error(chat_client_t *c, uint32_t id, int status) {
+    /* Redis away, or a command it left unanswered: the client retries later (the code is
+     * temporary). Anything else is the broker failing a call it got. */
+    const char *msg = status == CORE_EAGAIN || status == CORE_ETIMEDOUT
+                          ? "broker unavailable"
+                          : "internal error: broker call failed";
+    chat__reply_error(c, id, CORE_REPLY_INTERNAL, msg);
+}
+
 void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
                      size_t len) {
     core_str_t s = {0};

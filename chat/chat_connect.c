@@ -112,9 +112,14 @@ bool chat__has_control(const char *s) {
     return false;
 }
 
-bool chat__channel_name_ok(const char *ch) {
-    size_t len = strlen(ch);
-    return len > 0 && len <= CHAT_MAX_CHANNEL_BYTES;
+const char *chat__channel_problem(const char *ch) {
+    if (!ch || !*ch)
+        return "bad request: channel required";
+    if (strlen(ch) > CHAT_MAX_CHANNEL_BYTES)
+        return "bad request: channel name too long (at most 255 bytes)";
+    if (chat__has_control(ch))
+        return "bad request: channel name contains control characters";
+    return NULL;
 }
 
 /* Why a token's user id cannot be served, or NULL. The id becomes part of channel names (the
@@ -198,8 +203,13 @@ void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
     for (size_t i = 0; i <= nclaim; i++) {
         const char *ch = i < nclaim ? json_string_value(json_array_get(cl.channels, i))
                                     : (has_personal ? personal : NULL);
-        if (!ch || !chat__channel_name_ok(ch) || chat__client_find_sub(c, ch))
+        if (!ch || chat__client_find_sub(c, ch))
             continue;
+        const char *bad = chat__channel_problem(ch);
+        if (bad) {
+            CORE_LOGW(MOD, "token channel refused", "channel=%s why=\"%s\"", ch, bad);
+            continue;
+        }
         const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, ch);
         if (!ns) {
             CORE_LOGW(MOD, "token channel in unknown namespace", "channel=%s", ch);

@@ -329,6 +329,9 @@ void chat__client_close_reason(chat_client_t *c, int code, const char *reason);
 /* Replies with an error; message NULL takes the table's message. Counts it, and closes a client
  * that collected too many errors that are not temporary. */
 void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *message);
+/* Answers a command whose broker call failed with status: error 100 (temporary), saying
+ * "broker unavailable" when the broker cannot be reached. */
+void chat__reply_broker_error(chat_client_t *c, uint32_t id, int status);
 /* Sends {"id":N,"<method>":<result text>}. */
 void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
                      size_t len);
@@ -401,7 +404,9 @@ void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch);
 bool chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, const char *epoch);
 void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch,
                       void *ud);
-bool chat__channel_name_ok(const char *ch);
+/* Why a channel name cannot be used (an error 107 message: missing, over 255 bytes, control
+ * characters), or NULL. */
+const char *chat__channel_problem(const char *ch);
 
 /* ---- chat_connect.c ---- */
 

@@ -260,7 +260,7 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
             chat__sub_remove(s);
             /* A server-side subscription that failed is left out of the connect answer. */
             if (op->kind == SUBOP_COMMAND)
-                chat__reply_error(c, op->base.cmd_id, CORE_REPLY_INTERNAL, NULL);
+                chat__reply_broker_error(c, op->base.cmd_id, status);
         } else {
             ok = true;
             subscribe_result(&res, s->ch->ns, op, status, pubs, n, top, epoch);
@@ -320,8 +320,9 @@ bool chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, 
 void chat__handle_subscribe(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     const char *channel = cmd->subscribe.channel;
-    if (!channel || !chat__channel_name_ok(channel)) {
-        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: channel required");
+    const char *bad = chat__channel_problem(channel);
+    if (bad) {
+        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, bad);
         return;
     }
     const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, channel);
