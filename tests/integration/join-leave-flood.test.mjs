@@ -107,7 +107,7 @@ test('an unlimited subscribe/unsubscribe flood still gives each member a bounded
 
 test('ordinary joins and leaves still arrive: subscribe, unsubscribe, subscribe again after the leave', async (t) => {
   const srv = await startChatd(t);
-  const [watcher] = await (async () => [await rawConnectAs(t, srv, 'watcher')])();
+  const watcher = await rawConnectAs(t, srv, 'watcher');
   await watcher.call('subscribe', { channel: ROOM, join_leave: true });
   const bob = await rawConnectAs(t, srv, 'bob');
   const bobClient = bob.connectResult.client;
