@@ -96,9 +96,10 @@ bool auth_claims_has_role(const auth_claims_t *c, const char *role);
  * and returns a malloc'd compact JWT, or NULL if the kid is unknown. */
 char *auth_jwt_mint(const auth_keyring_t *kr, const char *kid, const json_t *claims);
 
-/* User-limited channels: a channel whose name contains '#' lists, after the '#', the user ids
- * allowed to subscribe, separated by ','. Returns 1 if the channel is user-limited and user is
- * listed, 0 if it is user-limited and user is not listed, -1 if it is not user-limited. */
+/* User-limited channels: a channel whose name contains '#' lists, after its first '#', the user
+ * ids allowed to subscribe, separated by ','. Entries are compared whole, so an entry with a
+ * '#' (or a user id with '#' or ',') never matches. Returns 1 if the channel is user-limited and
+ * user is listed, 0 if it is user-limited and user is not listed, -1 if it is not user-limited. */
 int auth_user_limited_allows(const char *channel, const char *user);
 
 #endif

@@ -648,8 +648,10 @@ char *auth_jwt_mint(const auth_keyring_t *kr, const char *kid, const json_t *cla
 
 int auth_user_limited_allows(const char *channel, const char *user) {
     assert(channel != NULL);
-    /* The list follows the last '#', so a '#' earlier in the name stays part of the name. */
-    const char *hash = strrchr(channel, '#');
+    /* The list is everything after the first '#', compared entry by entry, whole. An entry
+     * that holds another '#' matches no user: user ids with '#' are refused at connect, so
+     * "personal:#alice#1234" belongs to nobody rather than to user "1234". */
+    const char *hash = strchr(channel, '#');
     if (hash == NULL)
         return -1;
     if (user == NULL || user[0] == '\0')

@@ -43,6 +43,9 @@ typedef struct {
     size_t n_namespaces;
     chat_rate_t plan_rate[AUTH_PLAN_COUNT];
     chat_rate_t typing_rate;
+    /* subscribe and unsubscribe commands per connection (rate <= 0: unlimited). Past it they
+     * are refused with 111; max_errors of them within 10 s close the client with 3013. */
+    chat_rate_t command_rate;
     const auth_keyring_t *keys; /* borrowed */
     const char *audience;       /* NULL = not checked */
     const char *issuer;

@@ -60,6 +60,15 @@ void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *mess
     core_str_free(&s);
 }
 
+void chat__reply_broker_error(chat_client_t *c, uint32_t id, int status) {
+    /* Redis away, or a command it left unanswered: the client retries later (the code is
+     * temporary). Anything else is the broker failing a call it got. */
+    const char *msg = status == CORE_EAGAIN || status == CORE_ETIMEDOUT
+                          ? "broker unavailable"
+                          : "internal error: broker call failed";
+    chat__reply_error(c, id, CORE_REPLY_INTERNAL, msg);
+}
+
 void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
                      size_t len) {
     core_str_t s = {0};
@@ -91,6 +100,25 @@ void chat__append_pub(core_str_t *s, const clu_pub_t *p) {
 
 /* ---- frames ---- */
 
+/* subscribe and unsubscribe under the connection's command rate: each one makes join and leave
+ * events for every member of a room and broker work, so a flood of them is refused (111,
+ * temporary), and a client that keeps flooding after being told is closed with 3013. */
+static bool command_allowed(chat_client_t *c, const chat_req_t *cmd) {
+    chat_node_t *n = c->node;
+    int64_t wait = core_gcra_take(&c->cmd_gcra, (double)core_now_ms(), &n->cfg.command_rate);
+    if (wait == 0)
+        return true;
+    n->st.rate_limited++;
+    if (n->cfg.max_errors && ++c->limited > n->cfg.max_errors) {
+        chat__client_close(c, CORE_DISCONNECT_TOO_MANY_REQUESTS);
+        return false;
+    }
+    char msg[96];
+    snprintf(msg, sizeof msg, "too many requests: retry_after_ms=%" PRId64, wait);
+    chat__reply_error(c, cmd->id, CORE_REPLY_TOO_MANY_REQUESTS, msg);
+    return false;
+}
+
 static void dispatch(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     n->st.commands[cmd->method]++;
@@ -108,10 +136,12 @@ static void dispatch(chat_client_t *c, const chat_req_t *cmd) {
         chat__handle_connect(c, cmd);
         break;
     case CHAT_M_SUBSCRIBE:
-        chat__handle_subscribe(c, cmd);
+        if (command_allowed(c, cmd))
+            chat__handle_subscribe(c, cmd);
         break;
     case CHAT_M_UNSUBSCRIBE:
-        chat__handle_unsubscribe(c, cmd);
+        if (command_allowed(c, cmd))
+            chat__handle_unsubscribe(c, cmd);
         break;
     case CHAT_M_PUBLISH:
         chat__handle_publish(c, cmd);
@@ -235,6 +265,8 @@ void chat_client_free(chat_client_t *c) {
     }
     while (c->subs)
         chat__sub_remove(c->subs);
+    /* Nothing can cancel them any more: the leaves held back go out now. */
+    chat__leaves_flush(c, 0, true);
     if (c->user) {
         c->user->nconns--;
         chat__user_maybe_free(n, c->user, (double)core_now_ms());

@@ -100,9 +100,38 @@ static void connect_finish(connect_op_t *co) {
     chat__client_release_held(c);
 }
 
-bool chat__channel_name_ok(const char *ch) {
-    size_t len = strlen(ch);
-    return len > 0 && len <= CHAT_MAX_CHANNEL_BYTES;
+bool chat__has_control(const char *s) {
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            return true;
+        /* U+0080..U+009F (C1 controls), UTF-8 encoded: input is valid UTF-8 (the codec checks
+         * it), so 0xC2 always starts a two-byte character here. */
+        if (p[0] == 0xc2 && p[1] >= 0x80 && p[1] <= 0x9f)
+            return true;
+    }
+    return false;
+}
+
+const char *chat__channel_problem(const char *ch) {
+    if (!ch || !*ch)
+        return "bad request: channel required";
+    if (strlen(ch) > CHAT_MAX_CHANNEL_BYTES)
+        return "bad request: channel name too long (at most 255 bytes)";
+    if (chat__has_control(ch))
+        return "bad request: channel name contains control characters";
+    return NULL;
+}
+
+/* Why a token's user id cannot be served, or NULL. The id becomes part of channel names (the
+ * personal channel "personal:#<id>", the owner lists "#u1,u2" of user-limited channels) and of
+ * log lines: a '#' or ',' in it would let one user id name another user's channel, and control
+ * characters have no business in an identifier. */
+static const char *user_id_problem(const char *id) {
+    if (strpbrk(id, "#,"))
+        return "invalid token: user id contains '#' or ','";
+    if (chat__has_control(id))
+        return "invalid token: user id contains control characters";
+    return NULL;
 }
 
 void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
@@ -129,6 +158,16 @@ void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
         chat__client_close(c, CORE_DISCONNECT_INVALID_TOKEN);
         return;
     }
+    const char *bad_id = user_id_problem(cl.sub);
+    if (bad_id) {
+        /* A token whose user id cannot be used is an invalid token: 3500, no reconnect, with
+         * the reason saying why. */
+        CORE_LOGD(MOD, "connect refused", "client=%s remote=%s user=%s why=\"%s\"", c->id,
+                  c->remote, cl.sub, bad_id);
+        auth_claims_clear(&cl);
+        chat__client_close_reason(c, CORE_DISCONNECT_INVALID_TOKEN, bad_id);
+        return;
+    }
     chat_user_t *u = chat__user_get(n, cl.sub);
     if (u->nconns >= n->cfg.max_conns_per_user) {
         auth_claims_clear(&cl);
@@ -139,7 +178,7 @@ void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
     size_t nclaim = cl.channels ? json_array_size(cl.channels) : 0;
     char personal[CHAT_MAX_CHANNEL_BYTES + 16];
     bool has_personal = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, "personal:") &&
-                        strlen(cl.sub) + 10 <= CHAT_MAX_CHANNEL_BYTES && !strchr(cl.sub, ',');
+                        strlen(cl.sub) + 10 <= CHAT_MAX_CHANNEL_BYTES;
     snprintf(personal, sizeof personal, "personal:#%s", cl.sub);
     if (nclaim + has_personal > n->cfg.max_channels_per_conn) {
         auth_claims_clear(&cl);
@@ -164,8 +203,13 @@ void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
     for (size_t i = 0; i <= nclaim; i++) {
         const char *ch = i < nclaim ? json_string_value(json_array_get(cl.channels, i))
                                     : (has_personal ? personal : NULL);
-        if (!ch || !chat__channel_name_ok(ch) || chat__client_find_sub(c, ch))
+        if (!ch || chat__client_find_sub(c, ch))
             continue;
+        const char *bad = chat__channel_problem(ch);
+        if (bad) {
+            CORE_LOGW(MOD, "token channel refused", "channel=%s why=\"%s\"", ch, bad);
+            continue;
+        }
         const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, ch);
         if (!ns) {
             CORE_LOGW(MOD, "token channel in unknown namespace", "channel=%s", ch);

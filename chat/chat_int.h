@@ -14,6 +14,12 @@
 /* Most bytes of commands held while a connect waits for the broker. */
 #define CHAT_HELD_MAX 65536
 #define CHAT_MAX_CHANNEL_BYTES 255
+/* How long a leave event waits after an unsubscribe: a subscribe of the same client to the same
+ * channel within it cancels the leave and sends no join, so resubscribing in a loop does not
+ * flood the channel's members. Leaves go out from the once-a-second sweep, so 1-2 s late. */
+#define CHAT_LEAVE_DELAY_MS 1000
+/* Leaves one client may have waiting; past it the oldest goes out at once. */
+#define CHAT_LEAVES_WAITING_MAX 64
 /* Publications one subscription buffers while its subscribe waits for the broker; past it the
  * client is closed with 3010 and resynchronises. */
 #define CHAT_SUB_PENDING_MAX 4096
@@ -89,6 +95,15 @@ struct chat_sub {
 
 typedef enum { CL_NEW = 0, CL_CONNECTING, CL_CONNECTED, CL_CLOSING } chat_client_state_t;
 
+/* A leave event held back after an unsubscribe (CHAT_LEAVE_DELAY_MS). */
+typedef struct chat_leave {
+    struct chat_leave *next;
+    char *channel;
+    char *info; /* the ClientInfo of the subscription that ended */
+    size_t info_len;
+    uint64_t due_ms;
+} chat_leave_t;
+
 struct chat_client {
     chat_node_t *node;
     const chat_codec_t *codec;
@@ -107,6 +122,10 @@ struct chat_client {
     uint64_t next_ping_ms;
     uint64_t pong_deadline_ms;
     uint32_t errors;  /* error replies in the current 10 s window */
+    uint32_t limited; /* commands refused by command_rate in the current 10 s window */
+    core_gcra_t cmd_gcra;
+    chat_leave_t *leaves; /* held-back leave events, oldest first */
+    uint32_t nleaves;
     core_str_t held;  /* commands that arrived behind a pending connect or subscribe */
     uint32_t blocked; /* subscribe commands waiting for the broker; later commands wait */
     chat_sub_t *subs;
@@ -310,6 +329,9 @@ void chat__client_close_reason(chat_client_t *c, int code, const char *reason);
 /* Replies with an error; message NULL takes the table's message. Counts it, and closes a client
  * that collected too many errors that are not temporary. */
 void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *message);
+/* Answers a command whose broker call failed with status: error 100 (temporary), saying
+ * "broker unavailable" when the broker cannot be reached. */
+void chat__reply_broker_error(chat_client_t *c, uint32_t id, int status);
 /* Sends {"id":N,"<method>":<result text>}. */
 void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
                      size_t len);
@@ -369,6 +391,10 @@ chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t
                           const char *chan_info);
 /* Removes the subscription: presence, leave event, channel membership. */
 void chat__sub_remove(chat_sub_t *s);
+/* The same for an unsubscribe command: the leave event is held back (CHAT_LEAVE_DELAY_MS). */
+void chat__sub_unsubscribe(chat_sub_t *s);
+/* Sends the client's held-back leave events that are due at now (all of them with all). */
+void chat__leaves_flush(chat_client_t *c, uint64_t now, bool all);
 /* Makes a subscription live: buffered publications newer than the answer go out in order,
  * then presence and the join event. */
 void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch);
@@ -378,9 +404,14 @@ void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch);
 bool chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, const char *epoch);
 void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch,
                       void *ud);
-bool chat__channel_name_ok(const char *ch);
+/* Why a channel name cannot be used (an error 107 message: missing, over 255 bytes, control
+ * characters), or NULL. */
+const char *chat__channel_problem(const char *ch);
 
 /* ---- chat_connect.c ---- */
+
+/* Whether s (NUL-terminated, valid UTF-8) holds a control character: C0, DEL or C1. */
+bool chat__has_control(const char *s);
 
 /* One server-side subscription of a connect got its answer: res is its SubscribeResult text, or
  * NULL when it failed (left out of the connect answer). later: the answer came from the broker

@@ -20,8 +20,12 @@ static void sweep_cb(uv_timer_t *t) {
     bool new_window = ++n->sweep_ticks % 10 == 0;
     for (core_list_t *it = n->all.next; it != &n->all; it = it->next) {
         chat_client_t *c = CORE_CONTAINER_OF(it, chat_client_t, link);
-        if (new_window)
+        if (new_window) {
             c->errors = 0;
+            c->limited = 0;
+        }
+        if (c->leaves)
+            chat__leaves_flush(c, now, false);
         if (c->state == CL_CLOSING)
             continue;
         if (c->state != CL_CONNECTED) {

@@ -37,7 +37,7 @@ static void pubop_done(int status, uint64_t offset, const char *epoch, void *ud)
                             op->method == CHAT_M_RPC ? "{\"data\":{}}" : "{}",
                             op->method == CHAT_M_RPC ? 11 : 2);
         else
-            chat__reply_error(c, op->base.cmd_id, CORE_REPLY_INTERNAL, NULL);
+            chat__reply_broker_error(c, op->base.cmd_id, status);
     }
     free(op->user);
     free(op);
@@ -205,6 +205,11 @@ void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd) {
     if (!channel || !data) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST,
                           "bad request: channel and data required");
+        return;
+    }
+    const char *bad = chat__channel_problem(channel);
+    if (bad) {
+        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, bad);
         return;
     }
     const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, channel);

@@ -21,7 +21,7 @@ static void presence_done(int status, const clu_presence_t *e, size_t n, void *u
     chat_client_t *c = chat__op_client(op);
     if (c) {
         if (status != 0) {
-            chat__reply_error(c, op->cmd_id, CORE_REPLY_INTERNAL, NULL);
+            chat__reply_broker_error(c, op->cmd_id, status);
         } else {
             core_str_t s = {0};
             core_str_appends(&s, "{\"presence\":{");
@@ -45,7 +45,7 @@ static void presence_stats_done(int status, uint32_t clients, uint32_t users, vo
     chat_client_t *c = chat__op_client(op);
     if (c) {
         if (status != 0) {
-            chat__reply_error(c, op->cmd_id, CORE_REPLY_INTERNAL, NULL);
+            chat__reply_broker_error(c, op->cmd_id, status);
         } else {
             char buf[96];
             int len =
@@ -61,8 +61,9 @@ static void presence_stats_done(int status, uint32_t clients, uint32_t users, vo
 static const chat_ns_t *query_check(chat_client_t *c, const chat_req_t *cmd, bool history) {
     chat_node_t *n = c->node;
     const char *channel = history ? cmd->history.channel : cmd->simple.channel;
-    if (!channel) {
-        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: channel required");
+    const char *bad = chat__channel_problem(channel);
+    if (bad) {
+        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, bad);
         return NULL;
     }
     const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, channel);
@@ -105,7 +106,7 @@ static void history_done(int status, const clu_pub_t *pubs, size_t n, uint64_t t
         if (status == CORE_EUNRECOVERABLE) {
             chat__reply_error(c, op->cmd_id, CORE_REPLY_UNRECOVERABLE_POSITION, NULL);
         } else if (status != 0) {
-            chat__reply_error(c, op->cmd_id, CORE_REPLY_INTERNAL, NULL);
+            chat__reply_broker_error(c, op->cmd_id, status);
         } else {
             core_str_t s = {0};
             core_str_appends(&s, "{\"publications\":[");

@@ -148,8 +148,16 @@ static void typing_call(void *ud, chat_rpc_call_t *call) {
         chat_rpc_error(call, CORE_REPLY_BAD_REQUEST, "bad request: data.channel required");
         return;
     }
-    chat_sub_t *s = chat__client_find_sub(c, room);
     const char *colon = strchr(room, ':');
+    const char *bad = chat__channel_problem(room);
+    if (!bad && strlen("typing:") + strlen(colon ? colon + 1 : room) > CHAT_MAX_CHANNEL_BYTES)
+        bad = "bad request: typing channel name too long (at most 255 bytes)";
+    if (bad) {
+        chat_rpc_error(call, CORE_REPLY_BAD_REQUEST, bad);
+        json_decref(data);
+        return;
+    }
+    chat_sub_t *s = chat__client_find_sub(c, room);
     const chat_ns_t *tns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, "typing:");
     if (!s || s->state != SUB_ACTIVE || !tns) {
         json_decref(data);

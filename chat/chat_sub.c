@@ -58,8 +58,67 @@ static void sub_drop_pending(chat_sub_t *s) {
     s->npending = s->cap_pending = 0;
 }
 
-/* Removes the subscription: presence, leave event, channel membership. */
-void chat__sub_remove(chat_sub_t *s) {
+static void leave_free(chat_leave_t *l) {
+    free(l->channel);
+    free(l->info);
+    free(l);
+}
+
+void chat__leaves_flush(chat_client_t *c, uint64_t now, bool all) {
+    while (c->leaves && (all || c->leaves->due_ms <= now)) {
+        chat_leave_t *l = c->leaves;
+        c->leaves = l->next;
+        c->nleaves--;
+        clu_leave(c->node->broker, l->channel, l->info, l->info_len);
+        leave_free(l);
+    }
+}
+
+/* Holds back the leave event of an unsubscribe; takes channel and info. */
+static void leave_defer(chat_client_t *c, char *channel, char *info, size_t info_len) {
+    if (c->nleaves >= CHAT_LEAVES_WAITING_MAX) {
+        /* Past the bound the oldest goes out now: memory stays bounded per client. */
+        chat_leave_t *old = c->leaves;
+        c->leaves = old->next;
+        c->nleaves--;
+        clu_leave(c->node->broker, old->channel, old->info, old->info_len);
+        leave_free(old);
+    }
+    chat_leave_t *l = core_calloc(1, sizeof *l);
+    l->channel = channel;
+    l->info = info;
+    l->info_len = info_len;
+    l->due_ms = core_now_ms() + CHAT_LEAVE_DELAY_MS;
+    chat_leave_t **pp = &c->leaves;
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = l;
+    c->nleaves++;
+}
+
+/* A subscription of c to channel with this info goes live: a leave of the same client and
+ * channel still held back is cancelled and so is the join (returns true), because the
+ * channel's members saw neither. A held leave with other info (a new subscription token's
+ * chan_info) goes out now, before the join. */
+static bool leave_cancel(chat_client_t *c, const char *channel, const char *info, size_t info_len) {
+    for (chat_leave_t **pp = &c->leaves; *pp; pp = &(*pp)->next) {
+        chat_leave_t *l = *pp;
+        if (strcmp(l->channel, channel) != 0)
+            continue;
+        *pp = l->next;
+        c->nleaves--;
+        bool same = l->info_len == info_len && memcmp(l->info, info, info_len) == 0;
+        if (!same)
+            clu_leave(c->node->broker, l->channel, l->info, l->info_len);
+        leave_free(l);
+        return same;
+    }
+    return false;
+}
+
+/* Removes the subscription: presence, leave event (now, or held back with defer_leave), channel
+ * membership. */
+static void sub_remove(chat_sub_t *s, bool defer_leave) {
     chat_client_t *c = s->c;
     chat_node_t *n = c->node;
     chat_channel_t *ch = s->ch;
@@ -77,13 +136,24 @@ void chat__sub_remove(chat_sub_t *s) {
     /* Out of the channel first: the leaving client does not get its own leave event, and the
      * channel (and its name) may be freed here when it was the last subscriber. */
     chat__channel_remove(n, s);
-    if (leave) {
+    if (leave && defer_leave) {
+        leave_defer(c, name, s->info, s->info_len);
+        s->info = NULL;
+    } else if (leave) {
         clu_leave(n->broker, name, s->info, s->info_len);
         free(name);
     }
     sub_drop_pending(s);
     free(s->info);
     free(s);
+}
+
+void chat__sub_remove(chat_sub_t *s) {
+    sub_remove(s, false);
+}
+
+void chat__sub_unsubscribe(chat_sub_t *s) {
+    sub_remove(s, true);
 }
 
 /* Makes a subscription live: buffered publications newer than what the subscribe answer
@@ -126,7 +196,7 @@ void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch) {
         clu_chan_opts_t o = chat__chan_opts(n, ns);
         clu_presence_add(n->broker, s->ch->name, &o, &e);
         s->presence_added = true;
-        if (ns->join_leave)
+        if (ns->join_leave && !leave_cancel(c, s->ch->name, s->info, s->info_len))
             clu_join(n->broker, s->ch->name, s->info, s->info_len);
     }
 }
@@ -190,7 +260,7 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
             chat__sub_remove(s);
             /* A server-side subscription that failed is left out of the connect answer. */
             if (op->kind == SUBOP_COMMAND)
-                chat__reply_error(c, op->base.cmd_id, CORE_REPLY_INTERNAL, NULL);
+                chat__reply_broker_error(c, op->base.cmd_id, status);
         } else {
             ok = true;
             subscribe_result(&res, s->ch->ns, op, status, pubs, n, top, epoch);
@@ -250,8 +320,9 @@ bool chat__sub_start(chat_sub_t *s, subop_t *op, bool recover, uint64_t offset, 
 void chat__handle_subscribe(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     const char *channel = cmd->subscribe.channel;
-    if (!channel || !chat__channel_name_ok(channel)) {
-        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, "bad request: channel required");
+    const char *bad = chat__channel_problem(channel);
+    if (bad) {
+        chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST, bad);
         return;
     }
     const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, channel);
@@ -317,7 +388,7 @@ void chat__handle_unsubscribe(chat_client_t *c, const chat_req_t *cmd) {
     }
     chat_sub_t *s = chat__client_find_sub(c, channel);
     if (s && !s->server_side)
-        chat__sub_remove(s);
+        chat__sub_unsubscribe(s);
     chat__reply_raw(c, cmd->id, CHAT_M_UNSUBSCRIBE, "{}", 2);
 }
 

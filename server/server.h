@@ -44,6 +44,7 @@ typedef struct {
     uint32_t write_delay_ms;
     char *rate_limits;
     char *typing_rate;
+    char *command_rate;
     uint32_t dedupe_window;
     uint32_t history_max_limit;
     uint32_t history_memory_mb;

@@ -90,6 +90,9 @@ static const setting_t settings[] = {
      "per-user publish limit by plan: plan=rate/burst (rate per second)"},
     {"CHAT_TYPING_RATE", "typing_rate", T_STR, OFF(typing_rate), "2/4",
      "typing RPCs per user: rate/burst"},
+    {"CHAT_COMMAND_RATE", "command_rate", T_STR, OFF(command_rate), "20/150",
+     "subscribe and unsubscribe commands per connection: rate/burst (111 over it, 3013 when "
+     "CHAT_MAX_ERRORS of them come within 10 s)"},
     {"CHAT_DEDUPE_WINDOW", "dedupe_window", T_U32, OFF(dedupe_window), "120",
      "seconds a client_msg_id is remembered"},
     {"CHAT_HISTORY_MAX_LIMIT", "history_max_limit", T_U32, OFF(history_max_limit), "1000",
@@ -427,6 +430,13 @@ int srv_config_chat(const srv_config_t *cfg, chat_config_t *cc, chat_ns_t **ns, 
         goto fail;
     }
     cc->typing_rate.burst = tburst;
+    unsigned cburst;
+    if (cfg->command_rate &&
+        (sscanf(cfg->command_rate, "%lf/%u", &cc->command_rate.rate, &cburst) != 2 || !cburst)) {
+        snprintf(err, errlen, "CHAT_COMMAND_RATE: expected rate/burst");
+        goto fail;
+    }
+    cc->command_rate.burst = cfg->command_rate ? cburst : 0;
     cc->namespaces = *ns;
     cc->n_namespaces = *nns;
     cc->audience = cfg->jwt_audience;

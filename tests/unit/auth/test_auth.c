@@ -623,9 +623,14 @@ static void test_user_limited(void **state) {
     assert_int_equal(auth_user_limited_allows("dm:#,u1,", ""), 0);
     assert_int_equal(auth_user_limited_allows("dm:#,u1,", "u1"), 1);
     assert_int_equal(auth_user_limited_allows("dm:#u1", NULL), 0);
-    /* Only the last '#' starts the list. */
-    assert_int_equal(auth_user_limited_allows("chat:a#u1#u2", "u2"), 1);
+    /* The first '#' starts the list, and a list entry with another '#' belongs to nobody: the
+     * personal channel of a user id "alice#1234" is not user 1234's. */
+    assert_int_equal(auth_user_limited_allows("chat:a#u1#u2", "u2"), 0);
     assert_int_equal(auth_user_limited_allows("chat:a#u1#u2", "u1"), 0);
+    assert_int_equal(auth_user_limited_allows("personal:#alice#1234", "1234"), 0);
+    assert_int_equal(auth_user_limited_allows("personal:#alice#1234", "alice"), 0);
+    assert_int_equal(auth_user_limited_allows("chat:a#x#u1,u2", "u2"), 1);
+    assert_int_equal(auth_user_limited_allows("chat:a#x#u1,u2", "u1"), 0);
     assert_int_equal(auth_user_limited_allows("#u1", "u1"), 1);
 }
 
