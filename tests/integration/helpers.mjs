@@ -22,6 +22,7 @@ export { Centrifuge, WebSocket, randomUUID };
 // Default: build/bin/chatd of this repository (/work/main/build/bin/chatd in the main work tree).
 export const CHATD_BIN = process.env.CHATD_BIN || fileURLToPath(new URL('../../build/bin/chatd', import.meta.url));
 export const JWT_SECRET = 'chatd-integration-test-secret-3f9a1c';
+const SANITIZER_RE = /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: /;
 export const READY_TIMEOUT_MS = 10_000;
 export const STOP_TIMEOUT_MS = 10_000;
 
@@ -107,6 +108,11 @@ export async function startChatd(t, opts = {}) {
       // A crash or a hang of chatd fails the test that saw it, whatever the test checked.
       if (diedBefore || r.killedAfterTimeout || ['SIGSEGV', 'SIGABRT', 'SIGBUS', 'SIGFPE', 'SIGILL'].includes(r.signal)) {
         throw new Error(`chatd ${diedBefore ? 'died during the test' : r.killedAfterTimeout ? 'did not exit after SIGTERM' : `crashed (${r.signal})`}\n${srv.describe()}`);
+      }
+      // A sanitizer build reports memory errors, leaks and undefined behaviour on stderr (and
+      // exits with scripts/test's ASAN exitcode 23) without a crash signal: that fails too.
+      if (r.code === 23 || SANITIZER_RE.test(srv.stderr)) {
+        throw new Error(`chatd sanitizer report\n${srv.describe()}`);
       }
     });
   }
