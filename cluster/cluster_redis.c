@@ -340,7 +340,7 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
         cn->ac = NULL;
         if (!rb->closing)
             CORE_LOGD(MOD, "redis connect failed", "conn=%s err=%s", cn->is_sub ? "sub" : "cmd",
-                      uv_strerror(status));
+                      core_strerror(status));
         conn_schedule(cn);
         return;
     }
@@ -384,11 +384,16 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
 
 static void on_conn_disconnect(int status, void *ud) {
     rconn_t *cn = ud;
+    /* hiredis frees the context after this callback: its error text (a server's error reply
+     * that ended the connection, e.g. a refused SUBSCRIBE) is still readable here. */
+    const char *reason = cn->ac != NULL && cn->ac->c.err ? cn->ac->c.errstr : "";
     cn->ac = NULL;
     cn->connected = false;
     if (!cn->rb->closing) {
-        CORE_LOGW(MOD, "redis connection lost", "conn=%s err=%s", cn->is_sub ? "sub" : "cmd",
-                  status ? uv_strerror(status) : "none");
+        /* core_strerror, not uv_strerror: the codes include the core's own, for which
+         * uv_strerror would allocate a text that is never freed. */
+        CORE_LOGW(MOD, "redis connection lost", "conn=%s err=%s reason=\"%.120s\"",
+                  cn->is_sub ? "sub" : "cmd", status ? core_strerror(status) : "none", reason);
         conn_schedule(cn);
     }
 }
