@@ -147,7 +147,11 @@ struct clu_broker {
 };
 
 /* Publishes into channel. With opts->history_size > 0 the publication gets the next offset and
- * is kept in history; the callback gets (0, offset, epoch). Temporary failures: CORE_EAGAIN. */
+ * is kept in history; the callback gets (0, offset, epoch). Temporary failures: CORE_EAGAIN.
+ * A broker acknowledges a publication only when the node's own subscribers of the channel get
+ * it through on_pub: while the node's feed of a channel it subscribed to is not live (the Redis
+ * broker's pub/sub connection down, or its re-subscription after a reconnect not confirmed
+ * yet), publishing into that channel fails with CORE_EAGAIN. */
 static inline int clu_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
                               const clu_chan_opts_t *opts, clu_publish_cb cb, void *ud) {
     return b->ops->publish(b, channel, pub, opts, cb, ud);
@@ -222,8 +226,9 @@ void clu_memory_set_max_bytes(clu_broker_t *b, size_t max_bytes);
 /* The cluster broker: history, presence and routing in Redis (redis_url "redis://A.B.C.D[:port]
  * [/db]", numeric IPv4 only), shared by every node on the same Redis. Connects at once and
  * keeps reconnecting with jittered backoff; ready() is true while both connections (commands,
- * pub/sub) are up, and operations fail with CORE_EAGAIN (through their callback) while the
- * command connection is not. node_id names
+ * pub/sub) are up and every channel is subscribed again after a reconnect, and operations fail
+ * with CORE_EAGAIN (through their callback) while the command connection is not (publishes into
+ * a subscribed channel also while its feed is not live, see clu_publish). node_id names
  * this node in logs. max_history_limit caps how many publications one history call returns
  * (0: 1000). Returns NULL for a bad URL. Callbacks run later from the loop, failures detected
  * before anything was sent (Redis down) included. */

@@ -6,6 +6,13 @@
  * After a (re)subscribe it raises on_resync so that the node fills what it missed from the
  * history stream.
  *
+ * A publication into a channel the node has local subscribers in is acknowledged only while the
+ * node's feed of that channel is live: the pub/sub connection is up and, after a reconnect, the
+ * channel's SUBSCRIBE is confirmed. Otherwise it fails with CORE_EAGAIN. Acknowledging it earlier
+ * would promise the node's own subscribers a publication they cannot get: after Redis restarted
+ * empty it exists only in the new epoch's history, which they are never given (they are told
+ * their position is lost, recovered:false, and go on from the newest offset).
+ *
  * Timeouts are the node's own timers: connects give up after CONNECT_TIMEOUT_MS, and a command
  * connection that leaves a command unanswered for CMD_TIMEOUT_MS (Redis hung, a network that
  * drops packets without resetting) is dropped with the pub/sub one, so waiting calls fail with
@@ -66,7 +73,12 @@ struct redis_broker {
     char *node_id;
     uint32_t max_history_limit;
     rconn_t cmd, sub;
-    core_map_t *subs;           /* chat channel -> (void *)1, the channels the node subscribed to */
+    core_map_t *subs; /* chat channel -> (void *)1, the channels the node subscribed to */
+    /* Channels re-subscribed by the current pub/sub connection's (re)connect whose SUBSCRIBE is
+     * not confirmed yet: their feed is not live, publishes into them fail. Channels subscribed
+     * later on a live connection are not here: their first subscribe answer and the resync on
+     * confirmation cover what they miss meanwhile, in the same epoch. */
+    core_map_t *resub;
     char sha[SCRIPT_COUNT][41]; /* "" until SCRIPT LOAD answered on this connection */
     clu_stats_t st;
     /* Commands with a reply callback awaiting their reply on the command connection, and when
@@ -328,7 +340,7 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
         cn->ac = NULL;
         if (!rb->closing)
             CORE_LOGD(MOD, "redis connect failed", "conn=%s err=%s", cn->is_sub ? "sub" : "cmd",
-                      uv_strerror(status));
+                      core_strerror(status));
         conn_schedule(cn);
         return;
     }
@@ -341,10 +353,14 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
     redisEnableKeepAlive(&ac->c);
     CORE_LOGI(MOD, "redis connected", "conn=%s node=%s", cn->is_sub ? "sub" : "cmd", rb->node_id);
     if (cn->is_sub) {
+        core_map_free(rb->resub);
+        rb->resub = core_map_new();
         core_map_iter_t it = 0;
         const char *ch;
-        while (core_map_next(rb->subs, &it, &ch, NULL))
+        while (core_map_next(rb->subs, &it, &ch, NULL)) {
+            core_map_put(rb->resub, ch, (void *)1);
             send_subscribe(rb, ch, true);
+        }
     } else {
         /* A restarted Redis has an empty script cache; learn the SHAs again. */
         rb->inflight = 0; /* whatever was waiting went with the old connection */
@@ -368,11 +384,16 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
 
 static void on_conn_disconnect(int status, void *ud) {
     rconn_t *cn = ud;
+    /* hiredis frees the context after this callback: its error text (a server's error reply
+     * that ended the connection, e.g. a refused SUBSCRIBE) is still readable here. */
+    const char *reason = cn->ac != NULL && cn->ac->c.err ? cn->ac->c.errstr : "";
     cn->ac = NULL;
     cn->connected = false;
     if (!cn->rb->closing) {
-        CORE_LOGW(MOD, "redis connection lost", "conn=%s err=%s", cn->is_sub ? "sub" : "cmd",
-                  status ? uv_strerror(status) : "none");
+        /* core_strerror, not uv_strerror: the codes include the core's own, for which
+         * uv_strerror would allocate a text that is never freed. */
+        CORE_LOGW(MOD, "redis connection lost", "conn=%s err=%s reason=\"%.120s\"",
+                  cn->is_sub ? "sub" : "cmd", status ? core_strerror(status) : "none", reason);
         conn_schedule(cn);
     }
 }
@@ -461,16 +482,18 @@ static void on_sub_message(redisAsyncContext *ac, void *reply, void *priv) {
          * connection was down (or before it subscribed) is for the node to fetch. */
         redisReply *name = r->element[1];
         size_t plen = strlen("chat.pub.{");
+        if (name->type != REDIS_REPLY_STRING || name->len <= plen + 1 ||
+            name->len - plen - 1 > CLU_ENV_MAX_CHANNEL)
+            return;
+        char channel[CLU_ENV_MAX_CHANNEL + 1];
+        memcpy(channel, name->str + plen, name->len - plen - 1);
+        channel[name->len - plen - 1] = '\0';
+        /* The channel's feed is live again: publishes into it are acknowledged from here on. */
+        core_map_del(rb->resub, channel);
         /* Without the command connection the node could not read history now; it resyncs
          * every channel when that connection is back (on_conn_connect). */
-        if (rb->base.events.on_resync && rb->cmd.connected && name->type == REDIS_REPLY_STRING &&
-            name->len > plen + 1 && name->len - plen - 1 <= CLU_ENV_MAX_CHANNEL) {
-            char channel[CLU_ENV_MAX_CHANNEL + 1];
-            memcpy(channel, name->str + plen, name->len - plen - 1);
-            channel[name->len - plen - 1] = '\0';
-            if (core_map_get(rb->subs, channel))
-                rb->base.events.on_resync(rb->base.events_ud, channel);
-        }
+        if (rb->base.events.on_resync && rb->cmd.connected && core_map_get(rb->subs, channel))
+            rb->base.events.on_resync(rb->base.events_ud, channel);
         return;
     }
     if (strcmp(kind->str, "message") != 0)
@@ -541,11 +564,26 @@ static int publish_envelope(rb_t *rb, const char *channel, const clu_envelope_t 
     return rc;
 }
 
+/* True when the node's own subscribers of channel, if it has any, would get a publication
+ * through the feed: the pub/sub connection is up and the channel is not waiting for its
+ * re-subscription to be confirmed. */
+static bool feed_live(const rb_t *rb, const char *channel) {
+    if (!core_map_get(rb->subs, channel))
+        return true;
+    return rb->sub.connected && !core_map_get(rb->resub, channel);
+}
+
 static int rb_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
                       const clu_chan_opts_t *opts, clu_publish_cb cb, void *ud) {
     rb_t *rb = (rb_t *)b;
     if (rb->closing)
         return CORE_EINVAL;
+    if (!feed_live(rb, channel)) {
+        /* Not sent: it would be acknowledged while this node's subscribers cannot get it. The
+         * caller retries once the feed is back, as after any temporary failure. */
+        call_fail_later(call_new(rb, 0, publish_done, (void *)cb, ud), CORE_EAGAIN);
+        return 0;
+    }
     if (opts->history_size == 0) {
         clu_envelope_t e = {.type = CLU_ENV_PUB,
                             .channel = channel,
@@ -594,6 +632,7 @@ static int rb_unsubscribe(clu_broker_t *b, const char *channel) {
     rb_t *rb = (rb_t *)b;
     if (!core_map_del(rb->subs, channel))
         return 0;
+    core_map_del(rb->resub, channel);
     if (rb->sub.connected)
         send_subscribe(rb, channel, false);
     return 0;
@@ -890,10 +929,11 @@ static int rb_rate_take(clu_broker_t *b, const char *key, int64_t interval_us, i
     return 0;
 }
 
-/* Both connections: without the pub/sub one the node would accept clients it cannot feed. */
+/* Both connections, and the channels re-subscribed: without its feed the node would accept
+ * clients it cannot feed. */
 static bool rb_ready(clu_broker_t *b) {
     rb_t *rb = (rb_t *)b;
-    return rb->cmd.connected && rb->sub.connected;
+    return rb->cmd.connected && rb->sub.connected && core_map_size(rb->resub) == 0;
 }
 
 static void rb_stats(clu_broker_t *b, clu_stats_t *out) {
@@ -912,6 +952,7 @@ static void on_timer_closed(uv_handle_t *h) {
     void (*done)(void *) = rb->close_done;
     void *ud = rb->close_ud;
     core_map_free(rb->subs);
+    core_map_free(rb->resub);
     free(rb->node_id);
     free(rb);
     if (done)
@@ -997,6 +1038,7 @@ clu_broker_t *clu_redis_new(uv_loop_t *loop, const clu_events_t *events, void *u
     rb->node_id = core_strdup(node_id ? node_id : "");
     rb->max_history_limit = max_history_limit ? max_history_limit : 1000;
     rb->subs = core_map_new();
+    rb->resub = core_map_new();
     conn_init(rb, &rb->cmd, false);
     conn_init(rb, &rb->sub, true);
     uv_timer_init(loop, &rb->watchdog);

@@ -34,7 +34,8 @@ export function canConnect(port, host = '127.0.0.1') {
  * A redis-server of its own on a free loopback port, stopped by PID after the test.
  * opts.appendonly: run with AOF (fsync always) in a temporary directory, so a restart keeps data.
  * Returns { url, port, stop(), restart() }; restart() stops it (SIGTERM, or SIGKILL with
- * { kill: true }) and starts it again on the same port and directory.
+ * { kill: true }) and starts it again on the same port and directory, with extraArgs (more
+ * configuration for that start only, e.g. an ACL) when given.
  */
 export async function startRedis(t, opts = {}) {
   const port = await freePort();
@@ -46,8 +47,8 @@ export async function startRedis(t, opts = {}) {
     args.push('--appendonly', 'no');
   }
   const r = { url: `redis://127.0.0.1:${port}`, port, child: null, exited: null };
-  const launch = async () => {
-    const child = spawn(REDIS_BIN, args, { stdio: 'ignore' });
+  const launch = async (extraArgs = []) => {
+    const child = spawn(REDIS_BIN, [...args, ...extraArgs], { stdio: 'ignore' });
     r.child = child;
     r.exited = new Promise((resolve) => child.on('exit', resolve));
     await waitUntil(() => canConnect(port), { timeoutMs: 5000, what: 'redis-server accepting' });
@@ -58,9 +59,9 @@ export async function startRedis(t, opts = {}) {
       await r.exited;
     }
   };
-  r.restart = async (stopOpts = {}) => {
+  r.restart = async ({ extraArgs = [], ...stopOpts } = {}) => {
     await r.stop(stopOpts);
-    await launch();
+    await launch(extraArgs);
   };
   if (t) {
     t.after(async () => {

@@ -1,7 +1,8 @@
 /* Unit tests for cluster/cluster_redis.c, the Redis broker, against a real redis-server on a
  * free loopback port started (and stopped, and restarted) by the test. Covered: offsets and
  * epoch of publications, delivery between two broker instances ("nodes") on one Redis, history
- * with since/limit/reverse and its unrecoverable cases, presence, and an outage of Redis. Every
+ * with since/limit/reverse and its unrecoverable cases, presence, no acknowledged publication
+ * while the node's feed of the channel is not live, and an outage of Redis. Every
  * test drives its own loop under a watchdog and ends with uv_loop_close() == 0. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -167,6 +168,8 @@ static void fx_init(fx_t *f) {
     uv_unref((uv_handle_t *)&f->watchdog);
     uv_timer_init(&f->loop, &f->tick);
     sync_cmd_int("FLUSHALL", NULL); /* every test starts from empty channels */
+    /* and with SUBSCRIBE allowed, whatever a failed test left behind */
+    sync_cmd_int("ACL SETUSER default +subscribe", NULL);
 }
 
 typedef bool (*pred_fn)(void *arg);
@@ -673,6 +676,64 @@ static void test_shared_limit(void **state) {
     fx_finish(&f, nodes, 2);
 }
 
+static bool has_text(void *arg) {
+    node_t *n = *(node_t **)arg;
+    const char *text = ((const char **)arg)[1];
+    for (size_t i = 0; i < n->nev; i++)
+        if (strcmp(n->ev[i].text, text) == 0)
+            return true;
+    return false;
+}
+
+/* A node acknowledges no publication into a channel it subscribed to while its feed of that
+ * channel is not live: its own subscribers could not get it. Here the pub/sub connection is
+ * killed and Redis refuses SUBSCRIBE (an ACL) until the test allows it again, so the command
+ * connection works while the channel cannot be subscribed again. */
+static void test_publish_needs_live_feed(void **state) {
+    (void)state;
+    fx_t f;
+    node_t a, b;
+    fx_init(&f);
+    node_init(&f, &a, "a");
+    node_init(&f, &b, "b");
+    assert_int_equal(clu_subscribe(a.b, "room"), 0);
+    for (int i = 0; i < 200 && sync_cmd_int("PUBSUB NUMSUB %s", "chat.pub.{room}") < 1; i++)
+        settle(&f, 10);
+    assert_int_equal(sync_cmd_int("PUBSUB NUMSUB %s", "chat.pub.{room}"), 1);
+    assert_int_equal(publish1(&a, "room", "0", 100), 0);
+
+    sync_cmd_int("ACL SETUSER default -subscribe", NULL);
+    assert_int_equal(sync_cmd_int("CLIENT KILL TYPE pubsub", NULL), 1);
+    assert_true(run_until(&f, is_not_ready, &a, 5000));
+    /* Stored or not, into the subscribed channel: refused, whichever moment of the reconnect
+     * attempts it meets. */
+    for (int i = 0; i < 10; i++) {
+        assert_int_equal(publish1(&a, "room", "lost", 100), CORE_EAGAIN);
+        assert_int_equal(publish1(&a, "room", "lost", 0), CORE_EAGAIN);
+        settle(&f, 5);
+    }
+    /* Where the node has no subscriber, nobody of its own can miss it: acknowledged. */
+    assert_int_equal(publish1(&a, "other", "x", 100), 0);
+    assert_int_equal(publish1(&b, "room", "from b", 100), 0);
+    assert_int_equal(f.pub_offset, 2);
+    clu_stats_t st;
+    clu_stats(a.b, &st);
+    assert_int_equal(st.publish_errors, 20);
+    assert_false(clu_ready(a.b));
+
+    sync_cmd_int("ACL SETUSER default +subscribe", NULL);
+    assert_true(run_until(&f, is_ready, &a, 5000));
+    /* Ready means subscribed again: the next publication comes through the feed. */
+    assert_int_equal(publish1(&a, "room", "back", 100), 0);
+    assert_int_equal(f.pub_offset, 3);
+    const void *w[2] = {&a, "back"};
+    assert_true(run_until(&f, has_text, w, 5000));
+    for (size_t i = 0; i < a.nev; i++)
+        assert_string_not_equal(a.ev[i].text, "lost");
+    node_t *nodes[] = {&a, &b};
+    fx_finish(&f, nodes, 2);
+}
+
 static void test_command_timeout(void **state) {
     (void)state;
     fx_t f;
@@ -742,6 +803,7 @@ int main(void) {
         cmocka_unit_test(test_presence),
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_shared_limit),
+        cmocka_unit_test(test_publish_needs_live_feed),
         cmocka_unit_test(test_command_timeout),
         cmocka_unit_test(test_outage), /* last: it restarts redis-server */
     };
