@@ -169,7 +169,7 @@ static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top
              * fill runs again when the broker resyncs the channel or a publication shows the
              * gap again. */
             CORE_LOGD(MOD, "gap fill deferred", "channel=%s last=%" PRIu64 " err=%s", ch->name,
-                      ch->last, uv_strerror(status));
+                      ch->last, core_strerror(status));
             channel_deliver_held(n, ch);
             channel_set_stalled(n, ch, true);
             free(op->channel);
