@@ -97,6 +97,15 @@ typedef void (*clu_nodes_cb)(int status, const clu_node_t *nodes, size_t n, void
  * until one would be. */
 typedef void (*clu_rate_cb)(int status, int64_t wait_ms, void *ud);
 
+/* Answer of a semaphore call: granted true = the lease holds a slot in every semaphore asked
+ * (acquire) or still holds them (renew). */
+typedef void (*clu_sem_cb)(int status, bool granted, void *ud);
+/* Answer of a counter add: allowed false = the limit would have been passed (nothing added);
+ * value is the counter after the call. */
+typedef void (*clu_counter_cb)(int status, bool allowed, int64_t value, void *ud);
+/* Values of shared deadlines, Unix milliseconds; 0 = none or passed. */
+typedef void (*clu_deadlines_cb)(int status, const int64_t *values, size_t n, void *ud);
+
 /* Counters every broker keeps, read by the admin module. */
 typedef struct {
     uint64_t publishes;          /* accepted publish calls */
@@ -134,6 +143,18 @@ typedef struct {
      * tokens, burst tokens at most). NULL in brokers of one node: the node limits locally. */
     int (*rate_take)(clu_broker_t *b, const char *key, int64_t interval_us, int64_t burst,
                      clu_rate_cb cb, void *ud);
+    /* Lease semaphores, allowance counters and shared deadlines: see clu_sem_acquire,
+     * clu_counter_add and clu_deadline_raise below. */
+    int (*sem_acquire)(clu_broker_t *b, const char *const *keys, const uint32_t *limits, size_t n,
+                       const char *lease, uint32_t ttl_ms, clu_sem_cb cb, void *ud);
+    int (*sem_renew)(clu_broker_t *b, const char *const *keys, size_t n, const char *lease,
+                     uint32_t ttl_ms, clu_sem_cb cb, void *ud);
+    int (*sem_release)(clu_broker_t *b, const char *const *keys, size_t n, const char *lease);
+    int (*counter_add)(clu_broker_t *b, const char *key, int64_t amount, int64_t limit,
+                       int64_t expire_at_s, clu_counter_cb cb, void *ud);
+    int (*deadline_raise)(clu_broker_t *b, const char *key, int64_t until_ms);
+    int (*deadline_get)(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
+                        void *ud);
     bool (*ready)(clu_broker_t *b);
     void (*stats)(clu_broker_t *b, clu_stats_t *out);
     void (*close)(clu_broker_t *b, void (*done)(void *ud), void *ud);
@@ -201,6 +222,42 @@ static inline bool clu_has_shared_limits(clu_broker_t *b) {
 static inline int clu_rate_take(clu_broker_t *b, const char *key, int64_t interval_us,
                                 int64_t burst, clu_rate_cb cb, void *ud) {
     return b->ops->rate_take(b, key, interval_us, burst, cb, ud);
+}
+/* Takes one slot of each semaphore keys[i] (at most limits[i] holders) for lease, all or none,
+ * for ttl_ms unless renewed; an expired lease frees its slot by itself, so a killed node's
+ * slots come back within the TTL. Holders are counted on the store's clock. Fails with
+ * CORE_EAGAIN while the shared store is unreachable. */
+static inline int clu_sem_acquire(clu_broker_t *b, const char *const *keys, const uint32_t *limits,
+                                  size_t n, const char *lease, uint32_t ttl_ms, clu_sem_cb cb,
+                                  void *ud) {
+    return b->ops->sem_acquire(b, keys, limits, n, lease, ttl_ms, cb, ud);
+}
+/* Extends lease in every key by ttl_ms; granted false when it had expired (its slots may be
+ * someone else's now). */
+static inline int clu_sem_renew(clu_broker_t *b, const char *const *keys, size_t n,
+                                const char *lease, uint32_t ttl_ms, clu_sem_cb cb, void *ud) {
+    return b->ops->sem_renew(b, keys, n, lease, ttl_ms, cb, ud);
+}
+/* Gives the lease's slots back; idempotent, fire and forget. */
+static inline int clu_sem_release(clu_broker_t *b, const char *const *keys, size_t n,
+                                  const char *lease) {
+    return b->ops->sem_release(b, keys, n, lease);
+}
+/* Adds amount to the counter key unless the result would exceed limit (limit <= 0: unchecked;
+ * a negative amount, a refund, is never refused and never takes the counter below 0). The key
+ * expires at expire_at_s (Unix seconds): daily allowances reset by expiring. */
+static inline int clu_counter_add(clu_broker_t *b, const char *key, int64_t amount, int64_t limit,
+                                  int64_t expire_at_s, clu_counter_cb cb, void *ud) {
+    return b->ops->counter_add(b, key, amount, limit, expire_at_s, cb, ud);
+}
+/* Raises the shared deadline key to at least until_ms (Unix ms); it expires then. Fire and
+ * forget: nodes read it with clu_deadline_get. */
+static inline int clu_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms) {
+    return b->ops->deadline_raise(b, key, until_ms);
+}
+static inline int clu_deadline_get(clu_broker_t *b, const char *const *keys, size_t n,
+                                   clu_deadlines_cb cb, void *ud) {
+    return b->ops->deadline_get(b, keys, n, cb, ud);
 }
 /* True when the broker can serve (its backing store is reachable). */
 static inline bool clu_ready(clu_broker_t *b) {

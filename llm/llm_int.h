@@ -1,0 +1,130 @@
+/* llm: structures shared by the dispatcher's source files. */
+#ifndef LLM_LLM_INT_H
+#define LLM_LLM_INT_H
+
+#include "llm/llm.h"
+#include "llm/llm_stream.h"
+
+#define LLM_REQ_ID_LEN 20
+/* Prometheus series per key and provider are bounded by configuration, not by traffic. */
+#define LLM_END_KINDS (LLM_END_PROTOCOL + 1)
+
+typedef struct llm_req llm_req_t;
+
+/* A provider at run time: its stream implementation, keys, breaker and counters. */
+typedef struct {
+    llm_provider_cfg_t *cfg; /* borrowed from llm_t.cfg */
+    const llm_stream_ops_t *ops;
+    void *impl;
+    llm_key_t *keys; /* primaries, then fallbacks */
+    size_t nkeys;
+    llm_breaker_t br; /* provider-wide (overload, outage) */
+    int fallback;     /* index of the fallback provider, -1 = none */
+    uint32_t inflight;
+    uint64_t outcomes[LLM_END_KINDS];
+    uint64_t *key_outcomes; /* nkeys x LLM_END_KINDS */
+    char sem_key[96];
+    char breaker_key[96];
+    int64_t shared_open_until_wall_ms; /* last decision seen in the broker */
+} llm_prov_t;
+
+typedef enum {
+    REQ_ADMITTING = 0, /* quotas being reserved */
+    REQ_QUEUED,
+    REQ_ACQUIRING, /* the head of the queue asking for a lease */
+    REQ_CONTEXT,   /* lease held, reading the room's history */
+    REQ_RUNNING,   /* an attempt streams */
+    REQ_BACKOFF,   /* between attempts */
+    REQ_FINISHING, /* ended; publishing the last messages */
+} llm_req_state_t;
+
+struct llm_req {
+    llm_t *l;
+    char id[LLM_REQ_ID_LEN + 1];
+    char *user, *client, *channel, *personal, *prompt, *model;
+    size_t prompt_len;
+    clu_chan_opts_t room_opts;
+    unsigned plan;
+    llm_req_state_t state;
+    llm_qentry_t q;
+    uint32_t last_position;
+    core_list_t link; /* in llm_t.reqs */
+
+    llm_ask_cb ask_cb; /* until admission answers */
+    void *ask_ud;
+    uint32_t pending_ops; /* broker calls in flight that hold a reference */
+    bool dead;            /* finished; freed when pending_ops and the timer are done */
+
+    /* quotas */
+    int64_t reserved_tokens;
+    bool reserved_message;
+    char day[9]; /* the quota day the reservation was made in (UTC yyyymmdd) */
+    int64_t quota_reset_s;
+
+    /* dispatch */
+    int prov; /* provider index */
+    int key;  /* key index of the running attempt, -1 = none */
+    bool lease_held;
+    bool local_lease; /* counted by the local fallback semaphore, not in the broker */
+    char lease_prov_key[96];
+    uint32_t attempts;
+    bool fell_back;
+    uint64_t enq_ms, dispatch_ms, deadline_ms, first_token_ms;
+    llm_msg_t *ctx;
+    size_t nctx;
+    char *ctx_store; /* texts of ctx */
+
+    /* the running attempt */
+    llm_stream_t *stream;
+    bool opened;        /* llm.start published */
+    bool paused;
+    core_str_t text;    /* the answer so far */
+    size_t flushed;     /* bytes of text already published as deltas */
+    uint32_t delta_index;
+    uint32_t in_tokens, out_tokens;
+    bool cancelled;
+    llm_outcome_t last;
+    llm_reject_reason_t reject_why; /* a refusal answered from the loop */
+    int reject_code;
+
+    uv_timer_t timer; /* coalescing flush, backoff, deferred answers */
+    bool timer_closed;
+};
+
+struct llm {
+    uv_loop_t *loop;
+    clu_broker_t *broker;
+    llm_config_t cfg;
+    llm_prov_t *provs;
+    size_t nprovs;
+    llm_queue_t queue;
+    core_map_t *by_id;  /* request id -> llm_req_t */
+    core_list_t reqs;   /* every live request */
+    uint32_t running;   /* leases held by this node */
+    uint32_t cluster_nodes;
+    bool acquiring;     /* the queue head asked for a lease and waits for the answer */
+    bool closing;
+    uv_timer_t pump;    /* retries a refused lease after a jittered pause */
+    uv_timer_t sweep;   /* queue expiry, positions, lease renewal, shared breakers */
+    uint64_t sweep_ticks;
+    uint32_t closing_handles;
+    uint32_t live_reqs; /* allocated requests, freed or not yet */
+    void (*close_done)(void *);
+    void *close_ud;
+    double service_ms_avg; /* dispatch to end, for the queue-full retry hint */
+    llm_stats_t st;
+};
+
+/* llm_provider_http.c: Anthropic and OpenAI-compatible streams over libcurl on the loop. */
+extern const llm_stream_ops_t llm_http_stream_ops;
+void *llm__http_provider_new(llm_t *l, const llm_provider_cfg_t *cfg);
+void llm__http_provider_free(void *impl);
+
+/* llm_config.c */
+/* The provider a request names (by provider name or model), the default one for NULL, or -1. */
+int llm__prov_index(const llm_t *l, const char *name_or_model);
+/* Creates (frees) the stream implementation of a provider. */
+void llm__provider_attach(llm_t *l, llm_prov_t *p);
+void llm__provider_detach(llm_t *l, llm_prov_t *p);
+
+#endif
