@@ -138,11 +138,42 @@ typedef enum {
 const char *llm_reject_reason_name(llm_reject_reason_t r);
 
 const llm_stats_t *llm_stats(const llm_t *l);
-/* Appends the Prometheus lines of the per-provider and per-key series (requests by outcome,
- * breaker state, cooldown, in flight). */
-void llm_metrics_render(const llm_t *l, core_str_t *out);
-/* Appends the admin view as one JSON object: queue, providers with keys (fingerprints only),
- * breakers, and the leases this node holds. */
+
+/* Read-only views for metrics and the admin API. Keys appear only as fingerprints. Outcome
+ * counters are indexed 0..llm_outcome_count()-1 and named by llm_outcome_name. */
+typedef struct {
+    const char *name, *model, *type;
+    const char *breaker; /* "closed", "open", "half_open" */
+    uint64_t breaker_open_ms; /* time left open, 0 when not open */
+    uint32_t inflight;
+    size_t nkeys;
+    const uint64_t *outcomes;
+} llm_prov_view_t;
+
+typedef struct {
+    const char *fp;
+    bool fallback, disabled;
+    const char *disabled_reason;
+    uint64_t cooldown_ms; /* time left cooling down */
+    uint32_t inflight;
+    uint64_t requests;
+    int64_t remaining_requests, remaining_tokens; /* -1 unknown */
+    const char *breaker;
+    const uint64_t *outcomes;
+} llm_key_view_t;
+
+size_t llm_outcome_count(void);
+const char *llm_outcome_name(size_t i);
+size_t llm_provider_count(const llm_t *l);
+void llm_provider_view(const llm_t *l, size_t i, llm_prov_view_t *out);
+void llm_key_view(const llm_t *l, size_t i, size_t k, llm_key_view_t *out);
+/* Appends the admin view as one JSON object: queue (by plan, with each request's id, user,
+ * plan, wait and position), providers with keys (fingerprints only), breakers, and the leases
+ * this node holds. */
 void llm_render_state(const llm_t *l, core_str_t *out);
+/* An operator's hand on keys and breakers: re-enables a disabled key (by fingerprint) and ends
+ * its cooldown, or closes a provider's breaker. Returns 0 or CORE_ENOENT. */
+int llm_key_enable(llm_t *l, const char *provider, const char *fp);
+int llm_breaker_close(llm_t *l, const char *provider);
 
 #endif
