@@ -15,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "llm/llm_http.h"
 #include "llm/llm_int.h"
 
 #define MOD "llm"
@@ -1189,6 +1190,13 @@ static void llm_maybe_free(llm_t *l) {
         llm_free(l);
 }
 
+static void http_closed(void *ud) {
+    llm_t *l = ud;
+    l->http = NULL;
+    l->closing_handles--;
+    llm_maybe_free(l);
+}
+
 static void handle_closed(uv_handle_t *h) {
     llm_t *l = h->data;
     l->closing_handles--;
@@ -1204,4 +1212,8 @@ void llm_close(llm_t *l, void (*done)(void *), void *ud) {
     l->closing_handles = 2;
     uv_close((uv_handle_t *)&l->pump, handle_closed);
     uv_close((uv_handle_t *)&l->sweep, handle_closed);
+    if (l->http) {
+        l->closing_handles++;
+        llm_http_close(l->http, http_closed, l);
+    }
 }

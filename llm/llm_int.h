@@ -93,6 +93,7 @@ struct llm_req {
 
 struct llm {
     uv_loop_t *loop;
+    struct llm_http *http; /* created with the first HTTP provider */
     clu_broker_t *broker;
     llm_config_t cfg;
     llm_prov_t *provs;
