@@ -25,7 +25,16 @@ typedef struct {
 
 typedef struct mem_broker mem_broker_t;
 
-typedef enum { ANS_PUBLISH, ANS_HISTORY, ANS_PRESENCE, ANS_PRESENCE_STATS, ANS_NODES } ans_kind_t;
+typedef enum {
+    ANS_PUBLISH,
+    ANS_HISTORY,
+    ANS_PRESENCE,
+    ANS_PRESENCE_STATS,
+    ANS_NODES,
+    ANS_SEM,
+    ANS_COUNTER,
+    ANS_DEADLINES
+} ans_kind_t;
 
 /* One answer waiting for the loop. Strings it hands out point into `blob`, its own copy. */
 typedef struct answer {
@@ -42,7 +51,22 @@ typedef struct answer {
     clu_presence_t *presence;
     clu_node_t node;
     core_str_t blob;
+    bool flag;       /* sem: granted; counter: allowed */
+    int64_t value;   /* counter: its value after the call */
+    int64_t *values; /* deadlines */
 } answer_t;
+
+/* One semaphore: its holders and when each lease expires (loop milliseconds). */
+typedef struct {
+    char **leases;
+    uint64_t *until;
+    uint32_t n, cap;
+} msem_t;
+
+typedef struct {
+    int64_t value;
+    int64_t expire_at_s;
+} mcounter_t;
 
 typedef struct {
     mem_broker_t *mb;
@@ -69,7 +93,10 @@ struct mem_broker {
     core_list_t lru;  /* channels with stored publications, least recently published first */
     uint32_t max_history_limit;
     uv_timer_t sweep;
-    uv_idle_t answers; /* active while `queue` holds answers */
+    uv_idle_t answers;     /* active while `queue` holds answers */
+    core_map_t *sems;      /* key -> msem_t */
+    core_map_t *counters;  /* key -> mcounter_t */
+    core_map_t *deadlines; /* key -> int64_t* (Unix ms) */
     answer_t *queue, *queue_tail;
     int open_handles;
     clu_stats_t st;
@@ -134,7 +161,17 @@ static void answer_run(answer_t *a) {
     case ANS_NODES:
         ((clu_nodes_cb)a->cb)(a->status, a->n ? &a->node : NULL, a->n, a->ud);
         break;
+    case ANS_SEM:
+        ((clu_sem_cb)a->cb)(a->status, a->flag, a->ud);
+        break;
+    case ANS_COUNTER:
+        ((clu_counter_cb)a->cb)(a->status, a->flag, a->value, a->ud);
+        break;
+    case ANS_DEADLINES:
+        ((clu_deadlines_cb)a->cb)(a->status, a->values, a->n, a->ud);
+        break;
     }
+    free(a->values);
     free(a->pubs);
     free(a->presence);
     core_str_free(&a->blob);
@@ -251,6 +288,8 @@ static void chan_maybe_free(mem_broker_t *mb, mchan_t *c) {
     }
 }
 
+static void coord_sweep(mem_broker_t *mb);
+
 static void sweep_cb(uv_timer_t *t) {
     mem_broker_t *mb = t->data;
     uint64_t now = core_now_ms();
@@ -262,6 +301,7 @@ static void sweep_cb(uv_timer_t *t) {
         chan_expire_stream(c, now);
         chan_maybe_free(mb, c);
     }
+    coord_sweep(mb);
 }
 
 /* Keeps stored history under the byte cap: the streams of the channels published to least
@@ -537,6 +577,8 @@ static void mem_stats(clu_broker_t *b, clu_stats_t *out) {
     out->channels = core_map_size(mb->channels);
 }
 
+static void coord_free(mem_broker_t *mb);
+
 static void handle_closed(uv_handle_t *h) {
     mem_broker_t *mb = h->data;
     if (--mb->open_handles > 0)
@@ -546,6 +588,7 @@ static void handle_closed(uv_handle_t *h) {
     while (core_map_next(mb->channels, &it, NULL, &v))
         chan_free(v);
     core_map_free(mb->channels);
+    coord_free(mb);
     void (*done)(void *) = mb->close_done;
     void *ud = mb->close_ud;
     free(mb);
@@ -580,6 +623,210 @@ static int mem_heartbeat(clu_broker_t *b, const char *node_id, const char *info,
     return 0;
 }
 
+/* ---- semaphores, counters and deadlines of one node ---- */
+
+static void sem_expire(mem_broker_t *mb, msem_t *s) {
+    uint64_t now = uv_now(mb->loop);
+    for (uint32_t i = 0; i < s->n;) {
+        if (s->until[i] <= now) {
+            free(s->leases[i]);
+            s->leases[i] = s->leases[--s->n];
+            s->until[i] = s->until[s->n];
+        } else
+            i++;
+    }
+}
+
+static int sem_find(const msem_t *s, const char *lease) {
+    for (uint32_t i = 0; i < s->n; i++)
+        if (strcmp(s->leases[i], lease) == 0)
+            return (int)i;
+    return -1;
+}
+
+static msem_t *sem_get(mem_broker_t *mb, const char *key) {
+    msem_t *s = core_map_get(mb->sems, key);
+    if (!s) {
+        s = core_calloc(1, sizeof *s);
+        core_map_put(mb->sems, key, s);
+    }
+    sem_expire(mb, s);
+    return s;
+}
+
+static void queue_sem(mem_broker_t *mb, clu_sem_cb cb, void *ud, bool granted) {
+    answer_t *a = answer_new(ANS_SEM, (void *)cb, ud);
+    a->flag = granted;
+    answer_queue(mb, a);
+}
+
+static int mem_sem_acquire(clu_broker_t *b, const char *const *keys, const uint32_t *limits,
+                           size_t n, const char *lease, uint32_t ttl_ms, clu_sem_cb cb, void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    bool granted = true;
+    for (size_t i = 0; i < n && granted; i++) {
+        msem_t *s = sem_get(mb, keys[i]);
+        if (sem_find(s, lease) < 0 && s->n >= limits[i])
+            granted = false;
+    }
+    uint64_t until = uv_now(mb->loop) + ttl_ms;
+    for (size_t i = 0; i < n && granted; i++) {
+        msem_t *s = sem_get(mb, keys[i]);
+        int at = sem_find(s, lease);
+        if (at >= 0) {
+            s->until[at] = until;
+            continue;
+        }
+        if (s->n == s->cap) {
+            s->cap = s->cap ? s->cap * 2 : 8;
+            s->leases = core_realloc(s->leases, s->cap * sizeof *s->leases);
+            s->until = core_realloc(s->until, s->cap * sizeof *s->until);
+        }
+        s->leases[s->n] = core_strdup(lease);
+        s->until[s->n++] = until;
+    }
+    queue_sem(mb, cb, ud, granted);
+    return 0;
+}
+
+static int mem_sem_renew(clu_broker_t *b, const char *const *keys, size_t n, const char *lease,
+                         uint32_t ttl_ms, clu_sem_cb cb, void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    bool held = true;
+    uint64_t until = uv_now(mb->loop) + ttl_ms;
+    for (size_t i = 0; i < n; i++) {
+        msem_t *s = sem_get(mb, keys[i]);
+        int at = sem_find(s, lease);
+        if (at < 0)
+            held = false;
+        else
+            s->until[at] = until;
+    }
+    if (cb)
+        queue_sem(mb, cb, ud, held);
+    return 0;
+}
+
+static int mem_sem_release(clu_broker_t *b, const char *const *keys, size_t n, const char *lease) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    for (size_t i = 0; i < n; i++) {
+        msem_t *s = sem_get(mb, keys[i]);
+        int at = sem_find(s, lease);
+        if (at >= 0) {
+            free(s->leases[at]);
+            s->leases[at] = s->leases[--s->n];
+            s->until[at] = s->until[s->n];
+        }
+    }
+    return 0;
+}
+
+static int mem_counter_add(clu_broker_t *b, const char *key, int64_t amount, int64_t limit,
+                           int64_t expire_at_s, clu_counter_cb cb, void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mcounter_t *c = core_map_get(mb->counters, key);
+    if (c && c->expire_at_s <= core_wall_s()) {
+        free(core_map_del(mb->counters, key));
+        c = NULL;
+    }
+    if (!c) {
+        c = core_calloc(1, sizeof *c);
+        core_map_put(mb->counters, key, c);
+    }
+    bool allowed = !(amount > 0 && limit > 0 && c->value + amount > limit);
+    if (allowed) {
+        c->value += amount;
+        if (c->value < 0)
+            c->value = 0;
+        c->expire_at_s = expire_at_s;
+    }
+    answer_t *a = answer_new(ANS_COUNTER, (void *)cb, ud);
+    a->flag = allowed;
+    a->value = c->value;
+    if (cb)
+        answer_queue(mb, a);
+    else
+        free(a);
+    return 0;
+}
+
+static int mem_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    int64_t *d = core_map_get(mb->deadlines, key);
+    if (!d) {
+        d = core_calloc(1, sizeof *d);
+        core_map_put(mb->deadlines, key, d);
+    }
+    if (until_ms > *d)
+        *d = until_ms;
+    return 0;
+}
+
+static int mem_deadline_get(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
+                            void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    answer_t *a = answer_new(ANS_DEADLINES, (void *)cb, ud);
+    a->n = n;
+    a->values = core_calloc(n ? n : 1, sizeof *a->values);
+    int64_t now = core_wall_ms();
+    for (size_t i = 0; i < n; i++) {
+        int64_t *d = core_map_get(mb->deadlines, keys[i]);
+        a->values[i] = d && *d > now ? *d : 0;
+    }
+    answer_queue(mb, a);
+    return 0;
+}
+
+/* Forgets expired daily counters and semaphores nobody holds, so a long-lived node does not
+ * keep one entry per user and day forever. */
+static void coord_sweep(mem_broker_t *mb) {
+    int64_t wall = core_wall_s();
+    core_map_iter_t it = 0;
+    const char *key;
+    void *v;
+    while (core_map_next(mb->counters, &it, &key, &v))
+        if (((mcounter_t *)v)->expire_at_s <= wall)
+            free(core_map_del(mb->counters, key));
+    it = 0;
+    while (core_map_next(mb->sems, &it, &key, &v)) {
+        msem_t *s = v;
+        sem_expire(mb, s);
+        if (s->n == 0) {
+            core_map_del(mb->sems, key);
+            free(s->leases);
+            free(s->until);
+            free(s);
+        }
+    }
+    int64_t wall_ms = core_wall_ms();
+    it = 0;
+    while (core_map_next(mb->deadlines, &it, &key, &v))
+        if (*(int64_t *)v <= wall_ms)
+            free(core_map_del(mb->deadlines, key));
+}
+
+static void coord_free(mem_broker_t *mb) {
+    core_map_iter_t it = 0;
+    void *v;
+    while (core_map_next(mb->sems, &it, NULL, &v)) {
+        msem_t *s = v;
+        for (uint32_t i = 0; i < s->n; i++)
+            free(s->leases[i]);
+        free(s->leases);
+        free(s->until);
+        free(s);
+    }
+    core_map_free(mb->sems);
+    it = 0;
+    while (core_map_next(mb->counters, &it, NULL, &v))
+        free(v);
+    core_map_free(mb->counters);
+    it = 0;
+    while (core_map_next(mb->deadlines, &it, NULL, &v))
+        free(v);
+    core_map_free(mb->deadlines);
+}
+
 static const clu_ops_t mem_ops = {
     .publish = mem_publish,
     .subscribe = mem_subscribe,
@@ -593,6 +840,12 @@ static const clu_ops_t mem_ops = {
     .presence_stats = mem_presence_stats,
     .heartbeat = mem_heartbeat,
     .rate_take = NULL,
+    .sem_acquire = mem_sem_acquire,
+    .sem_renew = mem_sem_renew,
+    .sem_release = mem_sem_release,
+    .counter_add = mem_counter_add,
+    .deadline_raise = mem_deadline_raise,
+    .deadline_get = mem_deadline_get,
     .ready = mem_ready,
     .stats = mem_stats,
     .close = mem_close,
@@ -607,6 +860,9 @@ clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *
     mb->base.events_ud = ud;
     mb->loop = loop;
     mb->channels = core_map_new();
+    mb->sems = core_map_new();
+    mb->counters = core_map_new();
+    mb->deadlines = core_map_new();
     core_list_init(&mb->lru);
     mb->max_history_limit = max_history_limit ? max_history_limit : 1000;
     uv_timer_init(loop, &mb->sweep);

@@ -46,12 +46,20 @@ enum {
     SCRIPT_PRES_GET,
     SCRIPT_HEARTBEAT,
     SCRIPT_RATE,
+    SCRIPT_SEM_ACQUIRE,
+    SCRIPT_SEM_RENEW,
+    SCRIPT_SEM_RELEASE,
+    SCRIPT_COUNTER,
+    SCRIPT_DEADLINE_RAISE,
+    SCRIPT_DEADLINE_GET,
     SCRIPT_COUNT
 };
 
 static const char *const script_src[SCRIPT_COUNT] = {
-    clu_redis_lua_publish,      clu_redis_lua_history,   clu_redis_lua_presence_add,
-    clu_redis_lua_presence_get, clu_redis_lua_heartbeat, clu_redis_lua_rate,
+    clu_redis_lua_publish,      clu_redis_lua_history,        clu_redis_lua_presence_add,
+    clu_redis_lua_presence_get, clu_redis_lua_heartbeat,      clu_redis_lua_rate,
+    clu_redis_lua_sem_acquire,  clu_redis_lua_sem_renew,      clu_redis_lua_sem_release,
+    clu_redis_lua_counter,      clu_redis_lua_deadline_raise, clu_redis_lua_deadline_get,
 };
 
 typedef struct redis_broker rb_t;
@@ -929,6 +937,165 @@ static int rb_rate_take(clu_broker_t *b, const char *key, int64_t interval_us, i
     return 0;
 }
 
+/* ---- semaphores, counters, deadlines ------------------------------------------------------- */
+
+/* Semaphores and deadlines of the dispatcher share one hash tag: a multi-key script needs all
+ * its keys on one Redis Cluster slot, and these keys are few and small. */
+static void coord_key(call_t *c, const char *prefix, const char *key) {
+    core_str_t k = {0};
+    core_str_appends(&k, prefix);
+    core_str_appends(&k, "{coord}.");
+    core_str_appends(&k, key);
+    call_arg(c, k.ptr, k.len);
+    core_str_free(&k);
+}
+
+static void coord_keys(call_t *c, const char *prefix, const char *const *keys, size_t n) {
+    call_argu(c, n);
+    for (size_t i = 0; i < n; i++)
+        coord_key(c, prefix, keys[i]);
+}
+
+static void sem_done(call_t *c, redisReply *r, int status) {
+    if (!c->cb)
+        return;
+    bool granted = false;
+    if (status == 0) {
+        if (r->type == REDIS_REPLY_INTEGER)
+            granted = r->integer == 1;
+        else
+            status = CORE_EPROTO;
+    }
+    ((clu_sem_cb)c->cb)(status, granted, c->ud);
+}
+
+/* Leaves room in argv for EVALSHA, the SHA, the key count, and one lease and TTL. */
+#define COORD_MAX_KEYS ((MAX_ARGS - 5) / 2)
+
+static int rb_sem_acquire(clu_broker_t *b, const char *const *keys, const uint32_t *limits,
+                          size_t n, const char *lease, uint32_t ttl_ms, clu_sem_cb cb, void *ud) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing || !cb || n == 0 || n > COORD_MAX_KEYS)
+        return CORE_EINVAL;
+    call_t *c = call_new(rb, SCRIPT_SEM_ACQUIRE, sem_done, (void *)cb, ud);
+    coord_keys(c, "chat.sem.", keys, n);
+    call_args(c, lease);
+    call_argu(c, ttl_ms);
+    for (size_t i = 0; i < n; i++)
+        call_argu(c, limits[i]);
+    call_start(c);
+    return 0;
+}
+
+static int rb_sem_renew(clu_broker_t *b, const char *const *keys, size_t n, const char *lease,
+                        uint32_t ttl_ms, clu_sem_cb cb, void *ud) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing || n == 0 || n > COORD_MAX_KEYS)
+        return CORE_EINVAL;
+    call_t *c = call_new(rb, SCRIPT_SEM_RENEW, sem_done, (void *)cb, ud);
+    coord_keys(c, "chat.sem.", keys, n);
+    call_args(c, lease);
+    call_argu(c, ttl_ms);
+    call_start(c);
+    return 0;
+}
+
+static int rb_sem_release(clu_broker_t *b, const char *const *keys, size_t n, const char *lease) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing || n == 0 || n > COORD_MAX_KEYS)
+        return CORE_EINVAL;
+    call_t *c = call_new(rb, SCRIPT_SEM_RELEASE, sem_done, NULL, NULL);
+    coord_keys(c, "chat.sem.", keys, n);
+    call_args(c, lease);
+    call_start(c);
+    return 0;
+}
+
+static void counter_done(call_t *c, redisReply *r, int status) {
+    if (!c->cb)
+        return;
+    bool allowed = false;
+    int64_t value = 0;
+    if (status == 0) {
+        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_INTEGER &&
+            r->element[1]->type == REDIS_REPLY_INTEGER) {
+            allowed = r->element[0]->integer == 1;
+            value = r->element[1]->integer;
+        } else
+            status = CORE_EPROTO;
+    }
+    ((clu_counter_cb)c->cb)(status, allowed, value, c->ud);
+}
+
+static void call_argi(call_t *c, int64_t v) {
+    char buf[24];
+    int n = snprintf(buf, sizeof buf, "%lld", (long long)v);
+    call_arg(c, buf, (size_t)n);
+}
+
+static int rb_counter_add(clu_broker_t *b, const char *key, int64_t amount, int64_t limit,
+                          int64_t expire_at_s, clu_counter_cb cb, void *ud) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing)
+        return CORE_EINVAL;
+    call_t *c = call_new(rb, SCRIPT_COUNTER, counter_done, (void *)cb, ud);
+    core_str_t k = {0};
+    call_args(c, "1");
+    key_of(&k, "chat.ctr.", key);
+    call_arg(c, k.ptr, k.len);
+    core_str_free(&k);
+    call_argi(c, amount);
+    call_argi(c, limit);
+    call_argi(c, expire_at_s);
+    call_start(c);
+    return 0;
+}
+
+static void deadline_raised(call_t *c, redisReply *r, int status) {
+    (void)c;
+    (void)r;
+    (void)status;
+}
+
+static int rb_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing)
+        return CORE_EINVAL;
+    call_t *c = call_new(rb, SCRIPT_DEADLINE_RAISE, deadline_raised, NULL, NULL);
+    call_args(c, "1");
+    coord_key(c, "chat.dl.", key);
+    call_argi(c, until_ms);
+    call_start(c);
+    return 0;
+}
+
+static void deadlines_done(call_t *c, redisReply *r, int status) {
+    int64_t values[COORD_MAX_KEYS * 2] = {0};
+    size_t n = 0;
+    if (status == 0) {
+        if (r->type == REDIS_REPLY_ARRAY && r->elements <= sizeof values / sizeof *values) {
+            for (n = 0; n < r->elements; n++)
+                values[n] = r->element[n]->type == REDIS_REPLY_INTEGER ? r->element[n]->integer : 0;
+        } else
+            status = CORE_EPROTO;
+    }
+    ((clu_deadlines_cb)c->cb)(status, values, n, c->ud);
+}
+
+static int rb_deadline_get(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
+                           void *ud) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing || !cb || n == 0 || n > MAX_ARGS - 3)
+        return CORE_EINVAL;
+    call_t *c = call_new(rb, SCRIPT_DEADLINE_GET, deadlines_done, (void *)cb, ud);
+    call_argu(c, n);
+    for (size_t i = 0; i < n; i++)
+        coord_key(c, "chat.dl.", keys[i]);
+    call_start(c);
+    return 0;
+}
+
 /* Both connections, and the channels re-subscribed: without its feed the node would accept
  * clients it cannot feed. */
 static bool rb_ready(clu_broker_t *b) {
@@ -1006,6 +1173,12 @@ static const clu_ops_t redis_ops = {
     .presence_stats = rb_presence_stats,
     .heartbeat = rb_heartbeat,
     .rate_take = rb_rate_take,
+    .sem_acquire = rb_sem_acquire,
+    .sem_renew = rb_sem_renew,
+    .sem_release = rb_sem_release,
+    .counter_add = rb_counter_add,
+    .deadline_raise = rb_deadline_raise,
+    .deadline_get = rb_deadline_get,
     .ready = rb_ready,
     .stats = rb_stats,
     .close = rb_close,

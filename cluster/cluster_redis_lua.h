@@ -196,4 +196,78 @@ static const char clu_redis_lua_rate[] =
     "           math.floor((new - now) / 1000) + 1)\n"
     "return 0\n";
 
+/* KEYS: semaphores (sorted sets: lease -> expiry in ms on Redis's clock). ARGV: lease, ttl_ms,
+ * then one limit per key. Expired leases are dropped first, so a killed node's slots come back
+ * within the TTL. All or none: returns 1 when the lease now holds a slot in every key (a lease
+ * that already holds one is extended), 0 when any key is full. */
+static const char clu_redis_lua_sem_acquire[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local lease, ttl = ARGV[1], tonumber(ARGV[2])\n"
+    "for i, k in ipairs(KEYS) do redis.call('ZREMRANGEBYSCORE', k, '-inf', now) end\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  if not redis.call('ZSCORE', k, lease) and\n"
+    "     redis.call('ZCARD', k) >= tonumber(ARGV[2 + i]) then return 0 end\n"
+    "end\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  redis.call('ZADD', k, string.format('%.0f', now + ttl), lease)\n"
+    "  if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: semaphores. ARGV: lease, ttl_ms. Extends the lease where it still holds a slot;
+ * returns 0 when it had expired anywhere (its slot may be someone else's now). */
+static const char clu_redis_lua_sem_renew[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local lease, ttl = ARGV[1], tonumber(ARGV[2])\n"
+    "local held = 1\n"
+    "for i, k in ipairs(KEYS) do\n"
+    "  local s = redis.call('ZSCORE', k, lease)\n"
+    "  if not s or tonumber(s) <= now then\n"
+    "    held = 0\n"
+    "    redis.call('ZREM', k, lease)\n"
+    "  else\n"
+    "    redis.call('ZADD', k, string.format('%.0f', now + ttl), lease)\n"
+    "    if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end\n"
+    "  end\n"
+    "end\n"
+    "return held\n";
+
+/* KEYS: semaphores. ARGV: lease. Idempotent. */
+static const char clu_redis_lua_sem_release[] =
+    "for i, k in ipairs(KEYS) do redis.call('ZREM', KEYS[i], ARGV[1]) end\n"
+    "return 1\n";
+
+/* KEYS: one allowance counter. ARGV: amount, limit (<= 0: unchecked), expire_at (Unix s).
+ * Returns {allowed, value}: a positive amount that would take the counter past the limit is
+ * refused (nothing added); a refund never takes it below 0. */
+static const char clu_redis_lua_counter[] =
+    "local amount, limit = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local v = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n"
+    "if amount > 0 and limit > 0 and v + amount > limit then return {0, v} end\n"
+    "v = v + amount\n"
+    "if v < 0 then v = 0 end\n"
+    "redis.call('SET', KEYS[1], string.format('%.0f', v))\n"
+    "redis.call('EXPIREAT', KEYS[1], ARGV[3])\n"
+    "return {1, v}\n";
+
+/* KEYS: one shared deadline. ARGV: until (Unix ms). Raises it, never lowers it; it expires
+ * when it passes. */
+static const char clu_redis_lua_deadline_raise[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local u = tonumber(ARGV[1])\n"
+    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') or 0\n"
+    "if u > cur and u > now then\n"
+    "  redis.call('SET', KEYS[1], string.format('%.0f', u), 'PX', u - now)\n"
+    "end\n"
+    "return 1\n";
+
+/* KEYS: shared deadlines. Returns their values, 0 for none. */
+static const char clu_redis_lua_deadline_get[] =
+    "local out = {}\n"
+    "for i, k in ipairs(KEYS) do out[i] = tonumber(redis.call('GET', k) or '0') or 0 end\n"
+    "return out\n";
+
 #endif

@@ -57,8 +57,8 @@ typedef struct {
     uint32_t ttft_timeout_ms[LLM_PLANS]; /* time to first token per plan */
     uint32_t idle_timeout_ms;
     uint32_t total_timeout_ms;
-    uint32_t coalesce_ms;     /* deltas published at most this often per stream */
-    uint32_t max_retries;     /* before the first token */
+    uint32_t coalesce_ms; /* deltas published at most this often per stream */
+    uint32_t max_retries; /* before the first token */
     uint32_t cooldown_floor_ms;
     uint32_t context_messages; /* recent room messages sent as context */
     uint32_t context_tokens;   /* their budget (estimated at 4 bytes a token) */
@@ -83,9 +83,9 @@ typedef struct llm llm_t;
 /* One ask, as the RPC router hands it over. Strings are copied. */
 typedef struct {
     const char *user;
-    const char *client;  /* the requester's connection: its disconnect cancels the request */
-    unsigned plan;       /* 0..LLM_PLANS-1 */
-    const char *channel; /* the room */
+    const char *client;        /* the requester's connection: its disconnect cancels the request */
+    unsigned plan;             /* 0..LLM_PLANS-1 */
+    const char *channel;       /* the room */
     clu_chan_opts_t room_opts; /* history settings of the room's namespace */
     const char *personal;      /* the requester's personal channel, for queue positions */
     const char *prompt;
@@ -120,8 +120,8 @@ typedef struct {
     uint64_t completed, failed, interrupted, cancelled;
     uint64_t retries, fallbacks;
     uint64_t tokens_in, tokens_out;
-    uint64_t queued[LLM_PLANS]; /* gauge */
-    uint64_t running;           /* gauge */
+    uint64_t queued[LLM_PLANS];        /* gauge */
+    uint64_t running;                  /* gauge */
     core_hist_t queue_wait[LLM_PLANS]; /* seconds */
     core_hist_t ttft;                  /* seconds, from dispatch to the first token */
 } llm_stats_t;
@@ -143,7 +143,7 @@ const llm_stats_t *llm_stats(const llm_t *l);
  * counters are indexed 0..llm_outcome_count()-1 and named by llm_outcome_name. */
 typedef struct {
     const char *name, *model, *type;
-    const char *breaker; /* "closed", "open", "half_open" */
+    const char *breaker;      /* "closed", "open", "half_open" */
     uint64_t breaker_open_ms; /* time left open, 0 when not open */
     uint32_t inflight;
     size_t nkeys;

@@ -156,8 +156,8 @@ static int provider_parse(const json_t *o, llm_provider_cfg_t *p, char *err, siz
     if (keys_parse(json_object_get(o, "keys"), &p->keys, &p->nkeys, what, err, errlen) != 0)
         return CORE_EINVAL;
     snprintf(what, sizeof what, "provider %s: fallback_keys", name);
-    if (keys_parse(json_object_get(o, "fallback_keys"), &p->fallback_keys, &p->nfallback, what,
-                   err, errlen) != 0)
+    if (keys_parse(json_object_get(o, "fallback_keys"), &p->fallback_keys, &p->nfallback, what, err,
+                   errlen) != 0)
         return CORE_EINVAL;
     if (p->type != LLM_PROV_MOCK && p->nkeys + p->nfallback == 0) {
         snprintf(err, errlen, "provider %s: at least one key required", name);
@@ -172,8 +172,8 @@ static int provider_parse(const json_t *o, llm_provider_cfg_t *p, char *err, siz
                  u32_field(mock, "tokens_per_s", &p->mock_tokens_per_s, err, errlen)))
         return CORE_EINVAL;
     if (p->max_tokens == 0 || p->mock_tokens == 0 || p->mock_tokens_per_s == 0) {
-        snprintf(err, errlen, "provider %s: max_tokens, mock.tokens and mock.tokens_per_s must be > 0",
-                 name);
+        snprintf(err, errlen,
+                 "provider %s: max_tokens, mock.tokens and mock.tokens_per_s must be > 0", name);
         return CORE_EINVAL;
     }
     return 0;
@@ -238,8 +238,8 @@ static int plan_pairs_parse(const char *spec, uint64_t a[LLM_PLANS], uint64_t b[
             if (slash && *slash == '/')
                 y = strtoull(slash + 1, &tail, 10);
         }
-        if (plan < 0 || !slash || *slash != '/' || slash == eq + 1 || !tail ||
-            tail == slash + 1 || tail != end) {
+        if (plan < 0 || !slash || *slash != '/' || slash == eq + 1 || !tail || tail == slash + 1 ||
+            tail != end) {
             snprintf(err, errlen, "%s: expected plan=N/N,... with plans free, plus, pro, executive",
                      what);
             return CORE_EINVAL;

@@ -10,6 +10,7 @@
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -29,9 +30,12 @@
 #define RETRY_AFTER_HONOUR_MS 60000
 
 static const char *const reject_names[LLM_REJ_COUNT] = {
-    [LLM_REJ_QUOTA] = "quota",           [LLM_REJ_BUDGET] = "token_budget",
-    [LLM_REJ_QUEUE_FULL] = "queue_full", [LLM_REJ_TIMEOUT] = "queue_timeout",
-    [LLM_REJ_UNAVAILABLE] = "unavailable", [LLM_REJ_BAD_REQUEST] = "bad_request",
+    [LLM_REJ_QUOTA] = "quota",
+    [LLM_REJ_BUDGET] = "token_budget",
+    [LLM_REJ_QUEUE_FULL] = "queue_full",
+    [LLM_REJ_TIMEOUT] = "queue_timeout",
+    [LLM_REJ_UNAVAILABLE] = "unavailable",
+    [LLM_REJ_BAD_REQUEST] = "bad_request",
 };
 
 const char *llm_reject_reason_name(llm_reject_reason_t r) {
@@ -57,13 +61,13 @@ static void llm_maybe_free(llm_t *l);
 static void req_free(llm_req_t *r) {
     llm_t *l = r->l;
     free(r->user);
-        free(r->client);
-        free(r->channel);
-        free(r->personal);
-        free(r->prompt);
-        free(r->model);
-        free(r->ctx);
-        free(r->ctx_store);
+    free(r->client);
+    free(r->channel);
+    free(r->personal);
+    free(r->prompt);
+    free(r->model);
+    free(r->ctx);
+    free(r->ctx_store);
     core_str_free(&r->text);
     free(r);
     l->live_reqs--;
@@ -119,8 +123,8 @@ static void publish_json(llm_req_t *r, const char *channel, const core_str_t *da
     core_str_appends(&info, "{\"user\":\"assistant\",\"client\":");
     core_str_append_json_string(&info, r->id, strlen(r->id));
     core_str_appends(&info, "}");
-    clu_pub_t pub = {.data = data->ptr, .data_len = data->len, .info = info.ptr,
-                     .info_len = info.len};
+    clu_pub_t pub = {
+        .data = data->ptr, .data_len = data->len, .info = info.ptr, .info_len = info.len};
     clu_chan_opts_t opts = stored ? r->room_opts : (clu_chan_opts_t){0};
     r->pending_ops++;
     int rc = clu_publish(l->broker, channel, &pub, &opts, published, r);
@@ -225,8 +229,7 @@ static void counter_done_noop(int status, bool allowed, int64_t value, void *ud)
     (void)value;
     llm_req_t *r = ud;
     if (status != 0)
-        CORE_LOGW(MOD, "quota settle failed", "request=%s status=%s", r->id,
-                  core_strerror(status));
+        CORE_LOGW(MOD, "quota settle failed", "request=%s status=%s", r->id, core_strerror(status));
     req_back(r);
 }
 
@@ -302,7 +305,8 @@ static void fail(llm_req_t *r, int code, const char *message) {
     req_end(r);
 }
 
-/* ---- leases ------------------------------------------------------------------------------------ */
+/* ---- leases ------------------------------------------------------------------------------------
+ */
 
 static size_t lease_keys(const llm_req_t *r, const char *keys[2], uint32_t limits[2]) {
     const llm_t *l = r->l;
@@ -338,7 +342,8 @@ static void release_lease(llm_req_t *r) {
     }
 }
 
-/* ---- attempts ---------------------------------------------------------------------------------- */
+/* ---- attempts ----------------------------------------------------------------------------------
+ */
 
 static void attempt(llm_req_t *r);
 
@@ -425,8 +430,8 @@ static void judge(llm_req_t *r, const llm_outcome_t *o) {
     if (is_breaker_failure(o->end)) {
         llm_breaker_record(&k->br, &l->cfg.breaker, now, false, rnd01());
         if (llm_breaker_record(&p->br, &l->cfg.breaker, now, false, rnd01())) {
-            CORE_LOGW(MOD, "provider breaker opened", "provider=%s until_ms=%" PRIu64,
-                      p->cfg->name, p->br.open_until_ms - now);
+            CORE_LOGW(MOD, "provider breaker opened", "provider=%s until_ms=%" PRIu64, p->cfg->name,
+                      p->br.open_until_ms - now);
             /* Every node stops calling this provider until the same deadline. */
             clu_deadline_raise(l->broker, p->breaker_key,
                                core_wall_ms() + (int64_t)(p->br.open_until_ms - now));
@@ -483,8 +488,8 @@ static void stream_end(void *ud, const llm_outcome_t *o, const llm_budget_t *b) 
         req_end(r);
         return;
     }
-    bool retryable = o->retryable && o->end != LLM_END_BAD_REQUEST &&
-                     o->end != LLM_END_KEY_DISABLED;
+    bool retryable =
+        o->retryable && o->end != LLM_END_BAD_REQUEST && o->end != LLM_END_KEY_DISABLED;
     if (o->end == LLM_END_KEY_DISABLED)
         retryable = true; /* another key may take it */
     uint64_t now = now_ms(l);
@@ -597,9 +602,9 @@ static void attempt(llm_req_t *r) {
     uint64_t left = r->deadline_ms > now ? r->deadline_ms - now : 1;
     llm_stream_timeouts_t t = {
         .connect_ms = l->cfg.connect_timeout_ms,
-        .first_byte_ms = (uint32_t)(left < l->cfg.ttft_timeout_ms[r->plan]
-                                        ? left
-                                        : l->cfg.ttft_timeout_ms[r->plan]),
+        .first_byte_ms =
+            (uint32_t)(left < l->cfg.ttft_timeout_ms[r->plan] ? left
+                                                              : l->cfg.ttft_timeout_ms[r->plan]),
         .idle_ms = l->cfg.idle_timeout_ms,
         .total_ms = l->cfg.total_timeout_ms,
     };
@@ -614,7 +619,8 @@ static void attempt(llm_req_t *r) {
     }
 }
 
-/* ---- context ------------------------------------------------------------------------------------ */
+/* ---- context ------------------------------------------------------------------------------------
+ */
 
 /* Keeps the room's recent chat messages (newest last) within the context budget. */
 static void context_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
@@ -654,8 +660,8 @@ static void context_done(int status, const clu_pub_t *pubs, size_t n, uint64_t t
             json_t *t = json_object_get(texts[i], "text");
             size_t len = json_string_length(t);
             memcpy(r->ctx_store + off, json_string_value(t), len);
-            r->ctx[r->nctx++] = (llm_msg_t){assistant[i] ? "assistant" : "user",
-                                            r->ctx_store + off, len};
+            r->ctx[r->nctx++] =
+                (llm_msg_t){assistant[i] ? "assistant" : "user", r->ctx_store + off, len};
             off += len;
             json_decref(texts[i]);
         }
@@ -682,7 +688,8 @@ static void dispatch(llm_req_t *r) {
     }
 }
 
-/* ---- the queue ---------------------------------------------------------------------------------- */
+/* ---- the queue ----------------------------------------------------------------------------------
+ */
 
 static void lease_granted(llm_req_t *r, bool local) {
     llm_t *l = r->l;
@@ -707,8 +714,7 @@ static bool local_fallback_allows(const llm_t *l, const llm_req_t *r) {
     const llm_prov_t *p = &l->provs[r->prov];
     if (l->running >= share)
         return false;
-    if (p->cfg->max_concurrency > 0 &&
-        p->inflight >= (p->cfg->max_concurrency + nodes - 1) / nodes)
+    if (p->cfg->max_concurrency > 0 && p->inflight >= (p->cfg->max_concurrency + nodes - 1) / nodes)
         return false;
     return true;
 }
@@ -779,7 +785,8 @@ static void pump(llm_t *l) {
     }
 }
 
-/* ---- admission -------------------------------------------------------------------------------- */
+/* ---- admission --------------------------------------------------------------------------------
+ */
 
 static void reject(llm_req_t *r, llm_reject_reason_t why, int code, const char *message) {
     r->l->st.rejected[why]++;
@@ -856,7 +863,8 @@ static void message_reserved(int status, bool allowed, int64_t value, void *ud) 
     if (status == 0 && !allowed) {
         r->reserved_message = false;
         char msg[128];
-        snprintf(msg, sizeof msg, "daily assistant quota used up: retry_after_ms=%" PRId64 " plan=%s",
+        snprintf(msg, sizeof msg,
+                 "daily assistant quota used up: retry_after_ms=%" PRId64 " plan=%s",
                  (r->quota_reset_s - core_wall_s()) * 1000, plan_names[r->plan]);
         reject(r, LLM_REJ_QUOTA, 402, msg);
         return;
@@ -956,7 +964,8 @@ void llm_ask(llm_t *l, const llm_ask_t *a, llm_ask_cb cb, void *ud) {
     core_str_free(&k);
 }
 
-/* ---- cancel ------------------------------------------------------------------------------------ */
+/* ---- cancel ------------------------------------------------------------------------------------
+ */
 
 static void cancel_req(llm_req_t *r) {
     llm_t *l = r->l;
@@ -1021,7 +1030,8 @@ void llm_client_gone(llm_t *l, const char *client) {
     }
 }
 
-/* ---- sweep: queue expiry, positions, lease renewal, shared breakers ------------------------------ */
+/* ---- sweep: queue expiry, positions, lease renewal, shared breakers
+ * ------------------------------ */
 
 static void position_fn(llm_qentry_t *e, uint32_t pos, void *ud) {
     (void)ud;
@@ -1100,7 +1110,8 @@ static void sweep(uv_timer_t *t) {
         pump(l);
 }
 
-/* ---- lifecycle --------------------------------------------------------------------------------- */
+/* ---- lifecycle ---------------------------------------------------------------------------------
+ */
 
 static const double wait_bounds[] = {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 static const double ttft_bounds[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
@@ -1135,7 +1146,7 @@ llm_t *llm_new(uv_loop_t *loop, clu_broker_t *broker, const llm_config_t *cfg) {
         p->key_outcomes = core_calloc(p->nkeys * LLM_END_KINDS, sizeof *p->key_outcomes);
         for (size_t k = 0; k < p->nkeys; k++) {
             llm_key_t *key = &p->keys[k];
-            const char *secret = k < pc->nkeys                ? pc->keys[k]
+            const char *secret = k < pc->nkeys                   ? pc->keys[k]
                                  : k - pc->nkeys < pc->nfallback ? pc->fallback_keys[k - pc->nkeys]
                                                                  : "mock";
             key->secret = core_strdup(secret);

@@ -76,10 +76,10 @@ struct llm_req {
 
     /* the running attempt */
     llm_stream_t *stream;
-    bool opened;        /* llm.start published */
+    bool opened; /* llm.start published */
     bool paused;
-    core_str_t text;    /* the answer so far */
-    size_t flushed;     /* bytes of text already published as deltas */
+    core_str_t text; /* the answer so far */
+    size_t flushed;  /* bytes of text already published as deltas */
     uint32_t delta_index;
     uint32_t in_tokens, out_tokens;
     bool cancelled;
@@ -99,14 +99,14 @@ struct llm {
     llm_prov_t *provs;
     size_t nprovs;
     llm_queue_t queue;
-    core_map_t *by_id;  /* request id -> llm_req_t */
-    core_list_t reqs;   /* every live request */
-    uint32_t running;   /* leases held by this node */
+    core_map_t *by_id; /* request id -> llm_req_t */
+    core_list_t reqs;  /* every live request */
+    uint32_t running;  /* leases held by this node */
     uint32_t cluster_nodes;
-    bool acquiring;     /* the queue head asked for a lease and waits for the answer */
+    bool acquiring; /* the queue head asked for a lease and waits for the answer */
     bool closing;
-    uv_timer_t pump;    /* retries a refused lease after a jittered pause */
-    uv_timer_t sweep;   /* queue expiry, positions, lease renewal, shared breakers */
+    uv_timer_t pump;  /* retries a refused lease after a jittered pause */
+    uv_timer_t sweep; /* queue expiry, positions, lease renewal, shared breakers */
     uint64_t sweep_ticks;
     uint32_t closing_handles;
     uint32_t live_reqs; /* allocated requests, freed or not yet */

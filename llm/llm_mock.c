@@ -3,6 +3,7 @@
  * and no network. Several tokens leave per tick at high rates, so thousands of mock streams cost
  * little more than thousands of timers ticking at 50 Hz. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "llm/llm_stream.h"
@@ -27,7 +28,8 @@ struct llm_stream {
     bool paused, done;
 };
 
-llm_mock_t *llm_mock_new(uv_loop_t *loop, uint32_t ttft_ms, uint32_t tokens, uint32_t tokens_per_s) {
+llm_mock_t *llm_mock_new(uv_loop_t *loop, uint32_t ttft_ms, uint32_t tokens,
+                         uint32_t tokens_per_s) {
     llm_mock_t *m = core_calloc(1, sizeof *m);
     m->loop = loop;
     m->ttft_ms = ttft_ms;

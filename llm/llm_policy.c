@@ -297,7 +297,8 @@ void llm_key_fingerprint(const char *secret, char fp[16]) {
 }
 
 static bool key_usable(const llm_key_t *k, const llm_breaker_cfg_t *cfg, uint64_t now_ms) {
-    return !k->disabled && now_ms >= k->cooldown_until_ms && llm_breaker_can_pass(&k->br, cfg, now_ms);
+    return !k->disabled && now_ms >= k->cooldown_until_ms &&
+           llm_breaker_can_pass(&k->br, cfg, now_ms);
 }
 
 /* a is preferred over b; both usable and in the same tier. */

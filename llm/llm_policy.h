@@ -120,10 +120,10 @@ const char *llm_breaker_state_name(llm_br_state_t s);
 /* ---- key pool ------------------------------------------------------------------------------ */
 
 typedef struct {
-    char *secret;     /* sent upstream only; never logged or shown */
-    char fp[16];      /* short fingerprint shown in logs, metrics and /api answers */
-    bool fallback;    /* used only when no primary key can take the request */
-    bool disabled;    /* 401/402/403 or an exhausted quota: until an operator re-enables it */
+    char *secret;  /* sent upstream only; never logged or shown */
+    char fp[16];   /* short fingerprint shown in logs, metrics and /api answers */
+    bool fallback; /* used only when no primary key can take the request */
+    bool disabled; /* 401/402/403 or an exhausted quota: until an operator re-enables it */
     char disabled_reason[32];
     uint64_t cooldown_until_ms; /* after a 429 */
     uint32_t inflight;          /* streams running on this key on this node */

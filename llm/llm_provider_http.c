@@ -7,6 +7,7 @@
  * before its first token keeps the HTTP layer's idle clock happy, but must still be cut at the
  * plan's limit. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "llm/llm_http.h"
@@ -141,8 +142,7 @@ static void on_headers(void *ud, int status, const llm_http_header_t *h, size_t 
     for (size_t i = 0; i < n; i++)
         llm_headers_add(&s->hdr, h[i].name, h[i].name_len, h[i].value, h[i].value_len, wall);
     if (status >= 200 && status < 300) {
-        llm_budget_t b = {s->hdr.rl[LLM_RL_REQUESTS].remaining,
-                          s->hdr.rl[LLM_RL_TOKENS].remaining};
+        llm_budget_t b = {s->hdr.rl[LLM_RL_REQUESTS].remaining, s->hdr.rl[LLM_RL_TOKENS].remaining};
         s->cb.on_open(s->ud, &b);
     }
 }
@@ -164,8 +164,8 @@ static int on_data(void *ud, const char *buf, size_t len) {
         if (s->have_error) {
             o = s->error;
         } else {
-            o = (llm_outcome_t){.end = LLM_END_PROTOCOL, .http_status = s->status,
-                                .retryable = true};
+            o = (llm_outcome_t){
+                .end = LLM_END_PROTOCOL, .http_status = s->status, .retryable = true};
             snprintf(o.reason, sizeof o.reason, "stream event too large or malformed");
         }
         finish(s, &o);
@@ -181,8 +181,9 @@ static void on_done(void *ud, int status, const llm_http_stats_t *st) {
         /* The end marker arrived; whatever the connection did afterwards does not matter. */
         o.end = LLM_END_OK;
     } else if (status != 0) {
-        bool timeout = status == LLM_HTTP_ECONNECT_TIMEOUT || status == LLM_HTTP_EFIRST_BYTE_TIMEOUT ||
-                       status == LLM_HTTP_EIDLE_TIMEOUT || status == LLM_HTTP_ETOTAL_TIMEOUT;
+        bool timeout = status == LLM_HTTP_ECONNECT_TIMEOUT ||
+                       status == LLM_HTTP_EFIRST_BYTE_TIMEOUT || status == LLM_HTTP_EIDLE_TIMEOUT ||
+                       status == LLM_HTTP_ETOTAL_TIMEOUT;
         o.end = timeout ? LLM_END_TIMEOUT : LLM_END_NETWORK;
         o.retryable = true;
         snprintf(o.reason, sizeof o.reason, "%s", llm_http_strerror(status));

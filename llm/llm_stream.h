@@ -42,10 +42,10 @@ typedef enum {
 
 typedef struct {
     llm_end_t end;
-    int http_status;       /* 0 when none arrived */
-    bool retryable;        /* provider said it may be retried (x-should-retry honoured) */
+    int http_status;         /* 0 when none arrived */
+    bool retryable;          /* provider said it may be retried (x-should-retry honoured) */
     uint64_t retry_after_ms; /* the provider's wait, 0 = none given */
-    char reason[96];       /* short, for logs and llm.error (never a key) */
+    char reason[96];         /* short, for logs and llm.error (never a key) */
 } llm_outcome_t;
 
 /* Budget hints from rate-limit headers; -1 = not sent. */

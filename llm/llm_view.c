@@ -88,8 +88,8 @@ static void queue_entry(llm_qentry_t *e, uint32_t pos, void *ud) {
 
 void llm_render_state(const llm_t *l, core_str_t *out) {
     uint64_t now = uv_now(l->loop);
-    core_str_appendf(out, "{\"concurrency\":%u,\"running\":%u,\"queue\":{\"depth\":{", l->cfg.concurrency,
-                     l->running);
+    core_str_appendf(out, "{\"concurrency\":%u,\"running\":%u,\"queue\":{\"depth\":{",
+                     l->cfg.concurrency, l->running);
     for (int p = 0; p < LLM_PLANS; p++)
         core_str_appendf(out, "%s\"%s\":%u", p ? "," : "", plan_names[p], l->queue.n[p]);
     core_str_appends(out, "},\"entries\":[");
@@ -114,7 +114,9 @@ void llm_render_state(const llm_t *l, core_str_t *out) {
                              "%s{\"fingerprint\":\"%s\",\"fallback\":%s,\"state\":\"%s\","
                              "\"disabled_reason\":",
                              k ? "," : "", kv.fp, kv.fallback ? "true" : "false",
-                             kv.disabled ? "disabled" : kv.cooldown_ms ? "cooling" : "ready");
+                             kv.disabled      ? "disabled"
+                             : kv.cooldown_ms ? "cooling"
+                                              : "ready");
             if (kv.disabled)
                 core_str_append_json_string(out, kv.disabled_reason, strlen(kv.disabled_reason));
             else
