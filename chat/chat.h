@@ -150,6 +150,9 @@ typedef struct {
     void (*call)(void *ud, chat_rpc_call_t *call);
     /* A connected client went away (optional): a handler drops what it does for it. */
     void (*client_gone)(void *ud, const char *client_id, const char *user);
+    /* Each call first takes a token of the user's publish limit (the same bucket as chat
+     * messages, shared across the cluster); a refusal is answered 429 without calling. */
+    bool publish_limited;
 } chat_rpc_handler_t;
 
 /* Routes `rpc` commands of h->method to h (with ud). Returns 0, CORE_EEXIST for a method

@@ -423,6 +423,13 @@ void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_st
 
 typedef enum { LIMIT_PUB, LIMIT_TYPING } chat_limit_kind_t;
 
+/* Takes one token of the user's limit of `kind` (this node's bucket first, then the cluster's
+ * when the broker shares limits) and runs done(ud, true) once it passed. A refusal answers
+ * command cmd_id with 429 and its wait, and runs done(ud, false); so does a client gone
+ * meanwhile (without an answer). done may run before this returns. */
+void chat__limit_take(chat_client_t *c, uint32_t cmd_id, chat_limit_kind_t kind,
+                      void (*done)(void *ud, bool allowed), void *ud);
+
 /* Publishes data (JSON text) into channel once the user's limit of `kind` allows it (locally,
  * and across the cluster when the broker shares limits), then answers command cmd_id of
  * `method` (publish: {}, rpc: {"data":{}}) or refuses it with 429. */

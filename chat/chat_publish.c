@@ -198,6 +198,64 @@ void chat__gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method
     publish_allowed(c, cmd_id, method, channel, ns, data, len, dedupe);
 }
 
+/* A take of the user's limit for something other than a publish (an RPC such as llm.ask). */
+typedef struct {
+    chat_op_t base;
+    void (*done)(void *ud, bool allowed);
+    void *ud;
+} takeop_t;
+
+static void take_done(int status, int64_t wait, void *ud) {
+    takeop_t *op = ud;
+    chat_node_t *n = op->base.node;
+    chat_client_t *c = chat__op_client(&op->base);
+    if (c && c->limits_waiting > 0)
+        c->limits_waiting--;
+    bool allowed = false;
+    if (c) {
+        if (status != 0) {
+            n->st.rate_limit_fallbacks++; /* the local token decided */
+            wait = 0;
+        }
+        if (wait > 0)
+            rate_limited(c, op->base.cmd_id, wait);
+        else
+            allowed = true;
+    }
+    op->done(op->ud, allowed);
+    free(op);
+}
+
+void chat__limit_take(chat_client_t *c, uint32_t cmd_id, chat_limit_kind_t kind,
+                      void (*done)(void *ud, bool allowed), void *ud) {
+    chat_node_t *n = c->node;
+    const chat_rate_t *rate = limit_rate(c, kind);
+    int64_t wait = limit_take_local(c, kind);
+    if (wait > 0 || (rate->rate > 0 && clu_has_shared_limits(n->broker) &&
+                     c->limits_waiting >= LIMITS_WAITING_MAX)) {
+        rate_limited(c, cmd_id, wait > 0 ? wait : 1);
+        done(ud, false);
+        return;
+    }
+    if (rate->rate <= 0 || !clu_has_shared_limits(n->broker)) {
+        done(ud, true);
+        return;
+    }
+    c->limits_waiting++;
+    takeop_t *op = core_calloc(1, sizeof *op);
+    chat__op_init(&op->base, c, cmd_id);
+    op->done = done;
+    op->ud = ud;
+    core_str_t key = {0};
+    core_str_appends(&key, kind == LIMIT_PUB ? "pub:" : "typing:");
+    core_str_appends(&key, c->user->name);
+    int rc = clu_rate_take(n->broker, key.ptr, core_gcra_interval_us(rate),
+                           rate->burst ? rate->burst : 1, take_done, op);
+    core_str_free(&key);
+    if (rc != 0)
+        take_done(rc, 0, op);
+}
+
 void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     const char *channel = cmd->publish.channel;

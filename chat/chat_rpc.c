@@ -13,6 +13,7 @@ struct chat_rpc_call {
     auth_plan_t plan;
     char *data; /* NULL when absent */
     size_t data_len;
+    chat_rpc_entry_t *entry;
 };
 
 int chat_node_set_rpc(chat_node_t *n, const chat_rpc_handler_t *h, void *ud) {
@@ -51,6 +52,14 @@ static void call_free(chat_rpc_call_t *call) {
     free(call);
 }
 
+static void rpc_limit_done(void *ud, bool allowed) {
+    chat_rpc_call_t *call = ud;
+    if (allowed)
+        call->entry->h.call(call->entry->ud, call);
+    else
+        call_free(call); /* answered 429 already, or the client is gone */
+}
+
 void chat__handle_rpc(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     const char *method = cmd->rpc.method;
@@ -75,7 +84,11 @@ void chat__handle_rpc(chat_client_t *c, const chat_req_t *cmd) {
         call->data_len = cmd->rpc.data_len;
     }
     n->rpc_calls++;
-    e->h.call(e->ud, call);
+    call->entry = e;
+    if (e->h.publish_limited)
+        chat__limit_take(c, cmd->id, LIMIT_PUB, rpc_limit_done, call);
+    else
+        e->h.call(e->ud, call);
 }
 
 uint32_t chat_rpc_id(const chat_rpc_call_t *call) {
@@ -178,7 +191,7 @@ static void typing_call(void *ud, chat_rpc_call_t *call) {
 }
 
 void chat__rpc_init(chat_node_t *n) {
-    static const chat_rpc_handler_t typing = {"typing", typing_call, NULL};
+    static const chat_rpc_handler_t typing = {"typing", typing_call, NULL, false};
     int rc = chat_node_set_rpc(n, &typing, NULL);
     CORE_ASSERT(rc == 0);
 }

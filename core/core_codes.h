@@ -25,6 +25,7 @@
     XX(112, UNRECOVERABLE_POSITION, "unrecoverable position", false)                               \
     XX(429, RATE_LIMITED, "too many requests", true)                                               \
     XX(402, QUOTA_EXCEEDED, "quota exceeded", false)                                               \
+    XX(499, CANCELLED, "cancelled", false)                                                         \
     XX(502, UPSTREAM_UNAVAILABLE, "upstream unavailable", true)                                    \
     XX(503, QUEUE_FULL, "queue full", true)                                                        \
     XX(504, QUEUE_TIMEOUT, "queue timeout", true)

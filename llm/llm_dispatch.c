@@ -8,7 +8,6 @@
  * Every broker call answers from the loop, never before it returns, so a request is referenced
  * by the calls it has in flight (pending_ops) and freed only when none is left. */
 #include <inttypes.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +15,7 @@
 
 #include <jansson.h>
 
+#include "core/core_codes.h"
 #include "llm/llm_http.h"
 #include "llm/llm_int.h"
 
@@ -497,7 +497,7 @@ static void stream_end(void *ud, const llm_outcome_t *o, const llm_budget_t *b) 
         char msg[160];
         snprintf(msg, sizeof msg, "provider failed: %s", o->reason[0] ? o->reason : "error");
         l->st.failed++;
-        fail(r, 502, msg);
+        fail(r, CORE_REPLY_UPSTREAM_UNAVAILABLE, msg);
         return;
     }
     /* The next attempt: at once when another key can take it, else after the provider's wait
@@ -509,7 +509,8 @@ static void stream_end(void *ud, const llm_outcome_t *o, const llm_budget_t *b) 
         if (o->retry_after_ms > 0 && o->retry_after_ms <= RETRY_AFTER_HONOUR_MS)
             wait = o->retry_after_ms;
         else {
-            double backoff = BACKOFF_BASE_MS * pow(2.0, (double)(r->attempts - 1));
+            uint32_t doublings = r->attempts > 5 ? 4 : r->attempts - 1;
+            double backoff = (double)(BACKOFF_BASE_MS << doublings);
             if (backoff > BACKOFF_MAX_MS)
                 backoff = BACKOFF_MAX_MS;
             wait = (uint64_t)(backoff * (1.0 - 0.25 * rnd01()));
@@ -581,7 +582,7 @@ static bool choose_key(llm_req_t *r) {
     uint64_t wait = unavailable_for(l, r->prov, now);
     snprintf(msg, sizeof msg, "provider unavailable: retry_after_ms=%" PRIu64, wait ? wait : 1000);
     l->st.failed++;
-    fail(r, 502, msg);
+    fail(r, CORE_REPLY_UPSTREAM_UNAVAILABLE, msg);
     return false;
 }
 
@@ -615,7 +616,7 @@ static void attempt(llm_req_t *r) {
         llm_breaker_release(&k->br);
         llm_breaker_release(&p->br);
         l->st.failed++;
-        fail(r, 502, "provider refused the request");
+        fail(r, CORE_REPLY_UPSTREAM_UNAVAILABLE, "provider refused the request");
     }
 }
 
@@ -803,7 +804,7 @@ static void enqueue(llm_req_t *r) {
         uint64_t wait = (uint64_t)((double)(l->queue.total + 1) * per) + 1;
         char msg[96];
         snprintf(msg, sizeof msg, "assistant queue full: retry_after_ms=%" PRIu64, wait);
-        reject(r, LLM_REJ_QUEUE_FULL, 503, msg);
+        reject(r, LLM_REJ_QUEUE_FULL, CORE_REPLY_QUEUE_FULL, msg);
         return;
     }
     r->state = REQ_QUEUED;
@@ -825,7 +826,7 @@ static void tokens_reserved(int status, bool allowed, int64_t value, void *ud) {
         char msg[128];
         snprintf(msg, sizeof msg, "daily token budget used up: retry_after_ms=%" PRId64 " plan=%s",
                  (r->quota_reset_s - core_wall_s()) * 1000, plan_names[r->plan]);
-        reject(r, LLM_REJ_BUDGET, 402, msg);
+        reject(r, LLM_REJ_BUDGET, CORE_REPLY_QUOTA_EXCEEDED, msg);
         return;
     }
     if (status != 0)
@@ -866,7 +867,7 @@ static void message_reserved(int status, bool allowed, int64_t value, void *ud) 
         snprintf(msg, sizeof msg,
                  "daily assistant quota used up: retry_after_ms=%" PRId64 " plan=%s",
                  (r->quota_reset_s - core_wall_s()) * 1000, plan_names[r->plan]);
-        reject(r, LLM_REJ_QUOTA, 402, msg);
+        reject(r, LLM_REJ_QUOTA, CORE_REPLY_QUOTA_EXCEEDED, msg);
         return;
     }
     r->reserved_message = status == 0;
@@ -930,7 +931,8 @@ void llm_ask(llm_t *l, const llm_ask_t *a, llm_ask_cb cb, void *ud) {
         if (r->prov < 0)
             r->prov = 0;
         snprintf(r->last.reason, sizeof r->last.reason, "%s", bad);
-        reject_later(r, LLM_REJ_BAD_REQUEST, l->closing ? 503 : 107);
+        reject_later(r, LLM_REJ_BAD_REQUEST,
+                     l->closing ? CORE_REPLY_QUEUE_FULL : CORE_REPLY_BAD_REQUEST);
         return;
     }
     /* Nothing can serve it now: refused at once with the time a key comes back. */
@@ -945,7 +947,7 @@ void llm_ask(llm_t *l, const llm_ask_t *a, llm_ask_cb cb, void *ud) {
         snprintf(r->last.reason, sizeof r->last.reason,
                  "provider unavailable: retry_after_ms=%" PRIu64,
                  unavailable_for(l, r->prov, now) + 1);
-        reject_later(r, LLM_REJ_UNAVAILABLE, 502);
+        reject_later(r, LLM_REJ_UNAVAILABLE, CORE_REPLY_UPSTREAM_UNAVAILABLE);
         return;
     }
     r->state = REQ_ADMITTING;
@@ -975,9 +977,9 @@ static void cancel_req(llm_req_t *r) {
     case REQ_ADMITTING:
     case REQ_QUEUED:
     case REQ_ACQUIRING:
-        answer_ask(r, 499, "cancelled");
+        answer_ask(r, CORE_REPLY_CANCELLED, "cancelled");
         if (r->state != REQ_ADMITTING)
-            publish_error(r, 499, "cancelled");
+            publish_error(r, CORE_REPLY_CANCELLED, "cancelled");
         quota_refund(r, true);
         req_end(r);
         return;
@@ -1004,7 +1006,7 @@ static void cancel_req(llm_req_t *r) {
         publish_final(r, "cancelled");
         quota_settle(r);
     } else {
-        publish_error(r, 499, "cancelled");
+        publish_error(r, CORE_REPLY_CANCELLED, "cancelled");
         quota_refund(r, false);
     }
     req_end(r);
@@ -1074,7 +1076,7 @@ static void sweep(uv_timer_t *t) {
                  (uint64_t)((double)l->queue.total * per) + 1000);
         /* A head still asking for a lease gets its answer as a dead request, which gives a
          * granted slot straight back (acquired). */
-        fail(r, 504, msg);
+        fail(r, CORE_REPLY_QUEUE_TIMEOUT, msg);
     }
     if (l->sweep_ticks % POSITION_EVERY_TICKS == 0)
         llm_queue_walk(&l->queue, now, position_fn, NULL);

@@ -13,6 +13,7 @@
 #include "chat/chat.h"
 #include "cluster/cluster.h"
 #include "core/core.h"
+#include "llm/llm.h"
 
 /* ---- configuration ----------------------------------------------------------------------- */
 
@@ -52,7 +53,19 @@ typedef struct {
     uint32_t presence_ttl;
     uint32_t node_ttl;
     char *advertise;
-    char *namespaces; /* JSON text or NULL for the defaults */
+    char *namespaces;    /* JSON text or NULL for the defaults */
+    char *llm_providers; /* JSON text or NULL for the built-in mock */
+    uint32_t llm_concurrency;
+    char *llm_quotas;
+    char *llm_queue;
+    uint32_t llm_aging_ms;
+    uint32_t llm_ttft_timeout_ms;
+    uint32_t llm_idle_timeout_ms;
+    uint32_t llm_total_timeout_ms;
+    uint32_t llm_lease_ttl_ms;
+    uint32_t llm_coalesce_ms;
+    uint32_t llm_context_messages;
+    char *llm_system_prompt;
     char *redis_url;
     char *database_url;
     char *database_read_url;
@@ -185,5 +198,14 @@ int srv_disconnect_code(int slot);
 void srv_metrics_transport(void *stats, adm_metrics_writer_t *w);
 void srv_metrics_chat(void *node, adm_metrics_writer_t *w);
 void srv_metrics_broker(void *broker, adm_metrics_writer_t *w);
+/* The LLM dispatcher's families (requests by provider, key and outcome, queue, breakers, keys,
+ * tokens, time to first token); ud is the llm_t. */
+void srv_metrics_llm(void *llm, adm_metrics_writer_t *w);
+
+/* The dispatcher's settings from cfg (CHAT_LLM_*). Strings are borrowed from cfg; free with
+ * llm_config_free. Returns 0, or CORE_EINVAL with a one-line reason in err. */
+int srv_config_llm(const srv_config_t *cfg, llm_config_t *lc, char *err, size_t errlen);
+/* Routes the llm.ask and llm.cancel RPCs of node to l. */
+void srv_llm_wire(chat_node_t *node, llm_t *l);
 
 #endif

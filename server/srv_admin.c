@@ -96,6 +96,14 @@ static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri)
             adm_registry_render_info(S->registry, &body);
             return srv__http_respond(wsi, c, 200, "application/json", body.ptr, body.len);
         }
+        if (strcmp(uri, "/api/llm") == 0 && S->llm) {
+            /* The dispatcher's queue, providers, keys (fingerprints only), breakers and leases. */
+            core_str_t body = {0};
+            core_str_appends(&body, "{\"result\":");
+            llm_render_state(S->llm, &body);
+            core_str_appends(&body, "}");
+            return srv__http_respond(wsi, c, 200, "application/json", body.ptr, body.len);
+        }
         return api_error(wsi, c, 404, 404, "unknown API method");
     }
     return srv__http_respond_text(wsi, c, 404, "not found\n");

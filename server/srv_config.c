@@ -101,6 +101,35 @@ static const setting_t settings[] = {
      "MiB of history the in-memory broker keeps over all channels (0 = no cap)"},
     {"CHAT_NAMESPACES", "namespaces", T_JSON, OFF(namespaces), NULL,
      "JSON object of namespaces (default: chat, typing, personal)"},
+    {"CHAT_LLM_PROVIDERS", "llm_providers", T_JSON, OFF(llm_providers), NULL,
+     "JSON array of LLM providers: name, type (anthropic, openai, mock), base_url, model, keys, "
+     "fallback_keys, max_concurrency, fallback, max_tokens (default: the built-in mock)"},
+    {"CHAT_LLM_CONCURRENCY", "llm_concurrency", T_U32, OFF(llm_concurrency), "64",
+     "assistant streams at once across the cluster"},
+    {"CHAT_LLM_QUOTAS", "llm_quotas", T_STR, OFF(llm_quotas),
+     "free=50/100000,plus=200/400000,pro=1000/2000000,executive=0/0",
+     "assistant allowance per user and UTC day by plan: plan=messages/tokens (0 = unlimited)"},
+    {"CHAT_LLM_QUEUE", "llm_queue", T_STR, OFF(llm_queue),
+     "free=100/10000,plus=200/20000,pro=400/30000,executive=800/45000",
+     "assistant queue per plan on this node: plan=depth/max_wait_ms (full: 503, waited: 504)"},
+    {"CHAT_LLM_AGING_MS", "llm_aging_ms", T_U32, OFF(llm_aging_ms), "5000",
+     "a queued ask rises one plan per this many ms waited, so free is never starved (0 = off)"},
+    {"CHAT_LLM_TTFT_TIMEOUT_MS", "llm_ttft_timeout_ms", T_U32, OFF(llm_ttft_timeout_ms), "20000",
+     "time to the first token of an attempt"},
+    {"CHAT_LLM_IDLE_TIMEOUT_MS", "llm_idle_timeout_ms", T_U32, OFF(llm_idle_timeout_ms), "30000",
+     "longest silence of a provider stream"},
+    {"CHAT_LLM_TOTAL_TIMEOUT_MS", "llm_total_timeout_ms", T_U32, OFF(llm_total_timeout_ms),
+     "300000", "longest provider stream"},
+    {"CHAT_LLM_LEASE_TTL_MS", "llm_lease_ttl_ms", T_U32, OFF(llm_lease_ttl_ms), "30000",
+     "a stream's concurrency lease lives this long unless renewed (a killed node's slots come "
+     "back within it)"},
+    {"CHAT_LLM_COALESCE_MS", "llm_coalesce_ms", T_U32, OFF(llm_coalesce_ms), "16",
+     "an answer's deltas are published at most this often"},
+    {"CHAT_LLM_CONTEXT_MESSAGES", "llm_context_messages", T_U32, OFF(llm_context_messages), "20",
+     "recent room messages sent to the model as context (within 2,000 tokens)"},
+    {"CHAT_LLM_SYSTEM_PROMPT", "llm_system_prompt", T_STR, OFF(llm_system_prompt),
+     "You are a helpful assistant in a group chat. Answer briefly.",
+     "system prompt of the assistant"},
     {"REDIS_URL", "redis_url", T_STR, OFF(redis_url), NULL,
      "redis://A.B.C.D:port[/db]: cluster mode (channels shared through Redis)"},
     {"DATABASE_URL", "database_url", T_STR, OFF(database_url), NULL,
@@ -457,5 +486,39 @@ fail:
     chat_namespaces_free(*ns, *nns);
     *ns = NULL;
     *nns = 0;
+    return CORE_EINVAL;
+}
+
+int srv_config_llm(const srv_config_t *cfg, llm_config_t *lc, char *err, size_t errlen) {
+    llm_config_default(lc);
+    char why[400];
+    if (cfg->llm_providers && llm_providers_parse(lc, cfg->llm_providers, why, sizeof why) != 0) {
+        snprintf(err, errlen, "CHAT_LLM_PROVIDERS: %s", why);
+        goto fail;
+    }
+    if (llm_quotas_parse(lc, cfg->llm_quotas, err, errlen) != 0 ||
+        llm_queue_parse(lc, cfg->llm_queue, err, errlen) != 0)
+        goto fail;
+    if (cfg->llm_concurrency == 0 || cfg->llm_lease_ttl_ms < 3000 ||
+        cfg->llm_ttft_timeout_ms == 0) {
+        snprintf(err, errlen,
+                 "CHAT_LLM_CONCURRENCY and CHAT_LLM_TTFT_TIMEOUT_MS must be > 0, "
+                 "CHAT_LLM_LEASE_TTL_MS at least 3000");
+        goto fail;
+    }
+    lc->concurrency = cfg->llm_concurrency;
+    lc->queue.aging_ms = cfg->llm_aging_ms;
+    for (int p = 0; p < LLM_PLANS; p++)
+        lc->ttft_timeout_ms[p] = cfg->llm_ttft_timeout_ms;
+    lc->idle_timeout_ms = cfg->llm_idle_timeout_ms;
+    lc->total_timeout_ms = cfg->llm_total_timeout_ms;
+    lc->lease_ttl_ms = cfg->llm_lease_ttl_ms;
+    lc->coalesce_ms = cfg->llm_coalesce_ms;
+    lc->context_messages = cfg->llm_context_messages;
+    lc->system_prompt = cfg->llm_system_prompt;
+    lc->node_id = cfg->node_id;
+    return 0;
+fail:
+    llm_config_free(lc);
     return CORE_EINVAL;
 }

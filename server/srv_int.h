@@ -63,6 +63,8 @@ struct srv {
     uint32_t ws_open;         /* WebSocket sessions open now */
     chat_node_t *node;
     clu_broker_t *broker;
+    llm_t *llm;
+    llm_config_t llm_cfg;
     auth_keyring_t *keys;
     chat_ns_t *ns;
     size_t nns;

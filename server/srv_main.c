@@ -39,10 +39,20 @@ static void broker_closed(void *ud) {
     chat_node_close(S->node, node_closed, S);
 }
 
-/* The node has left the registry (or Redis could not be told): the broker may go. */
+/* The dispatcher stored what its cancelled streams had said and its leases are given back: the
+ * broker may go. */
+static void llm_closed(void *ud) {
+    srv_t *S = ud;
+    S->llm = NULL;
+    clu_close(S->broker, broker_closed, S);
+}
+
+/* The node has left the registry (or Redis could not be told). The clients are gone, so their
+ * requests were cancelled; the dispatcher closes next, while the broker still carries its last
+ * publications. */
 static void registry_closed(void *ud) {
     srv_t *S = ud;
-    clu_close(S->broker, broker_closed, S);
+    llm_close(S->llm, llm_closed, S);
 }
 
 static void drain_finish(srv_t *S) {
@@ -232,6 +242,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "chatd: %s\n", err);
         return 2;
     }
+    if (srv_config_llm(&S->cfg, &S->llm_cfg, err, sizeof err) != 0) {
+        fprintf(stderr, "chatd: %s\n", err);
+        return 2;
+    }
 
     uv_loop_init(&S->loop);
     void *loops[1] = {&S->loop};
@@ -292,6 +306,9 @@ int main(int argc, char **argv) {
         clu_memory_set_max_bytes(S->broker, (size_t)S->cfg.history_memory_mb << 20);
     }
     chat_node_set_broker(S->node, S->broker);
+    S->llm_cfg.node_id = S->cfg.node_id;
+    S->llm = llm_new(&S->loop, S->broker, &S->llm_cfg);
+    srv_llm_wire(S->node, S->llm);
     S->started_ms = core_now_ms();
     S->registry =
         adm_registry_new(&S->loop, S->broker, S->cfg.node_id,
@@ -301,6 +318,7 @@ int main(int argc, char **argv) {
     adm_metrics_add(S->metrics, srv_metrics_chat, S->node);
     adm_metrics_add(S->metrics, srv_metrics_transport, &S->st);
     adm_metrics_add(S->metrics, srv_metrics_broker, S->broker);
+    adm_metrics_add(S->metrics, srv_metrics_llm, S->llm);
 
     uv_signal_init(&S->loop, &S->sigterm);
     uv_signal_init(&S->loop, &S->sigint);
@@ -329,6 +347,7 @@ int main(int argc, char **argv) {
     adm_metrics_free(S->metrics);
     auth_keyring_free(S->keys);
     chat_namespaces_free(S->ns, S->nns);
+    llm_config_free(&S->llm_cfg);
     srv_config_free(&S->cfg);
     CORE_LOGI(MOD, "stopped", NULL);
     return 0;

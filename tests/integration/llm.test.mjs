@@ -1,0 +1,150 @@
+// The assistant (llm.ask): answers stream into the room for every member, with the built-in mock
+// provider of a zero-config node and with both provider wire formats through llm-mock; the
+// stored answer is recovered after a reconnect; cancel and disconnect stop the upstream stream.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { startChatd, connectClient, subscribe, Collector, waitUntil } from './helpers.mjs';
+import { startMock, providerEnv, ask, watchAnswer, llmState, waitLlmState, API_KEY } from './llm-util.mjs';
+
+const BASE = { CHAT_API_KEY: API_KEY, CHAT_RATE_LIMITS: 'free=100/100,plus=100/100,pro=100/100,executive=100/100' };
+
+/** Two members of a room; alice asks; both watch the same answer. */
+async function askInRoom(t, srv, room, prompt, extra) {
+  const alice = await connectClient(t, srv, { user: 'alice' });
+  const bob = await connectClient(t, srv, { user: 'bob' });
+  const { sub: sa } = await subscribe(alice, room);
+  const { sub: sb } = await subscribe(bob, room);
+  let id = null;
+  const wa = watchAnswer(sa, () => id);
+  const wb = watchAnswer(sb, () => id);
+  const res = await ask(alice, room, prompt, extra);
+  id = res.request_id;
+  await Promise.all([wa.done, wb.done]);
+  return { res, wa, wb, alice, bob };
+}
+
+function checkAnswer(w, { model }) {
+  assert.ok(w.start, 'llm.start published');
+  assert.equal(w.start.data.model, model);
+  assert.equal(w.start.offset, undefined, 'llm.start is not stored');
+  assert.ok(w.deltas.length > 0, 'deltas arrived');
+  w.deltas.forEach((d, i) => {
+    assert.equal(d.data.index, i, 'deltas in order, none missing');
+    assert.equal(d.offset, undefined, 'deltas are not stored');
+  });
+  assert.ok(w.final, `final message (error: ${JSON.stringify(w.error && w.error.data)})`);
+  const f = w.final.data;
+  assert.equal(f.role, 'assistant');
+  assert.equal(f.model, model);
+  assert.equal(f.text, w.deltas.map((d) => d.data.text).join(''), 'the stored text is the deltas joined');
+  assert.ok(typeof w.final.offset === 'number' && w.final.offset > 0, 'the answer is stored with an offset');
+  assert.ok(f.usage.output_tokens > 0 && f.usage.input_tokens > 0, JSON.stringify(f.usage));
+  assert.equal(w.final.info.user, 'assistant');
+  assert.ok(w.all.indexOf(w.start) < w.all.indexOf(w.deltas[0]), 'start before the first delta');
+}
+
+test('zero-config node: the built-in mock answers llm.ask; both members see it stream in and stored', async (t) => {
+  const srv = await startChatd(t, { env: BASE });
+  const { res, wa, wb } = await askInRoom(t, srv, 'chat:mock', 'hello there');
+  assert.match(res.request_id, /^rq_/);
+  assert.equal(res.queue_position, 1);
+  checkAnswer(wa, { model: 'mock-1' });
+  checkAnswer(wb, { model: 'mock-1' });
+  assert.equal(wa.final.data.text, wb.final.data.text);
+  assert.match(wa.final.data.text, /^Mock answer to "hello there":/);
+  assert.equal(wa.final.offset, wb.final.offset);
+});
+
+test('a member who reconnects recovers the stored answer', async (t) => {
+  const srv = await startChatd(t, { env: BASE });
+  const carol = await connectClient(t, srv, { user: 'carol' });
+  const { sub: sc } = await subscribe(carol, 'chat:recover', { recoverable: true, positioned: true });
+  // A message first, so the room has history (an empty room is forgotten with its last member).
+  const own = new Collector(sc, 'publication');
+  await sc.publish({ type: 'message', text: 'before I leave' });
+  await own.waitCount(1);
+  own.stop();
+  const pos = { offset: own.items[0].offset };
+  carol.disconnect();
+  const { wa } = await askInRoom(t, srv, 'chat:recover', 'what did I miss');
+  // carol comes back and recovers from where she left.
+  const pubs = new Collector(sc, 'publication');
+  const resubscribed = new Promise((resolve) => sc.once('subscribed', resolve));
+  carol.connect();
+  const rctx = await resubscribed;
+  assert.equal(rctx.recovered, true, JSON.stringify({ pos, rctx }));
+  await pubs.waitCount(1);
+  const got = pubs.items.find((p) => p.data.request_id === wa.final.data.request_id && p.data.type === 'message');
+  assert.ok(got, 'the stored answer was recovered');
+  assert.equal(got.data.text, wa.final.data.text);
+});
+
+for (const type of ['anthropic', 'openai']) {
+  test(`${type} wire format through llm-mock: start, ordered deltas, stored message with the provider's usage`, async (t) => {
+    const mock = await startMock(t);
+    await mock.control({ key: '*', scenario: 'ok', tokens: 12, tokens_per_s: 200 });
+    const srv = await startChatd(t, { env: { ...BASE, CHAT_LLM_PROVIDERS: JSON.stringify([providerEnv(mock, { type })]) } });
+    const { wa, wb } = await askInRoom(t, srv, 'chat:prov', 'tell me something');
+    const model = type === 'anthropic' ? 'claude-test' : 'gpt-test';
+    checkAnswer(wa, { model });
+    checkAnswer(wb, { model });
+    assert.equal(wa.final.data.usage.output_tokens, 12, 'usage from the stream');
+    assert.match(wa.final.data.text, /tell me something/);
+    const st = await mock.stats();
+    assert.equal(st.requests, 1);
+    assert.equal(st.streams_completed, 1);
+  });
+}
+
+test('llm.cancel stops the upstream stream, stores the partial answer as cancelled and frees the lease', async (t) => {
+  const mock = await startMock(t);
+  await mock.control({ key: '*', scenario: 'ok', tokens: 400, tokens_per_s: 20 });
+  const srv = await startChatd(t, { env: { ...BASE, CHAT_LLM_PROVIDERS: JSON.stringify([providerEnv(mock)]) } });
+  const alice = await connectClient(t, srv, { user: 'alice' });
+  const { sub } = await subscribe(alice, 'chat:cancel');
+  let id = null;
+  const w = watchAnswer(sub, () => id);
+  id = (await ask(alice, 'chat:cancel', 'a long answer please')).request_id;
+  await waitUntil(() => w.deltas.length >= 2, { what: 'two deltas' });
+  await alice.rpc('llm.cancel', { request_id: id });
+  await w.done;
+  assert.equal(w.final.data.cancelled, true);
+  assert.ok(w.final.data.text.length > 0);
+  await waitUntil(async () => (await mock.stats()).streams_client_closed === 1, { what: 'the mock saw the connection close' });
+  const st = await waitLlmState(srv, (s) => s.leases.length === 0 && s.running === 0, 'lease freed');
+  assert.equal(st.providers[0].inflight, 0);
+  // Only the owner may cancel.
+  const bob = await connectClient(t, srv, { user: 'bob' });
+  await assert.rejects(bob.rpc('llm.cancel', { request_id: id }), (e) => e.code === 108);
+});
+
+test('the requester disconnecting stops its stream upstream and frees the lease', async (t) => {
+  const mock = await startMock(t);
+  await mock.control({ key: '*', scenario: 'ok', tokens: 400, tokens_per_s: 20 });
+  const srv = await startChatd(t, { env: { ...BASE, CHAT_LLM_PROVIDERS: JSON.stringify([providerEnv(mock)]) } });
+  const alice = await connectClient(t, srv, { user: 'alice' });
+  const bob = await connectClient(t, srv, { user: 'bob' });
+  await subscribe(alice, 'chat:gone');
+  const { sub: sb } = await subscribe(bob, 'chat:gone');
+  let id = null;
+  const w = watchAnswer(sb, () => id);
+  id = (await ask(alice, 'chat:gone', 'answer slowly')).request_id;
+  await waitUntil(() => w.deltas.length >= 1, { what: 'a delta' });
+  alice.disconnect();
+  await w.done;
+  assert.equal(w.final.data.cancelled, true, 'bob sees the partial answer stored as cancelled');
+  await waitUntil(async () => (await mock.stats()).streams_client_closed === 1, { what: 'upstream closed' });
+  await waitLlmState(srv, (s) => s.leases.length === 0, 'lease freed');
+});
+
+test('asks are refused where the assistant is off, before subscribing, and with bad data', async (t) => {
+  const srv = await startChatd(t, { env: BASE });
+  const alice = await connectClient(t, srv, { user: 'alice' });
+  await assert.rejects(ask(alice, 'chat:notjoined', 'hi'), (e) => e.code === 103);
+  await subscribe(alice, 'chat:r');
+  await assert.rejects(alice.rpc('llm.ask', { channel: 'chat:r' }), (e) => e.code === 107);
+  await assert.rejects(ask(alice, 'chat:r', 'x'.repeat(9000)), (e) => e.code === 107 && /too long/.test(e.message));
+  await assert.rejects(ask(alice, 'chat:r', 'hi', { model: 'nope' }), (e) => e.code === 107 && /model/.test(e.message));
+  const state = await llmState(srv);
+  assert.equal(state.providers[0].name, 'mock');
+});
