@@ -1,5 +1,9 @@
 // chatd web demo: plain script, no build step. Uses the centrifuge-js bundle (global Centrifuge).
 // URL parameters: ?token=JWT (skip /demo/token), ?user=NAME and ?room=chat:NAME (pre-fill).
+// The assistant: the Ask button (or a message starting with "/ask ") calls the llm.ask RPC and
+// posts the question in the room; every member sees the answer stream in (llm.start, llm.delta)
+// until the stored assistant message replaces it. The asker sees its place in the queue from the
+// RPC result and the llm.queued notices on its personal channel.
 'use strict';
 
 (function () {
@@ -16,7 +20,10 @@
   const seenOffsets = new Set(); // history and live publications may overlap
   const online = new Map(); // client id -> user
   const typing = new Map(); // user -> timer
-  const llmStreams = new Map(); // request_id -> <li>
+  const llmStreams = new Map(); // request_id -> answer being streamed (see streamOf)
+  const myAsks = new Map(); // request_id -> { li, prompt } of this user's questions in flight
+  const ended = new Set(); // request ids whose stored message or error has been seen
+  const ASK_PREFIX = '/ask ';
   let lastTypingSent = 0;
 
   $('name').value = params.get('user') || '';
@@ -109,26 +116,213 @@
     const user = pub.info ? pub.info.user : '';
     const time = live ? new Date().toLocaleTimeString() : ''; // publications carry no timestamp
     if (d.type === 'message' && d.role === 'assistant') {
-      const streaming = llmStreams.get(d.request_id);
-      if (streaming) {
-        streaming.remove();
-        llmStreams.delete(d.request_id);
+      finishStream(d.request_id);
+      const li = addLine({ sender: `assistant${d.model ? ` (${d.model})` : ''}`, text: d.text, cls: 'assistant', offset: pub.offset });
+      li.dataset.requestId = d.request_id || '';
+      li.dataset.state = d.cancelled ? 'cancelled' : d.interrupted ? 'interrupted' : 'done';
+      if (d.cancelled || d.interrupted) {
+        addMark(li, d.cancelled ? 'cancelled' : 'interrupted');
       }
-      addLine({ sender: `assistant${d.model ? ` (${d.model})` : ''}`, text: d.text, cls: 'assistant', offset: pub.offset });
+      askDone(d.request_id);
     } else if (d.type === 'message') {
       addLine({ sender: user, text: d.text, mine: user === me, offset: pub.offset, time });
     } else if (d.type === 'llm.start') {
-      llmStreams.set(d.request_id, addLine({ sender: 'assistant', text: '…', cls: 'assistant' }));
+      const st = streamOf(d.request_id);
+      st.li.querySelector('.sender').textContent = `assistant${d.model ? ` (${d.model})` : ''}`;
+      askState(d.request_id, 'answering');
     } else if (d.type === 'llm.delta') {
-      const li = llmStreams.get(d.request_id);
-      if (li) {
-        const tx = li.querySelector('.text');
-        tx.textContent = (tx.textContent === '…' ? '' : tx.textContent) + d.text;
-      }
+      appendDelta(d);
     } else if (d.type === 'llm.error') {
-      llmStreams.delete(d.request_id);
-      systemLine(`assistant error: ${d.message || d.code}`);
+      const st = llmStreams.get(d.request_id);
+      const li = st ? st.li : addLine({ sender: 'assistant', text: '', cls: 'assistant' });
+      finishStream(d.request_id);
+      li.dataset.requestId = d.request_id || '';
+      li.dataset.state = d.code === 499 ? 'cancelled' : 'failed';
+      li.classList.add('failed');
+      const tx = li.querySelector('.text');
+      if (tx.textContent === '…') {
+        tx.textContent = '';
+      }
+      addMark(li, d.code === 499 ? 'cancelled' : `could not answer: ${describeError(d)}`);
+      askDone(d.request_id);
     }
+  }
+
+  // ---- the assistant's answers
+
+  // The answer of request id being streamed: a placeholder line that grows delta by delta.
+  // Deltas carry an index; they are applied in index order, whatever order they come in.
+  function streamOf(id) {
+    let st = llmStreams.get(id);
+    if (!st) {
+      const li = addLine({ sender: 'assistant', text: '…', cls: 'assistant' });
+      li.dataset.requestId = id;
+      li.dataset.state = 'streaming';
+      li.dataset.deltas = '0';
+      st = { li, next: 0, early: new Map() };
+      llmStreams.set(id, st);
+    }
+    return st;
+  }
+
+  function appendDelta(d) {
+    const fresh = !llmStreams.has(d.request_id);
+    const st = streamOf(d.request_id);
+    if (fresh) {
+      st.next = d.index; // joined mid-answer: the earlier text arrives with the stored message
+    }
+    if (d.index < st.next) {
+      return; // already applied
+    }
+    st.early.set(d.index, d.text);
+    const tx = st.li.querySelector('.text');
+    while (st.early.has(st.next)) {
+      tx.textContent = (tx.textContent === '…' ? '' : tx.textContent) + st.early.get(st.next);
+      st.early.delete(st.next);
+      st.next++;
+      st.li.dataset.deltas = String(Number(st.li.dataset.deltas) + 1);
+    }
+    const list = $('messages');
+    if (list.scrollTop + list.clientHeight >= list.scrollHeight - 60) {
+      list.scrollTop = list.scrollHeight;
+    }
+  }
+
+  // The stored message (or an error) ends a stream: its placeholder goes.
+  function finishStream(id) {
+    const st = llmStreams.get(id);
+    if (st) {
+      llmStreams.delete(id);
+      if (st.li.dataset.state === 'streaming') {
+        st.li.remove();
+      }
+    }
+  }
+
+  function addMark(li, text) {
+    const m = document.createElement('span');
+    m.className = 'mark';
+    m.dataset.testid = 'message-mark';
+    m.textContent = text;
+    li.append(m);
+  }
+
+  // "retry_after_ms=N" in an error message, as a human wait; the rest of the message as is.
+  function describeError(e) {
+    const msg = String(e.message || '');
+    const m = /retry_after_ms=(\d+)/.exec(msg);
+    const text = msg.replace(/:?\s*retry_after_ms=\d+/, '').replace(/\s*plan=\S+/, '').trim() || `error ${e.code}`;
+    return m ? `${text} (${e.code}), try again in ${humanWait(Number(m[1]))}` : `${text} (${e.code})`;
+  }
+
+  function humanWait(ms) {
+    const s = Math.max(1, Math.ceil(ms / 1000));
+    if (s < 60) {
+      return `${s} s`;
+    }
+    if (s < 3600) {
+      return `${Math.ceil(s / 60)} min`;
+    }
+    const h = Math.floor(s / 3600);
+    const min = Math.ceil((s % 3600) / 60);
+    return min ? `${h} h ${min} min` : `${h} h`;
+  }
+
+  // ---- this user's questions: queue position, answering, Stop
+
+  function askLine(id, prompt) {
+    const li = document.createElement('li');
+    li.dataset.testid = 'ask';
+    li.dataset.requestId = id;
+    const label = document.createElement('span');
+    label.className = 'ask-prompt';
+    label.textContent = `“${prompt.length > 60 ? `${prompt.slice(0, 60)}…` : prompt}”`;
+    const state = document.createElement('span');
+    state.className = 'ask-state';
+    state.dataset.testid = 'ask-state';
+    const stop = document.createElement('button');
+    stop.type = 'button';
+    stop.textContent = 'Stop';
+    stop.dataset.testid = 'ask-cancel';
+    stop.addEventListener('click', () => {
+      stop.disabled = true;
+      client.rpc('llm.cancel', { request_id: id }).catch((e) => {
+        stop.disabled = false;
+        showError(`cancel: ${e.message} (${e.code})`);
+      });
+    });
+    li.append(label, state, stop);
+    $('asks').append(li);
+    myAsks.set(id, { li, prompt });
+    return li;
+  }
+
+  function askState(id, state, position) {
+    const a = myAsks.get(id);
+    if (!a) {
+      return;
+    }
+    if (a.li.dataset.state === 'answering' && state === 'queued') {
+      return; // a late position notice
+    }
+    a.li.dataset.state = state;
+    const tx = a.li.querySelector('.ask-state');
+    if (state === 'queued') {
+      a.li.dataset.position = String(position);
+      tx.textContent = position > 1 ? `waiting: number ${position} in the queue` : 'next in the queue';
+    } else {
+      tx.textContent = 'answering…';
+    }
+  }
+
+  function askDone(id) {
+    ended.add(id);
+    const a = myAsks.get(id);
+    if (a) {
+      a.li.remove();
+      myAsks.delete(id);
+    }
+  }
+
+  // Server-side subscriptions (the personal channel) come as publications on the client.
+  function personalPublication(ctx) {
+    if (ctx.channel !== `personal:#${me}`) {
+      return;
+    }
+    const d = ctx.data || {};
+    if (d.type === 'llm.queued') {
+      askState(d.request_id, 'queued', d.queue_position);
+    }
+  }
+
+  async function ask(prompt) {
+    if (!client || !sub) {
+      return false;
+    }
+    showError('');
+    try {
+      const res = await client.rpc('llm.ask', { channel: room, prompt });
+      const { request_id: id, queue_position: position } = res.data;
+      if (!ended.has(id)) { // else the whole answer came before this reply
+        askLine(id, prompt);
+        if (llmStreams.has(id)) {
+          askState(id, 'answering'); // the stream began before this reply came
+        } else {
+          askState(id, 'queued', position);
+        }
+      }
+    } catch (e) {
+      showError(`assistant: ${describeError(e)}`);
+      return false;
+    }
+    // Admitted: the question goes into the room too, so that every member sees what the answer
+    // answers (after the ask, so a refused question leaves nothing behind).
+    try {
+      await sub.publish({ type: 'message', text: `${ASK_PREFIX}${prompt}`, client_msg_id: uuid() });
+    } catch (e) {
+      showError(`question not shown in the room: ${describeError(e)}`);
+    }
+    return true;
   }
 
   function renderPresence() {
@@ -250,6 +444,7 @@
         showError(`${ctx.type}: ${ctx.error.message} (${ctx.error.code})`);
       }
     });
+    client.on('publication', personalPublication);
     subscribeRoom();
     client.connect();
     $('join-form').hidden = true;
@@ -262,6 +457,13 @@
     event.preventDefault();
     const text = $('text').value.trim();
     if (!text || !sub) {
+      return;
+    }
+    if (text.startsWith(ASK_PREFIX) && text.length > ASK_PREFIX.length) {
+      $('text').value = '';
+      if (!(await ask(text.slice(ASK_PREFIX.length).trim()))) {
+        $('text').value = text; // keep it for another try
+      }
       return;
     }
     const data = { type: 'message', text, client_msg_id: uuid() };
@@ -287,6 +489,18 @@
 
   $('join-form').addEventListener('submit', join);
   $('composer').addEventListener('submit', send);
+  $('ask').addEventListener('click', async () => {
+    const prompt = $('text').value.trim().replace(/^\/ask\s+/, '');
+    if (!prompt) {
+      $('text').placeholder = 'Type a question for the assistant, then Ask';
+      $('text').focus();
+      return;
+    }
+    $('text').value = '';
+    if (!(await ask(prompt))) {
+      $('text').value = prompt;
+    }
+  });
   $('text').addEventListener('input', typed);
   setState('disconnected');
 })();
