@@ -1,14 +1,15 @@
 // The web demo through the local cluster (scripts/cluster: nginx in front of three nodes on one
 // Redis), in Debian's Chromium: two users chat through nginx, the node holding them is killed
 // with SIGKILL, and the pages carry on through another node, which the browser's chat_node
-// cookie then names, with the conversation intact (nothing lost, nothing shown twice).
+// cookie then names, with the conversation intact (nothing lost, nothing shown twice). Then the
+// assistant answers through the surviving nodes from the cluster's llm-mock, streaming to both.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
 import { NODES, startLocalCluster } from '../integration/cluster-util.mjs';
 import { waitUntil } from '../integration/helpers.mjs';
-import { CHROMIUM, LAUNCH, WEB_ROOT, message, send } from './browser-util.mjs';
+import { CHROMIUM, LAUNCH, WEB_ROOT, answer, askAssistant, message, send } from './browser-util.mjs';
 
 const TIMEOUT = 15_000;
 
@@ -67,5 +68,22 @@ test('web demo through nginx: a killed node\'s users carry on through another no
     assert.deepEqual(await page.getByTestId('message-text').allTextContents(),
       ['hello from alice', 'bob, after the failover', 'alice, after the failover']);
   }
+
+  // The assistant of the cluster: llm-mock in the Anthropic format, paced so that bob watches
+  // the answer grow before it is stored.
+  await askAssistant(alice, 'are you there?');
+  await bob.waitForFunction(() => {
+    const li = document.querySelector('[data-testid="message"].assistant[data-state="streaming"]');
+    return li && Number(li.dataset.deltas) >= 2;
+  });
+  for (const page of [alice, bob]) {
+    await answer(page, 'done').waitFor();
+    assert.equal(await answer(page, 'done').getByTestId('message-sender').textContent(), 'assistant (claude-demo)');
+  }
+  const stored = await answer(alice, 'done').getByTestId('message-text').textContent();
+  assert.match(stored, /^are you there\? /);
+  assert.equal(await answer(bob, 'done').getByTestId('message-text').textContent(), stored);
+  const stats = await (await fetch(`${cluster.llmMockUrl}/stats`)).json();
+  assert.equal(stats.streams_completed, 1, JSON.stringify(stats));
   assert.deepEqual(pageErrors, []);
 });

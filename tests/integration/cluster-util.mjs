@@ -172,6 +172,7 @@ export async function startLocalCluster(t, extraEnv = {}) {
     redis: await freePort(),
     node: await freePortRun(3),
     admin: await freePortRun(3),
+    llm: await freePort(),
   };
   const env = scriptEnv({
     CLUSTER_DIR: dir,
@@ -179,6 +180,7 @@ export async function startLocalCluster(t, extraEnv = {}) {
     CLUSTER_REDIS_PORT: String(ports.redis),
     CLUSTER_NODE_BASE_PORT: String(ports.node),
     CLUSTER_ADMIN_BASE_PORT: String(ports.admin),
+    CLUSTER_LLM_MOCK_PORT: String(ports.llm),
     CHATD_BIN,
     CHAT_RATE_LIMITS: 'free=100000/100000',
     ...extraEnv,
@@ -188,9 +190,10 @@ export async function startLocalCluster(t, extraEnv = {}) {
     env,
     httpUrl: `http://127.0.0.1:${ports.http}`,
     wsUrl: `ws://127.0.0.1:${ports.http}/connection/websocket`,
+    llmMockUrl: `http://127.0.0.1:${ports.llm}`,
     nodes: NODES.map((id, i) => ({ id, adminUrl: `http://127.0.0.1:${ports.admin + i}`, killed: false })),
     logs() {
-      return NODES.concat(['redis', 'nginx-error']).map((name) => {
+      return NODES.concat(['redis', 'llm-mock', 'nginx-error']).map((name) => {
         let text;
         try {
           text = readFileSync(path.join(dir, `${name}.log`), 'utf8');
