@@ -1,6 +1,6 @@
 # chatd on Debian 12, built the way scripts/build builds it, with the Debian packages that
 # scripts/install-deps installs (--cluster: redis-server and nginx too, so this one image runs
-# every service of docker-compose.yml).
+# every service of docker-compose.yml, llm-mock included: build/bin/llm-mock).
 FROM debian:12
 
 WORKDIR /src
