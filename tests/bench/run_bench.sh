@@ -8,9 +8,13 @@
 #   SCENARIO   fanout-1k | fanout-10k | idle-20k | all (these three)
 #              cluster-2n | cluster-3n (1,000 subscribers over 2 or 3 nodes on one Redis)
 #              cluster-compare (fanout-1k, cluster-2n, cluster-3n, then cluster/single ratios)
+#              llm-2k (2,000 rooms of 10 members, one llm.ask stream each, against llm-mock;
+#              with a chat fan-out probe before and during the streams)
 #   --runs R   runs per scenario (default 3); the medians are over these runs
-#   --bin DIR  where chatd and chat-load are (default <repo>/build/bin); CHATD, CHAT_LOAD and
-#              REDIS_SERVER override each binary
+#   --bin DIR  where chatd and chat-load are (default <repo>/build/bin); CHATD, CHAT_LOAD,
+#              LLM_LOAD, LLM_MOCK and REDIS_SERVER override each binary
+#   --llm-rooms N  llm-2k: rooms (= concurrent streams) instead of 2,000
+#   --llm-conns K  llm-2k: distinct member sockets instead of min(rooms x 10, 16,000)
 #   --out DIR  keep every run's output and the logs here (default a temporary folder)
 # Nothing is built here: build first with cmake -S . -B build && cmake --build build.
 set -euo pipefail
@@ -24,6 +28,9 @@ step_seconds=""
 rates=""
 scenario=""
 extra=()
+llm_rooms=2000
+llm_conns=""
+llm_seconds=${LLM_SECONDS:-12}
 
 die() {
     echo "run_bench: $*" >&2
@@ -37,13 +44,15 @@ while [ $# -gt 0 ]; do
     --out) out=$2; shift 2 ;;
     --step-seconds) step_seconds=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
+    --llm-rooms) llm_rooms=$2; shift 2 ;;
+    --llm-conns) llm_conns=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$scenario" ] || die "one scenario only"; scenario=$1; shift ;;
     esac
 done
-[ -n "$scenario" ] || die "which scenario? fanout-1k, fanout-10k, idle-20k, all, cluster-2n, cluster-3n or cluster-compare (see --help)"
+[ -n "$scenario" ] || die "which scenario? fanout-1k, fanout-10k, idle-20k, all, cluster-2n, cluster-3n, cluster-compare or llm-2k (see --help)"
 # The scenario list, with all and cluster-compare expanded.
 scenarios=()
 IFS=, read -r -a _names <<<"$scenario"
@@ -51,15 +60,23 @@ for s in "${_names[@]}"; do
     case "$s" in
     all) scenarios+=(fanout-1k idle-20k fanout-10k) ;;
     cluster-compare) scenarios+=(fanout-1k cluster-2n cluster-3n) ;;
-    fanout-1k | fanout-10k | idle-20k | cluster-2n | cluster-3n) scenarios+=("$s") ;;
+    fanout-1k | fanout-10k | idle-20k | cluster-2n | cluster-3n | llm-2k) scenarios+=("$s") ;;
     *) die "unknown scenario $s" ;;
     esac
 done
 chatd=${CHATD:-$bindir/chatd}
 load=${CHAT_LOAD:-$bindir/chat-load}
 redis_server=${REDIS_SERVER:-$(command -v redis-server || true)}
+llm_load=${LLM_LOAD:-$bindir/llm-load}
+llm_mock=${LLM_MOCK:-$bindir/llm-mock}
 [ -x "$chatd" ] || die "no chatd at $chatd (build first or set CHATD)"
 [ -x "$load" ] || die "no chat-load at $load (build first or set CHAT_LOAD)"
+for s in "${scenarios[@]}"; do
+    if [ "$s" = llm-2k ]; then
+        [ -x "$llm_load" ] || die "no llm-load at $llm_load (build first or set LLM_LOAD)"
+        [ -x "$llm_mock" ] || die "no llm-mock at $llm_mock (build first or set LLM_MOCK)"
+    fi
+done
 for s in "${scenarios[@]}"; do
     case "$s" in
     cluster-*)
@@ -82,6 +99,15 @@ chatd_src=$chatd
 load_src=$load
 chatd=$out/bin/chatd
 load=$out/bin/chat-load
+for s in "${scenarios[@]}"; do
+    if [ "$s" = llm-2k ]; then
+        cp "$llm_load" "$out/bin/llm-load"
+        cp "$llm_mock" "$out/bin/llm-mock"
+        llm_load=$out/bin/llm-load
+        llm_mock=$out/bin/llm-mock
+        break
+    fi
+done
 
 # Both processes get the whole open-file hard limit: the node needs one descriptor per client
 # just as the tool does, and each process has its own limit.
@@ -95,6 +121,10 @@ publics=()
 admins=()
 redis_pid=""
 redis_port=""
+# Extra environment of the nodes (llm-2k), and the run's llm-mock and llm-load.
+node_env=()
+mock_pid=""
+llm_pid=""
 
 # Stops one process started here by its PID: SIGTERM, then SIGKILL after 10 s.
 stop_pid() {
@@ -116,12 +146,16 @@ stop_pid() {
 # Nodes first, so they do not spend their last moments reconnecting to a Redis that is gone.
 stop_all() {
     local p
+    stop_pid "$llm_pid" llm-load
+    llm_pid=""
     for p in ${node_pids[@]+"${node_pids[@]}"}; do
         stop_pid "$p" chatd
     done
     node_pids=()
     publics=()
     admins=()
+    stop_pid "$mock_pid" llm-mock
+    mock_pid=""
     stop_pid "$redis_pid" redis-server
     redis_pid=""
     redis_port=""
@@ -137,7 +171,7 @@ start_node() {
     local log=$1 pid
     # REDIS_URL is set only for cluster nodes: an inherited one would turn the single-node
     # scenarios into a one-node cluster.
-    env -u REDIS_URL ${5:+REDIS_URL="$5"} \
+    env -u REDIS_URL ${5:+REDIS_URL="$5"} ${node_env[@]+"${node_env[@]}"} \
         CHAT_LISTEN=127.0.0.1:0 CHAT_ADMIN_LISTEN=127.0.0.1:0 CHAT_NODE_ID="$4" \
         CHAT_JWT_SECRET="$secret" CHAT_LOG_LEVEL=warn \
         CHAT_RATE_LIMITS="free=5/10,plus=10/20,pro=20/40,executive=100000/100000" \
@@ -395,7 +429,119 @@ compare() {
     done
 }
 
+# Waits until file $1 has a line equal to $2, for at most $3 seconds, while PID $4 lives.
+wait_line() {
+    local i
+    for i in $(seq 1 $(($3 * 10))); do
+        grep -qx "$2" "$1" 2>/dev/null && return 0
+        kill -0 "$4" 2>/dev/null || return 1
+        sleep 0.1
+    done
+    return 1
+}
+
+# llm-2k: llm-mock (50 ms to the first token, 200 tokens at 100 tokens/s), one chatd with the
+# mock as its Anthropic provider and no quota, queue or concurrency limit in the way, llm-load
+# with $llm_rooms rooms of 10 members (one stream per room at a time, re-asked as soon as the
+# answer is stored), and chat-load as a fan-out probe in another room, run once before the
+# streams start (same node, same idle member sockets) and once while they run.
+run_llm() {
+    local name=llm-2k
+    local conns=${llm_conns:-$((llm_rooms * 10 < 16000 ? llm_rooms * 10 : 16000))}
+    local -a probe=(--subscribers 200 --publishers 10 --rates 50 --step-seconds "$llm_seconds"
+        --drain-seconds 2 --batch-us 0 --host-cpu)
+    echo "== $name: $llm_rooms rooms x 10 members on $conns sockets, one stream per room;" \
+        "fan-out probe: ${probe[*]} (runs: $runs, output: $out)"
+    echo "   chatd: $chatd_src (sha256 $(sha256sum "$chatd" | cut -c1-12)), llm-load sha256" \
+        "$(sha256sum "$llm_load" | cut -c1-12), llm-mock sha256 $(sha256sum "$llm_mock" | cut -c1-12)," \
+        "open-file limit: $fd_limit"
+    local files=()
+    for r in $(seq 1 "$runs"); do
+        local pre="$out/$name-run$r"
+        "$llm_mock" --listen 127.0.0.1:0 >"$pre.mock.log" 2>&1 &
+        mock_pid=$!
+        local mport=""
+        for _ in $(seq 1 50); do
+            mport=$(sed -n 's/^llm-mock listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$pre.mock.log")
+            [ -n "$mport" ] && break
+            sleep 0.1
+        done
+        [ -n "$mport" ] || die "llm-mock printed no ready line within 5 s (see $pre.mock.log)"
+        curl -s -f -m 5 -X POST "http://127.0.0.1:$mport/control" \
+            -d '{"key":"*","scenario":"ok","tokens":200,"tokens_per_s":100,"ttft_ms":50}' \
+            >/dev/null || die "llm-mock /control refused the scenario"
+        node_env=(
+            "CHAT_LLM_PROVIDERS=[{\"name\":\"mock\",\"type\":\"anthropic\",\"base_url\":\"http://127.0.0.1:$mport\",\"model\":\"claude-bench\",\"keys\":[\"bench-key\"]}]"
+            "CHAT_LLM_CONCURRENCY=$((llm_rooms * 2 > 4000 ? llm_rooms * 2 : 4000))"
+            "CHAT_LLM_QUOTAS=free=0/0,plus=0/0,pro=0/0,executive=0/0"
+            "CHAT_LLM_QUEUE=free=100000/600000,plus=100000/600000,pro=100000/600000,executive=100000/600000"
+        )
+        start_node "$pre.chatd.log" 1048576 16384 bench ""
+        node_env=()
+        echo "-- run $r/$runs: llm-mock pid $mock_pid port $mport, chatd pid ${node_pids[0]}" \
+            "public=${publics[0]} admin=${admins[0]}"
+        local url="ws://${publics[0]}/connection/websocket"
+        "$llm_load" --url "$url" --secret "$secret" --mock "http://127.0.0.1:$mport" \
+            --rooms "$llm_rooms" --room-size 10 --conns "$conns" --ramp-seconds 3 --seconds 600 \
+            --direct-samples 100 --probe-ms 100 --node-pid "${node_pids[0]}" --mock-pid "$mock_pid" \
+            ${extra[@]+"${extra[@]}"} >"$pre.llm.txt" 2>"$pre.llm.err" &
+        llm_pid=$!
+        wait_line "$pre.llm.err" READY 300 "$llm_pid" || {
+            cat "$pre.llm.txt" "$pre.llm.err" >&2
+            die "llm-load did not get ready (connect + direct baseline) within 300 s"
+        }
+        local rc=0
+        "$load" --url "$url" --node-pid "${node_pids[0]}" --secret "$secret" --channel chat:bench \
+            "${probe[@]}" >"$pre.base.txt" || rc=$?
+        [ "$rc" -eq 0 ] || echo "run_bench: chat-load (no streams) exited with $rc"
+        kill -USR1 "$llm_pid"
+        wait_line "$pre.llm.err" STEADY 60 "$llm_pid" || die "llm-load did not start asking"
+        rc=0
+        "$load" --url "$url" --node-pid "${node_pids[0]}" --secret "$secret" --channel chat:bench \
+            "${probe[@]}" >"$pre.during.txt" || rc=$?
+        [ "$rc" -eq 0 ] || echo "run_bench: chat-load (with streams) exited with $rc"
+        kill -USR2 "$llm_pid" 2>/dev/null || true
+        rc=0
+        wait "$llm_pid" || rc=$?
+        llm_pid=""
+        [ "$rc" -eq 0 ] || echo "run_bench: llm-load exited with $rc"
+        # The most provider streams that were open at once, as llm-mock counted them.
+        local smax
+        smax=$(curl -s -m 5 "http://127.0.0.1:$mport/stats" |
+            sed -n 's/.*"streams_open_max":\([0-9]*\).*/\1/p' || true)
+        echo "MOCK streams_open_max=${smax:--}" >>"$pre.llm.txt"
+        kill -0 "${node_pids[0]}" 2>/dev/null ||
+            echo "run_bench: chatd ${node_pids[0]} died during the run (see $pre.chatd.log)"
+        {
+            cat "$pre.llm.txt"
+            sed -n 's/^STEP 1 /FANOUT_BASE /p' "$pre.base.txt"
+            sed -n 's/^STEP 1 /FANOUT_LLM /p' "$pre.during.txt"
+            local b d
+            b=$(field "$(grep '^STEP 1 ' "$pre.base.txt")" p99_ms)
+            d=$(field "$(grep '^STEP 1 ' "$pre.during.txt")" p99_ms)
+            awk -v b="$b" -v d="$d" 'BEGIN { if (b + 0 > 0 && d != "") printf "FANOUT_RATIO p99_ratio=%.2f\n", d / b }'
+        } >"$pre.txt"
+        cat "$pre.txt"
+        stop_all
+        files+=("$pre.txt")
+    done
+    echo "== $name: medians over $runs run(s)"
+    {
+        medians CONNECT "${files[@]}"
+        medians DIRECT "${files[@]}"
+        medians LLM "${files[@]}"
+        medians MOCK "${files[@]}"
+        medians FANOUT_BASE "${files[@]}"
+        medians FANOUT_LLM "${files[@]}"
+        medians FANOUT_RATIO "${files[@]}"
+    } | tee "$out/$name.medians"
+}
+
 for s in "${scenarios[@]}"; do
-    run_scenario "$s"
+    if [ "$s" = llm-2k ]; then
+        run_llm
+    else
+        run_scenario "$s"
+    fi
 done
 compare
