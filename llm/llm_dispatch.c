@@ -384,9 +384,10 @@ static void stream_delta(void *ud, const char *text, size_t len) {
         }
     }
     core_str_append(&r->text, text, len);
-    /* Deltas leave at most every coalesce_ms: one publication carries what arrived meanwhile. */
+    /* Deltas leave at most every coalesce_ms: one publication carries what arrived meanwhile.
+     * The first leaves at once, so coalescing never adds to the time to first token. */
     if (!uv_is_active((uv_handle_t *)&r->timer)) {
-        if (l->cfg.coalesce_ms == 0)
+        if (l->cfg.coalesce_ms == 0 || r->delta_index == 0)
             flush_delta(r);
         else
             uv_timer_start(&r->timer, flush_timer, l->cfg.coalesce_ms, 0);
@@ -702,9 +703,13 @@ static void lease_granted(llm_req_t *r, bool local) {
     dispatch(r);
 }
 
+static void pump_timer(uv_timer_t *t) {
+    pump(t->data);
+}
+
 static void pump_later(llm_t *l) {
     if (!uv_is_active((uv_handle_t *)&l->pump))
-        uv_timer_start(&l->pump, (uv_timer_cb)pump,
+        uv_timer_start(&l->pump, pump_timer,
                        ACQUIRE_RETRY_MIN_MS + (uint64_t)(rnd01() * ACQUIRE_RETRY_JITTER_MS), 0);
 }
 

@@ -134,8 +134,9 @@ static ssize_t send_some(struct lws *wsi, const char *p, size_t len) {
 
 /* The batching of a connection's output: moves queued messages (up to BATCH_MAX_BYTES) into
  * one WebSocket message in S->scratch, joined as the client's codec joins them, and puts the
- * frame header with the codec's opcode before it. *frame points at the header, *hl is its length and *len the payload's;
- * *oldest is when the first message was built. The queue must not be empty. */
+ * frame header with the codec's opcode before it. *frame points at the header, *hl is its length
+ * and *len the payload's; *oldest is when the first message was built. The queue must not be empty.
+ */
 static void ws_batch_frame(srv_t *S, srv_conn_t *c, char **frame, size_t *hl, size_t *len,
                            uint64_t *oldest) {
     uint32_t nmsgs;
