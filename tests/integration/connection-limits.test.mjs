@@ -105,7 +105,9 @@ test('descriptor exhaustion: clients refused at once, no busy loop, admin answer
     await adminAnswers(srv);
   }
   const cpu = (cpuTicks(srv.pid) - c0) / CLK_TCK / ((Date.now() - w0) / 1000);
-  assert.ok(cpu < 0.3, `chatd used ${(cpu * 100).toFixed(0)} % CPU while refusing clients`);
+  // A spinning accept loop takes a whole core; serving the knocks and admin requests costs a
+  // fraction of one (more under the sanitizer build).
+  assert.ok(cpu < 0.6, `chatd used ${(cpu * 100).toFixed(0)} % CPU while refusing clients`);
   assert.ok(more.every((r) => !r.timeout), 'late clients were refused at once');
   assert.ok(metricValue(parsePrometheus(body), 'chat_connections_refused_total', { reason: 'descriptors' }) >= 20, body);
   assert.ok(stderrBytes() < 16 * 1024, `${stderrBytes()} bytes of log while refusing`);

@@ -146,7 +146,9 @@ test(
 
         // The provider recovers; after the open interval (5 s +-20 %) three trials close it.
         await mock.control({key : '*', scenario : 'ok'});
-        await waitLlmState(srv, (s) => s.providers[0].breaker.state !== 'open', 'half-open', 8000);
+        // The key's breaker opened with the provider's, each with its own jittered interval.
+  await waitLlmState(srv, (s) => s.providers[0].breaker.state !== 'open' &&
+    s.providers[0].keys.every((k) => k.breaker !== 'open'), 'half-open', 8000);
         for (let i = 0; i < 3; i++) {
             const a = await askAndWait(alice, sub, 'chat:br', `trial ${i}`);
             assert.ok(a.w.final, 'trial answered');
