@@ -67,6 +67,8 @@ typedef struct {
     const char *node_id;
 } llm_config_t;
 
+/* "free", "plus", "pro", "executive": the tokens' `plan` claim, in rank order. */
+const char *llm_plan_name(unsigned plan);
 /* Fills the defaults of docs/RUNTIME.md, with the built-in mock as the only provider. */
 void llm_config_default(llm_config_t *cfg);
 /* Parses CHAT_LLM_PROVIDERS (a JSON array of provider objects) into cfg->providers. Returns 0 or

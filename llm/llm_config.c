@@ -8,6 +8,10 @@
 
 static const char *const plan_names[LLM_PLANS] = {"free", "plus", "pro", "executive"};
 
+const char *llm_plan_name(unsigned plan) {
+    return plan < LLM_PLANS ? plan_names[plan] : "unknown";
+}
+
 static int plan_index(const char *s, size_t n) {
     for (int p = 0; p < LLM_PLANS; p++)
         if (strlen(plan_names[p]) == n && memcmp(plan_names[p], s, n) == 0)

@@ -42,8 +42,6 @@ const char *llm_reject_reason_name(llm_reject_reason_t r) {
     return r < LLM_REJ_COUNT ? reject_names[r] : "unknown";
 }
 
-static const char *const plan_names[LLM_PLANS] = {"free", "plus", "pro", "executive"};
-
 static double rnd01(void) {
     uint32_t v;
     core_random(&v, sizeof v);
@@ -325,6 +323,16 @@ static void lease_id(const llm_req_t *r, char *out, size_t cap) {
     snprintf(out, cap, "%s/%s", r->l->cfg.node_id ? r->l->cfg.node_id : "node", r->id);
 }
 
+/* Gives r's slots back in the broker (fire and forget). */
+static void lease_give_back(llm_req_t *r) {
+    const char *keys[2];
+    uint32_t limits[2];
+    size_t n = lease_keys(r, keys, limits);
+    char lease[128];
+    lease_id(r, lease, sizeof lease);
+    clu_sem_release(r->l->broker, keys, n, lease);
+}
+
 static void release_lease(llm_req_t *r) {
     if (!r->lease_held)
         return;
@@ -332,14 +340,8 @@ static void release_lease(llm_req_t *r) {
     r->lease_held = false;
     l->running--;
     l->provs[r->prov].inflight--;
-    if (!r->local_lease) {
-        const char *keys[2];
-        uint32_t limits[2];
-        size_t n = lease_keys(r, keys, limits);
-        char lease[128];
-        lease_id(r, lease, sizeof lease);
-        clu_sem_release(l->broker, keys, n, lease);
-    }
+    if (!r->local_lease)
+        lease_give_back(r);
 }
 
 /* ---- attempts ----------------------------------------------------------------------------------
@@ -730,15 +732,8 @@ static void acquired(int status, bool granted, void *ud) {
     llm_t *l = r->l;
     l->acquiring = false;
     if (!req_back(r)) {
-        if (status == 0 && granted) {
-            /* Cancelled while asking: give the slot straight back. */
-            const char *keys[2];
-            uint32_t limits[2];
-            size_t n = lease_keys(r, keys, limits);
-            char lease[128];
-            lease_id(r, lease, sizeof lease);
-            clu_sem_release(l->broker, keys, n, lease);
-        }
+        if (status == 0 && granted)
+            lease_give_back(r); /* cancelled while asking */
         pump(l);
         return;
     }
@@ -821,6 +816,14 @@ static void enqueue(llm_req_t *r) {
     pump(l);
 }
 
+/* 402 with the time until the allowance resets (PROTOCOL.md section 1). */
+static void reject_quota(llm_req_t *r, llm_reject_reason_t why, const char *what) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s used up: retry_after_ms=%" PRId64 " plan=%s", what,
+             (r->quota_reset_s - core_wall_s()) * 1000, llm_plan_name(r->plan));
+    reject(r, why, CORE_REPLY_QUOTA_EXCEEDED, msg);
+}
+
 static void tokens_reserved(int status, bool allowed, int64_t value, void *ud) {
     (void)value;
     llm_req_t *r = ud;
@@ -828,10 +831,7 @@ static void tokens_reserved(int status, bool allowed, int64_t value, void *ud) {
         return;
     if (status == 0 && !allowed) {
         r->reserved_tokens = 0;
-        char msg[128];
-        snprintf(msg, sizeof msg, "daily token budget used up: retry_after_ms=%" PRId64 " plan=%s",
-                 (r->quota_reset_s - core_wall_s()) * 1000, plan_names[r->plan]);
-        reject(r, LLM_REJ_BUDGET, CORE_REPLY_QUOTA_EXCEEDED, msg);
+        reject_quota(r, LLM_REJ_BUDGET, "daily token budget");
         return;
     }
     if (status != 0)
@@ -868,11 +868,7 @@ static void message_reserved(int status, bool allowed, int64_t value, void *ud) 
         return;
     if (status == 0 && !allowed) {
         r->reserved_message = false;
-        char msg[128];
-        snprintf(msg, sizeof msg,
-                 "daily assistant quota used up: retry_after_ms=%" PRId64 " plan=%s",
-                 (r->quota_reset_s - core_wall_s()) * 1000, plan_names[r->plan]);
-        reject(r, LLM_REJ_QUOTA, CORE_REPLY_QUOTA_EXCEEDED, msg);
+        reject_quota(r, LLM_REJ_QUOTA, "daily assistant quota");
         return;
     }
     r->reserved_message = status == 0;

@@ -18,7 +18,6 @@ static const char *const outcome_names[LLM_END_KINDS] = {
 };
 
 static const char *const type_names[] = {"mock", "anthropic", "openai"};
-static const char *const plan_names[LLM_PLANS] = {"free", "plus", "pro", "executive"};
 
 size_t llm_outcome_count(void) {
     return LLM_END_KINDS;
@@ -83,7 +82,7 @@ static void queue_entry(llm_qentry_t *e, uint32_t pos, void *ud) {
     core_str_appends(w->out, ",\"user\":");
     core_str_append_json_string(w->out, r->user, strlen(r->user));
     core_str_appendf(w->out, ",\"plan\":\"%s\",\"position\":%u,\"waited_ms\":%" PRIu64 "}",
-                     plan_names[r->plan], pos, w->now - r->enq_ms);
+                     llm_plan_name(r->plan), pos, w->now - r->enq_ms);
 }
 
 void llm_render_state(const llm_t *l, core_str_t *out) {
@@ -91,7 +90,7 @@ void llm_render_state(const llm_t *l, core_str_t *out) {
     core_str_appendf(out, "{\"concurrency\":%u,\"running\":%u,\"queue\":{\"depth\":{",
                      l->cfg.concurrency, l->running);
     for (int p = 0; p < LLM_PLANS; p++)
-        core_str_appendf(out, "%s\"%s\":%u", p ? "," : "", plan_names[p], l->queue.n[p]);
+        core_str_appendf(out, "%s\"%s\":%u", p ? "," : "", llm_plan_name(p), l->queue.n[p]);
     core_str_appends(out, "},\"entries\":[");
     queue_walk_t w = {out, l, now, true};
     llm_queue_walk(&l->queue, now, queue_entry, &w);

@@ -107,8 +107,6 @@ void srv_llm_wire(chat_node_t *node, llm_t *l) {
 
 /* ---- metrics ---- */
 
-static const char *const plan_names[LLM_PLANS] = {"free", "plus", "pro", "executive"};
-
 void srv_metrics_llm(void *ud, adm_metrics_writer_t *w) {
     const llm_t *l = ud;
     const llm_stats_t *st = llm_stats(l);
@@ -142,13 +140,13 @@ void srv_metrics_llm(void *ud, adm_metrics_writer_t *w) {
                        st->tokens_out);
     adm_metrics_family(w, "chat_llm_queue_depth", "gauge", "Requests waiting, by plan.");
     for (int p = 0; p < LLM_PLANS; p++)
-        adm_metrics_sample(w, "chat_llm_queue_depth", &(adm_label_t){"plan", plan_names[p]}, 1,
+        adm_metrics_sample(w, "chat_llm_queue_depth", &(adm_label_t){"plan", llm_plan_name(p)}, 1,
                            st->queued[p]);
     adm_metrics_gauge(w, "chat_llm_leases", "Concurrency leases this node holds (running streams).",
                       st->running);
     for (int p = 0; p < LLM_PLANS; p++) {
         char name[64];
-        snprintf(name, sizeof name, "chat_llm_queue_wait_seconds_%s", plan_names[p]);
+        snprintf(name, sizeof name, "chat_llm_queue_wait_seconds_%s", llm_plan_name(p));
         adm_metrics_histogram(w, name, "Time from admission to dispatch, by plan.",
                               &st->queue_wait[p]);
     }

@@ -2,41 +2,8 @@
 // error scenarios and their headers, per-key control, and the stream accounting of /stats.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
+import { startMock } from './llm-util.mjs';
 
-const BIN = process.env.LLM_MOCK_BIN || fileURLToPath(new URL('../../build/bin/llm-mock', import.meta.url));
-
-async function startMock() {
-  const child = spawn(BIN, ['--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  child.stderr.on('data', (d) => { stderr += d; });
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
-  const line = await new Promise((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`llm-mock not ready in 5 s: ${stderr}`)), 5000);
-    child.stdout.on('data', (d) => {
-      out += d;
-      const nl = out.indexOf('\n');
-      if (nl >= 0) { clearTimeout(timer); resolve(out.slice(0, nl)); }
-    });
-    exited.then((r) => { clearTimeout(timer); reject(new Error(`llm-mock exited ${JSON.stringify(r)}: ${stderr}`)); });
-  });
-  const m = /^llm-mock listening on 127\.0\.0\.1:(\d+)$/.exec(line);
-  assert.ok(m, `ready line: ${line}`);
-  return {
-    base: `http://127.0.0.1:${m[1]}`,
-    pid: child.pid,
-    exited,
-    async stop() {
-      if (child.exitCode === null && child.signalCode === null) process.kill(child.pid, 'SIGTERM');
-      const timer = setTimeout(() => process.kill(child.pid, 'SIGKILL'), 5000);
-      const r = await exited;
-      clearTimeout(timer);
-      return r;
-    },
-  };
-}
 
 let mock;
 before(async () => { mock = await startMock(); });
