@@ -1,0 +1,163 @@
+// The dispatcher across a cluster: two chatd nodes on one real redis-server and one llm-mock.
+// The cluster-wide concurrency limit holds across nodes, a killed node's leases come back within
+// the lease TTL, and a provider breaker opened on one node stops the other nodes too.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+
+import { connectClient, startChatd, stopChatd, subscribe, waitUntil, withTimeout } from './helpers.mjs';
+import { startRedis, waitReady } from './cluster-util.mjs';
+import { API_KEY, ask, llmState, providerEnv, startMock, waitLlmState, watchAnswer } from './llm-util.mjs';
+
+const RATES = 'free=1000/1000,plus=1000/1000,pro=1000/1000,executive=1000/1000';
+const QUOTAS = 'free=0/0,plus=0/0,pro=0/0,executive=0/0';
+
+/** Two nodes on one Redis; nodeEnv[i] is merged into node i's environment. */
+async function twoNodes(t, mock, common, nodeEnv = [{}, {}]) {
+  const redis = await startRedis(t);
+  const nodes = [];
+  for (let i = 0; i < 2; i++) {
+    nodes.push(await startChatd(t, {
+      env: {
+        REDIS_URL: redis.url,
+        CHAT_NODE_ID: `node${i}`,
+        CHAT_API_KEY: API_KEY,
+        CHAT_RATE_LIMITS: RATES,
+        CHAT_LLM_QUOTAS: QUOTAS,
+        ...common,
+        ...nodeEnv[i],
+      },
+    }));
+  }
+  await waitReady(nodes);
+  return nodes;
+}
+
+const providers = (mock, keys) => JSON.stringify([providerEnv(mock, { keys })]);
+const retryAfter = (msg) => Number(/retry_after_ms=(\d+)/.exec(msg)[1]);
+
+test('two nodes, cluster limit 4, 40 concurrent asks: the provider never sees more than 4 streams', async (t) => {
+  const mock = await startMock(t);
+  // About 300 ms per answer, so 40 asks through 4 slots take several rounds.
+  await mock.control({ key: '*', scenario: 'ok', tokens: 10, ttft_ms: 100, tokens_per_s: 50 });
+  const nodes = await twoNodes(t, mock, {
+    CHAT_LLM_CONCURRENCY: '4',
+    CHAT_LLM_PROVIDERS: providers(mock, ['k1', 'k2']),
+  });
+  const room = 'chat:limit';
+  // One watcher per node: every answer reaches both, whichever node streams it.
+  const watchers = [];
+  for (const srv of nodes) {
+    const c = await connectClient(t, srv, { user: `watch-${srv.nodeId}` });
+    const { sub } = await subscribe(c, room);
+    const finals = new Set();
+    sub.on('publication', (ctx) => {
+      if (ctx.data && ctx.data.type === 'message' && ctx.data.request_id) finals.add(ctx.data.request_id);
+    });
+    watchers.push(finals);
+  }
+  const askers = [];
+  for (let i = 0; i < 40; i++) {
+    const c = await connectClient(t, nodes[i % 2], { user: `asker${i}` });
+    await subscribe(c, room);
+    askers.push(c);
+  }
+  const answers = await Promise.all(askers.map((c, i) => ask(c, room, `question ${i}`)));
+  const ids = answers.map((a) => a.request_id);
+  assert.equal(new Set(ids).size, 40);
+  await waitUntil(() => watchers.every((f) => ids.every((id) => f.has(id))),
+    { timeoutMs: 30000, what: 'all 40 answers stored and seen on both nodes' });
+  const st = await mock.stats();
+  assert.equal(st.streams_completed, 40, JSON.stringify(st));
+  assert.ok(st.streams_open_max <= 4, `llm-mock saw ${st.streams_open_max} streams at once`);
+  // The limit is a ceiling, not a throttle: the cluster used it.
+  assert.ok(st.streams_open_max >= 3, `only ${st.streams_open_max} streams at once`);
+  for (const srv of nodes) {
+    const s = await llmState(srv);
+    assert.equal(s.leases.length, 0, `${srv.nodeId} holds no lease after the work: ${JSON.stringify(s.leases)}`);
+  }
+});
+
+test('kill -9 of a node holding leases: the other node gets the capacity back within the lease TTL', async (t) => {
+  const TTL = 3000;
+  const mock = await startMock(t);
+  // Node 0's key hangs (the stream holds its lease until the node dies); node 1's answers.
+  await mock.control({ key: 'hang-key', scenario: 'hang' });
+  await mock.control({ key: 'ok-key', scenario: 'ok', tokens: 4 });
+  const common = { CHAT_LLM_CONCURRENCY: '2', CHAT_LLM_LEASE_TTL_MS: String(TTL), CHAT_LLM_TTFT_TIMEOUT_MS: '60000' };
+  const [n0, n1] = await twoNodes(t, mock, common, [
+    { CHAT_LLM_PROVIDERS: providers(mock, ['hang-key']) },
+    { CHAT_LLM_PROVIDERS: providers(mock, ['ok-key']) },
+  ]);
+  const room = 'chat:lease';
+  const a = await connectClient(t, n0, { user: 'holder' });
+  await subscribe(a, room);
+  await ask(a, room, 'first');
+  await ask(a, room, 'second');
+  await waitUntil(async () => (await mock.stats()).keys?.['hang-key']?.requests === 2,
+    { what: 'both hanging streams reached the provider' });
+  assert.equal((await llmState(n0)).leases.length, 2);
+
+  const b = await connectClient(t, n1, { user: 'waiter' });
+  const { sub } = await subscribe(b, room);
+  let id = null;
+  const w = watchAnswer(sub, () => id);
+  let startedAt = null;
+  sub.on('publication', (ctx) => {
+    if (ctx.data?.type === 'llm.start' && ctx.data.request_id === id) startedAt = Date.now();
+  });
+  id = (await ask(b, room, 'third')).request_id;
+  // Node 1 keeps it queued while node 0 holds both slots of the cluster.
+  await waitLlmState(n1, (s) => s.queue.entries.length === 1 && s.leases.length === 0, 'queued on node 1');
+  assert.equal((await mock.stats()).keys['ok-key'].requests, 0, 'no stream past the cluster limit');
+  // Still queued well past the renewal period: the held leases are renewed, not lost.
+  await new Promise((r) => setTimeout(r, TTL / 2));
+  assert.equal((await llmState(n1)).queue.entries.length, 1, 'still queued while the holder lives');
+
+  const killedAt = Date.now();
+  await stopChatd(n0, { signal: 'SIGKILL' });
+  await withTimeout(w.done, 4 * TTL, 'the queued ask answered after the kill');
+  assert.ok(w.final, 'answered once the dead node\'s leases expired');
+  const waited = startedAt - killedAt;
+  // The leases were renewed at most TTL/3 before the kill; 1.5 s covers the retry interval and a
+  // busy machine.
+  assert.ok(waited <= TTL + 1500, `capacity came back ${waited} ms after the kill (TTL ${TTL} ms)`);
+  assert.equal((await mock.stats()).keys['ok-key'].statuses['200'], 1);
+});
+
+test('a provider breaker opened on one node stops the other node too', async (t) => {
+  const mock = await startMock(t);
+  await mock.control({ key: 'bad-key', scenario: 'server_error' });
+  await mock.control({ key: 'good-key', scenario: 'ok', tokens: 4 });
+  const [n0, n1] = await twoNodes(t, mock, {}, [
+    { CHAT_LLM_PROVIDERS: providers(mock, ['bad-key']) },
+    { CHAT_LLM_PROVIDERS: providers(mock, ['good-key']) },
+  ]);
+  const room = 'chat:breaker';
+  const a = await connectClient(t, n0, { user: 'alice' });
+  const { sub } = await subscribe(a, room);
+  // Sustained 5xx on node 0 until its provider breaker opens.
+  let opened = false;
+  for (let i = 0; i < 8 && !opened; i++) {
+    let id = null;
+    const w = watchAnswer(sub, () => id);
+    try {
+      id = (await ask(a, room, `fail ${i}`)).request_id;
+      await withTimeout(w.done, 10000, 'a failing ask ended');
+    } catch (e) {
+      assert.equal(e.code, 502, e.message);
+    }
+    w.stop();
+    opened = (await llmState(n0)).providers[0].breaker.state === 'open';
+  }
+  assert.ok(opened, 'node 0 opened its provider breaker');
+  assert.equal((await mock.stats()).keys['good-key'].requests, 0);
+
+  // Node 1 never saw a failure of its own; it learns of the open breaker through Redis.
+  const s1 = await waitLlmState(n1, (s) => s.providers[0].breaker.state === 'open', 'breaker open on node 1', 5000);
+  assert.ok(s1.providers[0].breaker.open_ms > 0);
+  const b = await connectClient(t, n1, { user: 'bob' });
+  await subscribe(b, room);
+  await assert.rejects(ask(b, room, 'while open elsewhere'),
+    (e) => e.code === 502 && retryAfter(e.message) > 0);
+  assert.equal((await mock.stats()).keys['good-key'].requests, 0, 'no upstream call from node 1 while open');
+});
