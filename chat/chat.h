@@ -121,6 +121,8 @@ typedef struct {
     /* Closes the connection with a WebSocket close code and reason. chat_client_free follows
      * later, from the transport's close path. */
     void (*close)(void *tctx, int code, const char *reason);
+    /* Bytes queued for the connection and not yet taken by its socket. */
+    size_t (*queued)(void *tctx);
 } chat_transport_t;
 
 typedef struct {
@@ -187,6 +189,9 @@ void chat_node_close_all(chat_node_t *n, int code, const char *reason);
  * call answered. */
 void chat_node_close(chat_node_t *n, void (*done)(void *), void *ud);
 void chat_node_stats(const chat_node_t *n, chat_stats_t *out);
+/* The most bytes queued for any local subscriber of channel (0 when it has none here): how far
+ * the room's slowest reader on this node is behind. */
+size_t chat_node_room_backlog(const chat_node_t *n, const char *channel);
 /* A new socket. remote is the peer address for logs. */
 chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx,
                                const char *remote);

@@ -96,6 +96,18 @@ void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uin
     n->st.publications_out += out;
 }
 
+size_t chat_node_room_backlog(const chat_node_t *n, const char *channel) {
+    const chat_channel_t *ch = core_map_get(n->channels, channel);
+    size_t most = 0;
+    for (uint32_t i = 0; ch && i < ch->n; i++) {
+        const chat_client_t *c = ch->subs[i]->c;
+        size_t q = c->t->queued ? c->t->queued(c->tctx) : 0;
+        if (q > most)
+            most = q;
+    }
+    return most;
+}
+
 void chat__channel_drop_held(chat_channel_t *ch) {
     for (uint32_t i = 0; i < ch->nheld; i++)
         core_buf_unref(ch->held[i].buf);

@@ -58,6 +58,9 @@ typedef struct {
     uint32_t idle_timeout_ms;
     uint32_t total_timeout_ms;
     uint32_t coalesce_ms; /* deltas published at most this often per stream */
+    /* A stream stops reading from its provider while the room's slowest reader on this node
+     * has more than this many bytes queued, and reads again below half of it (0 = never). */
+    uint32_t pause_backlog_bytes;
     uint32_t max_retries; /* before the first token */
     uint32_t cooldown_floor_ms;
     uint32_t context_messages; /* recent room messages sent as context */
@@ -110,6 +113,9 @@ int llm_cancel(llm_t *l, const char *user, const char *request_id);
 /* The number of live nodes (from the registry): while Redis does not answer, this node holds at
  * most ceil(limit / nodes) streams. */
 void llm_set_cluster_size(llm_t *l, uint32_t nodes);
+/* How far behind a room's slowest reader is, in bytes queued for it on this node. */
+typedef size_t (*llm_backlog_fn)(void *ud, const char *channel);
+void llm_set_backlog_probe(llm_t *l, llm_backlog_fn fn, void *ud);
 /* The connection client went away: its requests are cancelled. */
 void llm_client_gone(llm_t *l, const char *client);
 /* Stops accepting, cancels what is queued or running (partial answers are stored), releases
@@ -121,6 +127,8 @@ typedef struct {
     uint64_t rejected[8]; /* by llm_reject_reason_t */
     uint64_t completed, failed, interrupted, cancelled;
     uint64_t retries, fallbacks;
+    uint64_t pauses; /* a stream stopped reading because its room was behind */
+    uint64_t paused; /* gauge: streams stopped now */
     uint64_t tokens_in, tokens_out;
     uint64_t queued[LLM_PLANS];        /* gauge */
     uint64_t running;                  /* gauge */

@@ -53,6 +53,7 @@ void llm_config_default(llm_config_t *cfg) {
     cfg->idle_timeout_ms = 30000;
     cfg->total_timeout_ms = 300000;
     cfg->coalesce_ms = 16;
+    cfg->pause_backlog_bytes = 262144;
     cfg->max_retries = 2;
     cfg->cooldown_floor_ms = 5000;
     cfg->context_messages = 20;

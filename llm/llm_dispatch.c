@@ -154,7 +154,52 @@ static void publish_start(llm_req_t *r) {
     core_str_free(&s);
 }
 
-/* Publishes the text not yet sent as one delta. */
+/* ---- backpressure ------------------------------------------------------------------------------
+ * A room whose slowest reader on this node is far behind would only grow that reader's queue
+ * until it is closed as slow (3008). The stream stops reading from the provider instead: the
+ * provider's bytes wait in the kernel and the stream picks up where it stopped once the reader
+ * has caught up to half the bound. Readers on other nodes are not probed: each node protects its
+ * own. */
+
+static void set_paused(llm_req_t *r, bool paused) {
+    llm_t *l = r->l;
+    if (r->paused == paused)
+        return;
+    r->paused = paused;
+    if (paused) {
+        l->st.pauses++;
+        l->st.paused++;
+    } else
+        l->st.paused--;
+}
+
+static void maybe_pause(llm_req_t *r) {
+    llm_t *l = r->l;
+    if (r->paused || !r->stream || !l->backlog || l->cfg.pause_backlog_bytes == 0)
+        return;
+    if (l->backlog(l->backlog_ud, r->channel) <= l->cfg.pause_backlog_bytes)
+        return;
+    set_paused(r, true);
+    l->provs[r->prov].ops->pause(r->stream);
+}
+
+static void maybe_resume(llm_req_t *r) {
+    llm_t *l = r->l;
+    if (!r->paused || !r->stream)
+        return;
+    if (l->backlog(l->backlog_ud, r->channel) > l->cfg.pause_backlog_bytes / 2)
+        return;
+    set_paused(r, false);
+    l->provs[r->prov].ops->resume(r->stream);
+}
+
+void llm_set_backlog_probe(llm_t *l, llm_backlog_fn fn, void *ud) {
+    l->backlog = fn;
+    l->backlog_ud = ud;
+}
+
+/* Publishes the text not yet sent as one delta; the room's readers are checked at the same pace
+ * (not per token: a big room costs one walk of its members per publication). */
 static void flush_delta(llm_req_t *r) {
     if (r->flushed >= r->text.len)
         return;
@@ -166,6 +211,7 @@ static void flush_delta(llm_req_t *r) {
     r->flushed = r->text.len;
     publish_json(r, r->channel, &s, false);
     core_str_free(&s);
+    maybe_pause(r);
 }
 
 /* The stored answer: complete, interrupted by a provider failure, or cancelled. */
@@ -464,6 +510,7 @@ static void stream_end(void *ud, const llm_outcome_t *o, const llm_budget_t *b) 
     llm_req_t *r = ud;
     llm_t *l = r->l;
     r->stream = NULL;
+    set_paused(r, false);
     key_budget(r, b);
     judge(r, o);
     r->last = *o;
@@ -989,6 +1036,7 @@ static void cancel_req(llm_req_t *r) {
             llm_prov_t *p = &l->provs[r->prov];
             p->ops->cancel(r->stream);
             r->stream = NULL;
+            set_paused(r, false);
             p->keys[r->key].inflight--;
             llm_breaker_release(&p->keys[r->key].br);
             llm_breaker_release(&p->br);
@@ -1081,6 +1129,9 @@ static void sweep(uv_timer_t *t) {
     }
     if (l->sweep_ticks % POSITION_EVERY_TICKS == 0)
         llm_queue_walk(&l->queue, now, position_fn, NULL);
+    if (l->st.paused > 0)
+        for (core_list_t *it = l->reqs.next; it != &l->reqs; it = it->next)
+            maybe_resume(CORE_CONTAINER_OF(it, llm_req_t, link));
     uint64_t renew_ticks = l->cfg.lease_ttl_ms / 3 / SWEEP_MS;
     if (renew_ticks == 0)
         renew_ticks = 1;

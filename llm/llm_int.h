@@ -112,7 +112,9 @@ struct llm {
     uint32_t live_reqs; /* allocated requests, freed or not yet */
     void (*close_done)(void *);
     void *close_ud;
-    double service_ms_avg; /* dispatch to end, for the queue-full retry hint */
+    double service_ms_avg;  /* dispatch to end, for the queue-full retry hint */
+    llm_backlog_fn backlog; /* the room's slowest local reader, NULL = never pause */
+    void *backlog_ud;
     llm_stats_t st;
 };
 

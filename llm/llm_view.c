@@ -141,8 +141,9 @@ void llm_render_state(const llm_t *l, core_str_t *out) {
         core_str_appends(out, ",\"provider\":");
         core_str_append_json_string(out, l->provs[r->prov].cfg->name,
                                     strlen(l->provs[r->prov].cfg->name));
-        core_str_appendf(out, ",\"local\":%s,\"held_ms\":%" PRIu64 "}",
-                         r->local_lease ? "true" : "false", now - r->dispatch_ms);
+        core_str_appendf(out, ",\"local\":%s,\"paused\":%s,\"held_ms\":%" PRIu64 "}",
+                         r->local_lease ? "true" : "false", r->paused ? "true" : "false",
+                         now - r->dispatch_ms);
     }
     core_str_appends(out, "]}");
 }

@@ -64,6 +64,7 @@ typedef struct {
     uint32_t llm_total_timeout_ms;
     uint32_t llm_lease_ttl_ms;
     uint32_t llm_coalesce_ms;
+    uint32_t llm_pause_bytes;
     uint32_t llm_context_messages;
     char *llm_system_prompt;
     char *redis_url;

@@ -125,6 +125,9 @@ static const setting_t settings[] = {
      "back within it)"},
     {"CHAT_LLM_COALESCE_MS", "llm_coalesce_ms", T_U32, OFF(llm_coalesce_ms), "16",
      "an answer's deltas are published at most this often"},
+    {"CHAT_LLM_PAUSE_BYTES", "llm_pause_bytes", T_U32, OFF(llm_pause_bytes), "262144",
+     "a stream stops reading from its provider while a reader of the room on this node has more "
+     "than this many bytes queued, and goes on below half (0 = never)"},
     {"CHAT_LLM_CONTEXT_MESSAGES", "llm_context_messages", T_U32, OFF(llm_context_messages), "20",
      "recent room messages sent to the model as context (within 2,000 tokens)"},
     {"CHAT_LLM_SYSTEM_PROMPT", "llm_system_prompt", T_STR, OFF(llm_system_prompt),
@@ -514,6 +517,7 @@ int srv_config_llm(const srv_config_t *cfg, llm_config_t *lc, char *err, size_t 
     lc->total_timeout_ms = cfg->llm_total_timeout_ms;
     lc->lease_ttl_ms = cfg->llm_lease_ttl_ms;
     lc->coalesce_ms = cfg->llm_coalesce_ms;
+    lc->pause_backlog_bytes = cfg->llm_pause_bytes;
     lc->context_messages = cfg->llm_context_messages;
     lc->system_prompt = cfg->llm_system_prompt;
     lc->node_id = cfg->node_id;

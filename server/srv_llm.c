@@ -94,6 +94,10 @@ static void client_gone(void *ud, const char *client, const char *user) {
     llm_client_gone(ud, client);
 }
 
+static size_t room_backlog(void *ud, const char *channel) {
+    return chat_node_room_backlog(ud, channel);
+}
+
 void srv_llm_wire(chat_node_t *node, llm_t *l) {
     /* An ask takes a token of the user's publish limit first: one budget for everything a user
      * makes the room receive. */
@@ -103,6 +107,8 @@ void srv_llm_wire(chat_node_t *node, llm_t *l) {
     CORE_ASSERT(rc == 0);
     rc = chat_node_set_rpc(node, &cancel, l);
     CORE_ASSERT(rc == 0);
+    /* Streams wait for the slowest reader of their room here rather than outrun it. */
+    llm_set_backlog_probe(l, room_backlog, node);
 }
 
 /* ---- metrics ---- */
@@ -133,6 +139,13 @@ void srv_metrics_llm(void *ud, adm_metrics_writer_t *w) {
                         st->retries);
     adm_metrics_counter(w, "chat_llm_fallbacks_total", "Requests moved to a fallback provider.",
                         st->fallbacks);
+    adm_metrics_counter(w, "chat_llm_stream_pauses_total",
+                        "Streams that stopped reading from the provider because a reader of the "
+                        "room was behind.",
+                        st->pauses);
+    adm_metrics_gauge(w, "chat_llm_streams_paused",
+                      "Streams not reading from the provider now (a reader of the room is behind).",
+                      st->paused);
     adm_metrics_family(w, "chat_llm_tokens_total", "counter", "Tokens reported by providers.");
     adm_metrics_sample(w, "chat_llm_tokens_total", &(adm_label_t){"direction", "input"}, 1,
                        st->tokens_in);

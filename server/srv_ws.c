@@ -100,7 +100,12 @@ static void t_close(void *tctx, int code, const char *reason) {
     conn_close(tctx, code, reason);
 }
 
-static const chat_transport_t transport = {t_send, t_close};
+static size_t t_queued(void *tctx) {
+    const srv_conn_t *c = tctx;
+    return c->wq.bytes;
+}
+
+static const chat_transport_t transport = {t_send, t_close, t_queued};
 
 /* Server-to-client WebSocket header (FIN, the codec's opcode, unmasked) for a payload of len
  * bytes, written to end at `end`. Returns the header length. */

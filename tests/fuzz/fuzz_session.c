@@ -152,7 +152,7 @@ static void t_close(void *tctx, int code, const char *reason) {
     k->closed = true;
 }
 
-static const chat_transport_t transport = {t_send, t_close};
+static const chat_transport_t transport = {t_send, t_close, NULL};
 
 static auth_keyring_t *keys;
 static chat_ns_t *namespaces;

@@ -3,7 +3,7 @@
 // stored answer is recovered after a reconnect; cancel and disconnect stop the upstream stream.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startChatd, connectClient, subscribe, Collector, waitUntil } from './helpers.mjs';
+import { startChatd, connectClient, subscribe, Collector, waitUntil, rawConnectAs, chatMessage, scrapeMetrics, metricValue, delay, withTimeout } from './helpers.mjs';
 import { startMock, providerEnv, ask, watchAnswer, llmState, waitLlmState, API_KEY } from './llm-util.mjs';
 
 const BASE = { CHAT_API_KEY: API_KEY, CHAT_RATE_LIMITS: 'free=100/100,plus=100/100,pro=100/100,executive=100/100' };
@@ -147,4 +147,59 @@ test('asks are refused where the assistant is off, before subscribing, and with 
   await assert.rejects(ask(alice, 'chat:r', 'hi', { model: 'nope' }), (e) => e.code === 107 && /model/.test(e.message));
   const state = await llmState(srv);
   assert.equal(state.providers[0].name, 'mock');
+});
+
+test('a reader far behind stops the stream upstream; it goes on once the reader catches up', { timeout: 120_000 }, async (t) => {
+  const BOUND = 65536;
+  const mock = await startMock(t);
+  // About one second of answer when nothing holds it back.
+  await mock.control({ key: '*', scenario: 'ok', tokens: 20, tokens_per_s: 20 });
+  const srv = await startChatd(t, {
+    env: {
+      ...BASE,
+      CHAT_RATE_LIMITS: 'free=100000/100000',
+      CHAT_LLM_PROVIDERS: JSON.stringify([providerEnv(mock)]),
+      CHAT_LLM_PAUSE_BYTES: String(BOUND),
+      CHAT_WRITE_QUEUE_BYTES: String(16 * BOUND),
+    },
+  });
+  const room = 'chat:backpressure';
+  const slow = await rawConnectAs(t, srv, 'slowpoke');
+  await slow.call('subscribe', { channel: room });
+  const alice = await connectClient(t, srv, { user: 'alice', timeout: 20000 });
+  const { sub } = await subscribe(alice, room);
+
+  // The slow member stops reading; chat traffic fills the kernel's buffers, then its queue.
+  slow.ws._socket.pause();
+  const filler = 'x'.repeat(3000);
+  let queued = 0;
+  for (let i = 0; i < 5000 && queued <= 2 * BOUND; i += 20) {
+    await Promise.all(Array.from({ length: 20 }, (_, j) => sub.publish(chatMessage(`${i + j} ${filler}`))));
+    queued = metricValue(await scrapeMetrics(srv), 'chat_write_queue_bytes');
+  }
+  assert.ok(queued > 2 * BOUND, `the slow reader's queue reached ${queued} bytes`);
+
+  let id = null;
+  const w = watchAnswer(sub, () => id);
+  id = (await ask(alice, room, 'are you there')).request_id;
+  const state = await waitLlmState(srv, (s) => s.leases.some((l) => l.paused), 'the stream paused');
+  assert.equal(state.leases[0].request_id, id);
+  let m = await scrapeMetrics(srv);
+  assert.equal(metricValue(m, 'chat_llm_streams_paused'), 1);
+  // Nothing marks "still paused" but time: the whole answer takes about a second unhindered,
+  // so after three it must still be waiting for the reader.
+  await delay(3000);
+  assert.equal(w.final, null, 'the answer waits for the slow reader');
+  assert.ok((await llmState(srv)).leases[0].paused);
+
+  // The reader catches up: the stream goes on from where it stopped, nothing lost or repeated.
+  slow.ws._socket.resume();
+  await withTimeout(w.done, 20000, 'the answer finished after the reader caught up');
+  checkAnswer(w, { model: 'claude-test' });
+  assert.match(w.final.data.text, /^are you there/);
+  assert.equal(w.final.data.usage.output_tokens, 20);
+  m = await scrapeMetrics(srv);
+  assert.equal(metricValue(m, 'chat_llm_streams_paused'), 0);
+  assert.ok(metricValue(m, 'chat_llm_stream_pauses_total') >= 1);
+  assert.equal(slow.closeInfo, null, 'the slow reader was not closed');
 });

@@ -39,7 +39,7 @@ static void rec_close(void *tctx, int code, const char *reason) {
     r->close_code = code;
 }
 
-static const chat_transport_t rec_transport = {rec_send, rec_close};
+static const chat_transport_t rec_transport = {rec_send, rec_close, NULL};
 
 static void rec_clear(rec_t *r) {
     for (size_t i = 0; i < r->n; i++)
