@@ -2,210 +2,15 @@
  * publications, an epoch, and its presence entries. Operations take effect at once, but their
  * answers are copied and queued, and run from the loop (an idle handle drains the queue): a
  * caller is never called back before its call returned, as with the Redis broker. Events
- * (on_pub, on_join, on_leave) are delivered during the call that causes them. */
-#include "cluster/cluster.h"
+ * (on_pub, on_join, on_leave) are delivered during the call that causes them.
+ *
+ * This file holds the channels (history, events, presence) and the lifecycle; the answer queue is
+ * in cluster_memory_answer.c, semaphores, counters and deadlines in cluster_memory_coord.c. */
+#include "cluster/cluster_memory_int.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-typedef struct {
-    uint64_t offset;
-    char *data;
-    size_t data_len;
-    char *info;
-    size_t info_len;
-} stored_pub_t;
-
-typedef struct {
-    char *user;
-    char *info;
-    size_t info_len;
-} presence_entry_t;
-
-typedef struct mem_broker mem_broker_t;
-
-typedef enum {
-    ANS_PUBLISH,
-    ANS_HISTORY,
-    ANS_PRESENCE,
-    ANS_PRESENCE_STATS,
-    ANS_NODES,
-    ANS_SEM,
-    ANS_COUNTER,
-    ANS_DEADLINES
-} ans_kind_t;
-
-/* One answer waiting for the loop. Strings it hands out point into `blob`, its own copy. */
-typedef struct answer {
-    struct answer *next;
-    ans_kind_t kind;
-    void *cb;
-    void *ud;
-    int status;
-    uint64_t top; /* publish: the offset */
-    uint32_t clients, users;
-    char epoch[CLU_EPOCH_MAX];
-    size_t n;
-    clu_pub_t *pubs;
-    clu_presence_t *presence;
-    clu_node_t node;
-    core_str_t blob;
-    bool flag;       /* sem: granted; counter: allowed */
-    int64_t value;   /* counter: its value after the call */
-    int64_t *values; /* deadlines */
-} answer_t;
-
-/* One semaphore: its holders and when each lease expires (loop milliseconds). */
-typedef struct {
-    char **leases;
-    uint64_t *until;
-    uint32_t n, cap;
-} msem_t;
-
-typedef struct {
-    int64_t value;
-    int64_t expire_at_s;
-} mcounter_t;
-
-typedef struct {
-    mem_broker_t *mb;
-    core_list_t lru_link; /* in mb->lru while the channel keeps publications */
-    char *name;
-    char epoch[CLU_EPOCH_MAX];
-    uint64_t top;       /* offset of the newest publication ever stored in this epoch */
-    stored_pub_t *ring; /* capacity ring_cap, newest at (start + count - 1) % ring_cap */
-    uint32_t ring_cap;
-    uint32_t start;
-    uint32_t count;
-    uint64_t last_pub_ms;
-    uint32_t ttl_s;
-    bool node_subscribed;
-    core_map_t *presence; /* client id -> presence_entry_t*, created on first add */
-} mchan_t;
-
-struct mem_broker {
-    clu_broker_t base;
-    uv_loop_t *loop;
-    core_map_t *channels;
-    size_t bytes;     /* stored publication bytes over all channels */
-    size_t max_bytes; /* 0 = no cap */
-    core_list_t lru;  /* channels with stored publications, least recently published first */
-    uint32_t max_history_limit;
-    uv_timer_t sweep;
-    uv_idle_t answers;     /* active while `queue` holds answers */
-    core_map_t *sems;      /* key -> msem_t */
-    core_map_t *counters;  /* key -> mcounter_t */
-    core_map_t *deadlines; /* key -> int64_t* (Unix ms) */
-    answer_t *queue, *queue_tail;
-    int open_handles;
-    clu_stats_t st;
-    void (*close_done)(void *);
-    void *close_ud;
-};
-
-/* ---- answers run from the loop ---- */
-
-static answer_t *answer_new(ans_kind_t kind, void *cb, void *ud) {
-    answer_t *a = core_calloc(1, sizeof *a);
-    a->kind = kind;
-    a->cb = cb;
-    a->ud = ud;
-    return a;
-}
-
-/* Copies n bytes into the answer's blob and returns their offset there; pointers are set once
- * the blob stops growing (answer_fix). */
-static uintptr_t answer_copy(answer_t *a, const char *p, size_t n) {
-    uintptr_t off = a->blob.len;
-    core_str_append(&a->blob, p ? p : "", n);
-    core_str_append(&a->blob, "", 1); /* NUL: ids are used as C strings */
-    return off;
-}
-
-static const char *answer_ptr(const answer_t *a, const char *off) {
-    return a->blob.ptr + (uintptr_t)off;
-}
-
-static void answer_fix(answer_t *a) {
-    for (size_t i = 0; i < a->n && a->pubs; i++) {
-        a->pubs[i].data = answer_ptr(a, a->pubs[i].data);
-        if (a->pubs[i].info)
-            a->pubs[i].info = answer_ptr(a, a->pubs[i].info);
-    }
-    for (size_t i = 0; i < a->n && a->presence; i++) {
-        a->presence[i].client = answer_ptr(a, a->presence[i].client);
-        a->presence[i].user = answer_ptr(a, a->presence[i].user);
-        a->presence[i].info = answer_ptr(a, a->presence[i].info);
-    }
-    if (a->kind == ANS_NODES && a->n) {
-        a->node.id = answer_ptr(a, a->node.id);
-        a->node.info = answer_ptr(a, a->node.info);
-    }
-}
-
-static void answer_run(answer_t *a) {
-    switch (a->kind) {
-    case ANS_PUBLISH:
-        ((clu_publish_cb)a->cb)(a->status, a->top, a->epoch, a->ud);
-        break;
-    case ANS_HISTORY:
-        ((clu_history_cb)a->cb)(a->status, a->pubs, a->n, a->top, a->epoch, a->ud);
-        break;
-    case ANS_PRESENCE:
-        ((clu_presence_cb)a->cb)(a->status, a->presence, a->n, a->ud);
-        break;
-    case ANS_PRESENCE_STATS:
-        ((clu_presence_stats_cb)a->cb)(a->status, a->clients, a->users, a->ud);
-        break;
-    case ANS_NODES:
-        ((clu_nodes_cb)a->cb)(a->status, a->n ? &a->node : NULL, a->n, a->ud);
-        break;
-    case ANS_SEM:
-        ((clu_sem_cb)a->cb)(a->status, a->flag, a->ud);
-        break;
-    case ANS_COUNTER:
-        ((clu_counter_cb)a->cb)(a->status, a->flag, a->value, a->ud);
-        break;
-    case ANS_DEADLINES:
-        ((clu_deadlines_cb)a->cb)(a->status, a->values, a->n, a->ud);
-        break;
-    }
-    free(a->values);
-    free(a->pubs);
-    free(a->presence);
-    core_str_free(&a->blob);
-    free(a);
-}
-
-/* Runs the answers queued so far; answers their callbacks queue wait for the next turn. */
-static void answers_drain(mem_broker_t *mb) {
-    answer_t *a = mb->queue;
-    mb->queue = mb->queue_tail = NULL;
-    while (a) {
-        answer_t *next = a->next;
-        answer_run(a);
-        a = next;
-    }
-}
-
-static void on_answers(uv_idle_t *h) {
-    mem_broker_t *mb = h->data;
-    answers_drain(mb);
-    if (!mb->queue)
-        uv_idle_stop(&mb->answers);
-}
-
-static void answer_queue(mem_broker_t *mb, answer_t *a) {
-    answer_fix(a);
-    if (mb->queue_tail)
-        mb->queue_tail->next = a;
-    else
-        mb->queue = a;
-    mb->queue_tail = a;
-    if (!uv_is_active((uv_handle_t *)&mb->answers))
-        uv_idle_start(&mb->answers, on_answers);
-}
 
 static void new_epoch(mchan_t *c) {
     core_random_id(c->epoch, 8);
@@ -288,8 +93,6 @@ static void chan_maybe_free(mem_broker_t *mb, mchan_t *c) {
     }
 }
 
-static void coord_sweep(mem_broker_t *mb);
-
 static void sweep_cb(uv_timer_t *t) {
     mem_broker_t *mb = t->data;
     uint64_t now = core_now_ms();
@@ -301,7 +104,7 @@ static void sweep_cb(uv_timer_t *t) {
         chan_expire_stream(c, now);
         chan_maybe_free(mb, c);
     }
-    coord_sweep(mb);
+    clu__mem_coord_sweep(mb);
 }
 
 /* Keeps stored history under the byte cap: the streams of the channels published to least
@@ -376,10 +179,10 @@ static int mem_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pu
         b->events.on_pub(b->events_ud, channel, &out, epoch);
     }
     if (cb) {
-        answer_t *a = answer_new(ANS_PUBLISH, (void *)cb, ud);
+        answer_t *a = clu__mem_answer_new(ANS_PUBLISH, (void *)cb, ud);
         a->top = offset;
         snprintf(a->epoch, sizeof a->epoch, "%s", epoch);
-        answer_queue(mb, a);
+        clu__mem_answer_queue(mb, a);
     }
     return 0;
 }
@@ -421,16 +224,16 @@ static int mem_history(clu_broker_t *b, const char *channel, const clu_chan_opts
          * what is kept means the reader would silently miss publications. */
         bool gap = !req->reverse && req->since_offset + 1 < first;
         if (!epoch_ok || gap || req->since_offset > c->top) {
-            answer_t *a = answer_new(ANS_HISTORY, (void *)cb, ud);
+            answer_t *a = clu__mem_answer_new(ANS_HISTORY, (void *)cb, ud);
             a->status = CORE_EUNRECOVERABLE;
             a->top = c->top;
             memcpy(a->epoch, c->epoch, sizeof a->epoch);
-            answer_queue(mb, a);
+            clu__mem_answer_queue(mb, a);
             chan_maybe_free(mb, c);
             return 0;
         }
     }
-    answer_t *a = answer_new(ANS_HISTORY, (void *)cb, ud);
+    answer_t *a = clu__mem_answer_new(ANS_HISTORY, (void *)cb, ud);
     clu_pub_t *out = NULL;
     size_t n = 0;
     if (limit > 0 && c->count > 0) {
@@ -451,10 +254,11 @@ static int mem_history(clu_broker_t *b, const char *channel, const clu_chan_opts
                 stored_pub_t *p = &c->ring[(c->start + idx) % c->ring_cap];
                 /* Offsets into the answer's copy for now: the channel may be evicted before
                  * the answer runs. */
-                out[i] = (clu_pub_t){p->offset, (const char *)answer_copy(a, p->data, p->data_len),
+                out[i] = (clu_pub_t){p->offset,
+                                     (const char *)clu__mem_answer_copy(a, p->data, p->data_len),
                                      p->data_len, NULL, p->info_len};
                 if (p->info)
-                    out[i].info = (const char *)answer_copy(a, p->info, p->info_len);
+                    out[i].info = (const char *)clu__mem_answer_copy(a, p->info, p->info_len);
             }
         }
     }
@@ -463,7 +267,7 @@ static int mem_history(clu_broker_t *b, const char *channel, const clu_chan_opts
     a->pubs = out;
     a->n = n;
     chan_maybe_free(mb, c);
-    answer_queue(mb, a);
+    clu__mem_answer_queue(mb, a);
     return 0;
 }
 
@@ -521,7 +325,7 @@ static int mem_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb
     mem_broker_t *mb = (mem_broker_t *)b;
     mchan_t *c = chan_get(mb, channel, false);
     size_t n = c && c->presence ? core_map_size(c->presence) : 0;
-    answer_t *a = answer_new(ANS_PRESENCE, (void *)cb, ud);
+    answer_t *a = clu__mem_answer_new(ANS_PRESENCE, (void *)cb, ud);
     clu_presence_t *out = core_calloc(n ? n : 1, sizeof *out);
     size_t i = 0;
     if (n) {
@@ -530,15 +334,15 @@ static int mem_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb
         void *v;
         while (core_map_next(c->presence, &it, &client, &v)) {
             presence_entry_t *pe = v;
-            out[i++] = (clu_presence_t){(const char *)answer_copy(a, client, strlen(client)),
-                                        (const char *)answer_copy(a, pe->user, strlen(pe->user)),
-                                        (const char *)answer_copy(a, pe->info, pe->info_len),
-                                        pe->info_len};
+            out[i++] = (clu_presence_t){
+                (const char *)clu__mem_answer_copy(a, client, strlen(client)),
+                (const char *)clu__mem_answer_copy(a, pe->user, strlen(pe->user)),
+                (const char *)clu__mem_answer_copy(a, pe->info, pe->info_len), pe->info_len};
         }
     }
     a->presence = out;
     a->n = i;
-    answer_queue(mb, a);
+    clu__mem_answer_queue(mb, a);
     return 0;
 }
 
@@ -559,10 +363,10 @@ static int mem_presence_stats(clu_broker_t *b, const char *channel, clu_presence
         }
         core_map_free(seen);
     }
-    answer_t *a = answer_new(ANS_PRESENCE_STATS, (void *)cb, ud);
+    answer_t *a = clu__mem_answer_new(ANS_PRESENCE_STATS, (void *)cb, ud);
     a->clients = clients;
     a->users = users;
-    answer_queue(mb, a);
+    clu__mem_answer_queue(mb, a);
     return 0;
 }
 
@@ -577,8 +381,6 @@ static void mem_stats(clu_broker_t *b, clu_stats_t *out) {
     out->channels = core_map_size(mb->channels);
 }
 
-static void coord_free(mem_broker_t *mb);
-
 static void handle_closed(uv_handle_t *h) {
     mem_broker_t *mb = h->data;
     if (--mb->open_handles > 0)
@@ -588,7 +390,7 @@ static void handle_closed(uv_handle_t *h) {
     while (core_map_next(mb->channels, &it, NULL, &v))
         chan_free(v);
     core_map_free(mb->channels);
-    coord_free(mb);
+    clu__mem_coord_free(mb);
     void (*done)(void *) = mb->close_done;
     void *ud = mb->close_ud;
     free(mb);
@@ -603,228 +405,9 @@ static void mem_close(clu_broker_t *b, void (*done)(void *), void *ud) {
     /* Answers still queued run now, while the broker exists: their callers free what they
      * keep for the answer there, and learn the outcome of what already took effect. */
     while (mb->queue)
-        answers_drain(mb);
+        clu__mem_answers_drain(mb);
     uv_close((uv_handle_t *)&mb->sweep, handle_closed);
     uv_close((uv_handle_t *)&mb->answers, handle_closed);
-}
-
-/* One node is the whole cluster: the registry is the caller itself. */
-static int mem_heartbeat(clu_broker_t *b, const char *node_id, const char *info, size_t len,
-                         uint32_t ttl_ms, clu_nodes_cb cb, void *ud) {
-    if (!cb)
-        return 0;
-    answer_t *a = answer_new(ANS_NODES, (void *)cb, ud);
-    if (ttl_ms) {
-        a->n = 1;
-        a->node = (clu_node_t){(const char *)answer_copy(a, node_id, strlen(node_id)),
-                               (const char *)answer_copy(a, info, len), len};
-    }
-    answer_queue((mem_broker_t *)b, a);
-    return 0;
-}
-
-/* ---- semaphores, counters and deadlines of one node ---- */
-
-static void sem_expire(mem_broker_t *mb, msem_t *s) {
-    uint64_t now = uv_now(mb->loop);
-    for (uint32_t i = 0; i < s->n;) {
-        if (s->until[i] <= now) {
-            free(s->leases[i]);
-            s->leases[i] = s->leases[--s->n];
-            s->until[i] = s->until[s->n];
-        } else
-            i++;
-    }
-}
-
-static int sem_find(const msem_t *s, const char *lease) {
-    for (uint32_t i = 0; i < s->n; i++)
-        if (strcmp(s->leases[i], lease) == 0)
-            return (int)i;
-    return -1;
-}
-
-static msem_t *sem_get(mem_broker_t *mb, const char *key) {
-    msem_t *s = core_map_get(mb->sems, key);
-    if (!s) {
-        s = core_calloc(1, sizeof *s);
-        core_map_put(mb->sems, key, s);
-    }
-    sem_expire(mb, s);
-    return s;
-}
-
-static void queue_sem(mem_broker_t *mb, clu_sem_cb cb, void *ud, bool granted) {
-    answer_t *a = answer_new(ANS_SEM, (void *)cb, ud);
-    a->flag = granted;
-    answer_queue(mb, a);
-}
-
-static int mem_sem_acquire(clu_broker_t *b, const char *const *keys, const uint32_t *limits,
-                           size_t n, const char *lease, uint32_t ttl_ms, clu_sem_cb cb, void *ud) {
-    mem_broker_t *mb = (mem_broker_t *)b;
-    bool granted = true;
-    for (size_t i = 0; i < n && granted; i++) {
-        msem_t *s = sem_get(mb, keys[i]);
-        if (sem_find(s, lease) < 0 && s->n >= limits[i])
-            granted = false;
-    }
-    uint64_t until = uv_now(mb->loop) + ttl_ms;
-    for (size_t i = 0; i < n && granted; i++) {
-        msem_t *s = sem_get(mb, keys[i]);
-        int at = sem_find(s, lease);
-        if (at >= 0) {
-            s->until[at] = until;
-            continue;
-        }
-        if (s->n == s->cap) {
-            s->cap = s->cap ? s->cap * 2 : 8;
-            s->leases = core_realloc(s->leases, s->cap * sizeof *s->leases);
-            s->until = core_realloc(s->until, s->cap * sizeof *s->until);
-        }
-        s->leases[s->n] = core_strdup(lease);
-        s->until[s->n++] = until;
-    }
-    queue_sem(mb, cb, ud, granted);
-    return 0;
-}
-
-static int mem_sem_renew(clu_broker_t *b, const char *const *keys, size_t n, const char *lease,
-                         uint32_t ttl_ms, clu_sem_cb cb, void *ud) {
-    mem_broker_t *mb = (mem_broker_t *)b;
-    bool held = true;
-    uint64_t until = uv_now(mb->loop) + ttl_ms;
-    for (size_t i = 0; i < n; i++) {
-        msem_t *s = sem_get(mb, keys[i]);
-        int at = sem_find(s, lease);
-        if (at < 0)
-            held = false;
-        else
-            s->until[at] = until;
-    }
-    if (cb)
-        queue_sem(mb, cb, ud, held);
-    return 0;
-}
-
-static int mem_sem_release(clu_broker_t *b, const char *const *keys, size_t n, const char *lease) {
-    mem_broker_t *mb = (mem_broker_t *)b;
-    for (size_t i = 0; i < n; i++) {
-        msem_t *s = sem_get(mb, keys[i]);
-        int at = sem_find(s, lease);
-        if (at >= 0) {
-            free(s->leases[at]);
-            s->leases[at] = s->leases[--s->n];
-            s->until[at] = s->until[s->n];
-        }
-    }
-    return 0;
-}
-
-static int mem_counter_add(clu_broker_t *b, const char *key, int64_t amount, int64_t limit,
-                           int64_t expire_at_s, clu_counter_cb cb, void *ud) {
-    mem_broker_t *mb = (mem_broker_t *)b;
-    mcounter_t *c = core_map_get(mb->counters, key);
-    if (c && c->expire_at_s <= core_wall_s()) {
-        free(core_map_del(mb->counters, key));
-        c = NULL;
-    }
-    if (!c) {
-        c = core_calloc(1, sizeof *c);
-        core_map_put(mb->counters, key, c);
-    }
-    bool allowed = !(amount > 0 && limit > 0 && c->value + amount > limit);
-    if (allowed) {
-        c->value += amount;
-        if (c->value < 0)
-            c->value = 0;
-        c->expire_at_s = expire_at_s;
-    }
-    answer_t *a = answer_new(ANS_COUNTER, (void *)cb, ud);
-    a->flag = allowed;
-    a->value = c->value;
-    if (cb)
-        answer_queue(mb, a);
-    else
-        free(a);
-    return 0;
-}
-
-static int mem_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms) {
-    mem_broker_t *mb = (mem_broker_t *)b;
-    int64_t *d = core_map_get(mb->deadlines, key);
-    if (!d) {
-        d = core_calloc(1, sizeof *d);
-        core_map_put(mb->deadlines, key, d);
-    }
-    if (until_ms > *d)
-        *d = until_ms;
-    return 0;
-}
-
-static int mem_deadline_get(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
-                            void *ud) {
-    mem_broker_t *mb = (mem_broker_t *)b;
-    answer_t *a = answer_new(ANS_DEADLINES, (void *)cb, ud);
-    a->n = n;
-    a->values = core_calloc(n ? n : 1, sizeof *a->values);
-    int64_t now = core_wall_ms();
-    for (size_t i = 0; i < n; i++) {
-        int64_t *d = core_map_get(mb->deadlines, keys[i]);
-        a->values[i] = d && *d > now ? *d : 0;
-    }
-    answer_queue(mb, a);
-    return 0;
-}
-
-/* Forgets expired daily counters and semaphores nobody holds, so a long-lived node does not
- * keep one entry per user and day forever. */
-static void coord_sweep(mem_broker_t *mb) {
-    int64_t wall = core_wall_s();
-    core_map_iter_t it = 0;
-    const char *key;
-    void *v;
-    while (core_map_next(mb->counters, &it, &key, &v))
-        if (((mcounter_t *)v)->expire_at_s <= wall)
-            free(core_map_del(mb->counters, key));
-    it = 0;
-    while (core_map_next(mb->sems, &it, &key, &v)) {
-        msem_t *s = v;
-        sem_expire(mb, s);
-        if (s->n == 0) {
-            core_map_del(mb->sems, key);
-            free(s->leases);
-            free(s->until);
-            free(s);
-        }
-    }
-    int64_t wall_ms = core_wall_ms();
-    it = 0;
-    while (core_map_next(mb->deadlines, &it, &key, &v))
-        if (*(int64_t *)v <= wall_ms)
-            free(core_map_del(mb->deadlines, key));
-}
-
-static void coord_free(mem_broker_t *mb) {
-    core_map_iter_t it = 0;
-    void *v;
-    while (core_map_next(mb->sems, &it, NULL, &v)) {
-        msem_t *s = v;
-        for (uint32_t i = 0; i < s->n; i++)
-            free(s->leases[i]);
-        free(s->leases);
-        free(s->until);
-        free(s);
-    }
-    core_map_free(mb->sems);
-    it = 0;
-    while (core_map_next(mb->counters, &it, NULL, &v))
-        free(v);
-    core_map_free(mb->counters);
-    it = 0;
-    while (core_map_next(mb->deadlines, &it, NULL, &v))
-        free(v);
-    core_map_free(mb->deadlines);
 }
 
 static const clu_ops_t mem_ops = {
@@ -838,14 +421,14 @@ static const clu_ops_t mem_ops = {
     .presence_remove = mem_presence_remove,
     .presence = mem_presence,
     .presence_stats = mem_presence_stats,
-    .heartbeat = mem_heartbeat,
+    .heartbeat = clu__mem_heartbeat,
     .rate_take = NULL,
-    .sem_acquire = mem_sem_acquire,
-    .sem_renew = mem_sem_renew,
-    .sem_release = mem_sem_release,
-    .counter_add = mem_counter_add,
-    .deadline_raise = mem_deadline_raise,
-    .deadline_get = mem_deadline_get,
+    .sem_acquire = clu__mem_sem_acquire,
+    .sem_renew = clu__mem_sem_renew,
+    .sem_release = clu__mem_sem_release,
+    .counter_add = clu__mem_counter_add,
+    .deadline_raise = clu__mem_deadline_raise,
+    .deadline_get = clu__mem_deadline_get,
     .ready = mem_ready,
     .stats = mem_stats,
     .close = mem_close,

@@ -1,5 +1,5 @@
-/* cluster_redis_lua: the Lua scripts of the Redis broker (cluster_redis.c), kept apart so the C
- * reads as C. Every script touches only keys carrying the channel's hash tag, so a channel stays
+/* cluster_redis_lua: the Lua scripts of the Redis broker (cluster_redis_call.c), kept apart so the
+ * C reads as C. Every script touches only keys carrying the channel's hash tag, so a channel stays
  * on one Redis Cluster slot.
  *
  * Keys of one channel C:
