@@ -153,6 +153,7 @@ typedef struct {
     int (*counter_add)(clu_broker_t *b, const char *key, int64_t amount, int64_t limit,
                        int64_t expire_at_s, clu_counter_cb cb, void *ud);
     int (*deadline_raise)(clu_broker_t *b, const char *key, int64_t until_ms);
+    int (*deadline_clear)(clu_broker_t *b, const char *key);
     int (*deadline_get)(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
                         void *ud);
     bool (*ready)(clu_broker_t *b);
@@ -254,6 +255,10 @@ static inline int clu_counter_add(clu_broker_t *b, const char *key, int64_t amou
  * forget: nodes read it with clu_deadline_get. */
 static inline int clu_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms) {
     return b->ops->deadline_raise(b, key, until_ms);
+}
+/* Removes the shared deadline key (an operator's decision to end it early). Fire and forget. */
+static inline int clu_deadline_clear(clu_broker_t *b, const char *key) {
+    return b->ops->deadline_clear(b, key);
 }
 static inline int clu_deadline_get(clu_broker_t *b, const char *const *keys, size_t n,
                                    clu_deadlines_cb cb, void *ud) {

@@ -428,6 +428,7 @@ static const clu_ops_t mem_ops = {
     .sem_release = clu__mem_sem_release,
     .counter_add = clu__mem_counter_add,
     .deadline_raise = clu__mem_deadline_raise,
+    .deadline_clear = clu__mem_deadline_clear,
     .deadline_get = clu__mem_deadline_get,
     .ready = mem_ready,
     .stats = mem_stats,

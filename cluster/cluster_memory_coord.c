@@ -159,6 +159,14 @@ int clu__mem_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms) 
     return 0;
 }
 
+int clu__mem_deadline_clear(clu_broker_t *b, const char *key) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    int64_t *d = core_map_get(mb->deadlines, key);
+    if (d)
+        *d = 0;
+    return 0;
+}
+
 int clu__mem_deadline_get(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
                           void *ud) {
     mem_broker_t *mb = (mem_broker_t *)b;

@@ -122,6 +122,7 @@ int clu__mem_sem_release(clu_broker_t *b, const char *const *keys, size_t n, con
 int clu__mem_counter_add(clu_broker_t *b, const char *key, int64_t amount, int64_t limit,
                          int64_t expire_at_s, clu_counter_cb cb, void *ud);
 int clu__mem_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms);
+int clu__mem_deadline_clear(clu_broker_t *b, const char *key);
 int clu__mem_deadline_get(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
                           void *ud);
 /* Forgets what expired; called by the channels' sweep timer. */

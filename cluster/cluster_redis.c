@@ -340,6 +340,7 @@ static const clu_ops_t redis_ops = {
     .sem_release = clu__rb_sem_release,
     .counter_add = clu__rb_counter_add,
     .deadline_raise = clu__rb_deadline_raise,
+    .deadline_clear = clu__rb_deadline_clear,
     .deadline_get = clu__rb_deadline_get,
     .ready = rb_ready,
     .stats = rb_stats,

@@ -12,10 +12,11 @@
 #define MOD "cluster"
 
 const char *const clu__rb_script_src[SCRIPT_COUNT] = {
-    clu_redis_lua_publish,      clu_redis_lua_history,        clu_redis_lua_presence_add,
-    clu_redis_lua_presence_get, clu_redis_lua_heartbeat,      clu_redis_lua_rate,
-    clu_redis_lua_sem_acquire,  clu_redis_lua_sem_renew,      clu_redis_lua_sem_release,
-    clu_redis_lua_counter,      clu_redis_lua_deadline_raise, clu_redis_lua_deadline_get,
+    clu_redis_lua_publish,        clu_redis_lua_history,        clu_redis_lua_presence_add,
+    clu_redis_lua_presence_get,   clu_redis_lua_heartbeat,      clu_redis_lua_rate,
+    clu_redis_lua_sem_acquire,    clu_redis_lua_sem_renew,      clu_redis_lua_sem_release,
+    clu_redis_lua_counter,        clu_redis_lua_deadline_raise, clu_redis_lua_deadline_get,
+    clu_redis_lua_deadline_clear,
 };
 
 /* ---- small helpers ------------------------------------------------------------------------- */

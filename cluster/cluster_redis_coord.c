@@ -186,7 +186,7 @@ int clu__rb_counter_add(clu_broker_t *b, const char *key, int64_t amount, int64_
     return 0;
 }
 
-static void deadline_raised(call_t *c, redisReply *r, int status) {
+static void deadline_written(call_t *c, redisReply *r, int status) {
     (void)c;
     (void)r;
     (void)status;
@@ -196,10 +196,21 @@ int clu__rb_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms) {
     rb_t *rb = (rb_t *)b;
     if (rb->closing)
         return CORE_EINVAL;
-    call_t *c = clu__rb_call_new(rb, SCRIPT_DEADLINE_RAISE, deadline_raised, NULL, NULL);
+    call_t *c = clu__rb_call_new(rb, SCRIPT_DEADLINE_RAISE, deadline_written, NULL, NULL);
     clu__rb_call_args(c, "1");
     coord_key(c, "chat.dl.", key);
     call_argi(c, until_ms);
+    clu__rb_call_start(c);
+    return 0;
+}
+
+int clu__rb_deadline_clear(clu_broker_t *b, const char *key) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing)
+        return CORE_EINVAL;
+    call_t *c = clu__rb_call_new(rb, SCRIPT_DEADLINE_CLEAR, deadline_written, NULL, NULL);
+    clu__rb_call_args(c, "1");
+    coord_key(c, "chat.dl.", key);
     clu__rb_call_start(c);
     return 0;
 }

@@ -25,6 +25,7 @@ enum {
     SCRIPT_COUNTER,
     SCRIPT_DEADLINE_RAISE,
     SCRIPT_DEADLINE_GET,
+    SCRIPT_DEADLINE_CLEAR,
     SCRIPT_COUNT
 };
 
@@ -143,6 +144,7 @@ int clu__rb_sem_release(clu_broker_t *b, const char *const *keys, size_t n, cons
 int clu__rb_counter_add(clu_broker_t *b, const char *key, int64_t amount, int64_t limit,
                         int64_t expire_at_s, clu_counter_cb cb, void *ud);
 int clu__rb_deadline_raise(clu_broker_t *b, const char *key, int64_t until_ms);
+int clu__rb_deadline_clear(clu_broker_t *b, const char *key);
 int clu__rb_deadline_get(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
                          void *ud);
 

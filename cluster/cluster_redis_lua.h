@@ -264,6 +264,10 @@ static const char clu_redis_lua_deadline_raise[] =
     "end\n"
     "return 1\n";
 
+/* KEYS: one shared deadline. Removes it. */
+static const char clu_redis_lua_deadline_clear[] = "redis.call('DEL', KEYS[1])\n"
+                                                   "return 1\n";
+
 /* KEYS: shared deadlines. Returns their values, 0 for none. */
 static const char clu_redis_lua_deadline_get[] =
     "local out = {}\n"

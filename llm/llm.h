@@ -182,7 +182,9 @@ void llm_key_view(const llm_t *l, size_t i, size_t k, llm_key_view_t *out);
  * this node holds. */
 void llm_render_state(const llm_t *l, core_str_t *out);
 /* An operator's hand on keys and breakers: re-enables a disabled key (by fingerprint) and ends
- * its cooldown, or closes a provider's breaker. Returns 0 or CORE_ENOENT. */
+ * its cooldown and breaker on this node, or closes a provider's breaker on this node and ends
+ * the shared decision, so the other nodes close theirs at their next read (within a second).
+ * Returns 0 or CORE_ENOENT. */
 int llm_key_enable(llm_t *l, const char *provider, const char *fp);
 int llm_breaker_close(llm_t *l, const char *provider);
 

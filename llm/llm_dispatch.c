@@ -1104,9 +1104,13 @@ static void breakers_read(int status, const int64_t *values, size_t n, void *ud)
     int64_t wall = core_wall_ms();
     uint64_t now = now_ms(l);
     for (size_t i = 0; i < n && i < l->nprovs; i++) {
-        l->provs[i].shared_open_until_wall_ms = values[i];
+        llm_prov_t *p = &l->provs[i];
+        /* A decision that vanished before its time was ended by an operator (on any node). */
+        if (values[i] == 0 && p->shared_open_until_wall_ms > wall)
+            llm_breaker_reset(&p->br);
+        p->shared_open_until_wall_ms = values[i];
         if (values[i] > wall)
-            llm_breaker_open_until(&l->provs[i].br, now + (uint64_t)(values[i] - wall));
+            llm_breaker_open_until(&p->br, now + (uint64_t)(values[i] - wall));
     }
 }
 

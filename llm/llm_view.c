@@ -173,5 +173,7 @@ int llm_breaker_close(llm_t *l, const char *provider) {
     if (!p)
         return CORE_ENOENT;
     llm_breaker_reset(&p->br);
+    p->shared_open_until_wall_ms = 0;
+    clu_deadline_clear(l->broker, p->breaker_key);
     return 0;
 }

@@ -1,9 +1,12 @@
-/* server: the admin listener: /healthz, /readyz, /metrics and the server API (/api/info),
+/* server: the admin listener: /healthz, /readyz, /metrics and the server API (/api/info, the
+ * assistant's /api/llm and its operator actions),
  * and what the node tells about itself to metrics and the cluster's registry. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+
+#include <jansson.h>
 
 #include "server/srv_int.h"
 
@@ -72,7 +75,40 @@ void srv__node_self_info(void *ud, core_str_t *out) {
                      !S->draining && clu_ready(S->broker) ? "true" : "false", core_wall_ms());
 }
 
-static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri) {
+/* POST /api/llm/key/enable {"provider":P,"key":FINGERPRINT} and POST /api/llm/breaker/close
+ * {"provider":P}: the operator's hand on the dispatcher. */
+static int llm_action(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri, bool post,
+                      const char *body, size_t len) {
+    if (!post)
+        return api_error(wsi, c, 405, 405, "method not allowed: use POST");
+    if (!body && len > 0)
+        return api_error(wsi, c, 413, 413, "request body too large for this method");
+    json_error_t jerr;
+    json_t *root = body ? json_loadb(body, len, 0, &jerr) : NULL;
+    const char *prov = json_string_value(json_object_get(root, "provider"));
+    const char *key = json_string_value(json_object_get(root, "key"));
+    bool enable = strcmp(uri, "/api/llm/key/enable") == 0;
+    int rc;
+    if (!prov || (enable && !key))
+        rc = api_error(wsi, c, 400, 400,
+                       enable ? "bad request: {\"provider\":P,\"key\":fingerprint} required"
+                              : "bad request: {\"provider\":P} required");
+    else if ((enable ? llm_key_enable(S->llm, prov, key) : llm_breaker_close(S->llm, prov)) != 0)
+        rc = api_error(wsi, c, 404, 404, enable ? "no such provider or key" : "no such provider");
+    else {
+        CORE_LOGI("admin", enable ? "llm key enabled" : "llm breaker closed", "provider=%s key=%s",
+                  prov, key ? key : "-");
+        core_str_t ok = {0};
+        core_str_appends(&ok, "{\"result\":{}}");
+        rc = srv__http_respond(wsi, c, 200, "application/json", ok.ptr, ok.len);
+    }
+    json_decref(root);
+    return rc;
+}
+
+/* req is the POST's body, NULL with req_len > 0 when it did not fit adm_conn_t.body. */
+static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri, bool post,
+                      const char *req, size_t req_len) {
     if (strcmp(uri, "/healthz") == 0)
         return srv__http_respond_text(wsi, c, 200, "ok\n");
     if (strcmp(uri, "/readyz") == 0) {
@@ -104,6 +140,9 @@ static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri)
             core_str_appends(&body, "}");
             return srv__http_respond(wsi, c, 200, "application/json", body.ptr, body.len);
         }
+        if (S->llm &&
+            (strcmp(uri, "/api/llm/key/enable") == 0 || strcmp(uri, "/api/llm/breaker/close") == 0))
+            return llm_action(S, wsi, c, uri, post, req, req_len);
         return api_error(wsi, c, 404, 404, "unknown API method");
     }
     return srv__http_respond_text(wsi, c, 404, "not found\n");
@@ -115,10 +154,11 @@ typedef struct {
     srv_conn_t base;
     char post_uri[64];
     bool post_too_long;
-    size_t post_bytes; /* of the request body so far: only its size matters yet */
+    size_t post_bytes; /* of the request body so far */
+    char body[4096];   /* its first bytes: what the API's small JSON requests need */
 } adm_conn_t;
 
-/* Request bodies the API reads at most (none reads one yet; Centrifugo's SDKs send "{}"). */
+/* Request bodies the API takes at most; bodies the API reads must fit in adm_conn_t.body. */
 #define API_BODY_MAX 65536
 
 static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -143,9 +183,13 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return 0;
         }
         /* A GET, or a POST without a body. */
-        return admin_http(S, wsi, c, (const char *)in);
+        return admin_http(S, wsi, c, (const char *)in,
+                          lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0, NULL, 0);
     }
     case LWS_CALLBACK_HTTP_BODY:
+        if (a->post_bytes < sizeof a->body)
+            memcpy(a->body + a->post_bytes, in,
+                   len < sizeof a->body - a->post_bytes ? len : sizeof a->body - a->post_bytes);
         a->post_bytes += len;
         return 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
@@ -153,7 +197,9 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
             return api_error(wsi, c, 413, 413, "request body too large");
         if (a->post_too_long)
             return srv__http_respond_text(wsi, c, 404, "not found\n");
-        return admin_http(S, wsi, c, a->post_uri);
+        /* A body past the buffer reaches the methods as NULL with its length. */
+        return admin_http(S, wsi, c, a->post_uri, true,
+                          a->post_bytes > sizeof a->body ? NULL : a->body, a->post_bytes);
     default:
         return srv__http_common(wsi, reason, c, in, len);
     }

@@ -160,4 +160,20 @@ test('a provider breaker opened on one node stops the other node too', async (t)
   await assert.rejects(ask(b, room, 'while open elsewhere'),
     (e) => e.code === 502 && retryAfter(e.message) > 0);
   assert.equal((await mock.stats()).keys['good-key'].requests, 0, 'no upstream call from node 1 while open');
+
+  // An operator closes the breaker on node 1: the shared decision ends, so node 0 closes too.
+  const res = await fetch(`${n1.adminUrl}/api/llm/breaker/close`, {
+    method: 'POST', headers: { 'X-API-Key': API_KEY }, body: JSON.stringify({ provider: 'p1' }),
+    signal: AbortSignal.timeout(5000),
+  });
+  assert.equal(res.status, 200, await res.text());
+  assert.equal((await llmState(n1)).providers[0].breaker.state, 'closed');
+  await waitLlmState(n0, (s) => s.providers[0].breaker.state === 'closed', 'breaker closed on node 0', 5000);
+  // Node 1 stays closed past its next reads of the shared decision, and serves again.
+  let id = null;
+  const w = watchAnswer(sub, () => id);
+  id = (await ask(b, room, 'after the operator closed it')).request_id;
+  await withTimeout(w.done, 10000, 'answer after the breaker closed');
+  assert.ok(w.final, 'node 1 serves again');
+  assert.equal((await mock.stats()).keys['good-key'].statuses['200'], 1);
 });

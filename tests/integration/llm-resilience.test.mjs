@@ -114,6 +114,32 @@ test('a key the provider rejects (401) is disabled until an operator re-enables 
     const disabled = state.providers[0].keys.filter((k) => k.state === 'disabled');
     assert.equal(disabled.length, 1);
     assert.match(disabled[0].disabled_reason, /auth/);
+
+    // The operator fixes the key at the provider and re-enables it on the node.
+    const action = (path, body, init = {}) => fetch(`${srv.adminUrl}${path}`, {
+        method : 'POST',
+        headers : {'X-API-Key' : API_KEY},
+        body : JSON.stringify(body),
+        signal : AbortSignal.timeout(5000),
+        ...init,
+    });
+    const fp = disabled[0].fingerprint;
+    assert.equal((await action('/api/llm/key/enable', {provider : 'p1', key : fp}, {method : 'GET', body : undefined})).status, 405);
+    assert.equal((await action('/api/llm/key/enable', {provider : 'p1', key : fp}, {headers : {}})).status, 401);
+    assert.equal((await action('/api/llm/key/enable', {provider : 'p1'})).status, 400);
+    assert.equal((await action('/api/llm/key/enable', {provider : 'p1', key : 'k:00000000'})).status, 404);
+    assert.equal((await action('/api/llm/key/enable', {provider : 'nope', key : fp})).status, 404);
+    assert.equal((await llmState(srv)).providers[0].keys.filter((k) => k.state === 'disabled').length, 1,
+                 'refused actions change nothing');
+    await mock.control({key : 'bad', scenario : 'ok'});
+    const ok = await action('/api/llm/key/enable', {provider : 'p1', key : fp});
+    assert.equal(ok.status, 200, await ok.text());
+    assert.ok((await llmState(srv)).providers[0].keys.every((k) => k.state === 'ready'));
+    // The other key now fails: the answer comes through the re-enabled one.
+    await mock.control({key : 'good', scenario : 'unauthorized'});
+    const b = await askAndWait(alice, sub, 'chat:auth', 'after the fix');
+    assert.ok(b.w.final, 'answered');
+    assert.equal((await mock.stats()).keys.bad.statuses['200'], 1, 'the re-enabled key served');
 });
 
 test(
