@@ -65,7 +65,8 @@ core_buf_t *chat__pub_push(const char *channel, const clu_pub_t *pub) {
     /* Every client speaks the JSON codec today, so one buffer serves every subscriber. With
      * several codecs in use, fan-out builds one buffer per codec. */
     core_str_t s = {0};
-    chat__codec_json.pub(&s, channel, pub);
+    chat__codec_json.push(&s,
+                          &(chat_push_t){.channel = channel, .kind = CHAT_PUSH_PUB, .pub = pub});
     core_buf_t *b = core_buf_from(0, s.ptr, s.len);
     core_str_free(&s);
     return b;
@@ -312,16 +313,14 @@ static void on_resync(void *ud, const char *channel) {
 }
 
 static void on_join_leave(chat_node_t *n, const char *channel, const char *info, size_t len,
-                          const char *kind) {
+                          chat_push_kind_t kind) {
     chat_channel_t *ch = core_map_get(n->channels, channel);
     if (!ch)
         return;
-    core_str_t body = {0}, s = {0};
-    core_str_appends(&body, "{\"info\":");
-    core_str_append(&body, info, len);
-    core_str_appends(&body, "}");
-    chat__codec_json.push(&s, channel, kind, body.ptr, body.len);
-    core_str_free(&body);
+    /* Like publications, serialised once for every member (all speak the JSON codec today). */
+    core_str_t s = {0};
+    chat__codec_json.push(&s,
+                          &(chat_push_t){.channel = channel, .kind = kind, .member = {info, len}});
     core_buf_t *b = core_buf_from(0, s.ptr, s.len);
     core_str_free(&s);
     for (uint32_t i = 0; i < ch->n; i++) {
@@ -333,11 +332,11 @@ static void on_join_leave(chat_node_t *n, const char *channel, const char *info,
 }
 
 static void on_join(void *ud, const char *channel, const char *info, size_t len) {
-    on_join_leave(ud, channel, info, len, "join");
+    on_join_leave(ud, channel, info, len, CHAT_PUSH_JOIN);
 }
 
 static void on_leave(void *ud, const char *channel, const char *info, size_t len) {
-    on_join_leave(ud, channel, info, len, "leave");
+    on_join_leave(ud, channel, info, len, CHAT_PUSH_LEAVE);
 }
 
 static const clu_events_t broker_events = {on_pub, on_join, on_leave, on_resync};

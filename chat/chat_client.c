@@ -69,33 +69,15 @@ void chat__reply_broker_error(chat_client_t *c, uint32_t id, int status) {
     chat__reply_error(c, id, CORE_REPLY_INTERNAL, msg);
 }
 
-void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
-                     size_t len) {
+void chat__reply(chat_client_t *c, const chat_reply_t *r) {
     core_str_t s = {0};
-    c->codec->reply(&s, id, m, result, len);
+    c->codec->reply(&s, r);
     chat__send_str(c, &s);
     core_str_free(&s);
 }
 
-void chat__send_push(chat_client_t *c, const char *channel, const char *kind, const char *body,
-                     size_t len) {
-    core_str_t s = {0};
-    c->codec->push(&s, channel, kind, body, len);
-    chat__send_str(c, &s);
-    core_str_free(&s);
-}
-
-/* Appends {"data":...,"offset":N,"info":...} for a publication. */
-void chat__append_pub(core_str_t *s, const clu_pub_t *p) {
-    core_str_appends(s, "{\"data\":");
-    core_str_append(s, p->data, p->data_len);
-    if (p->offset)
-        core_str_appendf(s, ",\"offset\":%" PRIu64, p->offset);
-    if (p->info && p->info_len) {
-        core_str_appends(s, ",\"info\":");
-        core_str_append(s, p->info, p->info_len);
-    }
-    core_str_appends(s, "}");
+void chat__reply_empty(chat_client_t *c, uint32_t id, chat_method_t m) {
+    chat__reply(c, &(chat_reply_t){.id = id, .method = m});
 }
 
 /* ---- frames ---- */

@@ -1,6 +1,8 @@
 /* chat: the JSON codec (Centrifugo protocol v2, JSON): commands one per line of a text frame,
- * decoded into typed requests; replies and pushes as JSON objects, several per frame joined by
- * newlines. Also the chat message validation, which works on JSON data whatever the codec. */
+ * decoded into typed requests; typed replies and pushes written as JSON objects, several per
+ * frame joined by newlines. Also what is JSON whatever the codec: the chat message validation,
+ * the ClientInfo record the broker keeps, and the data of typing notices. Nothing else in chat/
+ * writes JSON. */
 #include "chat/chat_int.h"
 
 #include <inttypes.h>
@@ -156,6 +158,31 @@ char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *
     return out;
 }
 
+char *chat__client_info_record(const chat_client_info_t *ci, size_t *len) {
+    core_str_t s = {0};
+    core_str_appends(&s, "{\"user\":");
+    core_str_append_json_string(&s, ci->user, strlen(ci->user));
+    core_str_appends(&s, ",\"client\":");
+    core_str_append_json_string(&s, ci->client, strlen(ci->client));
+    if (ci->conn_info) {
+        core_str_appends(&s, ",\"conn_info\":");
+        core_str_appends(&s, ci->conn_info);
+    }
+    if (ci->chan_info) {
+        core_str_appends(&s, ",\"chan_info\":");
+        core_str_appends(&s, ci->chan_info);
+    }
+    core_str_appends(&s, "}");
+    *len = s.len;
+    return s.ptr;
+}
+
+void chat__typing_data(core_str_t *out, const char *user) {
+    core_str_appends(out, "{\"type\":\"typing\",\"user\":");
+    core_str_append_json_string(out, user, strlen(user));
+    core_str_appends(out, "}");
+}
+
 /* ---- typed requests ---- */
 
 /* What the JSON codec keeps for a decoded request: the document (the strings of the request
@@ -279,11 +306,185 @@ static void json_req_clear(chat_req_t *req) {
 
 /* ---- encoders ---- */
 
-static void json_reply(core_str_t *s, uint32_t id, chat_method_t m, const char *result,
-                       size_t len) {
-    core_str_reserve(s, len + 48);
-    core_str_appendf(s, "{\"id\":%u,\"%s\":", id, chat_method_name(m));
-    core_str_append(s, result, len);
+static void append_string(core_str_t *s, const char *z) {
+    core_str_append_json_string(s, z, strlen(z));
+}
+
+/* Starts the next member of an object being written: the comma before all but the first. */
+static void member(core_str_t *s, bool *first, const char *key) {
+    core_str_appendf(s, "%s\"%s\":", *first ? "" : ",", key);
+    *first = false;
+}
+
+/* A Publication: {"data":...,"offset":N,"info":...}; offset 0 (not stored) and a missing
+ * info are left out. */
+static void append_pub(core_str_t *s, const clu_pub_t *p) {
+    core_str_appends(s, "{\"data\":");
+    core_str_append(s, p->data, p->data_len);
+    if (p->offset)
+        core_str_appendf(s, ",\"offset\":%" PRIu64, p->offset);
+    if (p->info && p->info_len) {
+        core_str_appends(s, ",\"info\":");
+        core_str_append(s, p->info, p->info_len);
+    }
+    core_str_appends(s, "}");
+}
+
+static void append_pubs(core_str_t *s, const clu_pub_t *pubs, size_t n) {
+    core_str_appends(s, "[");
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            core_str_appends(s, ",");
+        append_pub(s, &pubs[i]);
+    }
+    core_str_appends(s, "]");
+}
+
+static void append_expiry(core_str_t *s, bool *first, bool expires, int64_t ttl) {
+    if (!expires)
+        return;
+    member(s, first, "expires");
+    core_str_appends(s, "true");
+    member(s, first, "ttl");
+    core_str_appendf(s, "%" PRId64, ttl);
+}
+
+static void append_subscribe(core_str_t *s, const chat_subscribe_result_t *r) {
+    bool first = true;
+    core_str_appends(s, "{");
+    if (r->recoverable) {
+        member(s, &first, "recoverable");
+        core_str_appends(s, "true");
+    }
+    if (r->positioned) {
+        member(s, &first, "positioned");
+        core_str_appends(s, "true");
+        member(s, &first, "epoch");
+        append_string(s, r->epoch ? r->epoch : "");
+        member(s, &first, "offset");
+        core_str_appendf(s, "%" PRIu64, r->offset);
+    }
+    if (r->was_recovering) {
+        member(s, &first, "was_recovering");
+        core_str_appends(s, "true");
+    }
+    if (r->recovered) {
+        member(s, &first, "recovered");
+        core_str_appends(s, "true");
+    }
+    if (r->npubs) {
+        member(s, &first, "publications");
+        append_pubs(s, r->pubs, r->npubs);
+    }
+    append_expiry(s, &first, r->expires, r->ttl);
+    core_str_appends(s, "}");
+}
+
+/* The members a ConnectResult and a RefreshResult share: client, version, expiry. */
+static void append_identity(core_str_t *s, bool *first, const char *client, const char *version,
+                            bool expires, int64_t ttl) {
+    member(s, first, "client");
+    append_string(s, client);
+    member(s, first, "version");
+    append_string(s, version);
+    append_expiry(s, first, expires, ttl);
+}
+
+static void append_connect(core_str_t *s, const chat_connect_result_t *r) {
+    bool first = true;
+    core_str_appends(s, "{");
+    append_identity(s, &first, r->client, r->version, r->expires, r->ttl);
+    member(s, &first, "ping");
+    core_str_appendf(s, "%u", r->ping);
+    if (r->pong) {
+        member(s, &first, "pong");
+        core_str_appends(s, "true");
+    }
+    if (r->node) {
+        member(s, &first, "node");
+        append_string(s, r->node);
+    }
+    if (r->nsubs) {
+        member(s, &first, "subs");
+        core_str_appends(s, "{");
+        for (size_t i = 0; i < r->nsubs; i++) {
+            if (i)
+                core_str_appends(s, ",");
+            append_string(s, r->subs[i].channel);
+            core_str_appends(s, ":");
+            append_subscribe(s, &r->subs[i].result);
+        }
+        core_str_appends(s, "}");
+    }
+    core_str_appends(s, "}");
+}
+
+static void append_presence(core_str_t *s, const chat_presence_result_t *r) {
+    core_str_appends(s, "{\"presence\":{");
+    for (size_t i = 0; i < r->n; i++) {
+        if (i)
+            core_str_appends(s, ",");
+        append_string(s, r->clients[i].client);
+        core_str_appends(s, ":");
+        /* The ClientInfo record is a JSON object already. */
+        core_str_append(s, r->clients[i].info, r->clients[i].info_len);
+    }
+    core_str_appends(s, "}}");
+}
+
+static void append_history(core_str_t *s, const chat_history_result_t *r) {
+    core_str_appends(s, "{\"publications\":");
+    append_pubs(s, r->pubs, r->npubs);
+    core_str_appends(s, ",\"epoch\":");
+    append_string(s, r->epoch ? r->epoch : "");
+    core_str_appendf(s, ",\"offset\":%" PRIu64 "}", r->offset);
+}
+
+static void json_reply(core_str_t *s, const chat_reply_t *r) {
+    core_str_appendf(s, "{\"id\":%u,\"%s\":", r->id, chat_method_name(r->method));
+    bool first = true;
+    switch (r->method) {
+    case CHAT_M_CONNECT:
+        append_connect(s, &r->connect);
+        break;
+    case CHAT_M_REFRESH:
+        core_str_appends(s, "{");
+        append_identity(s, &first, r->refresh.client, r->refresh.version, r->refresh.expires,
+                        r->refresh.ttl);
+        core_str_appends(s, "}");
+        break;
+    case CHAT_M_SUBSCRIBE:
+        append_subscribe(s, &r->subscribe);
+        break;
+    case CHAT_M_SUB_REFRESH:
+        core_str_appends(s, "{");
+        append_expiry(s, &first, r->sub_refresh.expires, r->sub_refresh.ttl);
+        core_str_appends(s, "}");
+        break;
+    case CHAT_M_PRESENCE:
+        append_presence(s, &r->presence);
+        break;
+    case CHAT_M_PRESENCE_STATS:
+        core_str_appendf(s, "{\"num_clients\":%u,\"num_users\":%u}", r->presence_stats.num_clients,
+                         r->presence_stats.num_users);
+        break;
+    case CHAT_M_HISTORY:
+        append_history(s, &r->history);
+        break;
+    case CHAT_M_RPC:
+        /* The handler's data is JSON text in this codec: it goes out as it is. */
+        core_str_appends(s, "{\"data\":");
+        core_str_append(s, r->rpc.data, r->rpc.data_len);
+        core_str_appends(s, "}");
+        break;
+    case CHAT_M_PUBLISH:
+    case CHAT_M_UNSUBSCRIBE:
+        core_str_appends(s, "{}");
+        break;
+    default:
+        /* Pongs, send and unknown methods get no result: a caller bug. */
+        CORE_ASSERT(!"a reply for a method without a result");
+    }
     core_str_appends(s, "}");
 }
 
@@ -295,21 +496,27 @@ static void json_error(core_str_t *s, uint32_t id, int code, const char *message
     core_str_appends(s, "}}");
 }
 
-static void json_push(core_str_t *s, const char *channel, const char *kind, const char *body,
-                      size_t len) {
+static void json_push(core_str_t *s, const chat_push_t *p) {
+    if (p->kind == CHAT_PUSH_PUB)
+        /* The fan-out path: one allocation for the whole message. */
+        core_str_reserve(s, p->pub->data_len + p->pub->info_len + strlen(p->channel) + 64);
     core_str_appends(s, "{\"push\":{\"channel\":");
-    core_str_append_json_string(s, channel, strlen(channel));
-    core_str_appendf(s, ",\"%s\":", kind);
-    core_str_append(s, body, len);
-    core_str_appends(s, "}}");
-}
-
-static void json_pub(core_str_t *s, const char *channel, const clu_pub_t *pub) {
-    core_str_reserve(s, pub->data_len + pub->info_len + strlen(channel) + 64);
-    core_str_appends(s, "{\"push\":{\"channel\":");
-    core_str_append_json_string(s, channel, strlen(channel));
-    core_str_appends(s, ",\"pub\":");
-    chat__append_pub(s, pub);
+    append_string(s, p->channel);
+    switch (p->kind) {
+    case CHAT_PUSH_PUB:
+        core_str_appends(s, ",\"pub\":");
+        append_pub(s, p->pub);
+        break;
+    case CHAT_PUSH_JOIN:
+    case CHAT_PUSH_LEAVE:
+        core_str_appends(s, p->kind == CHAT_PUSH_JOIN ? ",\"join\":{\"info\":"
+                                                      : ",\"leave\":{\"info\":");
+        core_str_append(s, p->member.info, p->member.info_len);
+        core_str_appends(s, "}");
+        break;
+    default:
+        CORE_ASSERT(!"an unknown push kind");
+    }
     core_str_appends(s, "}}");
 }
 
@@ -338,6 +545,5 @@ const chat_codec_t chat__codec_json = {
     .reply = json_reply,
     .error = json_error,
     .push = json_push,
-    .pub = json_pub,
     .ping = json_ping,
 };

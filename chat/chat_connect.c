@@ -1,7 +1,6 @@
 /* chat: connect (with server-side subscriptions) and refresh. */
 #include "chat/chat_int.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,8 +13,10 @@
 struct connect_op {
     chat_op_t base;
     uint32_t pending;
-    core_str_t subs; /* "\"channel\":{...},..." */
-    uint64_t *tops;  /* per channel top and epoch, in the order of `channels` */
+    /* The subscriptions answered so far, in answer order, with copies of what they borrowed. */
+    chat_connect_sub_t *subs;
+    uint32_t nsubs;
+    uint64_t *tops; /* per channel top and epoch, in the order of `channels` */
     char (*epochs)[CLU_EPOCH_MAX];
     char **channels;
     uint64_t *gens;
@@ -25,45 +26,71 @@ struct connect_op {
 static void connect_finish(connect_op_t *co);
 
 static void connect_op_free(connect_op_t *co) {
+    for (uint32_t i = 0; i < co->nsubs; i++) {
+        chat_subscribe_result_t *r = &co->subs[i].result;
+        for (size_t k = 0; k < r->npubs; k++) {
+            free((char *)r->pubs[k].data);
+            free((char *)r->pubs[k].info);
+        }
+        free((clu_pub_t *)r->pubs);
+        free((char *)r->epoch);
+    }
+    free(co->subs);
     for (uint32_t i = 0; i < co->nchannels; i++)
         free(co->channels[i]);
     free(co->channels);
     free(co->tops);
     free(co->epochs);
     free(co->gens);
-    core_str_free(&co->subs);
     free(co);
 }
 
-void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_str_t *res,
-                            uint64_t top, const char *epoch, bool later) {
+/* The result outlives the broker's answer it points into: its strings and publications are
+ * copied. The channel name is the op's own. */
+static void sub_result_copy(chat_subscribe_result_t *dst, const chat_subscribe_result_t *src) {
+    *dst = *src;
+    dst->epoch = src->epoch ? core_strdup(src->epoch) : NULL;
+    if (src->npubs) {
+        clu_pub_t *pubs = core_calloc(src->npubs, sizeof *pubs);
+        for (size_t k = 0; k < src->npubs; k++) {
+            const clu_pub_t *p = &src->pubs[k];
+            pubs[k].offset = p->offset;
+            pubs[k].data = core_strndup(p->data, p->data_len);
+            pubs[k].data_len = p->data_len;
+            if (p->info) {
+                pubs[k].info = core_strndup(p->info, p->info_len);
+                pubs[k].info_len = p->info_len;
+            }
+        }
+        dst->pubs = pubs;
+    } else {
+        dst->pubs = NULL;
+    }
+}
+
+void chat__connect_sub_done(connect_op_t *co, const char *channel,
+                            const chat_subscribe_result_t *res, uint64_t top, const char *epoch,
+                            bool later) {
     if (res) {
-        if (co->subs.len)
-            core_str_appends(&co->subs, ",");
-        core_str_append_json_string(&co->subs, channel, strlen(channel));
-        core_str_appends(&co->subs, ":");
-        core_str_append(&co->subs, res->ptr, res->len);
         for (uint32_t i = 0; i < co->nchannels; i++)
             if (strcmp(co->channels[i], channel) == 0) {
                 co->tops[i] = top;
                 snprintf(co->epochs[i], CLU_EPOCH_MAX, "%s", epoch);
+                /* Each channel answers once, so nsubs stays within nchannels. */
+                chat_connect_sub_t *e = &co->subs[co->nsubs++];
+                e->channel = co->channels[i];
+                sub_result_copy(&e->result, res);
+                break;
             }
     }
     if (later && --co->pending == 0)
         connect_finish(co);
 }
 
-/* Opens a connect or refresh result: {"client","version" and, with a token exp, "expires",
- * "ttl" (the caller closes the object). */
-static void append_identity(core_str_t *s, const chat_client_t *c) {
-    core_str_appends(s, "{\"client\":");
-    core_str_append_json_string(s, c->id, strlen(c->id));
-    core_str_appends(s, ",\"version\":");
-    core_str_append_json_string(s, c->node->cfg.version, strlen(c->node->cfg.version));
-    if (c->has_exp) {
-        int64_t ttl = c->exp - core_wall_s();
-        core_str_appendf(s, ",\"expires\":true,\"ttl\":%" PRId64, ttl > 0 ? ttl : 0);
-    }
+/* The ttl of a token expiring at exp, never negative. */
+static int64_t ttl_of(int64_t exp) {
+    int64_t ttl = exp - core_wall_s();
+    return ttl > 0 ? ttl : 0;
 }
 
 static void connect_finish(connect_op_t *co) {
@@ -73,24 +100,22 @@ static void connect_finish(connect_op_t *co) {
         connect_op_free(co);
         return;
     }
-    core_str_t s = {0};
-    append_identity(&s, c);
-    core_str_appendf(&s, ",\"ping\":%u,\"pong\":true", n->cfg.ping_interval_s);
-    core_str_appends(&s, ",\"node\":");
-    core_str_append_json_string(&s, n->cfg.node_id, strlen(n->cfg.node_id));
-    if (co->subs.len) {
-        core_str_appends(&s, ",\"subs\":{");
-        core_str_append(&s, co->subs.ptr, co->subs.len);
-        core_str_appends(&s, "}");
-    }
-    core_str_appends(&s, "}");
+    chat_reply_t r = {.id = co->base.cmd_id, .method = CHAT_M_CONNECT};
+    r.connect = (chat_connect_result_t){.client = c->id,
+                                        .version = n->cfg.version,
+                                        .expires = c->has_exp,
+                                        .ttl = c->has_exp ? ttl_of(c->exp) : 0,
+                                        .ping = n->cfg.ping_interval_s,
+                                        .pong = true,
+                                        .node = n->cfg.node_id,
+                                        .subs = co->subs,
+                                        .nsubs = co->nsubs};
     c->state = CL_CONNECTED;
     c->counted = true;
     n->st.connections++;
     uint64_t now = core_now_ms();
     c->next_ping_ms = now + (uint64_t)n->cfg.ping_interval_s * 1000;
-    chat__reply_raw(c, co->base.cmd_id, CHAT_M_CONNECT, s.ptr, s.len);
-    core_str_free(&s);
+    chat__reply(c, &r);
     for (uint32_t i = 0; i < co->nchannels; i++) {
         chat_sub_t *sub = chat__sub_lookup(n, c->id, co->channels[i], co->gens[i]);
         if (sub)
@@ -200,6 +225,7 @@ void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
     co->tops = core_calloc(nclaim + 1, sizeof *co->tops);
     co->epochs = core_calloc(nclaim + 1, sizeof *co->epochs);
     co->gens = core_calloc(nclaim + 1, sizeof *co->gens);
+    co->subs = core_calloc(nclaim + 1, sizeof *co->subs);
     for (size_t i = 0; i <= nclaim; i++) {
         const char *ch = i < nclaim ? json_string_value(json_array_get(cl.channels, i))
                                     : (has_personal ? personal : NULL);
@@ -264,9 +290,10 @@ void chat__handle_refresh(chat_client_t *c, const chat_req_t *cmd) {
     c->has_exp = cl.has_exp;
     c->exp = cl.exp;
     auth_claims_clear(&cl);
-    core_str_t s = {0};
-    append_identity(&s, c);
-    core_str_appends(&s, "}");
-    chat__reply_raw(c, cmd->id, CHAT_M_REFRESH, s.ptr, s.len);
-    core_str_free(&s);
+    chat_reply_t r = {.id = cmd->id, .method = CHAT_M_REFRESH};
+    r.refresh = (chat_refresh_result_t){.client = c->id,
+                                        .version = n->cfg.version,
+                                        .expires = c->has_exp,
+                                        .ttl = c->has_exp ? ttl_of(c->exp) : 0};
+    chat__reply(c, &r);
 }

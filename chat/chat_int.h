@@ -236,7 +236,116 @@ typedef struct {
     void *priv; /* the codec's own (the decoded document, copies) */
 } chat_req_t;
 
-/* A wire format of the client protocol. The framing part is what server/ sees (chat.h). */
+/* ---- typed results and pushes ---- */
+
+/* What encoders get: strings are NUL-terminated and borrowed for the call. A ClientInfo travels
+ * as the record chat__client_info_record writes (the form the broker stores and carries
+ * between nodes, whatever codec the clients speak); publications carry it in clu_pub_t.info. A
+ * codec writes the record as its own ClientInfo. */
+
+/* SubscribeResult; also each server-side subscription of a ConnectResult. */
+typedef struct {
+    bool recoverable; /* the namespace keeps history */
+    bool positioned;  /* the channel's position follows: epoch and offset */
+    const char *epoch;
+    uint64_t offset;
+    bool was_recovering; /* the subscribe asked to recover */
+    bool recovered;      /* and every missed publication is in pubs */
+    const clu_pub_t *pubs;
+    size_t npubs;
+    bool expires; /* the subscription token expires in ttl seconds */
+    int64_t ttl;
+} chat_subscribe_result_t;
+
+/* One server-side subscription of a ConnectResult. */
+typedef struct {
+    const char *channel;
+    chat_subscribe_result_t result;
+} chat_connect_sub_t;
+
+typedef struct {
+    const char *client;
+    const char *version;
+    bool expires; /* the connection token expires in ttl seconds */
+    int64_t ttl;
+    uint32_t ping; /* seconds between the server's pings */
+    bool pong;     /* the client answers pings */
+    const char *node;
+    const chat_connect_sub_t *subs; /* in the order their answers came */
+    size_t nsubs;
+} chat_connect_result_t;
+
+typedef struct {
+    const char *client;
+    const char *version;
+    bool expires;
+    int64_t ttl;
+} chat_refresh_result_t;
+
+typedef struct {
+    bool expires;
+    int64_t ttl;
+} chat_sub_refresh_result_t;
+
+/* The channel's members, one per client (info: its ClientInfo record). */
+typedef struct {
+    const clu_presence_t *clients;
+    size_t n;
+} chat_presence_result_t;
+
+typedef struct {
+    uint32_t num_clients;
+    uint32_t num_users;
+} chat_presence_stats_result_t;
+
+typedef struct {
+    const clu_pub_t *pubs;
+    size_t npubs;
+    const char *epoch;
+    uint64_t offset;
+} chat_history_result_t;
+
+/* data: the handler's payload, raw bytes in the client's codec (JSON text with the JSON
+ * codec). */
+typedef struct {
+    const char *data;
+    size_t data_len;
+} chat_rpc_result_t;
+
+/* A reply to command id; method picks the result. publish and unsubscribe have empty results. */
+typedef struct {
+    uint32_t id;
+    chat_method_t method;
+    union {
+        chat_connect_result_t connect;
+        chat_refresh_result_t refresh;
+        chat_subscribe_result_t subscribe;
+        chat_sub_refresh_result_t sub_refresh;
+        chat_presence_result_t presence;
+        chat_presence_stats_result_t presence_stats;
+        chat_history_result_t history;
+        chat_rpc_result_t rpc;
+    };
+} chat_reply_t;
+
+/* The asynchronous messages the server sends into a channel's subscription. */
+typedef enum { CHAT_PUSH_PUB = 0, CHAT_PUSH_JOIN, CHAT_PUSH_LEAVE } chat_push_kind_t;
+
+typedef struct {
+    const char *channel;
+    chat_push_kind_t kind;
+    union {
+        const clu_pub_t *pub; /* CHAT_PUSH_PUB */
+        struct {              /* CHAT_PUSH_JOIN, CHAT_PUSH_LEAVE */
+            const char *info; /* the subscriber's ClientInfo record */
+            size_t info_len;
+        } member;
+    };
+} chat_push_t;
+
+/* A wire format of the client protocol: commands in as typed requests, replies and pushes out
+ * from typed results, so every codec writes the same answers its own way. The framing part is
+ * what server/ sees (chat.h). */
 struct chat_codec {
     chat_framing_t framing;
     /* Decodes the next command of frame from *pos (advanced). Returns 1 with *req filled (release
@@ -244,18 +353,34 @@ struct chat_codec {
      * command. */
     int (*next)(const char *frame, size_t len, size_t *pos, chat_req_t *req);
     void (*req_clear)(chat_req_t *req);
-    /* Encoders append one complete message (a reply or a push) to out. result and body are
-     * JSON texts. */
-    void (*reply)(core_str_t *out, uint32_t id, chat_method_t m, const char *result, size_t len);
+    /* Encoders append one complete message to out. */
+    void (*reply)(core_str_t *out, const chat_reply_t *r);
     void (*error)(core_str_t *out, uint32_t id, int code, const char *message, bool temporary);
-    /* A push of kind "join", "leave", ... for channel with body. */
-    void (*push)(core_str_t *out, const char *channel, const char *kind, const char *body,
-                 size_t len);
-    void (*pub)(core_str_t *out, const char *channel, const clu_pub_t *pub);
+    void (*push)(core_str_t *out, const chat_push_t *p);
+    /* The server's ping (the client answers with a pong command). */
     void (*ping)(core_str_t *out);
 };
 
 extern const chat_codec_t chat__codec_json;
+
+/* Formats that are JSON whatever the client's codec (chat_codec_json.c writes them too). */
+
+/* The parts of a ClientInfo: conn_info and chan_info are the JSON text of a token's info claim,
+ * or NULL. */
+typedef struct {
+    const char *user;
+    const char *client;
+    const char *conn_info;
+    const char *chan_info;
+} chat_client_info_t;
+
+/* The ClientInfo record: the JSON object {"user","client","conn_info","chan_info"} the broker
+ * stores (presence), carries between nodes (join, leave) and keeps in publications. Returns it
+ * malloc'd, its length in *len. */
+char *chat__client_info_record(const chat_client_info_t *ci, size_t *len);
+/* Appends the data of a typing notice, {"type":"typing","user":...}, published into a room's
+ * typing channel. */
+void chat__typing_data(core_str_t *out, const char *user);
 
 /* JSON-level helpers of the JSON codec, for its tests and fuzz drivers. */
 typedef struct {
@@ -332,11 +457,10 @@ void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *mess
 /* Answers a command whose broker call failed with status: error 100 (temporary), saying
  * "broker unavailable" when the broker cannot be reached. */
 void chat__reply_broker_error(chat_client_t *c, uint32_t id, int status);
-/* Sends {"id":N,"<method>":<result text>}. */
-void chat__reply_raw(chat_client_t *c, uint32_t id, chat_method_t m, const char *result,
-                     size_t len);
-/* Appends {"data":...,"offset":N,"info":...} for a publication. */
-void chat__append_pub(core_str_t *s, const clu_pub_t *p);
+/* Sends the reply r in the client's codec. */
+void chat__reply(chat_client_t *c, const chat_reply_t *r);
+/* Sends the empty result of command id (publish, unsubscribe). */
+void chat__reply_empty(chat_client_t *c, uint32_t id, chat_method_t m);
 chat_client_t *chat__client_lookup(chat_node_t *n, const char *id);
 
 static inline const char *chat__json_str(const json_t *obj, const char *key) {
@@ -348,9 +472,6 @@ void chat__client_on_data(chat_client_t *c, const char *data, size_t len);
 void chat__client_release_held(chat_client_t *c);
 /* A subscribe command that blocked the client's commands was answered. */
 void chat__client_unblock(chat_client_t *c);
-/* Sends a push of kind ("join", "leave") with its body to the client. */
-void chat__send_push(chat_client_t *c, const char *channel, const char *kind, const char *body,
-                     size_t len);
 
 /* ---- chat_user.c ---- */
 
@@ -385,8 +506,8 @@ core_buf_t *chat__pub_push(const char *channel, const clu_pub_t *pub);
 chat_sub_t *chat__client_find_sub(chat_client_t *c, const char *channel);
 /* The subscription when its client is alive and it is the same generation, else NULL. */
 chat_sub_t *chat__sub_lookup(chat_node_t *n, const char *client, const char *channel, uint64_t gen);
-/* ClientInfo JSON: {"user","client","conn_info","chan_info"} (malloc'd). */
-char *chat__client_info_json(const chat_client_t *c, const char *chan_info, size_t *len);
+/* The client's ClientInfo record with chan_info (NULL: none), malloc'd. */
+char *chat__client_info(const chat_client_t *c, const char *chan_info, size_t *len);
 chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t *ns,
                           const char *chan_info);
 /* Removes the subscription: presence, leave event, channel membership. */
@@ -413,11 +534,13 @@ const char *chat__channel_problem(const char *ch);
 /* Whether s (NUL-terminated, valid UTF-8) holds a control character: C0, DEL or C1. */
 bool chat__has_control(const char *s);
 
-/* One server-side subscription of a connect got its answer: res is its SubscribeResult text, or
- * NULL when it failed (left out of the connect answer). later: the answer came from the broker
- * after the connect started it (one of the connect's pending answers), not inline. */
-void chat__connect_sub_done(connect_op_t *co, const char *channel, const core_str_t *res,
-                            uint64_t top, const char *epoch, bool later);
+/* One server-side subscription of a connect got its answer: res is its SubscribeResult (copied;
+ * borrowed for the call), or NULL when it failed (left out of the connect answer). later: the
+ * answer came from the broker after the connect started it (one of the connect's pending
+ * answers), not inline. */
+void chat__connect_sub_done(connect_op_t *co, const char *channel,
+                            const chat_subscribe_result_t *res, uint64_t top, const char *epoch,
+                            bool later);
 
 /* ---- chat_publish.c ---- */
 
@@ -432,7 +555,7 @@ void chat__limit_take(chat_client_t *c, uint32_t cmd_id, chat_limit_kind_t kind,
 
 /* Publishes data (JSON text) into channel once the user's limit of `kind` allows it (locally,
  * and across the cluster when the broker shares limits), then answers command cmd_id of
- * `method` (publish: {}, rpc: {"data":{}}) or refuses it with 429. */
+ * `method` (publish: its empty result, rpc: data {}) or refuses it with 429. */
 void chat__gated_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method,
                          chat_limit_kind_t kind, const char *channel, const chat_ns_t *ns,
                          const char *data, size_t len, uint64_t dedupe);

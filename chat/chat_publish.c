@@ -32,10 +32,12 @@ static void pubop_done(int status, uint64_t offset, const char *epoch, void *ud)
         n->st.publications_in++;
     chat_client_t *c = chat__op_client(&op->base);
     if (c) {
-        if (status == 0)
-            chat__reply_raw(c, op->base.cmd_id, op->method,
-                            op->method == CHAT_M_RPC ? "{\"data\":{}}" : "{}",
-                            op->method == CHAT_M_RPC ? 11 : 2);
+        if (status == 0 && op->method == CHAT_M_RPC)
+            /* An RPC that publishes (typing) answers with empty data. */
+            chat__reply(
+                c, &(chat_reply_t){.id = op->base.cmd_id, .method = CHAT_M_RPC, .rpc = {"{}", 2}});
+        else if (status == 0)
+            chat__reply_empty(c, op->base.cmd_id, op->method);
         else
             chat__reply_broker_error(c, op->base.cmd_id, status);
     }
@@ -60,7 +62,7 @@ static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, 
     op->dedupe = dedupe;
     op->method = method;
     size_t info_len = 0;
-    char *info = s ? NULL : chat__client_info_json(c, NULL, &info_len);
+    char *info = s ? NULL : chat__client_info(c, NULL, &info_len);
     clu_pub_t p = {0, data, len, s ? s->info : info, s ? s->info_len : info_len};
     clu_chan_opts_t o = chat__chan_opts(n, ns);
     int rc = clu_publish(n->broker, channel, &p, &o, pubop_done, op);
@@ -312,7 +314,7 @@ void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd) {
             /* A retried send: the first one is (or is being) published; answer as it was. */
             n->st.dedupe_hits++;
             free(txt);
-            chat__reply_raw(c, cmd->id, CHAT_M_PUBLISH, "{}", 2);
+            chat__reply_empty(c, cmd->id, CHAT_M_PUBLISH);
             return;
         }
     }

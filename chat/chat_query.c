@@ -1,10 +1,7 @@
 /* chat: presence, presence_stats and history. */
 #include "chat/chat_int.h"
 
-#include <inttypes.h>
-#include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
 
 #define MOD "chat"
 
@@ -23,18 +20,8 @@ static void presence_done(int status, const clu_presence_t *e, size_t n, void *u
         if (status != 0) {
             chat__reply_broker_error(c, op->cmd_id, status);
         } else {
-            core_str_t s = {0};
-            core_str_appends(&s, "{\"presence\":{");
-            for (size_t i = 0; i < n; i++) {
-                if (i)
-                    core_str_appends(&s, ",");
-                core_str_append_json_string(&s, e[i].client, strlen(e[i].client));
-                core_str_appends(&s, ":");
-                core_str_append(&s, e[i].info, e[i].info_len);
-            }
-            core_str_appends(&s, "}}");
-            chat__reply_raw(c, op->cmd_id, CHAT_M_PRESENCE, s.ptr, s.len);
-            core_str_free(&s);
+            chat__reply(c, &(chat_reply_t){
+                               .id = op->cmd_id, .method = CHAT_M_PRESENCE, .presence = {e, n}});
         }
     }
     free(op);
@@ -47,10 +34,9 @@ static void presence_stats_done(int status, uint32_t clients, uint32_t users, vo
         if (status != 0) {
             chat__reply_broker_error(c, op->cmd_id, status);
         } else {
-            char buf[96];
-            int len =
-                snprintf(buf, sizeof buf, "{\"num_clients\":%u,\"num_users\":%u}", clients, users);
-            chat__reply_raw(c, op->cmd_id, CHAT_M_PRESENCE_STATS, buf, (size_t)len);
+            chat__reply(c, &(chat_reply_t){.id = op->cmd_id,
+                                           .method = CHAT_M_PRESENCE_STATS,
+                                           .presence_stats = {clients, users}});
         }
     }
     free(op);
@@ -108,18 +94,9 @@ static void history_done(int status, const clu_pub_t *pubs, size_t n, uint64_t t
         } else if (status != 0) {
             chat__reply_broker_error(c, op->cmd_id, status);
         } else {
-            core_str_t s = {0};
-            core_str_appends(&s, "{\"publications\":[");
-            for (size_t i = 0; i < n; i++) {
-                if (i)
-                    core_str_appends(&s, ",");
-                chat__append_pub(&s, &pubs[i]);
-            }
-            core_str_appends(&s, "],\"epoch\":");
-            core_str_append_json_string(&s, epoch, strlen(epoch));
-            core_str_appendf(&s, ",\"offset\":%" PRIu64 "}", top);
-            chat__reply_raw(c, op->cmd_id, CHAT_M_HISTORY, s.ptr, s.len);
-            core_str_free(&s);
+            chat__reply(c, &(chat_reply_t){.id = op->cmd_id,
+                                           .method = CHAT_M_HISTORY,
+                                           .history = {pubs, n, epoch, top}});
         }
     }
     free(op);

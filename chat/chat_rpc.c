@@ -126,12 +126,8 @@ const chat_ns_t *chat_rpc_namespace(const chat_rpc_call_t *call, const char *cha
 void chat_rpc_reply(chat_rpc_call_t *call, const char *result, size_t len) {
     chat_client_t *c = chat__op_client(&call->base);
     if (c) {
-        core_str_t s = {0};
-        core_str_appends(&s, "{\"data\":");
-        core_str_append(&s, result, len);
-        core_str_appends(&s, "}");
-        chat__reply_raw(c, call->base.cmd_id, CHAT_M_RPC, s.ptr, s.len);
-        core_str_free(&s);
+        chat__reply(c, &(chat_reply_t){
+                           .id = call->base.cmd_id, .method = CHAT_M_RPC, .rpc = {result, len}});
     }
     call_free(call);
 }
@@ -181,9 +177,7 @@ static void typing_call(void *ud, chat_rpc_call_t *call) {
     snprintf(channel, sizeof channel, "typing:%s", colon ? colon + 1 : room);
     json_decref(data);
     core_str_t d = {0};
-    core_str_appends(&d, "{\"type\":\"typing\",\"user\":");
-    core_str_append_json_string(&d, c->user->name, strlen(c->user->name));
-    core_str_appends(&d, "}");
+    chat__typing_data(&d, c->user->name);
     chat__gated_publish(c, call->base.cmd_id, CHAT_M_RPC, LIMIT_TYPING, channel, tns, d.ptr, d.len,
                         0);
     core_str_free(&d);

@@ -2,7 +2,6 @@
  * subscriptions, unsubscribe, sub_refresh. */
 #include "chat/chat_int.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,24 +15,9 @@ chat_sub_t *chat__client_find_sub(chat_client_t *c, const char *channel) {
     return NULL;
 }
 
-/* ClientInfo JSON: {"user","client","conn_info","chan_info"}. */
-char *chat__client_info_json(const chat_client_t *c, const char *chan_info, size_t *len) {
-    core_str_t s = {0};
-    core_str_appends(&s, "{\"user\":");
-    core_str_append_json_string(&s, c->user->name, strlen(c->user->name));
-    core_str_appends(&s, ",\"client\":");
-    core_str_append_json_string(&s, c->id, strlen(c->id));
-    if (c->conn_info) {
-        core_str_appends(&s, ",\"conn_info\":");
-        core_str_appends(&s, c->conn_info);
-    }
-    if (chan_info) {
-        core_str_appends(&s, ",\"chan_info\":");
-        core_str_appends(&s, chan_info);
-    }
-    core_str_appends(&s, "}");
-    *len = s.len;
-    return s.ptr;
+char *chat__client_info(const chat_client_t *c, const char *chan_info, size_t *len) {
+    chat_client_info_t ci = {c->user->name, c->id, c->conn_info, chan_info};
+    return chat__client_info_record(&ci, len);
 }
 
 chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t *ns,
@@ -42,7 +26,7 @@ chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t
     chat_sub_t *s = core_calloc(1, sizeof *s);
     s->c = c;
     s->gen = ++n->next_gen;
-    s->info = chat__client_info_json(c, chan_info, &s->info_len);
+    s->info = chat__client_info(c, chan_info, &s->info_len);
     chat__channel_add(chat__channel_get(n, channel, ns), s);
     s->next = c->subs;
     c->subs = s;
@@ -210,40 +194,31 @@ chat_sub_t *chat__sub_lookup(chat_node_t *n, const char *client, const char *cha
     return s && s->gen == gen ? s : NULL;
 }
 
-/* Builds the SubscribeResult text for a history answer. */
-static void subscribe_result(core_str_t *out, const chat_ns_t *ns, const subop_t *op, int status,
-                             const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch) {
-    core_str_appends(out, "{");
-    bool first = true;
-#define SEP() (first ? (first = false, "") : ",")
+/* The SubscribeResult of a history answer (pointing into it). */
+static chat_subscribe_result_t subscribe_result(const chat_ns_t *ns, const subop_t *op, int status,
+                                                const clu_pub_t *pubs, size_t n, uint64_t top,
+                                                const char *epoch) {
+    chat_subscribe_result_t r = {0};
     if (ns->history_size > 0) {
-        core_str_appendf(out, "%s\"recoverable\":true,\"positioned\":true", SEP());
-        core_str_appendf(out, ",\"epoch\":");
-        core_str_append_json_string(out, epoch, strlen(epoch));
-        core_str_appendf(out, ",\"offset\":%" PRIu64, top);
+        r.recoverable = true;
+        r.positioned = true;
+        r.epoch = epoch;
+        r.offset = top;
     }
     if (op->recovering) {
-        bool ok = chat_recovery_complete(status, pubs, n, op->since, top);
-        core_str_appendf(out, "%s\"was_recovering\":true", SEP());
-        if (ok) {
-            core_str_appends(out, ",\"recovered\":true");
-            if (n > 0) {
-                core_str_appends(out, ",\"publications\":[");
-                for (size_t i = 0; i < n; i++) {
-                    if (i)
-                        core_str_appends(out, ",");
-                    chat__append_pub(out, &pubs[i]);
-                }
-                core_str_appends(out, "]");
-            }
+        r.was_recovering = true;
+        r.recovered = chat_recovery_complete(status, pubs, n, op->since, top);
+        if (r.recovered) {
+            r.pubs = pubs;
+            r.npubs = n;
         }
     }
     if (op->sub_exp > 0) {
         int64_t ttl = op->sub_exp - core_wall_s();
-        core_str_appendf(out, "%s\"expires\":true,\"ttl\":%" PRId64, SEP(), ttl > 0 ? ttl : 0);
+        r.expires = true;
+        r.ttl = ttl > 0 ? ttl : 0;
     }
-#undef SEP
-    core_str_appends(out, "}");
+    return r;
 }
 
 void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top, const char *epoch,
@@ -251,7 +226,7 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
     subop_t *op = ud;
     chat_node_t *node = op->base.node;
     chat_sub_t *s = chat__sub_lookup(node, op->base.client, op->channel, op->gen);
-    core_str_t res = {0};
+    chat_subscribe_result_t res = {0};
     bool ok = false;
     if (s) {
         if (status != 0 && status != CORE_EUNRECOVERABLE) {
@@ -263,9 +238,11 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
                 chat__reply_broker_error(c, op->base.cmd_id, status);
         } else {
             ok = true;
-            subscribe_result(&res, s->ch->ns, op, status, pubs, n, top, epoch);
+            res = subscribe_result(s->ch->ns, op, status, pubs, n, top, epoch);
             if (op->kind == SUBOP_COMMAND) {
-                chat__reply_raw(s->c, op->base.cmd_id, CHAT_M_SUBSCRIBE, res.ptr, res.len);
+                chat__reply(s->c, &(chat_reply_t){.id = op->base.cmd_id,
+                                                  .method = CHAT_M_SUBSCRIBE,
+                                                  .subscribe = res});
                 chat__sub_activate(s, top, epoch);
             }
         }
@@ -277,7 +254,6 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
         if (c)
             chat__client_unblock(c);
     }
-    core_str_free(&res);
     free(op->channel);
     free(op);
 }
@@ -389,7 +365,7 @@ void chat__handle_unsubscribe(chat_client_t *c, const chat_req_t *cmd) {
     chat_sub_t *s = chat__client_find_sub(c, channel);
     if (s && !s->server_side)
         chat__sub_unsubscribe(s);
-    chat__reply_raw(c, cmd->id, CHAT_M_UNSUBSCRIBE, "{}", 2);
+    chat__reply_empty(c, cmd->id, CHAT_M_UNSUBSCRIBE);
 }
 
 void chat__handle_sub_refresh(chat_client_t *c, const chat_req_t *cmd) {
@@ -420,16 +396,12 @@ void chat__handle_sub_refresh(chat_client_t *c, const chat_req_t *cmd) {
     }
     s->exp = cl.has_exp ? cl.exp : 0;
     auth_claims_clear(&cl);
-    char buf[96];
-    int len;
+    chat_reply_t r = {.id = cmd->id, .method = CHAT_M_SUB_REFRESH};
     if (s->exp) {
         int64_t ttl = s->exp - core_wall_s();
-        len =
-            snprintf(buf, sizeof buf, "{\"expires\":true,\"ttl\":%" PRId64 "}", ttl > 0 ? ttl : 0);
-    } else {
-        len = snprintf(buf, sizeof buf, "{}");
+        r.sub_refresh = (chat_sub_refresh_result_t){true, ttl > 0 ? ttl : 0};
     }
-    chat__reply_raw(c, cmd->id, CHAT_M_SUB_REFRESH, buf, (size_t)len);
+    chat__reply(c, &r);
 }
 
 /* ---- recovery ---- */

@@ -1,5 +1,5 @@
 /* Unit tests for chat/chat_codec_json.c: command decoding, frame splitting, chat message
- * normalisation and namespace options. */
+ * normalisation, the reply and push encoders, the ClientInfo record, and namespace options. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -513,6 +513,234 @@ static void test_normalize_client_msg_id(void **state) {
     expect_refused("{\"type\":\"message\",\"text\":\"t\",\"client_msg_id\":{}}", 4096);
 }
 
+/* ---- encoders ---------------------------------------------------------------------------- */
+
+/* Each encoder's output is compared with the exact text clients get: field names, order and
+ * omissions are what SDKs and the integration tests read. Every message must also be one valid
+ * JSON object. */
+static void expect_json(const core_str_t *s, const char *want) {
+    assert_non_null(s->ptr);
+    assert_string_equal(s->ptr, want);
+    assert_int_equal(s->len, strlen(want));
+    json_t *doc = json_loadb(s->ptr, s->len, JSON_REJECT_DUPLICATES, NULL);
+    assert_true(json_is_object(doc));
+    json_decref(doc);
+}
+
+static void expect_reply(const chat_reply_t *r, const char *want) {
+    core_str_t s = {0};
+    chat__codec_json.reply(&s, r);
+    expect_json(&s, want);
+    core_str_free(&s);
+}
+
+static void expect_push(const chat_push_t *p, const char *want) {
+    core_str_t s = {0};
+    chat__codec_json.push(&s, p);
+    expect_json(&s, want);
+    core_str_free(&s);
+}
+
+#define INFO_U2 "{\"user\":\"u2\",\"client\":\"c-2\"}"
+
+static const clu_pub_t pubs2[] = {
+    {5, "{\"text\":\"a\"}", 12, INFO_U2, sizeof INFO_U2 - 1},
+    {6, "[1,2]", 5, NULL, 0},
+};
+
+static void test_encode_connect(void **state) {
+    (void)state;
+    chat_reply_t r = {.id = 1, .method = CHAT_M_CONNECT};
+    r.connect = (chat_connect_result_t){
+        .client = "c-1", .version = "1.2.3", .ping = 25, .pong = true, .node = "n1"};
+    expect_reply(&r, "{\"id\":1,\"connect\":{\"client\":\"c-1\",\"version\":\"1.2.3\",\"ping\":25,"
+                     "\"pong\":true,\"node\":\"n1\"}}");
+
+    /* A token with exp, and server-side subscriptions in the order of their answers: one with
+     * history that recovered, one without history (an empty result). */
+    chat_connect_sub_t subs[2] = {
+        {"personal:#u1",
+         {.recoverable = true,
+          .positioned = true,
+          .epoch = "ep",
+          .offset = 6,
+          .was_recovering = true,
+          .recovered = true,
+          .pubs = pubs2,
+          .npubs = 2}},
+        {"news", {0}},
+    };
+    r.id = 7;
+    r.connect.expires = true;
+    r.connect.ttl = 60;
+    r.connect.subs = subs;
+    r.connect.nsubs = 2;
+    expect_reply(&r,
+                 "{\"id\":7,\"connect\":{\"client\":\"c-1\",\"version\":\"1.2.3\",\"expires\":true,"
+                 "\"ttl\":60,\"ping\":25,\"pong\":true,\"node\":\"n1\",\"subs\":{"
+                 "\"personal:#u1\":{\"recoverable\":true,\"positioned\":true,\"epoch\":\"ep\","
+                 "\"offset\":6,\"was_recovering\":true,\"recovered\":true,\"publications\":["
+                 "{\"data\":{\"text\":\"a\"},\"offset\":5,\"info\":" INFO_U2 "},"
+                 "{\"data\":[1,2],\"offset\":6}]},\"news\":{}}}}");
+}
+
+static void test_encode_refresh(void **state) {
+    (void)state;
+    chat_reply_t r = {.id = 3, .method = CHAT_M_REFRESH};
+    r.refresh = (chat_refresh_result_t){"c-1", "1.2.3", false, 0};
+    expect_reply(&r, "{\"id\":3,\"refresh\":{\"client\":\"c-1\",\"version\":\"1.2.3\"}}");
+    r.refresh = (chat_refresh_result_t){"c-1", "1.2.3", true, 0};
+    expect_reply(&r, "{\"id\":3,\"refresh\":{\"client\":\"c-1\",\"version\":\"1.2.3\","
+                     "\"expires\":true,\"ttl\":0}}");
+}
+
+static void test_encode_subscribe(void **state) {
+    (void)state;
+    chat_reply_t r = {.id = 2, .method = CHAT_M_SUBSCRIBE};
+    /* No history, no recovery, no expiry. */
+    expect_reply(&r, "{\"id\":2,\"subscribe\":{}}");
+
+    r.subscribe = (chat_subscribe_result_t){
+        .recoverable = true, .positioned = true, .epoch = "e1", .offset = 0};
+    expect_reply(&r, "{\"id\":2,\"subscribe\":{\"recoverable\":true,\"positioned\":true,"
+                     "\"epoch\":\"e1\",\"offset\":0}}");
+
+    /* A recovery that could not be complete: no recovered flag, no publications. */
+    r.subscribe.offset = 42;
+    r.subscribe.was_recovering = true;
+    expect_reply(&r, "{\"id\":2,\"subscribe\":{\"recoverable\":true,\"positioned\":true,"
+                     "\"epoch\":\"e1\",\"offset\":42,\"was_recovering\":true}}");
+
+    /* Recovered with nothing missed: no publications array. */
+    r.subscribe.recovered = true;
+    r.subscribe.expires = true;
+    r.subscribe.ttl = 30;
+    expect_reply(&r, "{\"id\":2,\"subscribe\":{\"recoverable\":true,\"positioned\":true,"
+                     "\"epoch\":\"e1\",\"offset\":42,\"was_recovering\":true,\"recovered\":true,"
+                     "\"expires\":true,\"ttl\":30}}");
+
+    /* Without history the first member written is a later one: no stray comma. */
+    r.subscribe = (chat_subscribe_result_t){.was_recovering = true, .expires = true, .ttl = 9};
+    expect_reply(&r, "{\"id\":2,\"subscribe\":{\"was_recovering\":true,\"expires\":true,"
+                     "\"ttl\":9}}");
+    r.subscribe = (chat_subscribe_result_t){.expires = true, .ttl = 9};
+    expect_reply(&r, "{\"id\":2,\"subscribe\":{\"expires\":true,\"ttl\":9}}");
+
+    /* The epoch is a JSON string, escaped. */
+    r.subscribe = (chat_subscribe_result_t){
+        .recoverable = true, .positioned = true, .epoch = "a\"b", .offset = 1};
+    expect_reply(&r, "{\"id\":2,\"subscribe\":{\"recoverable\":true,\"positioned\":true,"
+                     "\"epoch\":\"a\\\"b\",\"offset\":1}}");
+}
+
+static void test_encode_sub_refresh_and_empty(void **state) {
+    (void)state;
+    chat_reply_t r = {.id = 4, .method = CHAT_M_SUB_REFRESH};
+    expect_reply(&r, "{\"id\":4,\"sub_refresh\":{}}");
+    r.sub_refresh = (chat_sub_refresh_result_t){true, 12};
+    expect_reply(&r, "{\"id\":4,\"sub_refresh\":{\"expires\":true,\"ttl\":12}}");
+    expect_reply(&(chat_reply_t){.id = 10, .method = CHAT_M_PUBLISH}, "{\"id\":10,\"publish\":{}}");
+    expect_reply(&(chat_reply_t){.id = 11, .method = CHAT_M_UNSUBSCRIBE},
+                 "{\"id\":11,\"unsubscribe\":{}}");
+}
+
+static void test_encode_presence(void **state) {
+    (void)state;
+    chat_reply_t r = {.id = 5, .method = CHAT_M_PRESENCE};
+    expect_reply(&r, "{\"id\":5,\"presence\":{\"presence\":{}}}");
+    static const char info1[] =
+        "{\"user\":\"u1\",\"client\":\"c-1\",\"conn_info\":{\"name\":\"A\"}}";
+    const clu_presence_t e[2] = {{"c-1", "u1", info1, sizeof info1 - 1},
+                                 {"c-2", "u2", INFO_U2, sizeof INFO_U2 - 1}};
+    r.presence = (chat_presence_result_t){e, 2};
+    expect_reply(&r, "{\"id\":5,\"presence\":{\"presence\":{\"c-1\":{\"user\":\"u1\",\"client\":"
+                     "\"c-1\",\"conn_info\":{\"name\":\"A\"}},\"c-2\":" INFO_U2 "}}}");
+
+    r = (chat_reply_t){.id = 6, .method = CHAT_M_PRESENCE_STATS};
+    r.presence_stats = (chat_presence_stats_result_t){3, 2};
+    expect_reply(&r, "{\"id\":6,\"presence_stats\":{\"num_clients\":3,\"num_users\":2}}");
+}
+
+static void test_encode_history(void **state) {
+    (void)state;
+    chat_reply_t r = {.id = 8, .method = CHAT_M_HISTORY};
+    r.history = (chat_history_result_t){NULL, 0, "e", 0};
+    expect_reply(&r, "{\"id\":8,\"history\":{\"publications\":[],\"epoch\":\"e\",\"offset\":0}}");
+    r.history = (chat_history_result_t){pubs2, 2, "ep", 9223372036854775807u};
+    expect_reply(&r, "{\"id\":8,\"history\":{\"publications\":[{\"data\":{\"text\":\"a\"},"
+                     "\"offset\":5,\"info\":" INFO_U2 "},{\"data\":[1,2],\"offset\":6}],"
+                     "\"epoch\":\"ep\",\"offset\":9223372036854775807}}");
+}
+
+static void test_encode_rpc_and_error(void **state) {
+    (void)state;
+    chat_reply_t r = {.id = 9, .method = CHAT_M_RPC};
+    /* The handler's data goes out as it is, and only its length counts. */
+    r.rpc = (chat_rpc_result_t){"{\"x\":[1,2]}trailing", 11};
+    expect_reply(&r, "{\"id\":9,\"rpc\":{\"data\":{\"x\":[1,2]}}}");
+    r.rpc = (chat_rpc_result_t){"{}", 2};
+    expect_reply(&r, "{\"id\":9,\"rpc\":{\"data\":{}}}");
+
+    core_str_t s = {0};
+    chat__codec_json.error(&s, 12, 100, "a \"quoted\"\nmessage", true);
+    expect_json(&s,
+                "{\"id\":12,\"error\":{\"code\":100,\"message\":\"a \\\"quoted\\\"\\u000amessage\","
+                "\"temporary\":true}}");
+    core_str_free(&s);
+    chat__codec_json.error(&s, 13, 103, "permission denied", false);
+    expect_json(&s, "{\"id\":13,\"error\":{\"code\":103,\"message\":\"permission denied\"}}");
+    core_str_free(&s);
+}
+
+static void test_encode_pushes(void **state) {
+    (void)state;
+    expect_push(&(chat_push_t){.channel = "chat:room", .kind = CHAT_PUSH_PUB, .pub = &pubs2[0]},
+                "{\"push\":{\"channel\":\"chat:room\",\"pub\":{\"data\":{\"text\":\"a\"},"
+                "\"offset\":5,\"info\":" INFO_U2 "}}}");
+    /* Not stored (no offset), no publisher info. */
+    static const char tdata[] = "{\"type\":\"typing\",\"user\":\"u\"}";
+    const clu_pub_t typing = {0, tdata, sizeof tdata - 1, NULL, 0};
+    expect_push(&(chat_push_t){.channel = "typing:room", .kind = CHAT_PUSH_PUB, .pub = &typing},
+                "{\"push\":{\"channel\":\"typing:room\",\"pub\":{\"data\":{\"type\":\"typing\","
+                "\"user\":\"u\"}}}}");
+    expect_push(&(chat_push_t){.channel = "chat:r\"1",
+                               .kind = CHAT_PUSH_JOIN,
+                               .member = {INFO_U2, sizeof INFO_U2 - 1}},
+                "{\"push\":{\"channel\":\"chat:r\\\"1\",\"join\":{\"info\":" INFO_U2 "}}}");
+    expect_push(&(chat_push_t){.channel = "chat:room",
+                               .kind = CHAT_PUSH_LEAVE,
+                               .member = {INFO_U2, sizeof INFO_U2 - 1}},
+                "{\"push\":{\"channel\":\"chat:room\",\"leave\":{\"info\":" INFO_U2 "}}}");
+
+    core_str_t s = {0};
+    chat__codec_json.ping(&s);
+    expect_json(&s, "{}");
+    core_str_free(&s);
+}
+
+static void test_client_info_record(void **state) {
+    (void)state;
+    size_t len;
+    char *rec = chat__client_info_record(&(chat_client_info_t){"u\"1", "c-1", NULL, NULL}, &len);
+    assert_string_equal(rec, "{\"user\":\"u\\\"1\",\"client\":\"c-1\"}");
+    assert_int_equal(len, strlen(rec));
+    free(rec);
+    rec = chat__client_info_record(
+        &(chat_client_info_t){"u1", "c-1", "{\"name\":\"A\"}", "{\"role\":\"mod\"}"}, &len);
+    assert_string_equal(rec, "{\"user\":\"u1\",\"client\":\"c-1\",\"conn_info\":{\"name\":\"A\"},"
+                             "\"chan_info\":{\"role\":\"mod\"}}");
+    assert_int_equal(len, strlen(rec));
+    free(rec);
+    rec = chat__client_info_record(&(chat_client_info_t){"u1", "c-1", NULL, "[1]"}, &len);
+    assert_string_equal(rec, "{\"user\":\"u1\",\"client\":\"c-1\",\"chan_info\":[1]}");
+    free(rec);
+
+    core_str_t s = {0};
+    chat__typing_data(&s, "\xc3\xa9l\"e");
+    assert_string_equal(s.ptr, "{\"type\":\"typing\",\"user\":\"\xc3\xa9l\\\"e\"}");
+    core_str_free(&s);
+}
+
 /* ---- namespaces -------------------------------------------------------------------------- */
 
 static void check_ns(const chat_ns_t *ns, const char *name, uint32_t hsize, uint32_t httl,
@@ -697,6 +925,15 @@ int main(void) {
         cmocka_unit_test(test_normalize_text_length),
         cmocka_unit_test(test_normalize_nul),
         cmocka_unit_test(test_normalize_client_msg_id),
+        cmocka_unit_test(test_encode_connect),
+        cmocka_unit_test(test_encode_refresh),
+        cmocka_unit_test(test_encode_subscribe),
+        cmocka_unit_test(test_encode_sub_refresh_and_empty),
+        cmocka_unit_test(test_encode_presence),
+        cmocka_unit_test(test_encode_history),
+        cmocka_unit_test(test_encode_rpc_and_error),
+        cmocka_unit_test(test_encode_pushes),
+        cmocka_unit_test(test_client_info_record),
         cmocka_unit_test(test_namespaces_default),
         cmocka_unit_test(test_namespaces_parse_custom),
         cmocka_unit_test(test_namespaces_parse_errors),
