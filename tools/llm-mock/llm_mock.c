@@ -19,19 +19,23 @@
  * one word per delta; input_tokens = 1 + (bytes of system and message contents) / 4.
  *
  * Scenarios (parameters in brackets, all optional):
- *   ok            [tokens=8 ttft_ms=0 tokens_per_s=0(unpaced) crlf cr bom multiline pings
- *                  openrouter utf8 split=N(bytes per write) split_ms=1
- * usage=empty|null|missing|none usage_in_delta remaining_requests remaining_tokens] slow_ttft ok
- * with ttft_ms=3000 error_event   200, then an error event after `after` deltas (0 = before the
- * first) [after=0 type=overloaded_error form=openai|openrouter|finish] drop          200, then the
- * connection closes after `after` deltas, without the end marker hang          accept the request
- * and send nothing at all hang_pings    200 headers, then only keep-alives every ping_ms (0 =
- * silence) [ping_ms=500] rate_limit    429 [retry_after=1 (s) retry_after_ms escalate
- * no_retry_after reset=6m0s reset_s] spend_cap, quota, overloaded (529), server_error (500),
- * unavailable (503), bad_request (400), unauthorized (401), payment (402), forbidden (403), status
- * [status=N] Every scenario also takes: should_retry=true|false (x-should-retry header),
- * retry_after, lockout (Venice: more than lockout_max=20 non-2xx within lockout_window_ms=30000 for
- * a key answer 429 "Too many failed attempts" for lockout_ms=30000). */
+ *   ok             [tokens=8 ttft_ms=0 tokens_per_s=0 (unpaced) crlf cr bom multiline pings
+ *                   openrouter utf8 split=N (bytes per write) split_ms=1
+ *                   usage=empty|null|missing|none usage_in_delta remaining_requests
+ *                   remaining_tokens]
+ *   slow_ttft      ok with ttft_ms=3000
+ *   error_event    200, then an error event after `after` deltas (0 = before the first)
+ *                   [after=0 type=overloaded_error form=openai|openrouter|finish]
+ *   drop           200, then the connection closes after `after` deltas, without the end marker
+ *   hang           accept the request and send nothing at all
+ *   hang_pings     200 headers, then only keep-alives every ping_ms (0 = silence) [ping_ms=500]
+ *   rate_limit     429 [retry_after=1 (s) retry_after_ms escalate no_retry_after reset=6m0s
+ *                   reset_s]
+ *   spend_cap, quota, overloaded (529), server_error (500), unavailable (503),
+ *   bad_request (400), unauthorized (401), payment (402), forbidden (403), status [status=N]
+ * Every scenario also takes should_retry=true|false (the x-should-retry header), retry_after,
+ * and lockout (Venice: more than lockout_max=20 non-2xx within lockout_window_ms=30000 for a key
+ * answer 429 "Too many failed attempts" for lockout_ms=30000). */
 #include <ctype.h>
 #include <errno.h>
 #include <signal.h>
