@@ -130,4 +130,63 @@ int llm__prov_index(const llm_t *l, const char *name_or_model);
 void llm__provider_attach(llm_t *l, llm_prov_t *p);
 void llm__provider_detach(llm_t *l, llm_prov_t *p);
 
+/* A uniform double in [0, 1), for jitter. */
+static inline double llm__rnd01(void) {
+    uint32_t v;
+    core_random(&v, sizeof v);
+    return (double)v / 4294967296.0;
+}
+
+static inline uint64_t llm__now_ms(const llm_t *l) {
+    return uv_now(l->loop);
+}
+
+/* llm_dispatch.c: a request's lifetime, its end, the queue. */
+/* A broker answer for r arrived: false when r is finished and must not be touched further. */
+bool llm__req_back(llm_req_t *r);
+/* The request is over: lease back, request gone, the queue moves. */
+void llm__req_end(llm_req_t *r);
+/* Ends a request with an error: to the asker when admission had not answered yet, else as an
+ * llm.error publication in the room; the reservation is refunded. Counting is the caller's. */
+void llm__fail(llm_req_t *r, int code, const char *message);
+/* Refuses an ask at admission (counted by reason). */
+void llm__reject(llm_req_t *r, llm_reject_reason_t why, int code, const char *message);
+/* Admission passed: into the plan's queue, or 503 when it is full. */
+void llm__enqueue(llm_req_t *r);
+
+/* llm_room.c: what a request publishes, and backpressure. */
+const char *llm__req_model(const llm_req_t *r);
+void llm__publish_start(llm_req_t *r);
+/* Publishes the text not yet sent as one llm.delta; may pause the stream (backpressure). */
+void llm__flush_delta(llm_req_t *r);
+/* The stored answer, marker NULL, "interrupted" or "cancelled". */
+void llm__publish_final(llm_req_t *r, const char *marker);
+void llm__publish_error(llm_req_t *r, int code, const char *message);
+/* The queue position into the requester's personal channel, when it changed. */
+void llm__publish_position(llm_req_t *r, uint32_t pos);
+/* Marks r's stream paused or not (the gauge follows); the stream op is the caller's. */
+void llm__set_paused(llm_req_t *r, bool paused);
+/* Resumes r's paused stream when the room's readers have caught up. */
+void llm__maybe_resume(llm_req_t *r);
+
+/* llm_quota.c: daily allowances. */
+/* Today's UTC day as yyyymmdd, and the Unix second it ends. */
+void llm__quota_day(char out[9], int64_t *reset_s);
+/* The shared counter of what ("msgs" or "tokens") for r's user and day. */
+void llm__quota_key(core_str_t *k, const llm_req_t *r, const char *what);
+/* Gives back what admission reserved (tokens; the message too when message_too). */
+void llm__quota_refund(llm_req_t *r, bool message_too);
+/* Replaces the token reservation by the provider's reported usage. */
+void llm__quota_settle(llm_req_t *r);
+/* Reserves r's token estimate, then enqueues it (or refuses with 402). */
+void llm__reserve_tokens(llm_req_t *r);
+/* The answer to reserving one message of the daily quota (a clu_counter_cb). */
+void llm__message_reserved(int status, bool allowed, int64_t value, void *ud);
+
+/* llm_attempt.c: attempts. */
+/* How long until any key of provider prov (or its fallback) is back: a retry_after_ms. */
+uint64_t llm__unavailable_for(llm_t *l, int prov, uint64_t now);
+/* r holds a lease: reads the room's context, then makes the first attempt. */
+void llm__dispatch(llm_req_t *r);
+
 #endif
