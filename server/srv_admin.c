@@ -187,7 +187,8 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
                           lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0, NULL, 0);
     }
     case LWS_CALLBACK_HTTP_BODY:
-        if (a->post_bytes < sizeof a->body)
+        /* "Content-Length: 0" arrives as one call with no bytes and in == NULL. */
+        if (len > 0 && a->post_bytes < sizeof a->body)
             memcpy(a->body + a->post_bytes, in,
                    len < sizeof a->body - a->post_bytes ? len : sizeof a->body - a->post_bytes);
         a->post_bytes += len;
