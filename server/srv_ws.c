@@ -57,8 +57,13 @@ static void conn_schedule_write(srv_conn_t *c) {
     c->want_write = true;
     c->in_flush = true;
     core_list_insert_tail(&S->flush, &c->flush_link);
-    if (!uv_is_active((uv_handle_t *)&S->flush_timer))
+    if (!uv_is_active((uv_handle_t *)&S->flush_timer)) {
+        /* The loop's clock is read once per turn; output queued late in a long turn (the
+         * memory broker's answers run after a flush of thousands of sockets) would otherwise
+         * find its window already over and lose the batching. */
+        uv_update_time(uv_handle_get_loop((uv_handle_t *)&S->flush_timer));
         uv_timer_start(&S->flush_timer, flush_cb, S->cfg.write_delay_ms, 0);
+    }
 }
 
 static void conn_close(srv_conn_t *c, int code, const char *reason) {
