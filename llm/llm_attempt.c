@@ -312,6 +312,10 @@ static void context_done(int status, const clu_pub_t *pubs, size_t n, uint64_t t
     if (status == 0 && n > 0) {
         /* pubs are newest first; walk until the budget is spent, then store oldest first. */
         size_t budget = (size_t)l->cfg.context_tokens * 4, used = 0, keep = 0;
+        /* The asker's client may post the question into the room as well (the web demo does,
+         * once the ask is admitted); the prompt is sent last either way, so that copy is left
+         * out: the newest user message with the prompt's exact text, if no answer follows it. */
+        bool prompt_seen = false, answer_seen = false;
         json_t **texts = core_calloc(n, sizeof *texts);
         bool *assistant = core_calloc(n, sizeof *assistant);
         for (size_t i = 0; i < n; i++) {
@@ -322,12 +326,21 @@ static void context_done(int status, const clu_pub_t *pubs, size_t n, uint64_t t
                 json_decref(d); /* typing notices, system events: not conversation */
                 continue;
             }
+            const char *role = json_string_value(json_object_get(d, "role"));
+            bool is_answer = role && strcmp(role, "assistant") == 0;
+            if (!is_answer && !prompt_seen && !answer_seen &&
+                json_string_length(t) == r->prompt_len &&
+                memcmp(json_string_value(t), r->prompt, r->prompt_len) == 0) {
+                prompt_seen = true;
+                json_decref(d);
+                continue;
+            }
             if (used + json_string_length(t) > budget) {
                 json_decref(d); /* older messages would not fit either way */
                 break;
             }
-            const char *role = json_string_value(json_object_get(d, "role"));
-            assistant[keep] = role && strcmp(role, "assistant") == 0;
+            answer_seen = answer_seen || is_answer;
+            assistant[keep] = is_answer;
             used += json_string_length(t);
             texts[keep++] = d;
         }

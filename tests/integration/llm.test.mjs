@@ -96,6 +96,45 @@ for (const type of ['anthropic', 'openai']) {
   });
 }
 
+test('the room is the context: the question posted into the room is sent once, earlier turns with their answers stay', async (t) => {
+  const mock = await startMock(t);
+  await mock.control({ key: '*', scenario: 'ok', tokens: 5, tokens_per_s: 500 });
+  const srv = await startChatd(t, { env: { ...BASE, CHAT_LLM_PROVIDERS: JSON.stringify([providerEnv(mock)]) } });
+  const alice = await connectClient(t, srv, { user: 'alice' });
+  const bob = await connectClient(t, srv, { user: 'bob' });
+  const room = 'chat:ctx';
+  const { sub: sa } = await subscribe(alice, room);
+  const { sub: sb } = await subscribe(bob, room);
+  const seen = new Collector(sa, 'publication');
+  await sb.publish({ type: 'message', text: 'hello from bob' });
+  // The question reaches the room's history before the ask: as when a client posts it first,
+  // or when a queued ask starts after the web demo posted it.
+  const question = 'what is two and two';
+  await sa.publish({ type: 'message', text: question });
+  await seen.waitCount(2);
+  const sent = async () => {
+    const st = await mock.stats();
+    return st.keys.k1.last_request.messages.map((m) => `${m.role}: ${m.content}`);
+  };
+  let id = null;
+  let w = watchAnswer(sa, () => id);
+  id = (await ask(alice, room, question)).request_id;
+  await w.done;
+  assert.ok(w.final, 'answered');
+  const answer = w.final.data.text;
+  const first = await sent();
+  assert.deepEqual(first.slice(-2), ['user: hello from bob', `user: ${question}`], JSON.stringify(first));
+  assert.equal(first.filter((m) => m === `user: ${question}`).length, 1, 'the question once, not twice');
+  // The same question again: the earlier one is a past turn with its answer, and stays.
+  id = null;
+  w = watchAnswer(sa, () => id);
+  id = (await ask(alice, room, question)).request_id;
+  await w.done;
+  const second = await sent();
+  assert.deepEqual(second.slice(-4), ['user: hello from bob', `user: ${question}`, `assistant: ${answer}`, `user: ${question}`], JSON.stringify(second));
+  assert.equal(second.filter((m) => m === `user: ${question}`).length, 2);
+});
+
 test('llm.cancel stops the upstream stream, stores the partial answer as cancelled and frees the lease', async (t) => {
   const mock = await startMock(t);
   await mock.control({ key: '*', scenario: 'ok', tokens: 400, tokens_per_s: 20 });

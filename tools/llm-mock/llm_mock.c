@@ -12,7 +12,8 @@
  *   POST /control {"key":"<api key or *>","scenario":"name",<params>...,"count":N}
  *                 sets the scenario for requests with that key ("*" = default for all keys;
  *                 count = only the next N requests); {"reset":true} clears every scenario.
- *   GET /stats, POST /stats/reset            counters as JSON
+ *   GET /stats, POST /stats/reset            counters as JSON, and per key the body of its
+ *                                            latest request ("last_request")
  * A request header "x-mock-scenario: name;param=value;..." overrides the key's scenario.
  *
  * The answer is deterministic: the words of the last user message, then "token<N>" fillers,
@@ -291,6 +292,7 @@ typedef struct {
     uint64_t fail_ms[FAIL_RING]; /* times of the last non-2xx answers */
     unsigned fail_next;
     uint64_t locked_until_ms;
+    json_t *last_request; /* the body of the key's latest request, as JSON; NULL if none was */
 } key_state_t;
 
 static struct {
@@ -1157,6 +1159,9 @@ static void handle_provider(conn_t *c, const request_t *r, bool anthropic) {
     }
     key_state_t *ks = key_state(key ? key : "");
     ks->requests++;
+    /* Kept so that tests can read what the dispatcher sent (context, prompt, model). */
+    json_decref(ks->last_request);
+    ks->last_request = r->body ? json_loadb(r->body, r->body_len, 0, NULL) : NULL;
     scenario_t sc;
     char err[160];
     if (!key || !*key) {
@@ -1392,11 +1397,12 @@ static void handle_stats(conn_t *c) {
             json_object_set_new(st, num, json_integer((json_int_t)ks->statuses[i].n));
         }
         json_object_set_new(keys, k,
-                            json_pack("{s:I,s:o,s:I,s:I,s:I,s:s?}", "requests",
+                            json_pack("{s:I,s:o,s:I,s:I,s:I,s:s?,s:O?}", "requests",
                                       (json_int_t)ks->requests, "statuses", st, "streams_completed",
                                       (json_int_t)ks->streams_completed, "streams_client_closed",
                                       (json_int_t)ks->streams_client_closed, "streams_dropped",
-                                      (json_int_t)ks->streams_dropped, "scenario", ks->scenario));
+                                      (json_int_t)ks->streams_dropped, "scenario", ks->scenario,
+                                      "last_request", ks->last_request));
     }
     respond_json(c, 200,
                  json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:o}", "requests",
@@ -1778,6 +1784,7 @@ int main(int argc, char **argv) {
     core_map_iter_t it = 0;
     while (core_map_next(g.keys, &it, &k, &v)) {
         free(((key_state_t *)v)->scenario);
+        json_decref(((key_state_t *)v)->last_request);
         free(v);
     }
     core_map_free(g.keys);
