@@ -31,6 +31,8 @@ typedef struct {
     bool allow_subscribe;
     bool allow_publish;
     bool llm;
+    char
+        *llm_system_prompt; /* the assistant's system prompt in this namespace; NULL = the node's */
     uint32_t max_message_bytes;
     chat_schema_t schema;
 } chat_ns_t;

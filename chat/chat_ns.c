@@ -53,7 +53,19 @@ int chat_namespaces_parse(const json_t *obj, chat_ns_t **out, size_t *n, char *e
                 num = &ns->history_ttl_s;
             else if (strcmp(key, "max_message_bytes") == 0)
                 num = &ns->max_message_bytes;
-            else if (strcmp(key, "message_schema") == 0) {
+            else if (strcmp(key, "llm_system_prompt") == 0) {
+                const char *s = json_string_value(v);
+                if (!s || json_string_length(v) > 16384 || strlen(s) != json_string_length(v)) {
+                    snprintf(err, errlen,
+                             "namespace %s: llm_system_prompt must be a string of at most 16384 "
+                             "bytes",
+                             name);
+                    goto fail;
+                }
+                free(ns->llm_system_prompt);
+                ns->llm_system_prompt = core_strdup(s);
+                continue;
+            } else if (strcmp(key, "message_schema") == 0) {
                 const char *s = json_string_value(v);
                 if (s && strcmp(s, "chat") == 0)
                     ns->schema = CHAT_SCHEMA_CHAT;
@@ -115,8 +127,10 @@ void chat_namespaces_default(chat_ns_t **out, size_t *n) {
 }
 
 void chat_namespaces_free(chat_ns_t *ns, size_t n) {
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         free(ns[i].name);
+        free(ns[i].llm_system_prompt);
+    }
     free(ns);
 }
 

@@ -95,7 +95,8 @@ typedef struct {
     const char *personal;      /* the requester's personal channel, for queue positions */
     const char *prompt;
     size_t prompt_len;
-    const char *model; /* NULL = the default provider's */
+    const char *model;  /* NULL = the default provider's */
+    const char *system; /* the room's system prompt; NULL = CHAT_LLM_SYSTEM_PROMPT */
 } llm_ask_t;
 
 /* The answer to an ask: code 0 with the request id and queue position, or a protocol error code

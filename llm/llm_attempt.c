@@ -209,7 +209,7 @@ static void build_prompt(const llm_req_t *r, llm_prompt_t *p, llm_msg_t *msgs) {
         msgs[i] = r->ctx[i];
     msgs[r->nctx] = (llm_msg_t){"user", r->prompt, r->prompt_len};
     *p = (llm_prompt_t){.model = llm__req_model(r),
-                        .system = r->l->cfg.system_prompt,
+                        .system = r->system ? r->system : r->l->cfg.system_prompt,
                         .msgs = msgs,
                         .nmsgs = r->nctx + 1,
                         .max_tokens = r->l->provs[r->prov].cfg->max_tokens};

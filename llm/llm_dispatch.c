@@ -54,6 +54,7 @@ static void req_free(llm_req_t *r) {
     free(r->personal);
     free(r->prompt);
     free(r->model);
+    free(r->system);
     free(r->ctx);
     free(r->ctx_store);
     core_str_free(&r->text);
@@ -327,6 +328,7 @@ void llm_ask(llm_t *l, const llm_ask_t *a, llm_ask_cb cb, void *ud) {
     r->prompt = core_strndup(a->prompt, a->prompt_len);
     r->prompt_len = a->prompt_len;
     r->model = a->model ? core_strdup(a->model) : NULL;
+    r->system = a->system ? core_strdup(a->system) : NULL;
     r->room_opts = a->room_opts;
     r->plan = a->plan < LLM_PLANS ? a->plan : 0;
     r->key = -1;

@@ -42,6 +42,7 @@ struct llm_req {
     llm_t *l;
     char id[LLM_REQ_ID_LEN + 1];
     char *user, *client, *channel, *personal, *prompt, *model;
+    char *system; /* the room's system prompt, NULL = the node's */
     size_t prompt_len;
     clu_chan_opts_t room_opts;
     unsigned plan;

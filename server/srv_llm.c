@@ -61,6 +61,7 @@ static void ask_call(void *ud, chat_rpc_call_t *call) {
             .prompt = json_string_value(prompt),
             .prompt_len = json_string_length(prompt),
             .model = model ? json_string_value(model) : NULL,
+            .system = ns->llm_system_prompt,
         };
         llm_ask(l, &a, ask_answered, call);
     }

@@ -135,6 +135,34 @@ test('the room is the context: the question posted into the room is sent once, e
   assert.equal(second.filter((m) => m === `user: ${question}`).length, 2);
 });
 
+test("a namespace's llm_system_prompt is the system prompt of its rooms; other rooms get the node's", async (t) => {
+  const mock = await startMock(t);
+  await mock.control({ key: '*', scenario: 'ok', tokens: 3, tokens_per_s: 500 });
+  const room = { history_size: 50, history_ttl: 600, allow_subscribe: true, allow_publish: true, llm: true };
+  const env = {
+    ...BASE,
+    CHAT_LLM_PROVIDERS: JSON.stringify([providerEnv(mock)]),
+    CHAT_LLM_SYSTEM_PROMPT: 'You are the room assistant.',
+    CHAT_NAMESPACES: JSON.stringify({ chat: room, support: { ...room, llm_system_prompt: 'You answer billing questions only.' } }),
+  };
+  const srv = await startChatd(t, { env });
+  const alice = await connectClient(t, srv, { user: 'alice' });
+  const systemOf = async (channel) => {
+    const { sub } = await subscribe(alice, channel);
+    let id = null;
+    const w = watchAnswer(sub, () => id);
+    id = (await ask(alice, channel, 'hello')).request_id;
+    await w.done;
+    assert.ok(w.final, `answered in ${channel}`);
+    return (await mock.stats()).keys.k1.last_request.system;
+  };
+  assert.equal(await systemOf('support:1'), 'You answer billing questions only.');
+  assert.equal(await systemOf('chat:1'), 'You are the room assistant.');
+  // A prompt that is not a string is refused at start, with the namespace named.
+  await assert.rejects(startChatd(null, { env: { ...env, CHAT_NAMESPACES: JSON.stringify({ support: { ...room, llm_system_prompt: 7 } }) } }),
+    /namespace support: llm_system_prompt must be a string/);
+});
+
 test('llm.cancel stops the upstream stream, stores the partial answer as cancelled and frees the lease', async (t) => {
   const mock = await startMock(t);
   await mock.control({ key: '*', scenario: 'ok', tokens: 400, tokens_per_s: 20 });

@@ -811,7 +811,8 @@ static void test_namespaces_parse_custom(void **state) {
     assert_int_equal(parse_text("{\"\":{},\"chat\":{\"presence\":true,\"history_size\":10,"
                                 "\"history_ttl\":60,\"max_message_bytes\":10000000,"
                                 "\"message_schema\":\"any\"},"
-                                "\"x\":{\"message_schema\":\"chat\",\"llm\":true,\"join_leave\":"
+                                "\"x\":{\"message_schema\":\"chat\",\"llm\":true,\"llm_system_"
+                                "prompt\":\"be kind\",\"join_leave\":"
                                 "false,\"allow_publish\":true,\"allow_subscribe\":false}}",
                                 &ns, &n, err),
                      0);
@@ -834,6 +835,8 @@ static void test_namespaces_parse_custom(void **state) {
     assert_ptr_equal(chat_ns_find(ns, n, ":room"), def);
     assert_ptr_equal(chat_ns_find(ns, n, ""), def);
     assert_ptr_equal(chat_ns_find(ns, n, "x:1"), x);
+    assert_string_equal(x->llm_system_prompt, "be kind");
+    assert_null(chat->llm_system_prompt);
     assert_null(chat_ns_find(ns, n, "unknown:room"));
     assert_null(chat_ns_find(ns, n, "CHAT:room"));
     chat_namespaces_free(ns, n);
@@ -892,6 +895,11 @@ static void test_namespaces_parse_errors(void **state) {
     expect_parse_error("{\"chat\":{\"max_message_bytes\":0}}", "max_message_bytes");
     expect_parse_error("{\"chat\":{\"message_schema\":\"xml\"}}", "message_schema");
     expect_parse_error("{\"chat\":{\"message_schema\":1}}", "message_schema");
+    /* The assistant's system prompt is a string; an error after it was taken frees it (the
+     * sanitizer build sees a leak otherwise). */
+    expect_parse_error("{\"chat\":{\"llm_system_prompt\":7}}", "llm_system_prompt");
+    expect_parse_error("{\"chat\":{\"llm_system_prompt\":\"ok\",\"history_size\":-1}}",
+                       "history_size");
     /* Bad names. */
     expect_parse_error("{\"a:b\":{}}", "a:b");
     expect_parse_error("{\"a#b\":{}}", "a#b");
