@@ -73,8 +73,9 @@ static const setting_t settings[] = {
      "bytes queued for one connection before close 3008"},
     {"CHAT_WRITE_QUEUE_MESSAGES", "write_queue_messages", T_U32, OFF(write_queue_messages), "16384",
      "messages queued for one connection before close 3008"},
-    {"CHAT_WRITE_DELAY_MS", "write_delay_ms", T_U32, OFF(write_delay_ms), "5",
-     "milliseconds new output waits so that one write carries many messages (0 = none)"},
+    {"CHAT_WRITE_DELAY_MS", "write_delay_ms", T_U32, OFF(write_delay_ms), "0",
+     "milliseconds new output waits so that one write carries many messages (0 = written once per "
+     "loop pass)"},
     {"CHAT_MAX_ERRORS", "max_errors", T_U32, OFF(max_errors), "100",
      "non-temporary error replies per client within 10 s before close 3509 (0 = off)"},
     {"CHAT_PRESENCE_TTL", "presence_ttl", T_U32, OFF(presence_ttl), "30",

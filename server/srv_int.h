@@ -76,8 +76,9 @@ struct srv {
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     uint64_t drain_deadline;
-    core_list_t flush; /* connections with queued output, waiting for flush_timer */
-    uv_timer_t flush_timer;
+    core_list_t flush;          /* connections with queued output, waiting for a flush */
+    uv_timer_t flush_timer;     /* the flush with a write delay */
+    uv_prepare_t flush_prepare; /* the flush without one: once per loop pass */
     adm_registry_t *registry;
     char public_addr[300]; /* host:port of the public listener, as the registry shows it */
     uint64_t started_ms;

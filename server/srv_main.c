@@ -62,6 +62,7 @@ static void drain_finish(srv_t *S) {
     uv_close((uv_handle_t *)&S->sigterm, NULL);
     uv_close((uv_handle_t *)&S->sigint, NULL);
     uv_close((uv_handle_t *)&S->flush_timer, NULL);
+    uv_close((uv_handle_t *)&S->flush_prepare, NULL);
     /* The first destroy closes every remaining socket, so every chat client is freed before
      * the node goes. */
     lws_context_destroy(S->ctx);
@@ -330,6 +331,8 @@ int main(int argc, char **argv) {
     core_list_init(&S->flush);
     uv_timer_init(&S->loop, &S->flush_timer);
     S->flush_timer.data = S;
+    uv_prepare_init(&S->loop, &S->flush_prepare);
+    S->flush_prepare.data = S;
 
     CORE_LOGI(MOD, "started",
               "node=%s broker=%s public=%s admin=%s max_connections=%" PRIu32

@@ -30,8 +30,7 @@ static void conn_request_write(srv_conn_t *c) {
 static int conn_flush(srv_t *S, srv_conn_t *c);
 static void conn_fail(srv_conn_t *c);
 
-static void flush_cb(uv_timer_t *t) {
-    srv_t *S = t->data;
+static void flush_all(srv_t *S) {
     while (!core_list_empty(&S->flush)) {
         srv_conn_t *c = CORE_CONTAINER_OF(S->flush.next, srv_conn_t, flush_link);
         core_list_remove(&c->flush_link);
@@ -46,10 +45,21 @@ static void flush_cb(uv_timer_t *t) {
     }
 }
 
-/* New output for an idle connection waits a few milliseconds so that everything published
- * meanwhile leaves in the same write: the cost of fan-out is per write call, not per byte.
- * With a delay of 0 the flush still waits for the next loop turn, which batches whatever the
- * current turn queued. */
+static void flush_cb(uv_timer_t *t) {
+    flush_all(t->data);
+}
+
+static void flush_prepare_cb(uv_prepare_t *p) {
+    uv_prepare_stop(p);
+    flush_all(p->data);
+}
+
+/* Without a write delay (the default), output queued anywhere in a loop pass (socket reads,
+ * broker answers, timers) leaves just before the loop next waits for events: one write per
+ * connection per pass, so an idle node answers at once and batches grow with the load by
+ * themselves, since a busy pass queues more. With CHAT_WRITE_DELAY_MS > 0, new output for an
+ * idle connection waits that long instead, so that everything published meanwhile leaves in
+ * the same write. */
 static void conn_schedule_write(srv_conn_t *c) {
     srv_t *S = c->srv;
     if (c->want_write || c->in_flush)
@@ -57,7 +67,12 @@ static void conn_schedule_write(srv_conn_t *c) {
     c->want_write = true;
     c->in_flush = true;
     core_list_insert_tail(&S->flush, &c->flush_link);
-    if (!uv_is_active((uv_handle_t *)&S->flush_timer)) {
+    if (S->cfg.write_delay_ms == 0) {
+        /* A prepare handle runs before the loop polls, after every callback of the pass. */
+        if (!uv_is_active((uv_handle_t *)&S->flush_prepare) &&
+            !uv_is_closing((uv_handle_t *)&S->flush_prepare))
+            uv_prepare_start(&S->flush_prepare, flush_prepare_cb);
+    } else if (!uv_is_active((uv_handle_t *)&S->flush_timer)) {
         /* The loop's clock is read once per turn; output queued late in a long turn (the
          * memory broker's answers run after a flush of thousands of sockets) would otherwise
          * find its window already over and lose the batching. */
