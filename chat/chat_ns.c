@@ -55,7 +55,7 @@ int chat_namespaces_parse(const json_t *obj, chat_ns_t **out, size_t *n, char *e
                 num = &ns->max_message_bytes;
             else if (strcmp(key, "llm_system_prompt") == 0) {
                 const char *s = json_string_value(v);
-                if (!s || json_string_length(v) > 16384 || strlen(s) != json_string_length(v)) {
+                if (!s || json_string_length(v) > 16384) {
                     snprintf(err, errlen,
                              "namespace %s: llm_system_prompt must be a string of at most 16384 "
                              "bytes",

@@ -133,6 +133,18 @@ static void backoff_done(uv_timer_t *t) {
     attempt(r);
 }
 
+/* Ends a request whose text reached the room: the last delta, the stored answer (flag NULL, or
+ * "interrupted"), the token counters and the quota settled from the usage. */
+static void store_answer(llm_req_t *r, const char *flag) {
+    llm_t *l = r->l;
+    llm__flush_delta(r);
+    llm__publish_final(r, flag);
+    l->st.tokens_in += r->in_tokens;
+    l->st.tokens_out += r->out_tokens;
+    llm__quota_settle(r);
+    llm__req_end(r);
+}
+
 static void stream_end(void *ud, const llm_outcome_t *o, const llm_budget_t *b) {
     llm_req_t *r = ud;
     llm_t *l = r->l;
@@ -143,26 +155,16 @@ static void stream_end(void *ud, const llm_outcome_t *o, const llm_budget_t *b) 
     r->last = *o;
     uv_timer_stop(&r->timer);
     if (o->end == LLM_END_OK) {
-        llm__flush_delta(r);
-        llm__publish_final(r, NULL);
         l->st.completed++;
-        l->st.tokens_in += r->in_tokens;
-        l->st.tokens_out += r->out_tokens;
-        llm__quota_settle(r);
-        llm__req_end(r);
+        store_answer(r, NULL);
         return;
     }
     if (r->text.len > 0) {
         /* Output reached the room: never restarted, kept as it stands. */
-        llm__flush_delta(r);
         if (!r->out_tokens)
             r->out_tokens = (uint32_t)(r->text.len / 4 + 1);
-        llm__publish_final(r, "interrupted");
         l->st.interrupted++;
-        l->st.tokens_in += r->in_tokens;
-        l->st.tokens_out += r->out_tokens;
-        llm__quota_settle(r);
-        llm__req_end(r);
+        store_answer(r, "interrupted");
         return;
     }
     bool retryable =
