@@ -106,6 +106,7 @@ test('kill -9 of a node holding leases: the other node gets the capacity back wi
     if (ctx.data?.type === 'llm.start' && ctx.data.request_id === id) startedAt = Date.now();
   });
   id = (await ask(b, room, 'third')).request_id;
+  w.sync();
   // Node 1 keeps it queued while node 0 holds both slots of the cluster.
   await waitLlmState(n1, (s) => s.queue.entries.length === 1 && s.leases.length === 0, 'queued on node 1');
   assert.equal((await mock.stats()).keys['ok-key'].requests, 0, 'no stream past the cluster limit');
@@ -142,6 +143,7 @@ test('a provider breaker opened on one node stops the other node too', async (t)
     const w = watchAnswer(sub, () => id);
     try {
       id = (await ask(a, room, `fail ${i}`)).request_id;
+      w.sync();
       await withTimeout(w.done, 10000, 'a failing ask ended');
     } catch (e) {
       assert.equal(e.code, 502, e.message);
@@ -173,6 +175,7 @@ test('a provider breaker opened on one node stops the other node too', async (t)
   let id = null;
   const w = watchAnswer(sub, () => id);
   id = (await ask(b, room, 'after the operator closed it')).request_id;
+  w.sync();
   await withTimeout(w.done, 10000, 'answer after the breaker closed');
   assert.ok(w.final, 'node 1 serves again');
   assert.equal((await mock.stats()).keys['good-key'].statuses['200'], 1);

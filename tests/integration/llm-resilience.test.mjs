@@ -36,6 +36,7 @@ async function askAndWait(client, sub, room, prompt) {
     const w = watchAnswer(sub, () => id);
     const res = await ask(client, room, prompt);
     id = res.request_id;
+    w.sync();
     await w.done;
     w.stop();
     return {res, w};

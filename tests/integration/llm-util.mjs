@@ -81,7 +81,10 @@ export function watchAnswer(sub, requestId) {
   const w = { start: null, deltas: [], final: null, error: null, all: [] };
   let resolve;
   w.done = new Promise((r) => { resolve = r; });
-  const handler = (ctx) => {
+  // Publications that came before the ask's reply named the request (another member's socket
+  // may carry llm.start before the asker's reply is read) wait here until the id is known.
+  const early = [];
+  const take = (ctx) => {
     const d = ctx.data;
     if (!d || d.request_id !== requestId()) return;
     w.all.push(ctx);
@@ -89,6 +92,14 @@ export function watchAnswer(sub, requestId) {
     else if (d.type === 'llm.delta') w.deltas.push(ctx);
     else if (d.type === 'message') { w.final = ctx; resolve(w); }
     else if (d.type === 'llm.error') { w.error = ctx; resolve(w); }
+  };
+  w.sync = () => {
+    if (requestId() == null) return;
+    while (early.length) take(early.shift());
+  };
+  const handler = (ctx) => {
+    early.push(ctx);
+    w.sync();
   };
   sub.on('publication', handler);
   w.stop = () => sub.off('publication', handler);

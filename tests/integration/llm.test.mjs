@@ -19,6 +19,7 @@ async function askInRoom(t, srv, room, prompt, extra) {
   const wb = watchAnswer(sb, () => id);
   const res = await ask(alice, room, prompt, extra);
   id = res.request_id;
+  wa.sync(); wb.sync();
   await Promise.all([wa.done, wb.done]);
   return { res, wa, wb, alice, bob };
 }
@@ -119,6 +120,7 @@ test('the room is the context: the question posted into the room is sent once, e
   let id = null;
   let w = watchAnswer(sa, () => id);
   id = (await ask(alice, room, question)).request_id;
+  w.sync();
   await w.done;
   assert.ok(w.final, 'answered');
   const answer = w.final.data.text;
@@ -129,6 +131,7 @@ test('the room is the context: the question posted into the room is sent once, e
   id = null;
   w = watchAnswer(sa, () => id);
   id = (await ask(alice, room, question)).request_id;
+  w.sync();
   await w.done;
   const second = await sent();
   assert.deepEqual(second.slice(-4), ['user: hello from bob', `user: ${question}`, `assistant: ${answer}`, `user: ${question}`], JSON.stringify(second));
@@ -152,6 +155,7 @@ test("a namespace's llm_system_prompt is the system prompt of its rooms; other r
     let id = null;
     const w = watchAnswer(sub, () => id);
     id = (await ask(alice, channel, 'hello')).request_id;
+    w.sync();
     await w.done;
     assert.ok(w.final, `answered in ${channel}`);
     return (await mock.stats()).keys.k1.last_request.system;
@@ -172,6 +176,7 @@ test('llm.cancel stops the upstream stream, stores the partial answer as cancell
   let id = null;
   const w = watchAnswer(sub, () => id);
   id = (await ask(alice, 'chat:cancel', 'a long answer please')).request_id;
+  w.sync();
   await waitUntil(() => w.deltas.length >= 2, { what: 'two deltas' });
   await alice.rpc('llm.cancel', { request_id: id });
   await w.done;
@@ -196,6 +201,7 @@ test('the requester disconnecting stops its stream upstream and frees the lease'
   let id = null;
   const w = watchAnswer(sb, () => id);
   id = (await ask(alice, 'chat:gone', 'answer slowly')).request_id;
+  w.sync();
   await waitUntil(() => w.deltas.length >= 1, { what: 'a delta' });
   alice.disconnect();
   await w.done;
@@ -249,6 +255,7 @@ test('a reader far behind stops the stream upstream; it goes on once the reader 
   let id = null;
   const w = watchAnswer(sub, () => id);
   id = (await ask(alice, room, 'are you there')).request_id;
+  w.sync();
   const state = await waitLlmState(srv, (s) => s.leases.some((l) => l.paused), 'the stream paused');
   assert.equal(state.leases[0].request_id, id);
   let m = await scrapeMetrics(srv);
