@@ -50,6 +50,8 @@ void chat__reply_error(chat_client_t *c, uint32_t id, int code, const char *mess
     /* A client that keeps sending what cannot succeed is broken or hostile: stop serving it.
      * Temporary errors (rate limits, unavailable backends) are the server's doing and do not
      * count. */
+    if (!temporary)
+        chat__error_window(c, core_now_ms());
     if (!temporary && c->node->cfg.max_errors && ++c->errors > c->node->cfg.max_errors) {
         chat__client_close(c, CORE_DISCONNECT_TOO_MANY_ERRORS);
         return;
@@ -87,10 +89,12 @@ void chat__reply_empty(chat_client_t *c, uint32_t id, chat_method_t m) {
  * temporary), and a client that keeps flooding after being told is closed with 3013. */
 static bool command_allowed(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
-    int64_t wait = core_gcra_take(&c->cmd_gcra, (double)core_now_ms(), &n->cfg.command_rate);
+    uint64_t now = core_now_ms();
+    int64_t wait = core_gcra_take(&c->cmd_gcra, (double)now, &n->cfg.command_rate);
     if (wait == 0)
         return true;
     n->st.rate_limited++;
+    chat__error_window(c, now);
     if (n->cfg.max_errors && ++c->limited > n->cfg.max_errors) {
         chat__client_close(c, CORE_DISCONNECT_TOO_MANY_REQUESTS);
         return false;
@@ -233,6 +237,7 @@ chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *
     c->created_ms = core_now_ms();
     core_map_put(n->clients, c->id, c);
     core_list_insert_tail(&n->all, &c->link);
+    n->nall++;
     n->st.sessions++;
     return c;
 }
@@ -256,7 +261,10 @@ void chat_client_free(chat_client_t *c) {
     if (c->counted)
         n->st.connections--;
     core_map_del(n->clients, c->id);
+    if (n->sweep_at == &c->link)
+        n->sweep_at = c->link.next;
     core_list_remove(&c->link);
+    n->nall--;
     n->st.sessions--;
     core_str_free(&c->held);
     free(c->conn_info);

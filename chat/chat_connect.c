@@ -114,7 +114,8 @@ static void connect_finish(connect_op_t *co) {
     c->counted = true;
     n->st.connections++;
     uint64_t now = core_now_ms();
-    c->next_ping_ms = now + (uint64_t)n->cfg.ping_interval_s * 1000;
+    c->next_ping_ms = chat__first_due(n, now, (uint64_t)n->cfg.ping_interval_s * 1000);
+    c->presence_due_ms = chat__first_due(n, now, chat__presence_refresh_ms(n));
     chat__reply(c, &r);
     for (uint32_t i = 0; i < co->nchannels; i++) {
         chat_sub_t *sub = chat__sub_lookup(n, c->id, co->channels[i], co->gens[i]);

@@ -121,8 +121,10 @@ struct chat_client {
     uint64_t created_ms;
     uint64_t next_ping_ms;
     uint64_t pong_deadline_ms;
-    uint32_t errors;  /* error replies in the current 10 s window */
-    uint32_t limited; /* commands refused by command_rate in the current 10 s window */
+    uint64_t presence_due_ms; /* next refresh of this client's presence entries */
+    uint64_t window_ms;       /* start of the current error window (chat__error_window) */
+    uint32_t errors;          /* error replies in the current window */
+    uint32_t limited;         /* commands refused by command_rate in the current window */
     core_gcra_t cmd_gcra;
     chat_leave_t *leaves; /* held-back leave events, oldest first */
     uint32_t nleaves;
@@ -151,8 +153,12 @@ struct chat_node {
     core_map_t *users;    /* user id -> chat_user_t */
     core_map_t *channels; /* channel -> chat_channel_t */
     core_list_t all;      /* every chat_client_t */
+    uint32_t nall;
     uv_timer_t sweep;
     uint64_t sweep_ticks;
+    core_list_t *sweep_at;    /* the next client the sweep visits (&all: the first) */
+    core_map_iter_t users_at; /* where the sweep of idle users goes on */
+    uint64_t rng;             /* jitter of due times */
     uint64_t next_gen;
     uint32_t stalled; /* channels with a fill to retry */
     core_buf_t *ping; /* the shared ping of the JSON codec */
@@ -443,6 +449,19 @@ typedef struct {
     connect_op_t *conn;
     bool later; /* answered by the broker, after chat__sub_start returned */
 } subop_t;
+
+/* ---- chat_node.c ---- */
+
+/* One tick of the sweep, at the given clocks: visits the next slice of clients (a round of
+ * ticks visits each once) and of idle users. Called by the node's timer; tests call it with
+ * their own clocks. */
+void chat__sweep_step(chat_node_t *n, uint64_t now, int64_t wall);
+/* A jittered first due time in (now + period/2, now + period]. */
+uint64_t chat__first_due(chat_node_t *n, uint64_t now, uint64_t period_ms);
+/* How often a client refreshes its presence entries. */
+uint64_t chat__presence_refresh_ms(const chat_node_t *n);
+/* Starts a new error window for the client when the current one is over; true if it did. */
+bool chat__error_window(chat_client_t *c, uint64_t now);
 
 /* ---- chat_client.c ---- */
 

@@ -1,5 +1,5 @@
-/* chat: the node: configuration, the broker, the sweep timer (pings, pongs, stale sockets, expiry,
- * presence refresh) and statistics. */
+/* chat: the node: configuration, the broker, the sweep (pings, pongs, stale sockets, expiry,
+ * presence refresh, spread over time) and statistics. */
 #include "chat/chat_int.h"
 
 #include <inttypes.h>
@@ -9,56 +9,118 @@
 
 #define MOD "chat"
 
-/* ---- timers: pings, pongs, stale sockets, expiry ---- */
+/* ---- the sweep: pings, pongs, stale sockets, expiry, presence refresh ---- */
 
-static void sweep_cb(uv_timer_t *t) {
-    chat_node_t *n = t->data;
-    uint64_t now = core_now_ms();
-    int64_t wall = core_wall_s();
-    uint64_t stale = (uint64_t)n->cfg.stale_timeout_s * 1000;
-    /* Error counts are per 10 s window (CHAT_MAX_ERRORS). */
-    bool new_window = ++n->sweep_ticks % 10 == 0;
-    for (core_list_t *it = n->all.next; it != &n->all; it = it->next) {
-        chat_client_t *c = CORE_CONTAINER_OF(it, chat_client_t, link);
-        if (new_window) {
-            c->errors = 0;
-            c->limited = 0;
-        }
-        if (c->leaves)
-            chat__leaves_flush(c, now, false);
-        if (c->state == CL_CLOSING)
-            continue;
-        if (c->state != CL_CONNECTED) {
-            if (now - c->created_ms >= stale)
-                chat__client_close(c, CORE_DISCONNECT_STALE);
-            continue;
-        }
-        if (c->has_exp && wall > c->exp) {
-            chat__client_close(c, CORE_DISCONNECT_EXPIRED);
-            continue;
-        }
-        bool sub_expired = false;
-        for (chat_sub_t *s = c->subs; s; s = s->next)
-            if (s->exp && wall > s->exp)
-                sub_expired = true;
-        if (sub_expired) {
-            chat__client_close(c, CORE_DISCONNECT_SUB_EXPIRED);
-            continue;
-        }
-        if (c->pong_deadline_ms && now >= c->pong_deadline_ms) {
-            chat__client_close(c, CORE_DISCONNECT_NO_PONG);
-            continue;
-        }
-        if (now >= c->next_ping_ms) {
-            c->t->send(c->tctx, n->ping);
-            c->next_ping_ms = now + (uint64_t)n->cfg.ping_interval_s * 1000;
-            if (!c->pong_deadline_ms)
-                c->pong_deadline_ms = now + (uint64_t)n->cfg.pong_timeout_s * 1000;
-        }
+/* Every client is visited once per round, a slice of them per tick, so that no pass of the
+ * loop pays for the whole population: at 19,000 connections a tick visits 380. Pings and
+ * presence refreshes are due at jittered times from the connect on, so clients that connected
+ * together (a node restart, a load balancer failover) do not all fall due in the same tick. */
+#define SWEEP_TICK_MS 20
+#define SWEEP_ROUND_MS 1000
+#define TICKS_PER_ROUND (SWEEP_ROUND_MS / SWEEP_TICK_MS)
+/* Users whose limiter state has decayed are freed over this period. */
+#define USERS_ROUND_MS 10000
+/* A client's error and rate-limit counts (CHAT_MAX_ERRORS) are per window of this length. */
+#define ERROR_WINDOW_MS 10000
+
+static uint64_t node_rand(chat_node_t *n) {
+    /* xorshift64: spreading due times needs no secrecy. */
+    uint64_t x = n->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return n->rng = x;
+}
+
+uint64_t chat__first_due(chat_node_t *n, uint64_t now, uint64_t period_ms) {
+    /* Uniform in (period/2, period]: early is harmless for a ping or a refresh, late is not. */
+    return now + period_ms - node_rand(n) % (period_ms / 2 + 1);
+}
+
+uint64_t chat__presence_refresh_ms(const chat_node_t *n) {
+    /* Presence entries in a shared broker expire unless their node refreshes them, so the users
+     * of a node that died disappear on their own: three refreshes per TTL. */
+    uint64_t ms = (uint64_t)n->cfg.presence_ttl_s * 1000 / 3;
+    return ms ? ms : 1000;
+}
+
+bool chat__error_window(chat_client_t *c, uint64_t now) {
+    if (now - c->window_ms >= ERROR_WINDOW_MS) {
+        c->window_ms = now;
+        c->errors = 0;
+        c->limited = 0;
+        return true;
     }
-    if (n->stalled > 0) {
+    return false;
+}
+
+static void presence_refresh(chat_node_t *n, chat_client_t *c) {
+    for (chat_sub_t *s = c->subs; s; s = s->next) {
+        if (!s->presence_added)
+            continue;
+        clu_chan_opts_t o = chat__chan_opts(n, s->ch->ns);
+        clu_presence_t e = {c->id, c->user->name, s->info, s->info_len};
+        clu_presence_add(n->broker, s->ch->name, &o, &e);
+    }
+}
+
+static void sweep_client(chat_node_t *n, chat_client_t *c, uint64_t now, int64_t wall) {
+    if (c->leaves)
+        chat__leaves_flush(c, now, false);
+    if (c->state == CL_CLOSING)
+        return;
+    if (c->state != CL_CONNECTED) {
+        if (now - c->created_ms >= (uint64_t)n->cfg.stale_timeout_s * 1000)
+            chat__client_close(c, CORE_DISCONNECT_STALE);
+        return;
+    }
+    if (c->has_exp && wall > c->exp) {
+        chat__client_close(c, CORE_DISCONNECT_EXPIRED);
+        return;
+    }
+    for (chat_sub_t *s = c->subs; s; s = s->next)
+        if (s->exp && wall > s->exp) {
+            chat__client_close(c, CORE_DISCONNECT_SUB_EXPIRED);
+            return;
+        }
+    if (c->pong_deadline_ms && now >= c->pong_deadline_ms) {
+        chat__client_close(c, CORE_DISCONNECT_NO_PONG);
+        return;
+    }
+    if (now >= c->next_ping_ms) {
+        c->t->send(c->tctx, n->ping);
+        c->next_ping_ms = now + (uint64_t)n->cfg.ping_interval_s * 1000;
+        if (!c->pong_deadline_ms)
+            c->pong_deadline_ms = now + (uint64_t)n->cfg.pong_timeout_s * 1000;
+    }
+    if (now >= c->presence_due_ms) {
+        presence_refresh(n, c);
+        /* From the due time, not from this visit: a visit comes up to a round late, and the
+         * lateness must not add up against the TTL. */
+        uint64_t period = chat__presence_refresh_ms(n);
+        c->presence_due_ms += period;
+        if (c->presence_due_ms <= now)
+            c->presence_due_ms = now + period;
+    }
+}
+
+void chat__sweep_step(chat_node_t *n, uint64_t now, int64_t wall) {
+    /* ceil(clients / ticks): a round visits everyone even as the population changes. */
+    uint32_t quota = (n->nall + TICKS_PER_ROUND - 1) / TICKS_PER_ROUND;
+    while (quota-- > 0) {
+        if (n->sweep_at == &n->all)
+            n->sweep_at = n->all.next;
+        if (n->sweep_at == &n->all)
+            break;
+        core_list_t *it = n->sweep_at;
+        /* The cursor moves first: a client closed by its visit may be freed. */
+        n->sweep_at = it->next;
+        sweep_client(n, CORE_CONTAINER_OF(it, chat_client_t, link), now, wall);
+    }
+    if (++n->sweep_ticks % TICKS_PER_ROUND == 0 && n->stalled > 0) {
         /* Fills that failed for a passing reason (a script error, Redis busy) while nothing
-         * else would start them again: once a second until they get through. */
+         * else would start them again: once a round until they get through. Only channels
+         * whose fill failed are touched, which is rare. */
         core_map_iter_t it = 0;
         void *v;
         while (core_map_next(n->channels, &it, NULL, &v)) {
@@ -67,30 +129,21 @@ static void sweep_cb(uv_timer_t *t) {
                 chat__channel_fill(n, ch);
         }
     }
-    uint32_t refresh = n->cfg.presence_ttl_s / 3 ? n->cfg.presence_ttl_s / 3 : 1;
-    if (n->sweep_ticks % refresh == 0) {
-        /* Presence entries in a shared broker expire unless their node refreshes them, so the
-         * users of a node that died disappear on their own. */
-        core_map_iter_t it = 0;
-        void *v;
-        while (core_map_next(n->channels, &it, NULL, &v)) {
-            chat_channel_t *ch = v;
-            clu_chan_opts_t o = chat__chan_opts(n, ch->ns);
-            for (uint32_t i = 0; i < ch->n; i++) {
-                chat_sub_t *sub = ch->subs[i];
-                if (!sub->presence_added)
-                    continue;
-                clu_presence_t e = {sub->c->id, sub->c->user->name, sub->info, sub->info_len};
-                clu_presence_add(n->broker, ch->name, &o, &e);
-            }
+    /* Users left without connections keep their limiter state until it has decayed. */
+    size_t users_quota = (core_map_size(n->users) + USERS_ROUND_MS / SWEEP_TICK_MS - 1) /
+                         (USERS_ROUND_MS / SWEEP_TICK_MS);
+    void *v;
+    while (users_quota-- > 0) {
+        if (!core_map_next(n->users, &n->users_at, NULL, &v)) {
+            n->users_at = 0;
+            break;
         }
+        chat__user_maybe_free(n, v, (double)now);
     }
-    if (new_window) {
-        core_map_iter_t it = 0;
-        void *v;
-        while (core_map_next(n->users, &it, NULL, &v))
-            chat__user_maybe_free(n, v, (double)now);
-    }
+}
+
+static void sweep_cb(uv_timer_t *t) {
+    chat__sweep_step(t->data, core_now_ms(), core_wall_s());
 }
 
 /* ---- node ---- */
@@ -103,13 +156,16 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
     n->users = core_map_new();
     n->channels = core_map_new();
     core_list_init(&n->all);
+    n->sweep_at = &n->all;
+    core_random(&n->rng, sizeof n->rng);
+    n->rng |= 1; /* xorshift's state must not be 0 */
     core_str_t ping = {0};
     chat__codec_json.ping(&ping);
     n->ping = core_buf_from(0, ping.ptr, ping.len);
     core_str_free(&ping);
     uv_timer_init(loop, &n->sweep);
     n->sweep.data = n;
-    uv_timer_start(&n->sweep, sweep_cb, 1000, 1000);
+    uv_timer_start(&n->sweep, sweep_cb, SWEEP_TICK_MS, SWEEP_TICK_MS);
     chat__rpc_init(n);
     return n;
 }

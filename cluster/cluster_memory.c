@@ -93,18 +93,29 @@ static void chan_maybe_free(mem_broker_t *mb, mchan_t *c) {
     }
 }
 
+/* Expired streams and idle channels are dropped over a round of SWEEP_ROUND_MS, a slice of
+ * the channel map per tick, so that a node with tens of thousands of channels never stops its
+ * loop for a whole pass over them. */
+#define SWEEP_TICK_MS 100
+#define SWEEP_ROUND_MS 10000
+#define TICKS_PER_ROUND (SWEEP_ROUND_MS / SWEEP_TICK_MS)
+
 static void sweep_cb(uv_timer_t *t) {
     mem_broker_t *mb = t->data;
     uint64_t now = core_now_ms();
-    core_map_iter_t it = 0;
-    const char *key;
+    size_t quota = (core_map_size(mb->channels) + TICKS_PER_ROUND - 1) / TICKS_PER_ROUND;
     void *v;
-    while (core_map_next(mb->channels, &it, &key, &v)) {
+    while (quota-- > 0) {
+        if (!core_map_next(mb->channels, &mb->sweep_at, NULL, &v)) {
+            mb->sweep_at = 0;
+            break;
+        }
         mchan_t *c = v;
         chan_expire_stream(c, now);
         chan_maybe_free(mb, c);
     }
-    clu__mem_coord_sweep(mb);
+    if (++mb->sweep_ticks % TICKS_PER_ROUND == 0)
+        clu__mem_coord_sweep(mb);
 }
 
 /* Keeps stored history under the byte cap: the streams of the channels published to least
@@ -451,7 +462,7 @@ clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *
     mb->max_history_limit = max_history_limit ? max_history_limit : 1000;
     uv_timer_init(loop, &mb->sweep);
     mb->sweep.data = mb;
-    uv_timer_start(&mb->sweep, sweep_cb, 10000, 10000);
+    uv_timer_start(&mb->sweep, sweep_cb, SWEEP_TICK_MS, SWEEP_TICK_MS);
     uv_unref((uv_handle_t *)&mb->sweep);
     uv_idle_init(loop, &mb->answers);
     mb->answers.data = mb;

@@ -91,6 +91,8 @@ struct mem_broker {
     core_list_t lru;  /* channels with stored publications, least recently published first */
     uint32_t max_history_limit;
     uv_timer_t sweep;
+    core_map_iter_t sweep_at; /* where the sliced sweep of channels goes on */
+    uint64_t sweep_ticks;
     uv_idle_t answers;     /* active while `queue` holds answers */
     core_map_t *sems;      /* key -> msem_t */
     core_map_t *counters;  /* key -> mcounter_t */

@@ -184,9 +184,10 @@ typedef struct {
     uint64_t disconnects[SRV_DISCONNECT_SLOTS]; /* by srv_disconnect_slot() */
     uint64_t refused[SRV_REFUSED_COUNT];        /* by SRV_REFUSED_* */
     core_hist_t fanout_latency;                 /* seconds */
+    core_hist_t loop_pass;                      /* seconds of work per event-loop pass */
 } srv_stats_t;
 
-/* Zeroes st and sets the buckets of its latency histogram. */
+/* Zeroes st and sets the buckets of its histograms. */
 void srv_stats_init(srv_stats_t *st);
 /* Slot of a close code: 3000..3031 and 3500..3531; -1 for other codes. */
 int srv_disconnect_slot(int code);

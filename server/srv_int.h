@@ -79,6 +79,8 @@ struct srv {
     core_list_t flush;          /* connections with queued output, waiting for a flush */
     uv_timer_t flush_timer;     /* the flush with a write delay */
     uv_prepare_t flush_prepare; /* the flush without one: once per loop pass */
+    uv_prepare_t loop_watch;    /* measures each pass's work (st.loop_pass) */
+    uint64_t watch_hr, watch_idle;
     adm_registry_t *registry;
     char public_addr[300]; /* host:port of the public listener, as the registry shows it */
     uint64_t started_ms;

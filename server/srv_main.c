@@ -55,6 +55,21 @@ static void registry_closed(void *ud) {
     llm_close(S->llm, llm_closed, S);
 }
 
+/* Runs last before each poll (prepare handles run newest first, and the flush's is started
+ * anew in every pass that writes, so the flush is counted): the time since the previous call
+ * minus the time spent in poll is the work of the pass, timers, reads, broker answers and
+ * writes included. */
+static void loop_watch_cb(uv_prepare_t *p) {
+    srv_t *S = p->data;
+    uint64_t hr = uv_hrtime();
+    uint64_t idle = uv_metrics_idle_time(&S->loop);
+    if (S->watch_hr)
+        core_hist_observe(&S->st.loop_pass,
+                          (double)((hr - S->watch_hr) - (idle - S->watch_idle)) / 1e9);
+    S->watch_hr = hr;
+    S->watch_idle = idle;
+}
+
 static void drain_finish(srv_t *S) {
     uv_timer_stop(&S->drain_timer);
     srv__listen_close(&S->pub_l);
@@ -63,6 +78,7 @@ static void drain_finish(srv_t *S) {
     uv_close((uv_handle_t *)&S->sigint, NULL);
     uv_close((uv_handle_t *)&S->flush_timer, NULL);
     uv_close((uv_handle_t *)&S->flush_prepare, NULL);
+    uv_close((uv_handle_t *)&S->loop_watch, NULL);
     /* The first destroy closes every remaining socket, so every chat client is freed before
      * the node goes. */
     lws_context_destroy(S->ctx);
@@ -249,6 +265,8 @@ int main(int argc, char **argv) {
     }
 
     uv_loop_init(&S->loop);
+    /* The loop keeps the time it spends waiting in poll: what remains of a pass is work. */
+    uv_loop_configure(&S->loop, UV_METRICS_IDLE_TIME);
     void *loops[1] = {&S->loop};
     struct lws_context_creation_info info = {
         .options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
@@ -333,6 +351,10 @@ int main(int argc, char **argv) {
     S->flush_timer.data = S;
     uv_prepare_init(&S->loop, &S->flush_prepare);
     S->flush_prepare.data = S;
+    uv_prepare_init(&S->loop, &S->loop_watch);
+    S->loop_watch.data = S;
+    uv_prepare_start(&S->loop_watch, loop_watch_cb);
+    uv_unref((uv_handle_t *)&S->loop_watch);
 
     CORE_LOGI(MOD, "started",
               "node=%s broker=%s public=%s admin=%s max_connections=%" PRIu32

@@ -22,6 +22,10 @@ void srv_stats_init(srv_stats_t *st) {
                                     0.05,   0.1,   0.25,   0.5,   1.0,  2.5};
     *st = (srv_stats_t){0};
     core_hist_init(&st->fanout_latency, bounds, sizeof bounds / sizeof bounds[0]);
+    /* A pass that works for more than a few milliseconds delays every socket of the node. */
+    static const double pass[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                  0.01,   0.025,   0.05,   0.1,   0.25,   1.0};
+    core_hist_init(&st->loop_pass, pass, sizeof pass / sizeof pass[0]);
 }
 
 void srv_metrics_transport(void *ud, adm_metrics_writer_t *w) {
@@ -52,6 +56,10 @@ void srv_metrics_transport(void *ud, adm_metrics_writer_t *w) {
     adm_metrics_histogram(w, "chat_fanout_latency_seconds",
                           "Time from a message being built to its write to a subscriber's socket.",
                           &sv->fanout_latency);
+    adm_metrics_histogram(w, "chat_loop_pass_seconds",
+                          "Work of one event-loop pass: from the loop's return from polling to its "
+                          "next poll.",
+                          &sv->loop_pass);
 }
 
 void srv_metrics_chat(void *ud, adm_metrics_writer_t *w) {

@@ -18,6 +18,7 @@ const FAMILIES = {
   chat_write_bytes_total: 'counter',
   chat_write_queue_bytes: 'gauge',
   chat_fanout_latency_seconds: 'histogram',
+  chat_loop_pass_seconds: 'histogram',
   chat_channels: 'gauge',
   process_resident_memory_bytes: 'gauge',
   process_cpu_seconds_total: 'counter',
@@ -74,6 +75,9 @@ test('/metrics: Prometheus text with the documented families and live values', a
   assert.ok(metricValue(m, 'chat_write_calls_total') >= 1);
   assert.ok(metricValue(m, 'chat_write_bytes_total') > 0);
   assert.ok(metricValue(m, 'chat_fanout_latency_seconds_count') >= 1);
+  // Every pass of the loop is measured: more passes than the scrapes and commands above.
+  assert.ok(metricValue(m, 'chat_loop_pass_seconds_count') > metricValue(before, 'chat_loop_pass_seconds_count'));
+  assert.ok(metricValue(m, 'chat_loop_pass_seconds_sum') > 0);
 
   alice.disconnect();
   bob.disconnect();
