@@ -271,10 +271,8 @@ static void test_error_window(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_tick_visits_a_slice),
-        cmocka_unit_test(test_first_pings_spread),
-        cmocka_unit_test(test_cursor_client_freed),
-        cmocka_unit_test(test_pong_deadline),
+        cmocka_unit_test(test_tick_visits_a_slice), cmocka_unit_test(test_first_pings_spread),
+        cmocka_unit_test(test_cursor_client_freed), cmocka_unit_test(test_pong_deadline),
         cmocka_unit_test(test_error_window),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
