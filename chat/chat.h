@@ -125,6 +125,9 @@ typedef struct {
     void (*close)(void *tctx, int code, const char *reason);
     /* Bytes queued for the connection and not yet taken by its socket. */
     size_t (*queued)(void *tctx);
+    /* Writes the peer's address, for logs (NULL: none known). Asked for when a log line needs
+     * it rather than kept per client. */
+    void (*peer)(void *tctx, char *buf, size_t len);
 } chat_transport_t;
 
 typedef struct {
@@ -194,9 +197,8 @@ void chat_node_stats(const chat_node_t *n, chat_stats_t *out);
 /* The most bytes queued for any local subscriber of channel (0 when it has none here): how far
  * the room's slowest reader on this node is behind. */
 size_t chat_node_room_backlog(const chat_node_t *n, const char *channel);
-/* A new socket. remote is the peer address for logs. */
-chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx,
-                               const char *remote);
+/* A new socket. */
+chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx);
 /* One complete WebSocket message from the socket (binary: opcode 2). Replies and closes go
  * through the transport; a message of the wrong kind for the client's codec closes it with
  * 3501. */

@@ -17,7 +17,7 @@ chat_channel_t *chat__channel_get(chat_node_t *n, const char *name, const chat_n
         ch = core_calloc(1, sizeof *ch);
         ch->name = core_strdup(name);
         ch->ns = ns;
-        core_map_put(n->channels, name, ch);
+        core_map_put(n->channels, ch->name, ch);
         n->st.channels++;
         clu_subscribe(n->broker, name);
     }

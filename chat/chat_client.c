@@ -214,12 +214,18 @@ void chat_client_on_frame(chat_client_t *c, bool binary, const char *data, size_
     chat__client_on_data(c, data, len);
 }
 
+const char *chat__client_peer(const chat_client_t *c, char *buf, size_t len) {
+    buf[0] = '\0';
+    if (c->t->peer)
+        c->t->peer(c->tctx, buf, len);
+    return buf;
+}
+
 const chat_framing_t *chat_client_framing(const chat_client_t *c) {
     return &c->codec->framing;
 }
 
-chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx,
-                               const char *remote) {
+chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx) {
     chat_client_t *c = core_calloc(1, sizeof *c);
     c->node = n;
     c->codec = &chat__codec_json;
@@ -233,7 +239,6 @@ chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *
              "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", r[0], r[1],
              r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], r[13], r[14],
              r[15]);
-    snprintf(c->remote, sizeof c->remote, "%s", remote ? remote : "");
     c->created_ms = core_now_ms();
     core_map_put(n->clients, c->id, c);
     core_list_insert_tail(&n->all, &c->link);

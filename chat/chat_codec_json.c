@@ -174,7 +174,8 @@ char *chat__client_info_record(const chat_client_info_t *ci, size_t *len) {
     }
     core_str_appends(&s, "}");
     *len = s.len;
-    return s.ptr;
+    /* Kept for the subscription's life, one per subscription: without the builder's slack. */
+    return core_realloc(s.ptr, s.len + 1);
 }
 
 void chat__typing_data(core_str_t *out, const char *user) {

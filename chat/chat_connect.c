@@ -179,8 +179,9 @@ void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
         return;
     }
     if (rc != 0) {
-        CORE_LOGD(MOD, "connect refused", "client=%s remote=%s why=\"%s\"", c->id, c->remote,
-                  auth_strerror(rc));
+        char peer[64];
+        CORE_LOGD(MOD, "connect refused", "client=%s remote=%s why=\"%s\"", c->id,
+                  chat__client_peer(c, peer, sizeof peer), auth_strerror(rc));
         chat__client_close(c, CORE_DISCONNECT_INVALID_TOKEN);
         return;
     }
@@ -188,8 +189,9 @@ void chat__handle_connect(chat_client_t *c, const chat_req_t *cmd) {
     if (bad_id) {
         /* A token whose user id cannot be used is an invalid token: 3500, no reconnect, with
          * the reason saying why. */
+        char peer[64];
         CORE_LOGD(MOD, "connect refused", "client=%s remote=%s user=%s why=\"%s\"", c->id,
-                  c->remote, cl.sub, bad_id);
+                  chat__client_peer(c, peer, sizeof peer), cl.sub, bad_id);
         auth_claims_clear(&cl);
         chat__client_close_reason(c, CORE_DISCONNECT_INVALID_TOKEN, bad_id);
         return;

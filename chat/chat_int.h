@@ -105,35 +105,35 @@ typedef struct chat_leave {
 } chat_leave_t;
 
 struct chat_client {
+    /* Fields ordered to leave no padding: one of these per connection. */
     chat_node_t *node;
     const chat_codec_t *codec;
     const chat_transport_t *t;
     void *tctx;
-    char id[CHAT_CLIENT_ID_LEN + 1];
-    char remote[64];
-    chat_client_state_t state;
-    bool counted; /* included in the connections gauge */
     chat_user_t *user;
-    auth_plan_t plan;
     char *conn_info; /* JSON text of the token's info claim, or NULL */
-    bool has_exp;
     int64_t exp;
     uint64_t created_ms;
     uint64_t next_ping_ms;
     uint64_t pong_deadline_ms;
     uint64_t presence_due_ms; /* next refresh of this client's presence entries */
     uint64_t window_ms;       /* start of the current error window (chat__error_window) */
-    uint32_t errors;          /* error replies in the current window */
-    uint32_t limited;         /* commands refused by command_rate in the current window */
     core_gcra_t cmd_gcra;
     chat_leave_t *leaves; /* held-back leave events, oldest first */
-    uint32_t nleaves;
-    core_str_t held;  /* commands that arrived behind a pending connect or subscribe */
-    uint32_t blocked; /* subscribe commands waiting for the broker; later commands wait */
+    core_str_t held;      /* commands that arrived behind a pending connect or subscribe */
     chat_sub_t *subs;
+    core_list_t link;
+    chat_client_state_t state;
+    auth_plan_t plan;
+    uint32_t errors;  /* error replies in the current window */
+    uint32_t limited; /* commands refused by command_rate in the current window */
+    uint32_t nleaves;
+    uint32_t blocked; /* subscribe commands waiting for the broker; later commands wait */
     uint32_t nsubs;
     uint32_t limits_waiting; /* publishes waiting for the shared rate limiter */
-    core_list_t link;
+    char id[CHAT_CLIENT_ID_LEN + 1];
+    bool counted; /* included in the connections gauge */
+    bool has_exp;
 };
 
 /* A registered RPC method. */
@@ -466,6 +466,8 @@ bool chat__error_window(chat_client_t *c, uint64_t now);
 /* ---- chat_client.c ---- */
 
 void chat__send_str(chat_client_t *c, core_str_t *s);
+/* The peer's address from the transport, for logs: buf, "" when unknown. */
+const char *chat__client_peer(const chat_client_t *c, char *buf, size_t len);
 /* Closes the client with a code of CORE_DISCONNECT_MAP and its reason. */
 void chat__client_close(chat_client_t *c, int code);
 /* The same with another reason (a drain's own words). */

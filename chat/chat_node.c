@@ -152,9 +152,10 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
     chat_node_t *n = core_calloc(1, sizeof *n);
     n->loop = loop;
     n->cfg = *cfg;
-    n->clients = core_map_new();
-    n->users = core_map_new();
-    n->channels = core_map_new();
+    /* Keyed by the client's id, the user's and the channel's name, which live in the values. */
+    n->clients = core_map_new_borrowed();
+    n->users = core_map_new_borrowed();
+    n->channels = core_map_new_borrowed();
     core_list_init(&n->all);
     n->sweep_at = &n->all;
     core_random(&n->rng, sizeof n->rng);

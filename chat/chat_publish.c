@@ -62,8 +62,10 @@ static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, 
     op->dedupe = dedupe;
     op->method = method;
     size_t info_len = 0;
-    char *info = s ? NULL : chat__client_info(c, NULL, &info_len);
-    clu_pub_t p = {0, data, len, s ? s->info : info, s ? s->info_len : info_len};
+    /* A subscriber's own record, built once for presence and join/leave, carries its
+     * channel info; subscriptions in namespaces without those keep none. */
+    char *info = s && s->info ? NULL : chat__client_info(c, NULL, &info_len);
+    clu_pub_t p = {0, data, len, info ? info : s->info, info ? info_len : s->info_len};
     clu_chan_opts_t o = chat__chan_opts(n, ns);
     int rc = clu_publish(n->broker, channel, &p, &o, pubop_done, op);
     free(info);

@@ -26,7 +26,11 @@ chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t
     chat_sub_t *s = core_calloc(1, sizeof *s);
     s->c = c;
     s->gen = ++n->next_gen;
-    s->info = chat__client_info(c, chan_info, &s->info_len);
+    /* The ClientInfo record is what presence and join/leave events show: namespaces without
+     * them keep none per subscription (a publication builds its own), unless the subscription
+     * token gave channel info, which only this record keeps. */
+    if (ns->presence || ns->join_leave || chan_info)
+        s->info = chat__client_info(c, chan_info, &s->info_len);
     chat__channel_add(chat__channel_get(n, channel, ns), s);
     s->next = c->subs;
     c->subs = s;

@@ -13,16 +13,16 @@
 chat_user_t *chat__user_get(chat_node_t *n, const char *name) {
     chat_user_t *u = core_map_get(n->users, name);
     if (!u) {
-        u = core_calloc(1, sizeof *u);
-        u->name = core_strdup(name);
-        core_map_put(n->users, name, u);
+        size_t len = strlen(name) + 1;
+        u = core_calloc(1, sizeof *u + len); /* the name follows the struct */
+        u->name = memcpy((char *)(u + 1), name, len);
+        core_map_put(n->users, u->name, u);
     }
     return u;
 }
 
 void chat__user_free(chat_user_t *u) {
     free(u->dedupe);
-    free(u->name);
     free(u);
 }
 

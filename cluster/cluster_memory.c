@@ -46,7 +46,7 @@ static mchan_t *chan_get(mem_broker_t *mb, const char *name, bool create) {
     core_list_init(&c->lru_link);
     c->name = core_strdup(name);
     new_epoch(c);
-    core_map_put(mb->channels, name, c);
+    core_map_put(mb->channels, c->name, c);
     return c;
 }
 
@@ -60,9 +60,21 @@ static void chan_expire_stream(mchan_t *c, uint64_t now) {
 }
 
 static void presence_entry_free(presence_entry_t *e) {
-    free(e->user);
-    free(e->info);
     free(e);
+}
+
+static presence_entry_t *presence_entry_new(const clu_presence_t *e) {
+    size_t cl = strlen(e->client) + 1, ul = strlen(e->user) + 1;
+    presence_entry_t *pe = core_malloc(sizeof *pe + cl + ul + e->info_len + 1);
+    pe->client = (char *)(pe + 1);
+    pe->user = pe->client + cl;
+    pe->info = pe->user + ul;
+    pe->info_len = e->info_len;
+    memcpy(pe->client, e->client, cl);
+    memcpy(pe->user, e->user, ul);
+    memcpy(pe->info, e->info, e->info_len);
+    pe->info[e->info_len] = '\0';
+    return pe;
 }
 
 static void chan_free(mchan_t *c) {
@@ -309,12 +321,15 @@ static int mem_presence_add(clu_broker_t *b, const char *channel, const clu_chan
     (void)opts;
     mchan_t *c = chan_get(mb, channel, true);
     if (!c->presence)
-        c->presence = core_map_new();
-    presence_entry_t *pe = core_calloc(1, sizeof *pe);
-    pe->user = core_strdup(e->user);
-    pe->info = core_strndup(e->info, e->info_len);
-    pe->info_len = e->info_len;
-    presence_entry_t *old = core_map_put(c->presence, e->client, pe);
+        c->presence = core_map_new_borrowed();
+    presence_entry_t *old = core_map_get(c->presence, e->client);
+    /* Entries here do not expire, so a node's periodic refresh of an unchanged entry has
+     * nothing to do. */
+    if (old && old->info_len == e->info_len && memcmp(old->info, e->info, e->info_len) == 0 &&
+        strcmp(old->user, e->user) == 0)
+        return 0;
+    presence_entry_t *pe = presence_entry_new(e);
+    core_map_put(c->presence, pe->client, pe);
     if (old)
         presence_entry_free(old);
     return 0;
@@ -454,7 +469,7 @@ clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *
     mb->base.events = *events;
     mb->base.events_ud = ud;
     mb->loop = loop;
-    mb->channels = core_map_new();
+    mb->channels = core_map_new_borrowed(); /* keyed by each channel's own name */
     mb->sems = core_map_new();
     mb->counters = core_map_new();
     mb->deadlines = core_map_new();

@@ -15,7 +15,9 @@ typedef struct {
     size_t info_len;
 } stored_pub_t;
 
+/* One allocation: the strings follow the struct (the map's key is `client`). */
 typedef struct {
+    char *client;
     char *user;
     char *info;
     size_t info_len;
@@ -79,7 +81,8 @@ typedef struct {
     uint64_t last_pub_ms;
     uint32_t ttl_s;
     bool node_subscribed;
-    core_map_t *presence; /* client id -> presence_entry_t*, created on first add */
+    core_map_t *presence; /* client id (borrowed from the entry) -> presence_entry_t*, created on
+                           * first add */
 } mchan_t;
 
 struct mem_broker {

@@ -155,6 +155,10 @@ static inline void core_list_remove(core_list_t *n) {
 typedef struct core_map core_map_t;
 
 core_map_t *core_map_new(void);
+/* A map that keeps the key pointers it is given instead of copies: for keys that live in their
+ * values (a client's id, a channel's name), which saves an allocation per entry. A key must stay
+ * valid and unchanged while its entry is in the map. */
+core_map_t *core_map_new_borrowed(void);
 /* Frees the map and its key copies; values are the caller's. */
 void core_map_free(core_map_t *m);
 void *core_map_get(const core_map_t *m, const char *key);

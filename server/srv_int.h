@@ -39,7 +39,7 @@ typedef struct {
     srv_wq_t wq;
     core_str_t rx; /* fragments of an incoming message */
     int close_code;
-    char close_reason[64];
+    char *close_reason; /* set when closing: idle sessions do not carry it */
     bool closing;
     bool close_sent;
     bool want_write;

@@ -86,7 +86,8 @@ static void conn_close(srv_conn_t *c, int code, const char *reason) {
         return;
     c->closing = true;
     c->close_code = code;
-    snprintf(c->close_reason, sizeof c->close_reason, "%s", reason);
+    /* The close frame allows 123 bytes of reason. */
+    c->close_reason = core_strndup(reason, strnlen(reason, 123));
     int slot = srv_disconnect_slot(code);
     if (slot >= 0)
         c->srv->st.disconnects[slot]++;
@@ -125,7 +126,12 @@ static size_t t_queued(void *tctx) {
     return c->wq.bytes;
 }
 
-static const chat_transport_t transport = {t_send, t_close, t_queued};
+static void t_peer(void *tctx, char *buf, size_t len) {
+    const srv_conn_t *c = tctx;
+    lws_get_peer_simple(c->wsi, buf, len);
+}
+
+static const chat_transport_t transport = {t_send, t_close, t_queued, t_peer};
 
 /* Server-to-client WebSocket header (FIN, the codec's opcode, unmasked) for a payload of len
  * bytes, written to end at `end`. Returns the header length. */
@@ -357,9 +363,7 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         c->wsi = wsi;
         c->srv = S;
         srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
-        char peer[64] = "";
-        lws_get_peer_simple(wsi, peer, sizeof peer);
-        c->client = chat_client_new(S->node, &transport, c, peer);
+        c->client = chat_client_new(S->node, &transport, c);
         S->st.accepted++;
         return 0;
     }
@@ -390,6 +394,8 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         conn_drop_queue(c);
         core_str_free(&c->rx);
         core_str_free(&c->tx);
+        free(c->close_reason);
+        c->close_reason = NULL;
         return 0;
     case LWS_CALLBACK_HTTP:
         return srv__public_http(S, wsi, c);
@@ -408,12 +414,15 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
 }
 
 const struct lws_protocols srv__public_protocols[] = {
-    /* rx_buffer_size is allocated per connection: small keeps idle sockets cheap, and longer
-     * messages arrive in pieces that on_receive joins. */
+    /* rx_buffer_size is allocated per connection, for the connection's life (lws holds a
+     * message's payload there until it is complete or the buffer full), so it is kept small:
+     * idle sockets dominate a chat node's memory. Longer messages arrive in pieces that
+     * on_receive joins; the cost is one copy of inbound commands over 128 bytes, which are few
+     * next to the deliveries they cause. */
     {.name = "chat",
      .callback = cb_public,
      .per_session_data_size = sizeof(srv_conn_t),
-     .rx_buffer_size = 2048},
+     .rx_buffer_size = 128},
     {0}};
 
 /* "chat" is the default protocol of the public listener: plain HTTP requests reach its callback

@@ -152,7 +152,7 @@ static void t_close(void *tctx, int code, const char *reason) {
     k->closed = true;
 }
 
-static const chat_transport_t transport = {t_send, t_close, NULL};
+static const chat_transport_t transport = {t_send, t_close, NULL, NULL};
 
 static auth_keyring_t *keys;
 static chat_ns_t *namespaces;
@@ -282,7 +282,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
     conn_t conns[2] = {{.name = 'A'}, {.name = 'B'}};
     for (int i = 0; i < 2; i++)
-        conns[i].c = chat_client_new(node, &transport, &conns[i], "127.0.0.1:1");
+        conns[i].c = chat_client_new(node, &transport, &conns[i]);
     if (flags & F_CONNECT_A)
         connect_as(&conns[0], "u1", flags);
     if (flags & F_CONNECT_B)

@@ -40,7 +40,7 @@ static void rec_close(void *tctx, int code, const char *reason) {
     r->close_code = code;
 }
 
-static const chat_transport_t rec_transport = {rec_send, rec_close, NULL};
+static const chat_transport_t rec_transport = {rec_send, rec_close, NULL, NULL};
 
 static void rec_clear(rec_t *r) {
     for (size_t i = 0; i < r->n; i++)
@@ -154,7 +154,7 @@ static void send_cmd(chat_client_t *c, const char *text) {
 
 /* A connected client of user that subscribed to channel. */
 static chat_client_t *client_in(fx_t *f, rec_t *r, const char *user, const char *channel) {
-    chat_client_t *c = chat_client_new(f->node, &rec_transport, r, "test");
+    chat_client_t *c = chat_client_new(f->node, &rec_transport, r);
     json_t *claims = json_pack("{s:s}", "sub", user);
     char *token = auth_jwt_mint(f->keys, NULL, claims);
     json_decref(claims);
@@ -218,7 +218,7 @@ static void test_pending_subscriber_gets_feed_once(void **state) {
     rec_t ra = {0}, rb = {0};
     chat_client_t *a = client_in(f, &ra, "alice", "chat:room");
     publish(f, "chat:room", "{\"n\":1}");
-    chat_client_t *b = chat_client_new(f->node, &rec_transport, &rb, "test");
+    chat_client_t *b = chat_client_new(f->node, &rec_transport, &rb);
     json_t *claims = json_pack("{s:s}", "sub", "bob");
     char *token = auth_jwt_mint(f->keys, NULL, claims);
     json_decref(claims);
@@ -322,7 +322,7 @@ static void test_connect_recovers_server_side_sub(void **state) {
     assert_true(epoch[0] != '\0' && personal_epoch[0] != '\0');
 
     rec_t r = {0};
-    chat_client_t *c = chat_client_new(f->node, &rec_transport, &r, "test");
+    chat_client_t *c = chat_client_new(f->node, &rec_transport, &r);
     json_t *claims = json_pack("{s:s,s:[s]}", "sub", "alice", "channels", "chat:news");
     char *token = auth_jwt_mint(f->keys, NULL, claims);
     json_decref(claims);

@@ -46,7 +46,7 @@ static void cnt_close(void *tctx, int code, const char *reason) {
     ((cnt_t *)tctx)->close_code = code;
 }
 
-static const chat_transport_t cnt_transport = {cnt_send, cnt_close, NULL};
+static const chat_transport_t cnt_transport = {cnt_send, cnt_close, NULL, NULL};
 
 /* ---- fixture ---- */
 
@@ -105,7 +105,7 @@ static fx_t *fx_new(size_t n) {
     f->broker = clu_memory_new(&f->loop, chat_node_broker_events(), f->node, 1000);
     chat_node_set_broker(f->node, f->broker);
     for (size_t i = 0; i < n; i++) {
-        f->c[i] = chat_client_new(f->node, &cnt_transport, &f->r[i], "test");
+        f->c[i] = chat_client_new(f->node, &cnt_transport, &f->r[i]);
         /* One user's connection cap is 16: each client its own user. */
         char user[32], tok_cmd[1024];
         snprintf(user, sizeof user, "u%zu", i);

@@ -54,6 +54,42 @@ static void test_map_basic(void **state) {
     core_map_free(NULL);
 }
 
+/* A borrowed-key map keeps the caller's pointers: keys that live in heap values (each checked
+ * by ASan when freed before the map) grow, replace and delete like copied ones, and the map
+ * frees none of them. */
+static void test_map_borrowed_keys(void **state) {
+    (void)state;
+    core_map_t *m = core_map_new_borrowed();
+    enum { N = 1000 };
+    char *keys[N];
+    for (int i = 0; i < N; i++) {
+        keys[i] = malloc(16);
+        snprintf(keys[i], 16, "k%d", i);
+        assert_null(core_map_put(m, keys[i], &values[i]));
+    }
+    assert_int_equal(core_map_size(m), N);
+    const char *k;
+    void *v;
+    core_map_iter_t it = 0;
+    while (core_map_next(m, &it, &k, &v))
+        assert_ptr_equal(k, keys[(int *)v - values]); /* the very pointer, not a copy */
+    /* A replacement takes the new value's key: the old one may be freed with the old value. */
+    char *again = strdup("k7");
+    assert_ptr_equal(core_map_put(m, again, &values[N]), &values[7]);
+    free(keys[7]);
+    keys[7] = again;
+    assert_ptr_equal(core_map_get(m, "k7"), &values[N]);
+    for (int i = 0; i < N; i += 2) {
+        assert_non_null(core_map_del(m, keys[i]));
+        free(keys[i]);
+    }
+    assert_int_equal(core_map_size(m), N / 2);
+    assert_ptr_equal(core_map_get(m, "k9"), &values[9]);
+    core_map_free(m);
+    for (int i = 1; i < N; i += 2)
+        free(keys[i]);
+}
+
 static void test_map_copies_keys(void **state) {
     (void)state;
     core_map_t *m = core_map_new();
@@ -590,6 +626,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_map_basic),
         cmocka_unit_test(test_map_copies_keys),
+        cmocka_unit_test(test_map_borrowed_keys),
         cmocka_unit_test(test_map_growth),
         cmocka_unit_test(test_map_delete_during_iteration),
         cmocka_unit_test(test_map_tombstone_reuse),
