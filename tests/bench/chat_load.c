@@ -65,6 +65,7 @@ typedef struct options {
     unsigned subscribers;
     unsigned publishers;
     const char *channel;
+    unsigned rooms; /* --rooms: 0 = every subscriber in one channel */
     unsigned rates[MAX_RATES];
     unsigned nrates;
     double step_seconds;
@@ -117,6 +118,12 @@ static void usage(FILE *out) {
         "  --subscribers N       subscriber connections (default 1000)\n"
         "  --publishers M        publisher connections (default 10)\n"
         "  --channel C           channel every subscriber joins (default chat:bench)\n"
+        "  --rooms R             spread the subscribers over R channels C-0 .. C-(R-1):\n"
+        "                        subscriber i joins room i %% R; room r belongs to publisher\n"
+        "                        r %% M, which subscribes to its rooms (the chat namespace\n"
+        "                        lets only subscribers publish) and publishes into them in\n"
+        "                        turn, so each room gets rate / R publications/s; needs\n"
+        "                        M <= R <= N (default: one channel)\n"
         "  --rates LIST          total publications/s per step, e.g. 1000,5000,10000\n"
         "                        (default 1000); publishers share each rate evenly\n"
         "  --step-seconds S      length of each publishing step (default 10)\n"
@@ -240,6 +247,7 @@ static int parse_options(int argc, char **argv) {
         O_SUBS,
         O_PUBS,
         O_CHANNEL,
+        O_ROOMS,
         O_RATES,
         O_STEP,
         O_DRAIN,
@@ -263,6 +271,7 @@ static int parse_options(int argc, char **argv) {
         {"subscribers", required_argument, NULL, O_SUBS},
         {"publishers", required_argument, NULL, O_PUBS},
         {"channel", required_argument, NULL, O_CHANNEL},
+        {"rooms", required_argument, NULL, O_ROOMS},
         {"rates", required_argument, NULL, O_RATES},
         {"step-seconds", required_argument, NULL, O_STEP},
         {"drain-seconds", required_argument, NULL, O_DRAIN},
@@ -303,6 +312,13 @@ static int parse_options(int argc, char **argv) {
             break;
         case O_CHANNEL:
             opt.channel = optarg;
+            break;
+        case O_ROOMS:
+            opt.rooms = (unsigned)strtoul(optarg, NULL, 10);
+            if (opt.rooms == 0) {
+                fprintf(stderr, "chat-load: --rooms must be at least 1\n");
+                return -1;
+            }
             break;
         case O_RATES:
             if (parse_rates(optarg) != 0) {
@@ -395,6 +411,20 @@ static int parse_options(int argc, char **argv) {
         fprintf(stderr, "chat-load: an option is out of range (see --help)\n");
         return -1;
     }
+    if (opt.rooms > 0) {
+        if (opt.rooms > opt.subscribers || (!opt.idle && opt.rooms < opt.publishers)) {
+            fprintf(stderr, "chat-load: --rooms must be within --publishers .. --subscribers\n");
+            return -1;
+        }
+        unsigned per_pub = opt.idle ? 0 : (opt.rooms + opt.publishers - 1) / opt.publishers;
+        if (per_pub > 128) {
+            fprintf(stderr,
+                    "chat-load: warning: a publisher subscribes to up to %u rooms; chatd allows "
+                    "128 subscriptions per connection by default (CHAT_MAX_CHANNELS) and a "
+                    "burst of 150 subscribes (CHAT_COMMAND_RATE): add publishers\n",
+                    per_pub);
+        }
+    }
     /* The channel goes into the commands verbatim, so it must need no JSON escaping. */
     for (const char *p = opt.channel; *p != '\0'; p++) {
         if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20) {
@@ -439,17 +469,18 @@ typedef struct conn {
     int fd;
     uint8_t state;
     uint8_t role;
-    uint8_t want_out;  /* EPOLLOUT is registered */
-    uint8_t in_frag;   /* a fragmented message is being assembled */
-    uint8_t was_ready; /* reached CS_READY once: its losses count even after it died */
-    uint8_t got_close; /* the server sent a close frame before the socket ended */
-    uint8_t node;      /* index of its --url: subscriber i and publisher j go to i % n, j % n */
-    uint32_t idx;      /* subscriber index or publisher index */
-    uint32_t seq;      /* publisher: last sequence number sent */
-    uint32_t next_id;  /* publisher: next command id */
-    int64_t deadline;  /* setup deadline, monotonic us */
-    char *accept;      /* expected Sec-WebSocket-Accept during the handshake */
-    char *rpend;       /* bytes of an incomplete frame left over from the last read */
+    uint8_t want_out;      /* EPOLLOUT is registered */
+    uint8_t in_frag;       /* a fragmented message is being assembled */
+    uint8_t was_ready;     /* reached CS_READY once: its losses count even after it died */
+    uint8_t got_close;     /* the server sent a close frame before the socket ended */
+    uint8_t node;          /* index of its --url: subscriber i and publisher j go to i % n, j % n */
+    uint32_t idx;          /* subscriber index or publisher index */
+    uint32_t seq;          /* publisher: last sequence number sent (with --rooms: publishes sent) */
+    uint32_t next_id;      /* publisher: next command id */
+    uint32_t subs_pending; /* subscribe replies still awaited during setup */
+    int64_t deadline;      /* setup deadline, monotonic us */
+    char *accept;          /* expected Sec-WebSocket-Accept during the handshake */
+    char *rpend;           /* bytes of an incomplete frame left over from the last read */
     uint32_t rpend_len;
     uint32_t rpend_cap;
     uint32_t msg_len; /* fragmented message assembly */
@@ -485,6 +516,9 @@ typedef struct step_stats {
     uint64_t lost;
     uint64_t dup;
     uint64_t late;
+    /* With --rooms: the deliveries the refused publishes would have made, the sum of the
+     * subscribers of each one's room (without rooms that is err x subscribers). */
+    uint64_t err_deliveries;
     load_hist hist;
     /* With several URLs: deliveries and latency by the subscriber's node. */
     uint64_t node_deliveries[MAX_NODES];
@@ -494,7 +528,7 @@ typedef struct step_stats {
 static struct {
     conn *conns;
     unsigned nconns;
-    seq_cell *cells; /* subscribers x publishers */
+    seq_cell *cells; /* subscribers x publishers; with --rooms one per subscriber */
     int ep;
     int timer_fd;
     char *scratch;
@@ -521,6 +555,16 @@ static struct {
     uint64_t total_lost;
     uint64_t total_dup;
     uint64_t total_late;
+
+    /* With --rooms, per room: the last sequence number sent (each room has one publisher, so
+     * the room numbers its publications), the same at the start of the step, publishes refused
+     * over the run, subscribers that were ever ready, and a scratch count of live ones. */
+    uint32_t *room_seq;
+    uint32_t *room_seq0;
+    uint64_t *room_err;
+    uint32_t *room_ever;
+    uint32_t *room_live;
+    uint64_t pub_slot; /* publications scheduled over the run, sent or dropped */
 
     step_stats st;
     char *pad;        /* payload padding, payload_bytes of 'x' */
@@ -564,6 +608,19 @@ static uint32_t xorshift32(void) {
 
 static bool in_setup(const conn *c) {
     return c->state >= CS_TCP && c->state <= CS_SUBSCRIBE;
+}
+
+/* With --rooms, room r belongs to publisher r % M: publisher p owns rooms p, p + M, p + 2M, ...
+ * below R. It subscribes to them with ids 2 .. 1 + n and its publishes start at id 2 + n. */
+static unsigned pub_nrooms(unsigned p) {
+    if (opt.rooms == 0) {
+        return 1;
+    }
+    return p < opt.rooms ? (opt.rooms - p + opt.publishers - 1) / opt.publishers : 0;
+}
+
+static uint32_t pub_first_id(unsigned p) {
+    return 2 + pub_nrooms(p);
 }
 
 static void conn_free_buffers(conn *c) {
@@ -789,9 +846,36 @@ static void conn_ready(conn *c) {
     if (c->role == ROLE_SUB) {
         g.ready_subs++;
         g.ever_ready_subs++;
+        if (opt.rooms > 0) {
+            g.room_ever[c->idx % opt.rooms]++;
+        }
     } else {
         g.ready_pubs++;
     }
+}
+
+/* After the connect reply. A subscriber joins its channel (with --rooms: room idx % R). Publishers
+ * subscribe too, to every channel they publish into: the chat namespace lets only subscribers
+ * publish (allow_publish). Their copies of the publications are read but not counted. With
+ * --rooms a publisher's subscribes go out at once, ids 2 .. 1 + n. */
+static void send_subscribes(conn *c) {
+    unsigned n = c->role == ROLE_PUB ? pub_nrooms(c->idx) : 1;
+    c->state = CS_SUBSCRIBE;
+    c->subs_pending = n;
+    for (unsigned j = 0; j < n; j++) {
+        char cmd[320];
+        int len;
+        if (opt.rooms == 0) {
+            len = snprintf(cmd, sizeof cmd, "{\"id\":2,\"subscribe\":{\"channel\":\"%s\"}}",
+                           opt.channel);
+        } else {
+            unsigned room = c->role == ROLE_PUB ? c->idx + opt.publishers * j : c->idx % opt.rooms;
+            len = snprintf(cmd, sizeof cmd, "{\"id\":%u,\"subscribe\":{\"channel\":\"%s-%u\"}}",
+                           2 + j, opt.channel, room);
+        }
+        ws_queue(c, 0x1, cmd, (size_t)len);
+    }
+    conn_flush(c);
 }
 
 /* Case-insensitive search for a header name at a line start; returns its value or NULL. */
@@ -862,7 +946,9 @@ static void on_publication(conn *c, const char *t, const char *end, int64_t now)
         return;
     }
     uint64_t ts = parse_u64(&p, end);
-    if (p >= end || *p != '.' || pub >= opt.publishers || c->role != ROLE_SUB) {
+    /* With --rooms the first number is the room, which numbers its own publications. */
+    if (p >= end || *p != '.' || pub >= (opt.rooms > 0 ? opt.rooms : opt.publishers) ||
+        c->role != ROLE_SUB) {
         return;
     }
     g.st.deliveries++;
@@ -872,7 +958,16 @@ static void on_publication(conn *c, const char *t, const char *end, int64_t now)
         g.st.node_deliveries[c->node]++;
         load_hist_record(&g.st.node_hist[c->node], lat);
     }
-    seq_cell *cell = &g.cells[(size_t)c->idx * opt.publishers + pub];
+    seq_cell *cell;
+    if (opt.rooms > 0) {
+        if (pub != c->idx % opt.rooms) {
+            g.st.dup++; /* another room's publication: delivered where nobody expects it */
+            return;
+        }
+        cell = &g.cells[c->idx];
+    } else {
+        cell = &g.cells[(size_t)c->idx * opt.publishers + pub];
+    }
     if (seq > cell->hi) {
         g.st.lost += seq - cell->hi - 1;
         cell->hi = cell->rx = (uint32_t)seq;
@@ -901,6 +996,19 @@ static long find_num(const char *p, size_t n, const char *key) {
     return (long)parse_u64(&v, end);
 }
 
+/* With --rooms: a publish of publisher c was refused. Its id tells the room (see publish_room);
+ * every subscriber of that room that was ever ready sees the gap. */
+static void count_room_refused(const conn *c, long id) {
+    unsigned nrooms = pub_nrooms(c->idx);
+    uint32_t first = pub_first_id(c->idx);
+    if (nrooms == 0 || id < (long)first) {
+        return;
+    }
+    unsigned room = c->idx + opt.publishers * (unsigned)(((uint32_t)id - first) % nrooms);
+    g.room_err[room]++;
+    g.st.err_deliveries += g.room_ever[room];
+}
+
 static void on_reply(conn *c, const char *p, size_t n) {
     long id = find_num(p, n, "\"id\":");
     bool is_err = memmem(p, n, "\"error\":", 8) != NULL;
@@ -912,23 +1020,21 @@ static void on_reply(conn *c, const char *p, size_t n) {
         if (is_err) {
             conn_kill(c, FAIL_CONNECT);
         } else {
-            /* Publishers subscribe too: the chat namespace lets only subscribers publish
-             * (allow_publish). Their copies of the publications are not counted. */
-            char cmd[300];
-            int len = snprintf(cmd, sizeof cmd, "{\"id\":2,\"subscribe\":{\"channel\":\"%s\"}}",
-                               opt.channel);
-            c->state = CS_SUBSCRIBE;
-            ws_send_text(c, cmd, (size_t)len);
+            send_subscribes(c);
         }
-    } else if (id == 2 && c->state == CS_SUBSCRIBE) {
+    } else if (c->state == CS_SUBSCRIBE && id >= 2 &&
+               id < 2 + (long)(c->role == ROLE_PUB ? pub_nrooms(c->idx) : 1)) {
         if (is_err) {
             conn_kill(c, FAIL_SUB);
-        } else {
+        } else if (--c->subs_pending == 0) {
             conn_ready(c);
         }
     } else if (c->role == ROLE_PUB && id > 1) {
         if (is_err) {
             g.st.err++;
+            if (opt.rooms > 0) {
+                count_room_refused(c, id);
+            }
         } else {
             g.st.ok++;
         }
@@ -1222,7 +1328,43 @@ static void conn_on_event(conn *c, uint32_t events) {
 /* ------------------------------------------------------------------------------------------ */
 /* Publishing */
 
+/* With --rooms: publication slot k (counted over the run, sent or dropped) goes to room k % R,
+ * so every room gets rate / R, and is sent by the room's publisher p = room % M. Its command id
+ * is the slot's place in p's own rotation over its n rooms, first + (k / R) * n + room / M, so
+ * a refused publish's reply names its room even when earlier slots were dropped. */
+static void publish_room(int64_t now) {
+    uint64_t k = g.pub_slot++;
+    unsigned room = (unsigned)(k % opt.rooms);
+    unsigned p = room % opt.publishers;
+    conn *c = &g.conns[opt.subscribers + p];
+    if (c->state != CS_READY || c->wlen - c->woff > MAX_WBUF_BYTES) {
+        g.st.dropped++;
+        return;
+    }
+    uint32_t id =
+        pub_first_id(p) + (uint32_t)(k / opt.rooms) * pub_nrooms(p) + room / opt.publishers;
+    char text[4096];
+    char cmd[4500];
+    c->seq++;
+    uint32_t seq = ++g.room_seq[room];
+    int tl = snprintf(text, sizeof text, "L%u.%u.%" PRId64 ".", room, seq, now);
+    if ((unsigned)tl < opt.payload_bytes) {
+        memcpy(text + tl, g.pad, opt.payload_bytes - (unsigned)tl);
+        tl = (int)opt.payload_bytes;
+    }
+    int n = snprintf(cmd, sizeof cmd,
+                     "{\"id\":%u,\"publish\":{\"channel\":\"%s-%u\",\"data\":{\"type\":"
+                     "\"message\",\"text\":\"%.*s\"}}}",
+                     id, opt.channel, room, tl, text);
+    g.st.sent++;
+    ws_send_text(c, cmd, (size_t)n);
+}
+
 static void publish_one(unsigned k, int64_t now) {
+    if (opt.rooms > 0) {
+        publish_room(now);
+        return;
+    }
     conn *c = &g.conns[opt.subscribers + k % opt.publishers];
     if (c->state != CS_READY || c->wlen - c->woff > MAX_WBUF_BYTES) {
         g.st.dropped++;
@@ -1403,6 +1545,19 @@ static void report_connect(const run *r, int64_t now) {
     }
     printf(" secs=%.2f conn/s=%.0f\n", secs,
            secs > 0 ? (double)(g.ready_subs + g.ready_pubs) / secs : 0);
+    if (opt.rooms > 0) {
+        /* How the subscribers that got ready are spread over the rooms, and the most rooms one
+         * publisher owns (and is subscribed to). */
+        unsigned lo = UINT32_MAX, hi = 0;
+        for (unsigned q = 0; q < opt.rooms; q++) {
+            lo = g.room_ever[q] < lo ? g.room_ever[q] : lo;
+            hi = g.room_ever[q] > hi ? g.room_ever[q] : hi;
+        }
+        printf("ROOMS rooms=%u channels=%s-0..%s-%u subs_per_room_min=%u subs_per_room_max=%u "
+               "rooms_per_pub=%u\n",
+               opt.rooms, opt.channel, opt.channel, opt.rooms - 1, lo, hi,
+               opt.publishers > 0 ? pub_nrooms(0) : 0);
+    }
     if (opt.nurls > 1) {
         /* Where the connections went: one line per URL, numbered from 1. */
         for (unsigned u = 0; u < opt.nurls; u++) {
@@ -1476,6 +1631,9 @@ static void timer_set(int64_t period_us) {
 
 static void step_begin(run *r, int64_t now) {
     memset(&g.st, 0, sizeof g.st);
+    if (opt.rooms > 0) {
+        memcpy(g.room_seq0, g.room_seq, sizeof(uint32_t) * opt.rooms);
+    }
     r->rate = opt.rates[r->step];
     r->phase = PH_STEP;
     window_begin(r, now);
@@ -1514,6 +1672,15 @@ static uint64_t account_tail_losses(void) {
         if (!sc->was_ready) {
             continue;
         }
+        if (opt.rooms > 0) {
+            seq_cell *cell = &g.cells[s];
+            uint32_t sent = g.room_seq[s % opt.rooms];
+            if (cell->hi < sent) {
+                lost += sent - cell->hi;
+                cell->hi = sent;
+            }
+            continue;
+        }
         seq_cell *row = &g.cells[(size_t)s * opt.publishers];
         for (unsigned p = 0; p < opt.publishers; p++) {
             uint32_t sent = g.conns[opt.subscribers + p].seq;
@@ -1537,8 +1704,9 @@ static void print_cpu(const char *key, double v) {
 static void step_report(run *r) {
     step_stats *st = &g.st;
     uint64_t lost = st->lost + account_tail_losses();
-    /* A publish the server refused is never delivered, and every subscriber saw it as a gap. */
-    uint64_t refused = st->err * g.ever_ready_subs;
+    /* A publish the server refused is never delivered, and every subscriber (with --rooms: of
+     * its room) saw it as a gap. */
+    uint64_t refused = opt.rooms > 0 ? st->err_deliveries : st->err * g.ever_ready_subs;
     lost = lost > refused ? lost - refused : 0;
     g.total_sent += st->sent;
     g.total_ok += st->ok;
@@ -1548,9 +1716,24 @@ static void step_report(run *r) {
     g.total_dup += st->dup;
     g.total_late += st->late;
     double s = r->win_secs;
+    /* What the live subscribers should have received of the window's publications: with
+     * --rooms, per room its publications (nothing is sent in the drain) x its live subscribers. */
+    double expect = (double)r->win_sent * g.ready_subs;
+    if (opt.rooms > 0) {
+        memset(g.room_live, 0, sizeof(uint32_t) * opt.rooms);
+        for (unsigned i = 0; i < opt.subscribers; i++) {
+            if (g.conns[i].state == CS_READY) {
+                g.room_live[i % opt.rooms]++;
+            }
+        }
+        expect = 0;
+        for (unsigned q = 0; q < opt.rooms; q++) {
+            expect += (double)(g.room_seq[q] - g.room_seq0[q]) * g.room_live[q];
+        }
+    }
     printf("STEP %u rate=%.0f sent/s=%.1f ok/s=%.1f deliv/s=%.0f expect/s=%.0f", r->step + 1,
            r->rate, (double)r->win_sent / s, (double)r->win_ok / s, (double)r->win_deliv / s,
-           (double)r->win_sent / s * g.ready_subs);
+           expect / s);
     printf(" p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f max_ms=%.3f",
            (double)load_hist_quantile(&st->hist, 0.50) / 1000.0,
            (double)load_hist_quantile(&st->hist, 0.99) / 1000.0,
@@ -1739,6 +1922,11 @@ static void cleanup(void) {
     }
     free(g.conns);
     free(g.cells);
+    free(g.room_seq);
+    free(g.room_seq0);
+    free(g.room_err);
+    free(g.room_ever);
+    free(g.room_live);
     free(g.scratch);
     free(g.pad);
     close(g.timer_fd);
@@ -1765,8 +1953,20 @@ int main(int argc, char **argv) {
         c->node = (uint8_t)(c->idx % opt.nurls);
         c->next_id = 2;
     }
-    size_t ncells = (size_t)opt.subscribers * (opt.publishers ? opt.publishers : 1);
-    g.cells = calloc(ncells, sizeof(seq_cell));
+    size_t ncells =
+        (size_t)opt.subscribers * (opt.rooms > 0 ? 1 : (opt.publishers ? opt.publishers : 1));
+    g.cells = calloc(ncells ? ncells : 1, sizeof(seq_cell));
+    if (opt.rooms > 0) {
+        g.room_seq = calloc(opt.rooms, sizeof(uint32_t));
+        g.room_seq0 = calloc(opt.rooms, sizeof(uint32_t));
+        g.room_err = calloc(opt.rooms, sizeof(uint64_t));
+        g.room_ever = calloc(opt.rooms, sizeof(uint32_t));
+        g.room_live = calloc(opt.rooms, sizeof(uint32_t));
+        if (!g.room_seq || !g.room_seq0 || !g.room_err || !g.room_ever || !g.room_live) {
+            fprintf(stderr, "chat-load: out of memory for %u rooms\n", opt.rooms);
+            return 1;
+        }
+    }
     g.scratch_cap = 1 << 18;
     g.scratch = xrealloc(NULL, g.scratch_cap);
     g.pad = xrealloc(NULL, opt.payload_bytes);
@@ -1850,6 +2050,13 @@ int main(int argc, char **argv) {
         printf("PUSH_DISCONNECTS %" PRIu64 "\n", g.push_disconnects);
     }
     if (opt.nurls > 1 && !opt.idle) {
+        uint64_t expected = (g.total_sent - g.total_err) * g.ever_ready_subs;
+        if (opt.rooms > 0) {
+            expected = 0;
+            for (unsigned q = 0; q < opt.rooms; q++) {
+                expected += (g.room_seq[q] - g.room_err[q]) * g.room_ever[q];
+            }
+        }
         /* The whole run's books: with nothing lost, duplicated or refused and no subscriber
          * gone, deliveries = publications sent x subscribers, whichever node each publication
          * entered and each subscriber sat on. */
@@ -1857,8 +2064,7 @@ int main(int argc, char **argv) {
                " subs=%u deliveries=%" PRIu64 " expected=%" PRIu64 " lost=%" PRIu64 " dup=%" PRIu64
                " late=%" PRIu64 "\n",
                g.total_sent, g.total_ok, g.total_err, g.ever_ready_subs, g.total_deliveries,
-               (g.total_sent - g.total_err) * g.ever_ready_subs, g.total_lost, g.total_dup,
-               g.total_late);
+               expected, g.total_lost, g.total_dup, g.total_late);
     }
     fflush(stdout);
     if (rc == 0 && !opt.idle && (g.ready_subs == 0 || g.ready_pubs == 0) && r.step < opt.nrates) {

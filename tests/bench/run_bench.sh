@@ -8,6 +8,8 @@
 #   SCENARIO   fanout-1k | fanout-10k | idle-20k | all (these three)
 #              cluster-2n | cluster-3n (1,000 subscribers over 2 or 3 nodes on one Redis)
 #              cluster-compare (fanout-1k, cluster-2n, cluster-3n, then cluster/single ratios)
+#              rooms-1k (10,000 subscribers in 1,000 rooms of 10, 1 and 5 publications/s per
+#              room; "-- --subscribers 2000 --rooms 200" for a smaller run)
 #              llm-2k (2,000 rooms of 10 members, one llm.ask stream each, against llm-mock;
 #              with a chat fan-out probe before and during the streams)
 #   --runs R   runs per scenario (default 3); the medians are over these runs
@@ -47,12 +49,12 @@ while [ $# -gt 0 ]; do
     --llm-rooms) llm_rooms=$2; shift 2 ;;
     --llm-conns) llm_conns=$2; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$scenario" ] || die "one scenario only"; scenario=$1; shift ;;
     esac
 done
-[ -n "$scenario" ] || die "which scenario? fanout-1k, fanout-10k, idle-20k, all, cluster-2n, cluster-3n, cluster-compare or llm-2k (see --help)"
+[ -n "$scenario" ] || die "which scenario? fanout-1k, fanout-10k, idle-20k, all, cluster-2n, cluster-3n, cluster-compare, rooms-1k or llm-2k (see --help)"
 # The scenario list, with all and cluster-compare expanded.
 scenarios=()
 IFS=, read -r -a _names <<<"$scenario"
@@ -60,7 +62,7 @@ for s in "${_names[@]}"; do
     case "$s" in
     all) scenarios+=(fanout-1k idle-20k fanout-10k) ;;
     cluster-compare) scenarios+=(fanout-1k cluster-2n cluster-3n) ;;
-    fanout-1k | fanout-10k | idle-20k | cluster-2n | cluster-3n | llm-2k) scenarios+=("$s") ;;
+    fanout-1k | fanout-10k | idle-20k | cluster-2n | cluster-3n | rooms-1k | llm-2k) scenarios+=("$s") ;;
     *) die "unknown scenario $s" ;;
     esac
 done
@@ -279,6 +281,7 @@ medians() {
 # 0.5 ms, which takes several pushes per recv and leaves more of the shared cores to the node.
 # It adds at most 0.5 ms to latencies that are tens of milliseconds or more once a room is busy;
 # pass "-- --batch-us 0" for exact low-load latencies.
+# rooms-1k passes --batch-us 0 instead: its latencies are below a millisecond.
 # They also pass --host-cpu: the machine's busy CPU per step and `other_cpu`, the part of it
 # that was neither the node(s), Redis nor chat-load, i.e. whatever else was running.
 run_scenario() {
@@ -313,6 +316,20 @@ run_scenario() {
         args=(--subscribers 10000 --publishers 10 --rates "${rates:-10,25,50,100,200}"
             --step-seconds "${step_seconds:-10}" --drain-seconds 3
             --batch-us 500 --host-cpu)
+        ;;
+    rooms-1k)
+        # The usual chat case: many small rooms at a low rate. 10,000 subscribers in 1,000 rooms
+        # of 10 (chat:bench-0 .. chat:bench-999, subscriber i in room i mod 1,000); room r
+        # belongs to publisher r mod 10, which is subscribed to its 100 rooms and publishes into
+        # them in turn, so every room gets rate / 1,000 publications/s (1 and 5). Each
+        # publication reaches 10 subscribers, plus its publisher's own copy (not counted).
+        # Latencies are sub-millisecond here, so no read batching: p99.9 and max show the
+        # node's loop stalls. fanout-1k's write queue.
+        wq_bytes=8388608
+        wq_msgs=65536
+        args=(--subscribers 10000 --publishers 10 --rooms 1000 --rates "${rates:-1000,5000}"
+            --step-seconds "${step_seconds:-10}" --drain-seconds 2
+            --batch-us 0 --host-cpu)
         ;;
     idle-20k)
         # As many idle subscribers as the open-file limit leaves room for, in both processes:
