@@ -98,9 +98,27 @@ typedef enum {
 /* "connect", "subscribe", ... ("ping" for CHAT_M_PING, "unknown"). */
 const char *chat_method_name(chat_method_t m);
 
-/* ---- node and clients -------------------------------------------------------------------- */
+/* ---- the server API (PROTOCOL.md section 4) ---------------------------------------------- */
+
+/* The answer of a server API call: {"result":...} or {"error":{"code","message"}} (borrowed
+ * for the call). */
+typedef void (*chat_api_done_fn)(void *ud, const char *reply, size_t len);
 
 typedef struct chat_node chat_node_t;
+
+/* Whether method is one of the server API's (publish, broadcast, history, presence,
+ * presence_stats, channels, disconnect, unsubscribe, batch). */
+bool chat_api_has_method(const char *method);
+/* Runs method with the JSON params in body (empty: none). done is called exactly once, maybe
+ * before this returns. */
+void chat_api_call(chat_node_t *n, const char *method, const char *body, size_t len,
+                   chat_api_done_fn done, void *ud);
+/* Runs newline-separated {"method","params"} commands in order and answers with one line per
+ * command (the batch form of Centrifugo before v5, which server API clients still send). */
+void chat_api_lines(chat_node_t *n, const char *body, size_t len, chat_api_done_fn done, void *ud);
+
+/* ---- node and clients -------------------------------------------------------------------- */
+
 typedef struct chat_client chat_client_t;
 
 /* How a client's wire format frames its messages: server/ writes queued messages as one

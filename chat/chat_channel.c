@@ -260,8 +260,11 @@ static void channel_hold(chat_channel_t *ch, core_buf_t *b, uint64_t offset) {
 static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const char *epoch) {
     chat_node_t *n = ud;
     chat_channel_t *ch = core_map_get(n->channels, channel);
-    if (!ch)
+    if (!ch) {
+        if (channel[0] == CHAT_CONTROL_CHANNEL[0] && strcmp(channel, CHAT_CONTROL_CHANNEL) == 0)
+            chat__control_apply(n, pub);
         return;
+    }
     if (pub->offset == 0) {
         core_buf_t *b = chat__pub_push(channel, pub);
         chat__channel_fanout(n, ch, b, 0);

@@ -331,6 +331,10 @@ static void append_pub(core_str_t *s, const clu_pub_t *p) {
     core_str_appends(s, "}");
 }
 
+void chat__json_append_pub(core_str_t *s, const clu_pub_t *p) {
+    append_pub(s, p);
+}
+
 static void append_pubs(core_str_t *s, const clu_pub_t *pubs, size_t n) {
     core_str_appends(s, "[");
     for (size_t i = 0; i < n; i++) {
@@ -513,6 +517,11 @@ static void json_push(core_str_t *s, const chat_push_t *p) {
         core_str_appends(s, p->kind == CHAT_PUSH_JOIN ? ",\"join\":{\"info\":"
                                                       : ",\"leave\":{\"info\":");
         core_str_append(s, p->member.info, p->member.info_len);
+        core_str_appends(s, "}");
+        break;
+    case CHAT_PUSH_UNSUBSCRIBE:
+        core_str_appendf(s, ",\"unsubscribe\":{\"code\":%d,\"reason\":", p->unsub.code);
+        append_string(s, p->unsub.reason);
         core_str_appends(s, "}");
         break;
     default:

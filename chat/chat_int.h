@@ -335,7 +335,16 @@ typedef struct {
 } chat_reply_t;
 
 /* The asynchronous messages the server sends into a channel's subscription. */
-typedef enum { CHAT_PUSH_PUB = 0, CHAT_PUSH_JOIN, CHAT_PUSH_LEAVE } chat_push_kind_t;
+typedef enum {
+    CHAT_PUSH_PUB = 0,
+    CHAT_PUSH_JOIN,
+    CHAT_PUSH_LEAVE,
+    CHAT_PUSH_UNSUBSCRIBE
+} chat_push_kind_t;
+
+/* The code of an unsubscribe push from the server API: below 2500, so the SDK does not
+ * resubscribe. */
+#define CHAT_UNSUB_SERVER 2000
 
 typedef struct {
     const char *channel;
@@ -346,6 +355,10 @@ typedef struct {
             const char *info; /* the subscriber's ClientInfo record */
             size_t info_len;
         } member;
+        struct { /* CHAT_PUSH_UNSUBSCRIBE */
+            int code;
+            const char *reason;
+        } unsub;
     };
 } chat_push_t;
 
@@ -521,6 +534,16 @@ void chat__channel_fill(chat_node_t *n, chat_channel_t *ch);
 void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uint64_t offset);
 void chat__channel_drop_held(chat_channel_t *ch);
 core_buf_t *chat__pub_push(const char *channel, const clu_pub_t *pub);
+/* Appends a publication as the JSON protocol writes it: {"data","offset","info"}. */
+void chat__json_append_pub(core_str_t *s, const clu_pub_t *p);
+
+/* ---- chat_api.c ---- */
+
+/* The channel that carries the server API's acts on users (disconnect, unsubscribe) to every
+ * node. Its first byte is a control character, which no client channel name may hold. */
+#define CHAT_CONTROL_CHANNEL "\x01chat.control"
+/* Applies an act of the control channel to this node's clients. */
+void chat__control_apply(chat_node_t *n, const clu_pub_t *pub);
 
 /* ---- chat_sub.c ---- */
 

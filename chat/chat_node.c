@@ -173,6 +173,9 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
 
 void chat_node_set_broker(chat_node_t *n, clu_broker_t *b) {
     n->broker = b;
+    /* The server API's acts on users reach every node through this channel. */
+    if (b)
+        clu_subscribe(b, CHAT_CONTROL_CHANNEL);
 }
 
 void chat_node_close_all(chat_node_t *n, int code, const char *reason) {

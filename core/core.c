@@ -90,6 +90,14 @@ int core_log_level_parse(const char *s) {
     return -1;
 }
 
+void core_log_set_level(core_log_level_t level) {
+    log_level = level;
+}
+
+core_log_level_t core_log_get_level(void) {
+    return log_level;
+}
+
 bool core_log_enabled(core_log_level_t level) {
     return level <= log_level;
 }

@@ -59,6 +59,9 @@ void core_log_setup(core_log_level_t level, bool json);
 /* Parses "error", "warn", "info", "debug"; returns -1 for anything else. */
 int core_log_level_parse(const char *s);
 bool core_log_enabled(core_log_level_t level);
+/* Changes the threshold at run time, keeping the format. */
+void core_log_set_level(core_log_level_t level);
+core_log_level_t core_log_get_level(void);
 /* One log line: level, module, message, then key=value fields given as a printf format
  * (e.g. "conn=%llu code=%d"). The fields argument may be NULL. */
 void core_log(core_log_level_t level, const char *module, const char *msg, const char *fields, ...)

@@ -1,5 +1,5 @@
-/* server: the admin listener: /healthz, /readyz, /metrics and the server API (/api/info, the
- * assistant's /api/llm and its operator actions),
+/* server: the admin listener: /healthz, /readyz, /metrics and the server API (Centrifugo's
+ * methods, /api/info, the assistant's /api/llm and its operator actions),
  * and what the node tells about itself to metrics and the cluster's registry. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -64,6 +64,22 @@ void srv__node_self_info(void *ud, core_str_t *out) {
     core_str_append_json_string(out, S->cfg.node_id, strlen(S->cfg.node_id));
     core_str_appends(out, ",\"address\":");
     core_str_append_json_string(out, S->public_addr, strlen(S->public_addr));
+    /* Where its admin listener is, for chatctl's acts on one node (drain NODE): the listen
+     * host, or the public address's host when it listens on every interface. */
+    char ahost[256];
+    int aport;
+    char admin[320] = "";
+    if (srv_parse_hostport(S->cfg.admin_listen, ahost, sizeof ahost, &aport) == 0) {
+        if (strcmp(ahost, "0.0.0.0") == 0) {
+            const char *colon = strrchr(S->public_addr, ':');
+            int hl = colon ? (int)(colon - S->public_addr) : (int)strlen(S->public_addr);
+            snprintf(admin, sizeof admin, "%.*s:%d", hl, S->public_addr, S->adm_l.port);
+        } else {
+            snprintf(admin, sizeof admin, "%s:%d", ahost, S->adm_l.port);
+        }
+    }
+    core_str_appends(out, ",\"admin\":");
+    core_str_append_json_string(out, admin, strlen(admin));
     core_str_appends(out, ",\"version\":");
     core_str_append_json_string(out, CHATD_VERSION, strlen(CHATD_VERSION));
     core_str_appendf(out,
@@ -106,9 +122,111 @@ static int llm_action(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri,
     return rc;
 }
 
-/* req is the POST's body, NULL with req_len > 0 when it did not fit adm_conn_t.body. */
-static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri, bool post,
+/* POST /api/node/drain {} and POST /api/node/log_level {"level":L} (L empty or absent: only
+ * read it): the operator's hand on this node. */
+static int node_action(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri, bool post,
+                       const char *body, size_t len) {
+    if (!post)
+        return api_error(wsi, c, 405, 405, "method not allowed: use POST");
+    core_str_t ok = {0};
+    if (strcmp(uri, "/api/node/drain") == 0) {
+        core_str_appends(&ok, "{\"result\":{\"node\":");
+        core_str_append_json_string(&ok, S->cfg.node_id, strlen(S->cfg.node_id));
+        core_str_appends(&ok, "}}");
+        CORE_LOGI("admin", "drain asked", "node=%s", S->cfg.node_id);
+        srv__begin_drain(S);
+        return srv__http_respond(wsi, c, 200, "application/json", ok.ptr, ok.len);
+    }
+    json_error_t jerr;
+    json_t *root = len ? json_loadb(body, len, 0, &jerr) : json_object();
+    const json_t *lv = json_object_get(root, "level");
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    if (!root || (lv && !json_is_string(lv))) {
+        json_decref(root);
+        return api_error(wsi, c, 200, 107, "bad request: {\"level\":\"error|warn|info|debug\"}");
+    }
+    if (lv) {
+        int level = core_log_level_parse(json_string_value(lv));
+        if (level < 0) {
+            json_decref(root);
+            return api_error(wsi, c, 200, 107,
+                             "bad request: level is one of error, warn, info, debug");
+        }
+        const char *was = names[core_log_get_level()];
+        core_log_set_level((core_log_level_t)level);
+        CORE_LOGW("admin", "log level changed", "from=%s to=%s", was, names[level]);
+    }
+    json_decref(root);
+    core_str_appendf(&ok, "{\"result\":{\"level\":\"%s\"}}", names[core_log_get_level()]);
+    return srv__http_respond(wsi, c, 200, "application/json", ok.ptr, ok.len);
+}
+
+/* Per-session data of the admin listener: an HTTP exchange, the POST body being read, and the
+ * server API call whose answer it waits for. */
+typedef struct api_wait api_wait_t;
+
+typedef struct {
+    srv_conn_t base;
+    struct lws *wsi;
+    char post_uri[64];
+    bool post_too_long;
+    size_t post_bytes; /* of the request body so far */
+    core_str_t body;   /* up to API_BODY_MAX bytes of it */
+    api_wait_t *wait;  /* the server API call under way, NULL when none */
+    char *reply;       /* its answer, written from the writeable callback */
+    size_t reply_len;
+} adm_conn_t;
+
+/* A server API call outlives its HTTP connection when the client goes first: the call then
+ * finds `a` NULL and drops its answer. */
+struct api_wait {
+    adm_conn_t *a;
+};
+
+/* Request bodies the API takes at most (a publication's data with its envelope). */
+#define API_BODY_MAX 65536
+
+static void api_answered(void *ud, const char *reply, size_t len) {
+    api_wait_t *w = ud;
+    adm_conn_t *a = w->a;
+    free(w);
+    if (!a)
+        return;
+    a->wait = NULL;
+    a->reply = core_malloc(len + 1);
+    memcpy(a->reply, reply, len);
+    a->reply_len = len;
+    lws_callback_on_writable(a->wsi);
+}
+
+/* POST /api/<method> (Centrifugo's HTTP API) and POST /api (lines of {"method","params"}). The
+ * answer goes out from the writeable callback whether it came at once or from the loop. */
+static int api_call(srv_t *S, struct lws *wsi, adm_conn_t *a, const char *uri, bool post,
+                    const char *body, size_t len) {
+    srv_conn_t *c = &a->base;
+    bool lines = strcmp(uri, "/api") == 0;
+    const char *method = lines ? NULL : uri + 5;
+    if (!lines && !chat_api_has_method(method))
+        return api_error(wsi, c, 404, CORE_REPLY_METHOD_NOT_FOUND, "method not found");
+    if (!post)
+        return api_error(wsi, c, 405, 405, "method not allowed: use POST");
+    if (!body && len > 0)
+        return api_error(wsi, c, 413, 413, "request body too large");
+    api_wait_t *w = core_calloc(1, sizeof *w);
+    w->a = a;
+    a->wait = w;
+    a->wsi = wsi;
+    if (lines)
+        chat_api_lines(S->node, body ? body : "", len, api_answered, w);
+    else
+        chat_api_call(S->node, method, body ? body : "", len, api_answered, w);
+    return 0;
+}
+
+/* req is the POST's body, NULL with req_len > 0 when it was over API_BODY_MAX. */
+static int admin_http(srv_t *S, struct lws *wsi, adm_conn_t *a, const char *uri, bool post,
                       const char *req, size_t req_len) {
+    srv_conn_t *c = &a->base;
     if (strcmp(uri, "/healthz") == 0)
         return srv__http_respond_text(wsi, c, 200, "ok\n");
     if (strcmp(uri, "/readyz") == 0) {
@@ -124,7 +242,7 @@ static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri,
         return srv__http_respond(wsi, c, 200, "text/plain; version=0.0.4; charset=utf-8", body.ptr,
                                  body.len);
     }
-    if (strncmp(uri, "/api/", 5) == 0) {
+    if (strcmp(uri, "/api") == 0 || strncmp(uri, "/api/", 5) == 0) {
         if (!api_authorized(S, wsi))
             return api_error(wsi, c, 401, 401, "unauthorized: X-API-Key required");
         if (strcmp(uri, "/api/info") == 0) {
@@ -143,23 +261,12 @@ static int admin_http(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri,
         if (S->llm &&
             (strcmp(uri, "/api/llm/key/enable") == 0 || strcmp(uri, "/api/llm/breaker/close") == 0))
             return llm_action(S, wsi, c, uri, post, req, req_len);
-        return api_error(wsi, c, 404, 404, "unknown API method");
+        if (strcmp(uri, "/api/node/drain") == 0 || strcmp(uri, "/api/node/log_level") == 0)
+            return node_action(S, wsi, c, uri, post, req, req_len);
+        return api_call(S, wsi, a, uri, post, req, req_len);
     }
     return srv__http_respond_text(wsi, c, 404, "not found\n");
 }
-
-/* Per-session data of the admin listener: an HTTP exchange, and the path of a POST whose body
- * is still arriving. */
-typedef struct {
-    srv_conn_t base;
-    char post_uri[64];
-    bool post_too_long;
-    size_t post_bytes; /* of the request body so far */
-    char body[4096];   /* its first bytes: what the API's small JSON requests need */
-} adm_conn_t;
-
-/* Request bodies the API takes at most; bodies the API reads must fit in adm_conn_t.body. */
-#define API_BODY_MAX 65536
 
 static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                     size_t len) {
@@ -180,27 +287,46 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
             snprintf(a->post_uri, sizeof a->post_uri, "%s", (const char *)in);
             a->post_too_long = strlen((const char *)in) >= sizeof a->post_uri;
             a->post_bytes = 0;
+            a->body.len = 0;
             return 0;
         }
         /* A GET, or a POST without a body. */
-        return admin_http(S, wsi, c, (const char *)in,
+        return admin_http(S, wsi, a, (const char *)in,
                           lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0, NULL, 0);
     }
     case LWS_CALLBACK_HTTP_BODY:
         /* "Content-Length: 0" arrives as one call with no bytes and in == NULL. */
-        if (len > 0 && a->post_bytes < sizeof a->body)
-            memcpy(a->body + a->post_bytes, in,
-                   len < sizeof a->body - a->post_bytes ? len : sizeof a->body - a->post_bytes);
+        if (len > 0 && a->post_bytes + len <= API_BODY_MAX)
+            core_str_append(&a->body, in, len);
         a->post_bytes += len;
         return 0;
-    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
         if (a->post_bytes > API_BODY_MAX)
             return api_error(wsi, c, 413, 413, "request body too large");
         if (a->post_too_long)
             return srv__http_respond_text(wsi, c, 404, "not found\n");
-        /* A body past the buffer reaches the methods as NULL with its length. */
-        return admin_http(S, wsi, c, a->post_uri, true,
-                          a->post_bytes > sizeof a->body ? NULL : a->body, a->post_bytes);
+        int rc =
+            admin_http(S, wsi, a, a->post_uri, true, a->body.ptr ? a->body.ptr : "", a->post_bytes);
+        core_str_free(&a->body);
+        return rc;
+    }
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (a && a->reply) {
+            char *reply = a->reply;
+            a->reply = NULL;
+            return srv__http_respond(wsi, c, 200, "application/json", reply, a->reply_len);
+        }
+        return srv__http_common(wsi, reason, c, in, len);
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (a) {
+            if (a->wait)
+                a->wait->a = NULL;
+            a->wait = NULL;
+            free(a->reply);
+            a->reply = NULL;
+            core_str_free(&a->body);
+        }
+        return srv__http_common(wsi, reason, c, in, len);
     default:
         return srv__http_common(wsi, reason, c, in, len);
     }

@@ -143,6 +143,10 @@ int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c);
 /* A day-long token for user signed with the node's first key; the caller frees it. */
 char *srv__mint_demo_token(srv_t *S, const char *user);
 
+/* Starts the drain: new clients refused, /readyz failing, every client closed with 3001, exit
+ * once the sockets are gone (srv_main.c; SIGTERM, SIGINT and the admin API's drain). */
+void srv__begin_drain(srv_t *S);
+
 /* ---- srv_admin.c: the admin listener ---- */
 
 extern const struct lws_protocols srv__admin_protocols[];

@@ -88,7 +88,7 @@ static void drain_finish(srv_t *S) {
     uv_close((uv_handle_t *)&S->drain_timer, NULL);
 }
 
-static void begin_drain(srv_t *S) {
+void srv__begin_drain(srv_t *S) {
     if (S->draining)
         return;
     S->draining = true;
@@ -107,7 +107,7 @@ static void begin_drain(srv_t *S) {
 
 static void on_signal(uv_signal_t *h, int signum) {
     (void)signum;
-    begin_drain(h->data);
+    srv__begin_drain(h->data);
 }
 
 /* Raises the soft open-file limit to the hard one; returns the limit in force. */

@@ -1,0 +1,753 @@
+/* chat: the server API (PROTOCOL.md section 4), Centrifugo's HTTP API methods as the node runs
+ * them: publish, broadcast, history, presence, presence_stats, channels, disconnect, unsubscribe
+ * and batch. Publications, history and presence go through the broker like a client's; acts on
+ * users (disconnect, unsubscribe) go to every node of the cluster through the control channel,
+ * which the broker carries like any channel and no client can name (it starts with a control
+ * character, which client channel names may not contain). */
+#include "chat/chat_int.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MOD "api"
+
+/* Commands one batch may hold: a batch answers in one response body. */
+#define API_BATCH_MAX 1000
+
+typedef void (*reply_fn)(void *ud, core_str_t *reply);
+
+/* One method call: answered once through done with {"result":...} or {"error":...}. */
+typedef struct {
+    chat_node_t *n;
+    reply_fn done;
+    void *ud;
+} call_t;
+
+static void answer_error(call_t *k, int code, const char *message) {
+    core_str_t s = {0};
+    core_str_appendf(&s, "{\"error\":{\"code\":%d,\"message\":", code);
+    if (!message)
+        message = core_reply_error_message(code);
+    core_str_append_json_string(&s, message, strlen(message));
+    core_str_appends(&s, "}}");
+    k->done(k->ud, &s);
+    core_str_free(&s);
+}
+
+/* result is the JSON of the result object (without the envelope). */
+static void answer_result(call_t *k, const core_str_t *result) {
+    core_str_t s = {0};
+    core_str_reserve(&s, result->len + 16);
+    core_str_appends(&s, "{\"result\":");
+    core_str_append(&s, result->ptr, result->len);
+    core_str_appends(&s, "}");
+    k->done(k->ud, &s);
+    core_str_free(&s);
+}
+
+static void answer_empty(call_t *k) {
+    core_str_t s = {0};
+    core_str_appends(&s, "{}");
+    answer_result(k, &s);
+    core_str_free(&s);
+}
+
+static void answer_broker_error(call_t *k, int status) {
+    answer_error(k, CORE_REPLY_INTERNAL,
+                 status == CORE_EAGAIN ? "internal error: broker unavailable" : NULL);
+}
+
+/* The channel's namespace, or NULL after answering why the channel cannot be used. */
+static const chat_ns_t *api_channel(call_t *k, const char *channel) {
+    const char *bad = chat__channel_problem(channel);
+    if (bad) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST, bad);
+        return NULL;
+    }
+    const chat_ns_t *ns = chat_ns_find(k->n->cfg.namespaces, k->n->cfg.n_namespaces, channel);
+    if (!ns)
+        answer_error(k, CORE_REPLY_UNKNOWN_CHANNEL, NULL);
+    return ns;
+}
+
+/* ---- publish and broadcast ---- */
+
+typedef struct {
+    call_t k;
+} pubcall_t;
+
+static void publish_done(int status, uint64_t offset, const char *epoch, void *ud) {
+    pubcall_t *p = ud;
+    if (status != 0) {
+        answer_broker_error(&p->k, status);
+    } else {
+        p->k.n->st.publications_in++;
+        core_str_t r = {0};
+        if (offset) {
+            core_str_appendf(&r, "{\"offset\":%" PRIu64 ",\"epoch\":", offset);
+            core_str_append_json_string(&r, epoch, strlen(epoch));
+            core_str_appends(&r, "}");
+        } else {
+            core_str_appends(&r, "{}");
+        }
+        answer_result(&p->k, &r);
+        core_str_free(&r);
+    }
+    free(p);
+}
+
+/* Publishes data (a JSON value) into channel as the server: no publisher info. */
+static void publish_one(call_t *k, const char *channel, const json_t *data, bool skip_history) {
+    const chat_ns_t *ns = api_channel(k, channel);
+    if (!ns)
+        return;
+    if (!data) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST, "bad request: data required");
+        return;
+    }
+    char *text = json_dumps(data, JSON_COMPACT | JSON_ENCODE_ANY);
+    size_t len = text ? strlen(text) : 0;
+    if (!text || (ns->max_message_bytes && len > ns->max_message_bytes)) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "bad request: data larger than %" PRIu32 " bytes",
+                 ns->max_message_bytes);
+        free(text);
+        answer_error(k, CORE_REPLY_BAD_REQUEST, msg);
+        return;
+    }
+    pubcall_t *p = core_calloc(1, sizeof *p);
+    p->k = *k;
+    clu_pub_t pub = {0, text, len, NULL, 0};
+    clu_chan_opts_t o = chat__chan_opts(k->n, ns);
+    if (skip_history)
+        o.history_size = 0;
+    int rc = clu_publish(k->n->broker, channel, &pub, &o, publish_done, p);
+    free(text);
+    if (rc != 0)
+        publish_done(rc, 0, "", p);
+}
+
+static void m_publish(call_t *k, const json_t *params) {
+    publish_one(k, chat__json_str(params, "channel"), json_object_get(params, "data"),
+                json_is_true(json_object_get(params, "skip_history")));
+}
+
+/* broadcast: one publish per channel, answered together in the channels' order. */
+typedef struct {
+    call_t k;
+    size_t n, answered;
+    core_str_t *replies;
+} bcast_t;
+
+typedef struct {
+    bcast_t *b;
+    size_t i;
+} bcast_part_t;
+
+static void bcast_part_done(void *ud, core_str_t *reply) {
+    bcast_part_t *part = ud;
+    bcast_t *b = part->b;
+    b->replies[part->i] = *reply;
+    *reply = (core_str_t){0};
+    free(part);
+    if (++b->answered < b->n)
+        return;
+    core_str_t r = {0};
+    core_str_appends(&r, "{\"responses\":[");
+    for (size_t i = 0; i < b->n; i++) {
+        if (i)
+            core_str_appends(&r, ",");
+        core_str_append(&r, b->replies[i].ptr, b->replies[i].len);
+        core_str_free(&b->replies[i]);
+    }
+    core_str_appends(&r, "]}");
+    answer_result(&b->k, &r);
+    core_str_free(&r);
+    free(b->replies);
+    free(b);
+}
+
+/* The parts answer through bcast_part_done, which takes their reply text: reply_fn callers
+ * pass a string the callee may take (left empty) or leave. */
+static void m_broadcast(call_t *k, const json_t *params) {
+    const json_t *chans = json_object_get(params, "channels");
+    const json_t *data = json_object_get(params, "data");
+    if (!json_is_array(chans) || json_array_size(chans) == 0) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST, "bad request: channels required");
+        return;
+    }
+    if (json_array_size(chans) > API_BATCH_MAX) {
+        answer_error(k, CORE_REPLY_LIMIT_EXCEEDED, "limit exceeded: at most 1000 channels");
+        return;
+    }
+    bool skip = json_is_true(json_object_get(params, "skip_history"));
+    bcast_t *b = core_calloc(1, sizeof *b);
+    b->k = *k;
+    b->n = json_array_size(chans);
+    b->replies = core_calloc(b->n, sizeof *b->replies);
+    /* The count is fixed before the first part can answer (parts may answer at once). */
+    size_t n = b->n;
+    for (size_t i = 0; i < n; i++) {
+        bcast_part_t *part = core_calloc(1, sizeof *part);
+        part->b = b;
+        part->i = i;
+        call_t pk = {k->n, bcast_part_done, part};
+        publish_one(&pk, json_string_value(json_array_get(chans, i)), data, skip);
+    }
+}
+
+/* ---- history ---- */
+
+static void history_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top,
+                         const char *epoch, void *ud) {
+    call_t *k = ud;
+    if (status == CORE_EUNRECOVERABLE) {
+        answer_error(k, CORE_REPLY_UNRECOVERABLE_POSITION, NULL);
+    } else if (status != 0) {
+        answer_broker_error(k, status);
+    } else {
+        core_str_t r = {0};
+        core_str_appends(&r, "{\"publications\":[");
+        for (size_t i = 0; i < np; i++) {
+            if (i)
+                core_str_appends(&r, ",");
+            chat__json_append_pub(&r, &pubs[i]);
+        }
+        core_str_appendf(&r, "],\"offset\":%" PRIu64 ",\"epoch\":", top);
+        core_str_append_json_string(&r, epoch, strlen(epoch));
+        core_str_appends(&r, "}");
+        answer_result(k, &r);
+        core_str_free(&r);
+    }
+    free(k);
+}
+
+static void m_history(call_t *k, const json_t *params) {
+    const char *channel = chat__json_str(params, "channel");
+    const chat_ns_t *ns = api_channel(k, channel);
+    if (!ns)
+        return;
+    if (ns->history_size == 0) {
+        answer_error(k, CORE_REPLY_NOT_AVAILABLE, "not available: no history in this namespace");
+        return;
+    }
+    clu_history_req_t req = {0};
+    const json_t *limit = json_object_get(params, "limit");
+    if (limit && (!json_is_integer(limit) || json_integer_value(limit) < -1)) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST, "bad request: limit must be an integer >= -1");
+        return;
+    }
+    req.limit = limit ? (json_integer_value(limit) > INT32_MAX ? INT32_MAX
+                                                               : (int32_t)json_integer_value(limit))
+                      : 0;
+    req.reverse = json_is_true(json_object_get(params, "reverse"));
+    const json_t *since = json_object_get(params, "since");
+    if (since) {
+        const json_t *off = json_object_get(since, "offset");
+        const char *epoch = chat__json_str(since, "epoch");
+        if (!json_is_object(since) || (off && !json_is_integer(off)) ||
+            json_integer_value(off) < 0 || !epoch) {
+            answer_error(k, CORE_REPLY_BAD_REQUEST,
+                         "bad request: since must be {\"offset\":N,\"epoch\":E}");
+            return;
+        }
+        req.has_since = true;
+        req.since_offset = (uint64_t)json_integer_value(off);
+        req.since_epoch = epoch;
+    }
+    call_t *op = core_calloc(1, sizeof *op);
+    *op = *k;
+    clu_chan_opts_t o = chat__chan_opts(k->n, ns);
+    int rc = clu_history(k->n->broker, channel, &o, &req, history_done, op);
+    if (rc != 0)
+        history_done(rc, NULL, 0, 0, "", op);
+}
+
+/* ---- presence ---- */
+
+static void presence_done(int status, const clu_presence_t *e, size_t ne, void *ud) {
+    call_t *k = ud;
+    if (status != 0) {
+        answer_broker_error(k, status);
+    } else {
+        core_str_t r = {0};
+        core_str_appends(&r, "{\"presence\":{");
+        for (size_t i = 0; i < ne; i++) {
+            if (i)
+                core_str_appends(&r, ",");
+            core_str_append_json_string(&r, e[i].client, strlen(e[i].client));
+            core_str_appends(&r, ":");
+            core_str_append(&r, e[i].info, e[i].info_len);
+        }
+        core_str_appends(&r, "}}");
+        answer_result(k, &r);
+        core_str_free(&r);
+    }
+    free(k);
+}
+
+static void presence_stats_done(int status, uint32_t clients, uint32_t users, void *ud) {
+    call_t *k = ud;
+    if (status != 0) {
+        answer_broker_error(k, status);
+    } else {
+        core_str_t r = {0};
+        core_str_appendf(&r, "{\"num_clients\":%" PRIu32 ",\"num_users\":%" PRIu32 "}", clients,
+                         users);
+        answer_result(k, &r);
+        core_str_free(&r);
+    }
+    free(k);
+}
+
+static void m_presence(call_t *k, const json_t *params, bool stats) {
+    const char *channel = chat__json_str(params, "channel");
+    const chat_ns_t *ns = api_channel(k, channel);
+    if (!ns)
+        return;
+    if (!ns->presence && !ns->join_leave) {
+        answer_error(k, CORE_REPLY_NOT_AVAILABLE, "not available: no presence in this namespace");
+        return;
+    }
+    call_t *op = core_calloc(1, sizeof *op);
+    *op = *k;
+    int rc = stats ? clu_presence_stats(k->n->broker, channel, presence_stats_done, op)
+                   : clu_presence(k->n->broker, channel, presence_done, op);
+    if (rc != 0) {
+        if (stats)
+            presence_stats_done(rc, 0, 0, op);
+        else
+            presence_done(rc, NULL, 0, op);
+    }
+}
+
+/* ---- channels ---- */
+
+/* Channels with subscribers on this node, with their local subscriber counts; pattern is a
+ * prefix filter ("chat:" for the rooms). */
+static void m_channels(call_t *k, const json_t *params) {
+    const char *pattern = chat__json_str(params, "pattern");
+    size_t plen = pattern ? strlen(pattern) : 0;
+    /* Centrifugo's patterns are globs; a trailing '*' is the form operators use. */
+    if (plen && pattern[plen - 1] == '*')
+        plen--;
+    core_str_t r = {0};
+    core_str_appends(&r, "{\"channels\":{");
+    core_map_iter_t it = 0;
+    void *v;
+    bool first = true;
+    while (core_map_next(k->n->channels, &it, NULL, &v)) {
+        const chat_channel_t *ch = v;
+        if (plen && strncmp(ch->name, pattern, plen) != 0)
+            continue;
+        if (!first)
+            core_str_appends(&r, ",");
+        first = false;
+        core_str_append_json_string(&r, ch->name, strlen(ch->name));
+        core_str_appendf(&r, ":{\"num_clients\":%" PRIu32 "}", ch->n);
+    }
+    core_str_appends(&r, "}}");
+    answer_result(k, &r);
+    core_str_free(&r);
+}
+
+/* ---- disconnect and unsubscribe: through the control channel to every node ---- */
+
+typedef struct {
+    call_t k;
+} ctlcall_t;
+
+static void control_done(int status, uint64_t offset, const char *epoch, void *ud) {
+    ctlcall_t *c = ud;
+    (void)offset;
+    (void)epoch;
+    if (status != 0)
+        answer_broker_error(&c->k, status);
+    else
+        answer_empty(&c->k);
+    free(c);
+}
+
+/* Sends an act to every node (this one included, through its own subscription). */
+static void control_send(call_t *k, json_t *act) {
+    char *text = json_dumps(act, JSON_COMPACT);
+    json_decref(act);
+    ctlcall_t *c = core_calloc(1, sizeof *c);
+    c->k = *k;
+    clu_pub_t pub = {0, text, strlen(text), NULL, 0};
+    clu_chan_opts_t o = {0};
+    int rc = clu_publish(k->n->broker, CHAT_CONTROL_CHANNEL, &pub, &o, control_done, c);
+    free(text);
+    if (rc != 0)
+        control_done(rc, 0, "", c);
+}
+
+static bool user_problem(call_t *k, const char *user) {
+    if (!user || !*user) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST, "bad request: user required");
+        return true;
+    }
+    if (strlen(user) > 1024 || chat__has_control(user)) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST, "bad request: invalid user id");
+        return true;
+    }
+    return false;
+}
+
+static void m_disconnect(call_t *k, const json_t *params) {
+    const char *user = chat__json_str(params, "user");
+    if (user_problem(k, user))
+        return;
+    const char *client = chat__json_str(params, "client");
+    const json_t *d = json_object_get(params, "disconnect");
+    json_int_t code = CORE_DISCONNECT_FORCE_DISCONNECT;
+    const char *reason = "force disconnect";
+    if (d) {
+        const json_t *jc = json_object_get(d, "code");
+        if (!json_is_object(d) || !json_is_integer(jc) || json_integer_value(jc) < 3000 ||
+            json_integer_value(jc) > 4999) {
+            answer_error(k, CORE_REPLY_BAD_REQUEST,
+                         "bad request: disconnect must be {\"code\":3000..4999,\"reason\":R}");
+            return;
+        }
+        code = json_integer_value(jc);
+        const char *r = chat__json_str(d, "reason");
+        /* A close frame carries 123 bytes of reason at most. */
+        if (r && strlen(r) <= 100)
+            reason = r;
+    }
+    json_t *act = json_pack("{s:s, s:s, s:I, s:s}", "op", "disconnect", "user", user, "code", code,
+                            "reason", reason);
+    if (client)
+        json_object_set_new(act, "client", json_string(client));
+    CORE_LOGI(MOD, "disconnect", "user=%s client=%s code=%d", user, client ? client : "-",
+              (int)code);
+    control_send(k, act);
+}
+
+static void m_unsubscribe(call_t *k, const json_t *params) {
+    const char *user = chat__json_str(params, "user");
+    if (user_problem(k, user))
+        return;
+    const char *channel = chat__json_str(params, "channel");
+    if (!api_channel(k, channel))
+        return;
+    const char *client = chat__json_str(params, "client");
+    json_t *act =
+        json_pack("{s:s, s:s, s:s}", "op", "unsubscribe", "user", user, "channel", channel);
+    if (client)
+        json_object_set_new(act, "client", json_string(client));
+    CORE_LOGI(MOD, "unsubscribe", "user=%s channel=%s", user, channel);
+    control_send(k, act);
+}
+
+/* An act of the control channel, on every node: applies it to this node's clients. */
+void chat__control_apply(chat_node_t *n, const clu_pub_t *pub) {
+    json_error_t jerr;
+    json_t *act = json_loadb(pub->data, pub->data_len, 0, &jerr);
+    const char *op = chat__json_str(act, "op");
+    const char *user = chat__json_str(act, "user");
+    const char *client = chat__json_str(act, "client");
+    if (!op || !user) {
+        CORE_LOGW(MOD, "control act dropped", "reason=undecodable");
+        json_decref(act);
+        return;
+    }
+    bool disconnect = strcmp(op, "disconnect") == 0;
+    const char *channel = chat__json_str(act, "channel");
+    uint32_t hit = 0;
+    /* Users are few per node; a user's clients are not listed apart, so the walk is over the
+     * node's clients, which an operator's act can afford (microseconds per thousand). */
+    for (core_list_t *it = n->all.next, *next; it != &n->all; it = next) {
+        next = it->next;
+        chat_client_t *c = CORE_CONTAINER_OF(it, chat_client_t, link);
+        if (c->state != CL_CONNECTED || strcmp(c->user->name, user) != 0 ||
+            (client && strcmp(c->id, client) != 0))
+            continue;
+        if (disconnect) {
+            const char *reason = chat__json_str(act, "reason");
+            chat__client_close_reason(c, (int)json_integer_value(json_object_get(act, "code")),
+                                      reason ? reason : "force disconnect");
+            hit++;
+        } else if (channel && strcmp(op, "unsubscribe") == 0) {
+            chat_sub_t *s = chat__client_find_sub(c, channel);
+            if (!s)
+                continue;
+            core_str_t m = {0};
+            c->codec->push(&m, &(chat_push_t){.channel = channel,
+                                              .kind = CHAT_PUSH_UNSUBSCRIBE,
+                                              .unsub = {CHAT_UNSUB_SERVER, "server unsubscribe"}});
+            chat__send_str(c, &m);
+            chat__sub_remove(s);
+            hit++;
+        }
+    }
+    if (hit)
+        CORE_LOGI(MOD, "control act applied", "op=%s user=%s clients=%" PRIu32, op, user, hit);
+    json_decref(act);
+}
+
+/* ---- dispatch and batch ---- */
+
+static void call_method(chat_node_t *n, const char *method, const json_t *params, reply_fn done,
+                        void *ud);
+
+/* batch: commands run one after another, in order, like Centrifugo's sequential batch; the
+ * replies name their method: {"replies":[{"publish":{...}},{"error":{...}}]}. */
+typedef struct {
+    call_t k;
+    json_t *cmds; /* owned */
+    size_t i;
+    core_str_t out;
+    bool in_step;  /* inside step(): an answer given at once continues the loop there */
+    bool answered; /* the current command answered */
+} batch_t;
+
+static void batch_step(batch_t *b);
+
+static void batch_part_done(void *ud, core_str_t *reply) {
+    batch_t *b = ud;
+    const char *method = NULL;
+    const json_t *cmd = json_array_get(b->cmds, b->i);
+    void *iter = json_object_iter((json_t *)cmd);
+    if (iter)
+        method = json_object_iter_key(iter);
+    if (b->i)
+        core_str_appends(&b->out, ",");
+    /* reply is {"result":R} or {"error":E}: a result goes under the method's name. */
+    if (reply->len > 10 && strncmp(reply->ptr, "{\"result\":", 10) == 0) {
+        core_str_appends(&b->out, "{");
+        core_str_append_json_string(&b->out, method, strlen(method));
+        core_str_appends(&b->out, ":");
+        core_str_append(&b->out, reply->ptr + 10, reply->len - 11);
+        core_str_appends(&b->out, "}");
+    } else {
+        core_str_append(&b->out, reply->ptr, reply->len);
+    }
+    b->i++;
+    b->answered = true;
+    if (!b->in_step)
+        batch_step(b);
+}
+
+static void batch_step(batch_t *b) {
+    b->in_step = true;
+    while (b->i < json_array_size(b->cmds)) {
+        const json_t *cmd = json_array_get(b->cmds, b->i);
+        void *iter = json_object_iter((json_t *)cmd);
+        b->answered = false;
+        if (!json_is_object(cmd) || json_object_size(cmd) != 1 || !iter) {
+            call_t k = {b->k.n, batch_part_done, b};
+            answer_error(&k, CORE_REPLY_BAD_REQUEST,
+                         "bad request: a command is {\"<method>\":{params}}");
+        } else {
+            const char *method = json_object_iter_key(iter);
+            const json_t *params = json_object_iter_value(iter);
+            if (strcmp(method, "batch") == 0) {
+                call_t k = {b->k.n, batch_part_done, b};
+                answer_error(&k, CORE_REPLY_BAD_REQUEST, "bad request: batch inside batch");
+            } else {
+                call_method(b->k.n, method, params, batch_part_done, b);
+            }
+        }
+        if (!b->answered) {
+            /* Answers later, from the loop: batch_part_done goes on from there. */
+            b->in_step = false;
+            return;
+        }
+    }
+    core_str_t r = {0};
+    core_str_appends(&r, "{\"replies\":[");
+    core_str_append(&r, b->out.ptr, b->out.len);
+    core_str_appends(&r, "]}");
+    b->k.done(b->k.ud, &r);
+    core_str_free(&r);
+    core_str_free(&b->out);
+    json_decref(b->cmds);
+    free(b);
+}
+
+static void m_batch(call_t *k, const json_t *params) {
+    json_t *cmds = json_object_get(params, "commands");
+    if (!json_is_array(cmds)) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST, "bad request: commands required");
+        return;
+    }
+    if (json_array_size(cmds) > API_BATCH_MAX) {
+        answer_error(k, CORE_REPLY_LIMIT_EXCEEDED, "limit exceeded: at most 1000 commands");
+        return;
+    }
+    batch_t *b = core_calloc(1, sizeof *b);
+    b->k = *k;
+    b->cmds = json_incref(cmds);
+    batch_step(b);
+}
+
+static void call_method(chat_node_t *n, const char *method, const json_t *params, reply_fn done,
+                        void *ud) {
+    call_t k = {n, done, ud};
+    if (params && !json_is_object(params)) {
+        answer_error(&k, CORE_REPLY_BAD_REQUEST, "bad request: params must be an object");
+        return;
+    }
+    if (strcmp(method, "publish") == 0)
+        m_publish(&k, params);
+    else if (strcmp(method, "broadcast") == 0)
+        m_broadcast(&k, params);
+    else if (strcmp(method, "history") == 0)
+        m_history(&k, params);
+    else if (strcmp(method, "presence") == 0)
+        m_presence(&k, params, false);
+    else if (strcmp(method, "presence_stats") == 0)
+        m_presence(&k, params, true);
+    else if (strcmp(method, "channels") == 0)
+        m_channels(&k, params);
+    else if (strcmp(method, "disconnect") == 0)
+        m_disconnect(&k, params);
+    else if (strcmp(method, "unsubscribe") == 0)
+        m_unsubscribe(&k, params);
+    else if (strcmp(method, "batch") == 0)
+        m_batch(&k, params);
+    else
+        answer_error(&k, CORE_REPLY_METHOD_NOT_FOUND, NULL);
+}
+
+bool chat_api_has_method(const char *method) {
+    static const char *const methods[] = {"publish",    "broadcast",      "history",
+                                          "presence",   "presence_stats", "channels",
+                                          "disconnect", "unsubscribe",    "batch"};
+    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
+        if (strcmp(method, methods[i]) == 0)
+            return true;
+    return false;
+}
+
+/* ---- entry points ---- */
+
+typedef struct {
+    chat_api_done_fn done;
+    void *ud;
+} entry_t;
+
+static void entry_done(void *ud, core_str_t *reply) {
+    entry_t *e = ud;
+    e->done(e->ud, reply->ptr, reply->len);
+    free(e);
+}
+
+static json_t *parse_params(const char *body, size_t len, core_str_t *err) {
+    if (len == 0)
+        return json_object();
+    json_error_t jerr;
+    json_t *root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root || !json_is_object(root)) {
+        const char *m = root ? "bad request: the body must be a JSON object"
+                             : "bad request: the body is not JSON";
+        core_str_appendf(err, "{\"error\":{\"code\":%d,\"message\":", CORE_REPLY_BAD_REQUEST);
+        core_str_append_json_string(err, m, strlen(m));
+        core_str_appends(err, "}}");
+        json_decref(root);
+        return NULL;
+    }
+    return root;
+}
+
+void chat_api_call(chat_node_t *n, const char *method, const char *body, size_t len,
+                   chat_api_done_fn done, void *ud) {
+    core_str_t err = {0};
+    json_t *params = parse_params(body, len, &err);
+    if (!params) {
+        done(ud, err.ptr, err.len);
+        core_str_free(&err);
+        return;
+    }
+    entry_t *e = core_calloc(1, sizeof *e);
+    e->done = done;
+    e->ud = ud;
+    call_method(n, method, params, entry_done, e);
+    json_decref(params);
+}
+
+/* The older form of a batch (cent.js's pipeline, Centrifugo before v5): lines of
+ * {"method":M,"params":P} in, lines of {"result":R} or {"error":E} out, in order. */
+typedef struct {
+    chat_node_t *n;
+    json_t *cmds; /* an array of the lines' objects */
+    size_t i;
+    core_str_t out;
+    bool in_step, answered;
+    chat_api_done_fn done;
+    void *ud;
+} lines_t;
+
+static void lines_step(lines_t *l);
+
+static void lines_part_done(void *ud, core_str_t *reply) {
+    lines_t *l = ud;
+    if (l->i)
+        core_str_appends(&l->out, "\n");
+    core_str_append(&l->out, reply->ptr, reply->len);
+    l->i++;
+    l->answered = true;
+    if (!l->in_step)
+        lines_step(l);
+}
+
+static void lines_step(lines_t *l) {
+    l->in_step = true;
+    while (l->i < json_array_size(l->cmds)) {
+        const json_t *cmd = json_array_get(l->cmds, l->i);
+        const char *method = chat__json_str(cmd, "method");
+        l->answered = false;
+        if (!method || strcmp(method, "batch") == 0) {
+            call_t k = {l->n, lines_part_done, l};
+            answer_error(&k, CORE_REPLY_BAD_REQUEST,
+                         "bad request: a line is {\"method\":M,\"params\":{...}}");
+        } else {
+            call_method(l->n, method, json_object_get(cmd, "params"), lines_part_done, l);
+        }
+        if (!l->answered) {
+            l->in_step = false;
+            return;
+        }
+    }
+    l->done(l->ud, l->out.ptr ? l->out.ptr : "", l->out.len);
+    core_str_free(&l->out);
+    json_decref(l->cmds);
+    free(l);
+}
+
+void chat_api_lines(chat_node_t *n, const char *body, size_t len, chat_api_done_fn done, void *ud) {
+    json_t *cmds = json_array();
+    size_t pos = 0;
+    while (pos < len) {
+        const char *nl = memchr(body + pos, '\n', len - pos);
+        size_t end = nl ? (size_t)(nl - body) : len;
+        if (end > pos) {
+            json_error_t jerr;
+            json_t *line = json_loadb(body + pos, end - pos, JSON_REJECT_DUPLICATES, &jerr);
+            /* A line that is not an object stays in its place and is answered with 107. */
+            json_array_append_new(cmds, json_is_object(line) ? line : json_object());
+            if (line && !json_is_object(line))
+                json_decref(line);
+        }
+        pos = end + 1;
+        if (json_array_size(cmds) > API_BATCH_MAX)
+            break;
+    }
+    if (json_array_size(cmds) > API_BATCH_MAX) {
+        json_decref(cmds);
+        char e[] = "{\"error\":{\"code\":106,\"message\":\"limit exceeded: at most 1000 "
+                   "commands\"}}";
+        done(ud, e, strlen(e));
+        return;
+    }
+    lines_t *l = core_calloc(1, sizeof *l);
+    l->n = n;
+    l->cmds = cmds;
+    l->done = done;
+    l->ud = ud;
+    lines_step(l);
+}
