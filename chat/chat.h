@@ -208,6 +208,8 @@ const clu_events_t *chat_node_broker_events(void);
 void chat_node_set_broker(chat_node_t *n, clu_broker_t *b);
 /* Closes every client with code/reason (drain). */
 void chat_node_close_all(chat_node_t *n, int code, const char *reason);
+/* Closes up to max clients that are not closing yet, oldest first; returns how many. */
+size_t chat_node_close_some(chat_node_t *n, size_t max, int code, const char *reason);
 /* Stops the node's timers; done runs when they are closed. Clients must be gone, and every RPC
  * call answered. */
 void chat_node_close(chat_node_t *n, void (*done)(void *), void *ud);

@@ -183,6 +183,19 @@ void chat_node_close_all(chat_node_t *n, int code, const char *reason) {
         chat__client_close_reason(CORE_CONTAINER_OF(it, chat_client_t, link), code, reason);
 }
 
+size_t chat_node_close_some(chat_node_t *n, size_t max, int code, const char *reason) {
+    size_t closed = 0;
+    for (core_list_t *it = n->all.next, *next; it != &n->all && closed < max; it = next) {
+        next = it->next;
+        chat_client_t *c = CORE_CONTAINER_OF(it, chat_client_t, link);
+        if (c->state == CL_CLOSING)
+            continue;
+        chat__client_close_reason(c, code, reason);
+        closed++;
+    }
+    return closed;
+}
+
 static void node_timer_closed(uv_handle_t *h) {
     chat_node_t *n = h->data;
     core_map_iter_t it = 0;

@@ -39,6 +39,8 @@ typedef struct {
     uint32_t max_channels;
     uint32_t max_connections_per_user;
     uint32_t max_connections; /* 0 = a margin below the open-file limit (srv_max_connections) */
+    uint32_t drain_period_ms; /* closes spread over this long */
+    uint32_t drain_min_rate;  /* clients per second at least */
     char *allowed_origins;    /* NULL = any origin (srv_origin_allowed) */
     uint32_t write_queue_bytes;
     uint32_t write_queue_messages;

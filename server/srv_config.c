@@ -67,6 +67,11 @@ static const setting_t settings[] = {
     {"CHAT_ALLOWED_ORIGINS", "allowed_origins", T_STR, OFF(allowed_origins), NULL,
      "origins browsers may open WebSockets from, e.g. \"https://chat.example.com "
      "https://*.example.com\"; others get HTTP 403 (unset: any origin)"},
+    {"CHAT_DRAIN_PERIOD_MS", "drain_period_ms", T_U32, OFF(drain_period_ms), "10000",
+     "a drain (SIGTERM, chatctl drain) closes its clients over this long, so their reconnects "
+     "do not stampede the other nodes; 0 = all at once"},
+    {"CHAT_DRAIN_MIN_RATE", "drain_min_rate", T_U32, OFF(drain_min_rate), "1000",
+     "clients a drain closes per second at least (a node with few clients drains at once)"},
     {"CHAT_MAX_CONNECTIONS", "max_connections", T_U32, OFF(max_connections), "0",
      "WebSocket connections on this node; more get HTTP 503 (0 = the open-file limit less 64)"},
     {"CHAT_WRITE_QUEUE_BYTES", "write_queue_bytes", T_U32, OFF(write_queue_bytes), "1048576",

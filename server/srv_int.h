@@ -44,11 +44,13 @@ typedef struct {
     bool close_sent;
     bool want_write;
     bool in_flush;  /* on srv.flush, waiting for the coalescing timer */
+    bool in_reread; /* on srv.reread */
     bool rx_paused; /* reads stopped while a frame is half written (see conn_flush) */
     core_str_t tx;  /* the unsent tail of a frame the socket did not take at once */
     size_t tx_off;
     core_list_t flush_link;
-    char *body; /* HTTP response body being written */
+    core_list_t reread_link; /* on srv.reread: read again before this pass ends */
+    char *body;              /* HTTP response body being written */
     size_t body_len, body_off;
 } srv_conn_t;
 
@@ -76,7 +78,11 @@ struct srv {
     uv_signal_t sigterm, sigint;
     uv_timer_t drain_timer;
     uint64_t drain_deadline;
+    uint64_t drain_start_ms;
+    uint64_t drain_total;       /* sessions when the drain began */
+    uint64_t drain_closed;      /* of them closed so far */
     core_list_t flush;          /* connections with queued output, waiting for a flush */
+    core_list_t reread;         /* connections that received in this pass (srv_ws.c) */
     uv_timer_t flush_timer;     /* the flush with a write delay */
     uv_prepare_t flush_prepare; /* the flush without one: once per loop pass */
     uv_prepare_t loop_watch;    /* measures each pass's work (st.loop_pass) */

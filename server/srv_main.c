@@ -11,6 +11,7 @@
 
 #include "server/srv_int.h"
 
+/* How long a drain waits for closed sockets to go, past its period. */
 #define DRAIN_MAX_MS 5000
 /* Descriptors below the open-file limit that each listener leaves free (srv_listen.c): the
  * public one room for the admin listener, the broker's reconnects and the files the node opens;
@@ -20,11 +21,32 @@
 
 static void drain_finish(srv_t *S);
 
+/* Clients a drain has closed by `elapsed`: spread evenly over the period, but at least the
+ * minimum rate, so a node with few clients is not held back by the period. */
+static uint64_t drain_due(const srv_t *S, uint64_t elapsed) {
+    uint64_t total = S->drain_total, period = S->cfg.drain_period_ms;
+    if (period == 0 || elapsed >= period)
+        return total;
+    uint64_t by_period = total * elapsed / period;
+    uint64_t by_rate = (uint64_t)S->cfg.drain_min_rate * elapsed / 1000;
+    uint64_t due = by_period > by_rate ? by_period : by_rate;
+    return due < total ? due : total;
+}
+
 static void drain_tick(uv_timer_t *t) {
     srv_t *S = t->data;
+    uint64_t now = core_now_ms();
+    uint64_t due = drain_due(S, now - S->drain_start_ms);
+    if (due > S->drain_closed) {
+        if (due >= S->drain_total)
+            chat_node_close_all(S->node, 3001, "shutdown");
+        else
+            chat_node_close_some(S->node, (size_t)(due - S->drain_closed), 3001, "shutdown");
+        S->drain_closed = due;
+    }
     chat_stats_t cs;
     chat_node_stats(S->node, &cs);
-    if (cs.sessions == 0 || core_now_ms() >= S->drain_deadline)
+    if ((S->drain_closed >= S->drain_total && cs.sessions == 0) || now >= S->drain_deadline)
         drain_finish(S);
 }
 
@@ -100,8 +122,15 @@ void srv__begin_drain(srv_t *S) {
     srv__listen_close(&S->pub_l);
     if (S->registry)
         adm_registry_beat(S->registry); /* balancers and peers learn it now, not at the next tick */
-    chat_node_close_all(S->node, 3001, "shutdown");
-    S->drain_deadline = core_now_ms() + DRAIN_MAX_MS;
+    /* Clients leave in batches over the drain period (close 3001, which SDKs answer with a
+     * jittered reconnect): the other nodes take them at a bounded rate instead of all at once. */
+    S->drain_start_ms = core_now_ms();
+    S->drain_total = cs.sessions;
+    S->drain_closed = 0;
+    S->drain_deadline = S->drain_start_ms + S->cfg.drain_period_ms + DRAIN_MAX_MS;
+    /* The first batch a tick later: this may run inside an lws callback (the admin API's
+     * drain), where the context must not be torn down, and that call's answer is still to be
+     * written when a node without clients is done at the first tick. */
     uv_timer_start(&S->drain_timer, drain_tick, 10, 10);
 }
 
@@ -347,6 +376,7 @@ int main(int argc, char **argv) {
     uv_timer_init(&S->loop, &S->drain_timer);
     S->drain_timer.data = S;
     core_list_init(&S->flush);
+    core_list_init(&S->reread);
     uv_timer_init(&S->loop, &S->flush_timer);
     S->flush_timer.data = S;
     uv_prepare_init(&S->loop, &S->flush_prepare);

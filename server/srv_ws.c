@@ -49,9 +49,54 @@ static void flush_cb(uv_timer_t *t) {
     flush_all(t->data);
 }
 
+/* lws reads at most rx_buffer_size bytes from a WebSocket per readiness event, and that buffer
+ * is allocated per connection for its life, so it is small (see srv__public_protocols). A
+ * connection that sends faster than that per pass (a busy publisher) would be served one such
+ * piece per loop pass and fall behind: every connection that received in this pass is read
+ * again before the pass ends, a few times at most, until its socket has nothing more. The extra
+ * read of a drained socket costs one recv() answered EAGAIN. */
+#define REREAD_ROUNDS 16
+
+static void reread_all(srv_t *S) {
+    for (int round = 0; round < REREAD_ROUNDS && !core_list_empty(&S->reread); round++) {
+        core_list_t batch;
+        core_list_init(&batch);
+        /* What this round's reads receive goes on S->reread again, for the next round. */
+        while (!core_list_empty(&S->reread)) {
+            core_list_t *it = S->reread.next;
+            core_list_remove(it);
+            core_list_insert_tail(&batch, it);
+        }
+        while (!core_list_empty(&batch)) {
+            srv_conn_t *c = CORE_CONTAINER_OF(batch.next, srv_conn_t, reread_link);
+            core_list_remove(&c->reread_link);
+            c->in_reread = false;
+            if (c->closing || c->rx_paused)
+                continue;
+            struct lws_pollfd pfd = {
+                .fd = lws_get_socket_fd(c->wsi), .events = LWS_POLLIN, .revents = LWS_POLLIN};
+            /* May close the connection and free c: nothing of c is used after it. */
+            lws_service_fd(S->ctx, &pfd);
+        }
+    }
+    /* Past the bound, the rest waits for the next pass, as lws alone would have it. */
+    while (!core_list_empty(&S->reread)) {
+        srv_conn_t *c = CORE_CONTAINER_OF(S->reread.next, srv_conn_t, reread_link);
+        core_list_remove(&c->reread_link);
+        c->in_reread = false;
+    }
+}
+
 static void flush_prepare_cb(uv_prepare_t *p) {
     uv_prepare_stop(p);
+    reread_all(p->data);
     flush_all(p->data);
+}
+
+static void start_prepare(srv_t *S) {
+    if (!uv_is_active((uv_handle_t *)&S->flush_prepare) &&
+        !uv_is_closing((uv_handle_t *)&S->flush_prepare))
+        uv_prepare_start(&S->flush_prepare, flush_prepare_cb);
 }
 
 /* Without a write delay (the default), output queued anywhere in a loop pass (socket reads,
@@ -69,9 +114,7 @@ static void conn_schedule_write(srv_conn_t *c) {
     core_list_insert_tail(&S->flush, &c->flush_link);
     if (S->cfg.write_delay_ms == 0) {
         /* A prepare handle runs before the loop polls, after every callback of the pass. */
-        if (!uv_is_active((uv_handle_t *)&S->flush_prepare) &&
-            !uv_is_closing((uv_handle_t *)&S->flush_prepare))
-            uv_prepare_start(&S->flush_prepare, flush_prepare_cb);
+        start_prepare(S);
     } else if (!uv_is_active((uv_handle_t *)&S->flush_timer)) {
         /* The loop's clock is read once per turn; output queued late in a long turn (the
          * memory broker's answers run after a flush of thousands of sockets) would otherwise
@@ -360,6 +403,7 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         memset(c, 0, sizeof *c);
         S->ws_open++;
         core_list_init(&c->flush_link);
+        core_list_init(&c->reread_link);
         c->wsi = wsi;
         c->srv = S;
         srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
@@ -369,6 +413,11 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
     }
     case LWS_CALLBACK_RECEIVE:
         on_receive(S, c, in, len);
+        if (!c->in_reread && !c->closing) {
+            c->in_reread = true;
+            core_list_insert_tail(&S->reread, &c->reread_link);
+            start_prepare(S);
+        }
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return on_writeable(S, c);
@@ -390,6 +439,10 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         if (c->in_flush) {
             core_list_remove(&c->flush_link);
             c->in_flush = false;
+        }
+        if (c->in_reread) {
+            core_list_remove(&c->reread_link);
+            c->in_reread = false;
         }
         conn_drop_queue(c);
         core_str_free(&c->rx);
@@ -418,7 +471,8 @@ const struct lws_protocols srv__public_protocols[] = {
      * message's payload there until it is complete or the buffer full), so it is kept small:
      * idle sockets dominate a chat node's memory. Longer messages arrive in pieces that
      * on_receive joins; the cost is one copy of inbound commands over 128 bytes, which are few
-     * next to the deliveries they cause. */
+     * next to the deliveries they cause. lws also reads no more than this per readiness event:
+     * reread_all reads a receiving connection again within the pass. */
     {.name = "chat",
      .callback = cb_public,
      .per_session_data_size = sizeof(srv_conn_t),
