@@ -480,6 +480,7 @@ void chat__control_apply(chat_node_t *n, const clu_pub_t *pub) {
                                               .kind = CHAT_PUSH_UNSUBSCRIBE,
                                               .unsub = {CHAT_UNSUB_SERVER, "server unsubscribe"}});
             chat__send_str(c, &m);
+            core_str_free(&m);
             chat__sub_remove(s);
             hit++;
         }

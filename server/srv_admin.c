@@ -301,13 +301,17 @@ static int cb_admin(struct lws *wsi, enum lws_callback_reasons reason, void *use
         a->post_bytes += len;
         return 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION: {
+        /* The body is this request's only: the connection may carry another one next. */
+        core_str_t body = a->body;
+        a->body = (core_str_t){0};
+        int rc;
         if (a->post_bytes > API_BODY_MAX)
-            return api_error(wsi, c, 413, 413, "request body too large");
-        if (a->post_too_long)
-            return srv__http_respond_text(wsi, c, 404, "not found\n");
-        int rc =
-            admin_http(S, wsi, a, a->post_uri, true, a->body.ptr ? a->body.ptr : "", a->post_bytes);
-        core_str_free(&a->body);
+            rc = api_error(wsi, c, 413, 413, "request body too large");
+        else if (a->post_too_long)
+            rc = srv__http_respond_text(wsi, c, 404, "not found\n");
+        else
+            rc = admin_http(S, wsi, a, a->post_uri, true, body.ptr ? body.ptr : "", a->post_bytes);
+        core_str_free(&body);
         return rc;
     }
     case LWS_CALLBACK_HTTP_WRITEABLE:
