@@ -43,10 +43,11 @@ typedef struct {
     bool closing;
     bool close_sent;
     bool want_write;
-    bool in_flush;  /* on srv.flush, waiting for the coalescing timer */
-    bool in_reread; /* on srv.reread */
-    bool rx_paused; /* reads stopped while a frame is half written (see conn_flush) */
-    core_str_t tx;  /* the unsent tail of a frame the socket did not take at once */
+    bool in_flush;           /* on srv.flush, waiting for the coalescing timer */
+    bool in_reread;          /* on srv.reread */
+    uint32_t mid_frame_pass; /* the last pass in which a read of it ended inside a frame */
+    bool rx_paused;          /* reads stopped while a frame is half written (see conn_flush) */
+    core_str_t tx;           /* the unsent tail of a frame the socket did not take at once */
     size_t tx_off;
     core_list_t flush_link;
     core_list_t reread_link; /* on srv.reread: read again before this pass ends */
@@ -87,6 +88,7 @@ struct srv {
     uv_prepare_t flush_prepare; /* the flush without one: once per loop pass */
     uv_prepare_t loop_watch;    /* measures each pass's work (st.loop_pass) */
     uint64_t watch_hr, watch_idle;
+    uint32_t pass; /* loop passes, counted by the loop watch (srv_main.c) */
     adm_registry_t *registry;
     char public_addr[300]; /* host:port of the public listener, as the registry shows it */
     uint64_t started_ms;

@@ -83,6 +83,7 @@ static void registry_closed(void *ud) {
  * writes included. */
 static void loop_watch_cb(uv_prepare_t *p) {
     srv_t *S = p->data;
+    S->pass++;
     uint64_t hr = uv_hrtime();
     uint64_t idle = uv_metrics_idle_time(&S->loop);
     if (S->watch_hr)

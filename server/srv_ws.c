@@ -52,9 +52,8 @@ static void flush_cb(uv_timer_t *t) {
 /* lws reads at most rx_buffer_size bytes from a WebSocket per readiness event, and that buffer
  * is allocated per connection for its life, so it is small (see srv__public_protocols). A
  * connection that sends faster than that per pass (a busy publisher) would be served one such
- * piece per loop pass and fall behind: every connection that received in this pass is read
- * again before the pass ends, a few times at most, until its socket has nothing more. The extra
- * read of a drained socket costs one recv() answered EAGAIN. */
+ * piece per loop pass and fall behind: a streaming connection (see LWS_CALLBACK_RECEIVE) is read
+ * again before the pass ends, a few times at most, while its reads keep ending inside frames. */
 #define REREAD_ROUNDS 16
 
 static void reread_all(srv_t *S) {
@@ -404,6 +403,7 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         S->ws_open++;
         core_list_init(&c->flush_link);
         core_list_init(&c->reread_link);
+        c->mid_frame_pass = S->pass - 2; /* not streaming */
         c->wsi = wsi;
         c->srv = S;
         srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
@@ -413,10 +413,18 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
     }
     case LWS_CALLBACK_RECEIVE:
         on_receive(S, c, in, len);
-        if (!c->in_reread && !c->closing) {
-            c->in_reread = true;
-            core_list_insert_tail(&S->reread, &c->reread_link);
-            start_prepare(S);
+        /* A sender that streams: its reads end inside a frame in this pass and did in the
+         * one before, so the rest is most likely in the socket already. A client that sends
+         * now and then (one message split over two reads) is read on the next pass as lws
+         * would, which spares it rereads that only answer EAGAIN. */
+        if (lws_remaining_packet_payload(wsi) > 0 && !c->closing) {
+            bool streaming = S->pass - c->mid_frame_pass <= 1;
+            c->mid_frame_pass = S->pass;
+            if (streaming && !c->in_reread) {
+                c->in_reread = true;
+                core_list_insert_tail(&S->reread, &c->reread_link);
+                start_prepare(S);
+            }
         }
         return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
