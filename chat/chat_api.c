@@ -74,16 +74,12 @@ static const chat_ns_t *api_channel(call_t *k, const char *channel) {
 
 /* ---- publish and broadcast ---- */
 
-typedef struct {
-    call_t k;
-} pubcall_t;
-
 static void publish_done(int status, uint64_t offset, const char *epoch, void *ud) {
-    pubcall_t *p = ud;
+    call_t *k = ud;
     if (status != 0) {
-        answer_broker_error(&p->k, status);
+        answer_broker_error(k, status);
     } else {
-        p->k.n->st.publications_in++;
+        k->n->st.publications_in++;
         core_str_t r = {0};
         if (offset) {
             core_str_appendf(&r, "{\"offset\":%" PRIu64 ",\"epoch\":", offset);
@@ -92,10 +88,10 @@ static void publish_done(int status, uint64_t offset, const char *epoch, void *u
         } else {
             core_str_appends(&r, "{}");
         }
-        answer_result(&p->k, &r);
+        answer_result(k, &r);
         core_str_free(&r);
     }
-    free(p);
+    free(k);
 }
 
 /* Publishes data (a JSON value) into channel as the server: no publisher info. */
@@ -117,16 +113,16 @@ static void publish_one(call_t *k, const char *channel, const json_t *data, bool
         answer_error(k, CORE_REPLY_BAD_REQUEST, msg);
         return;
     }
-    pubcall_t *p = core_calloc(1, sizeof *p);
-    p->k = *k;
+    call_t *op = core_calloc(1, sizeof *op);
+    *op = *k;
     clu_pub_t pub = {0, text, len, NULL, 0};
     clu_chan_opts_t o = chat__chan_opts(k->n, ns);
     if (skip_history)
         o.history_size = 0;
-    int rc = clu_publish(k->n->broker, channel, &pub, &o, publish_done, p);
+    int rc = clu_publish(k->n->broker, channel, &pub, &o, publish_done, op);
     free(text);
     if (rc != 0)
-        publish_done(rc, 0, "", p);
+        publish_done(rc, 0, "", op);
 }
 
 static void m_publish(call_t *k, const json_t *params) {
@@ -355,33 +351,29 @@ static void m_channels(call_t *k, const json_t *params) {
 
 /* ---- disconnect and unsubscribe: through the control channel to every node ---- */
 
-typedef struct {
-    call_t k;
-} ctlcall_t;
-
 static void control_done(int status, uint64_t offset, const char *epoch, void *ud) {
-    ctlcall_t *c = ud;
+    call_t *k = ud;
     (void)offset;
     (void)epoch;
     if (status != 0)
-        answer_broker_error(&c->k, status);
+        answer_broker_error(k, status);
     else
-        answer_empty(&c->k);
-    free(c);
+        answer_empty(k);
+    free(k);
 }
 
 /* Sends an act to every node (this one included, through its own subscription). */
 static void control_send(call_t *k, json_t *act) {
     char *text = json_dumps(act, JSON_COMPACT);
     json_decref(act);
-    ctlcall_t *c = core_calloc(1, sizeof *c);
-    c->k = *k;
+    call_t *op = core_calloc(1, sizeof *op);
+    *op = *k;
     clu_pub_t pub = {0, text, strlen(text), NULL, 0};
     clu_chan_opts_t o = {0};
-    int rc = clu_publish(k->n->broker, CHAT_CONTROL_CHANNEL, &pub, &o, control_done, c);
+    int rc = clu_publish(k->n->broker, CHAT_CONTROL_CHANNEL, &pub, &o, control_done, op);
     free(text);
     if (rc != 0)
-        control_done(rc, 0, "", c);
+        control_done(rc, 0, "", op);
 }
 
 static bool user_problem(call_t *k, const char *user) {
@@ -495,79 +487,87 @@ void chat__control_apply(chat_node_t *n, const clu_pub_t *pub) {
 static void call_method(chat_node_t *n, const char *method, const json_t *params, reply_fn done,
                         void *ud);
 
-/* batch: commands run one after another, in order, like Centrifugo's sequential batch; the
- * replies name their method: {"replies":[{"publish":{...}},{"error":{...}}]}. */
+/* A sequence of commands run one after another, in order, like Centrifugo's sequential batch.
+ * batch names each result by its method: {"replies":[{"publish":{...}},{"error":{...}}]}; the
+ * line-per-command form (chat_api_lines) answers with the replies one per line. */
 typedef struct {
     call_t k;
-    json_t *cmds; /* owned */
+    json_t *cmds; /* [{"<method>":{params}}, ...], owned */
+    bool lines;
     size_t i;
     core_str_t out;
-    bool in_step;  /* inside step(): an answer given at once continues the loop there */
+    bool in_step;  /* inside seq_step: an answer given at once continues the loop there */
     bool answered; /* the current command answered */
-} batch_t;
+} seq_t;
 
-static void batch_step(batch_t *b);
+static void seq_step(seq_t *q);
 
-static void batch_part_done(void *ud, core_str_t *reply) {
-    batch_t *b = ud;
-    const char *method = NULL;
-    const json_t *cmd = json_array_get(b->cmds, b->i);
-    void *iter = json_object_iter((json_t *)cmd);
-    if (iter)
-        method = json_object_iter_key(iter);
-    if (b->i)
-        core_str_appends(&b->out, ",");
-    /* reply is {"result":R} or {"error":E}: a result goes under the method's name. */
-    if (reply->len > 10 && strncmp(reply->ptr, "{\"result\":", 10) == 0) {
-        core_str_appends(&b->out, "{");
-        core_str_append_json_string(&b->out, method, strlen(method));
-        core_str_appends(&b->out, ":");
-        core_str_append(&b->out, reply->ptr + 10, reply->len - 11);
-        core_str_appends(&b->out, "}");
+static void seq_part_done(void *ud, core_str_t *reply) {
+    seq_t *q = ud;
+    void *iter = json_object_iter(json_array_get(q->cmds, q->i));
+    if (q->i)
+        core_str_appends(&q->out, q->lines ? "\n" : ",");
+    /* reply is {"result":R} or {"error":E}: in a batch a result goes under the method's name. */
+    if (!q->lines && iter && reply->len > 10 && strncmp(reply->ptr, "{\"result\":", 10) == 0) {
+        const char *method = json_object_iter_key(iter);
+        core_str_appends(&q->out, "{");
+        core_str_append_json_string(&q->out, method, strlen(method));
+        core_str_appends(&q->out, ":");
+        core_str_append(&q->out, reply->ptr + 10, reply->len - 11);
+        core_str_appends(&q->out, "}");
     } else {
-        core_str_append(&b->out, reply->ptr, reply->len);
+        core_str_append(&q->out, reply->ptr, reply->len);
     }
-    b->i++;
-    b->answered = true;
-    if (!b->in_step)
-        batch_step(b);
+    q->i++;
+    q->answered = true;
+    if (!q->in_step)
+        seq_step(q);
 }
 
-static void batch_step(batch_t *b) {
-    b->in_step = true;
-    while (b->i < json_array_size(b->cmds)) {
-        const json_t *cmd = json_array_get(b->cmds, b->i);
+static void seq_step(seq_t *q) {
+    q->in_step = true;
+    while (q->i < json_array_size(q->cmds)) {
+        const json_t *cmd = json_array_get(q->cmds, q->i);
         void *iter = json_object_iter((json_t *)cmd);
-        b->answered = false;
-        if (!json_is_object(cmd) || json_object_size(cmd) != 1 || !iter) {
-            call_t k = {b->k.n, batch_part_done, b};
+        q->answered = false;
+        call_t k = {q->k.n, seq_part_done, q};
+        if (!json_is_object(cmd) || json_object_size(cmd) != 1 || !iter)
             answer_error(&k, CORE_REPLY_BAD_REQUEST,
-                         "bad request: a command is {\"<method>\":{params}}");
-        } else {
-            const char *method = json_object_iter_key(iter);
-            const json_t *params = json_object_iter_value(iter);
-            if (strcmp(method, "batch") == 0) {
-                call_t k = {b->k.n, batch_part_done, b};
-                answer_error(&k, CORE_REPLY_BAD_REQUEST, "bad request: batch inside batch");
-            } else {
-                call_method(b->k.n, method, params, batch_part_done, b);
-            }
-        }
-        if (!b->answered) {
-            /* Answers later, from the loop: batch_part_done goes on from there. */
-            b->in_step = false;
+                         q->lines ? "bad request: a line is {\"method\":M,\"params\":{...}}"
+                                  : "bad request: a command is {\"<method>\":{params}}");
+        else if (strcmp(json_object_iter_key(iter), "batch") == 0)
+            answer_error(&k, CORE_REPLY_BAD_REQUEST, "bad request: batch inside batch");
+        else
+            call_method(q->k.n, json_object_iter_key(iter), json_object_iter_value(iter),
+                        seq_part_done, q);
+        if (!q->answered) {
+            /* Answers later, from the loop: seq_part_done goes on from there. */
+            q->in_step = false;
             return;
         }
     }
     core_str_t r = {0};
-    core_str_appends(&r, "{\"replies\":[");
-    core_str_append(&r, b->out.ptr, b->out.len);
-    core_str_appends(&r, "]}");
-    b->k.done(b->k.ud, &r);
+    if (q->lines) {
+        r = q->out;
+        q->out = (core_str_t){0};
+    } else {
+        core_str_appends(&r, "{\"replies\":[");
+        core_str_append(&r, q->out.ptr, q->out.len);
+        core_str_appends(&r, "]}");
+    }
+    q->k.done(q->k.ud, &r);
     core_str_free(&r);
-    core_str_free(&b->out);
-    json_decref(b->cmds);
-    free(b);
+    core_str_free(&q->out);
+    json_decref(q->cmds);
+    free(q);
+}
+
+static void seq_start(call_t *k, json_t *cmds, bool lines) {
+    seq_t *q = core_calloc(1, sizeof *q);
+    q->k = *k;
+    q->cmds = cmds;
+    q->lines = lines;
+    seq_step(q);
 }
 
 static void m_batch(call_t *k, const json_t *params) {
@@ -580,10 +580,7 @@ static void m_batch(call_t *k, const json_t *params) {
         answer_error(k, CORE_REPLY_LIMIT_EXCEEDED, "limit exceeded: at most 1000 commands");
         return;
     }
-    batch_t *b = core_calloc(1, sizeof *b);
-    b->k = *k;
-    b->cmds = json_incref(cmds);
-    batch_step(b);
+    seq_start(k, json_incref(cmds), false);
 }
 
 static void call_method(chat_node_t *n, const char *method, const json_t *params, reply_fn done,
@@ -634,8 +631,15 @@ typedef struct {
 
 static void entry_done(void *ud, core_str_t *reply) {
     entry_t *e = ud;
-    e->done(e->ud, reply->ptr, reply->len);
+    e->done(e->ud, reply->ptr ? reply->ptr : "", reply->len);
     free(e);
+}
+
+static call_t entry_new(chat_node_t *n, chat_api_done_fn done, void *ud) {
+    entry_t *e = core_calloc(1, sizeof *e);
+    e->done = done;
+    e->ud = ud;
+    return (call_t){n, entry_done, e};
 }
 
 static json_t *parse_params(const char *body, size_t len, core_str_t *err) {
@@ -664,91 +668,40 @@ void chat_api_call(chat_node_t *n, const char *method, const char *body, size_t 
         core_str_free(&err);
         return;
     }
-    entry_t *e = core_calloc(1, sizeof *e);
-    e->done = done;
-    e->ud = ud;
-    call_method(n, method, params, entry_done, e);
+    call_t k = entry_new(n, done, ud);
+    call_method(n, method, params, k.done, k.ud);
     json_decref(params);
 }
 
 /* The older form of a batch (cent.js's pipeline, Centrifugo before v5): lines of
- * {"method":M,"params":P} in, lines of {"result":R} or {"error":E} out, in order. */
-typedef struct {
-    chat_node_t *n;
-    json_t *cmds; /* an array of the lines' objects */
-    size_t i;
-    core_str_t out;
-    bool in_step, answered;
-    chat_api_done_fn done;
-    void *ud;
-} lines_t;
-
-static void lines_step(lines_t *l);
-
-static void lines_part_done(void *ud, core_str_t *reply) {
-    lines_t *l = ud;
-    if (l->i)
-        core_str_appends(&l->out, "\n");
-    core_str_append(&l->out, reply->ptr, reply->len);
-    l->i++;
-    l->answered = true;
-    if (!l->in_step)
-        lines_step(l);
-}
-
-static void lines_step(lines_t *l) {
-    l->in_step = true;
-    while (l->i < json_array_size(l->cmds)) {
-        const json_t *cmd = json_array_get(l->cmds, l->i);
-        const char *method = chat__json_str(cmd, "method");
-        l->answered = false;
-        if (!method || strcmp(method, "batch") == 0) {
-            call_t k = {l->n, lines_part_done, l};
-            answer_error(&k, CORE_REPLY_BAD_REQUEST,
-                         "bad request: a line is {\"method\":M,\"params\":{...}}");
-        } else {
-            call_method(l->n, method, json_object_get(cmd, "params"), lines_part_done, l);
-        }
-        if (!l->answered) {
-            l->in_step = false;
-            return;
-        }
-    }
-    l->done(l->ud, l->out.ptr ? l->out.ptr : "", l->out.len);
-    core_str_free(&l->out);
-    json_decref(l->cmds);
-    free(l);
-}
-
+ * {"method":M,"params":P} in, lines of {"result":R} or {"error":E} out, in order. Each line
+ * becomes a command of the batch form; one that is not a command stays in its place as an
+ * empty object, answered with 107. */
 void chat_api_lines(chat_node_t *n, const char *body, size_t len, chat_api_done_fn done, void *ud) {
     json_t *cmds = json_array();
-    size_t pos = 0;
-    while (pos < len) {
+    for (size_t pos = 0; pos < len && json_array_size(cmds) <= API_BATCH_MAX;) {
         const char *nl = memchr(body + pos, '\n', len - pos);
         size_t end = nl ? (size_t)(nl - body) : len;
         if (end > pos) {
             json_error_t jerr;
             json_t *line = json_loadb(body + pos, end - pos, JSON_REJECT_DUPLICATES, &jerr);
-            /* A line that is not an object stays in its place and is answered with 107. */
-            json_array_append_new(cmds, json_is_object(line) ? line : json_object());
-            if (line && !json_is_object(line))
-                json_decref(line);
+            const char *method = chat__json_str(line, "method");
+            json_t *params = json_object_get(line, "params");
+            json_t *cmd = json_object();
+            if (method)
+                json_object_set_new(cmd, method, params ? json_incref(params) : json_object());
+            json_array_append_new(cmds, cmd);
+            json_decref(line);
         }
         pos = end + 1;
-        if (json_array_size(cmds) > API_BATCH_MAX)
-            break;
     }
     if (json_array_size(cmds) > API_BATCH_MAX) {
         json_decref(cmds);
-        char e[] = "{\"error\":{\"code\":106,\"message\":\"limit exceeded: at most 1000 "
-                   "commands\"}}";
+        const char *e = "{\"error\":{\"code\":106,\"message\":\"limit exceeded: at most 1000 "
+                        "commands\"}}";
         done(ud, e, strlen(e));
         return;
     }
-    lines_t *l = core_calloc(1, sizeof *l);
-    l->n = n;
-    l->cmds = cmds;
-    l->done = done;
-    l->ud = ud;
-    lines_step(l);
+    call_t k = entry_new(n, done, ud);
+    seq_start(&k, cmds, true);
 }

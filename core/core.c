@@ -82,12 +82,17 @@ void core_log_setup(core_log_level_t level, bool json) {
     log_json = json;
 }
 
+static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
+
 int core_log_level_parse(const char *s) {
-    static const char *names[] = {"error", "warn", "info", "debug"};
     for (int i = 0; i < 4; i++)
-        if (strcmp(s, names[i]) == 0)
+        if (strcmp(s, log_level_names[i]) == 0)
             return i;
     return -1;
+}
+
+const char *core_log_level_name(core_log_level_t level) {
+    return log_level_names[level];
 }
 
 void core_log_set_level(core_log_level_t level) {

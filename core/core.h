@@ -58,6 +58,8 @@ typedef enum { CORE_LOG_ERROR = 0, CORE_LOG_WARN, CORE_LOG_INFO, CORE_LOG_DEBUG 
 void core_log_setup(core_log_level_t level, bool json);
 /* Parses "error", "warn", "info", "debug"; returns -1 for anything else. */
 int core_log_level_parse(const char *s);
+/* The name core_log_level_parse takes for level. */
+const char *core_log_level_name(core_log_level_t level);
 bool core_log_enabled(core_log_level_t level);
 /* Changes the threshold at run time, keeping the format. */
 void core_log_set_level(core_log_level_t level);

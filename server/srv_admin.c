@@ -140,7 +140,6 @@ static int node_action(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri
     json_error_t jerr;
     json_t *root = len ? json_loadb(body, len, 0, &jerr) : json_object();
     const json_t *lv = json_object_get(root, "level");
-    static const char *const names[] = {"error", "warn", "info", "debug"};
     if (!root || (lv && !json_is_string(lv))) {
         json_decref(root);
         return api_error(wsi, c, 200, 107, "bad request: {\"level\":\"error|warn|info|debug\"}");
@@ -152,12 +151,14 @@ static int node_action(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri
             return api_error(wsi, c, 200, 107,
                              "bad request: level is one of error, warn, info, debug");
         }
-        const char *was = names[core_log_get_level()];
+        const char *was = core_log_level_name(core_log_get_level());
         core_log_set_level((core_log_level_t)level);
-        CORE_LOGW("admin", "log level changed", "from=%s to=%s", was, names[level]);
+        CORE_LOGW("admin", "log level changed", "from=%s to=%s", was,
+                  core_log_level_name((core_log_level_t)level));
     }
     json_decref(root);
-    core_str_appendf(&ok, "{\"result\":{\"level\":\"%s\"}}", names[core_log_get_level()]);
+    core_str_appendf(&ok, "{\"result\":{\"level\":\"%s\"}}",
+                     core_log_level_name(core_log_get_level()));
     return srv__http_respond(wsi, c, 200, "application/json", ok.ptr, ok.len);
 }
 

@@ -44,7 +44,6 @@ typedef struct {
     bool close_sent;
     bool want_write;
     bool in_flush;           /* on srv.flush, waiting for the coalescing timer */
-    bool in_reread;          /* on srv.reread */
     uint32_t mid_frame_pass; /* the last pass in which a read of it ended inside a frame */
     bool rx_paused;          /* reads stopped while a frame is half written (see conn_flush) */
     core_str_t tx;           /* the unsent tail of a frame the socket did not take at once */

@@ -69,7 +69,6 @@ static void reread_all(srv_t *S) {
         while (!core_list_empty(&batch)) {
             srv_conn_t *c = CORE_CONTAINER_OF(batch.next, srv_conn_t, reread_link);
             core_list_remove(&c->reread_link);
-            c->in_reread = false;
             if (c->closing || c->rx_paused)
                 continue;
             struct lws_pollfd pfd = {
@@ -79,11 +78,8 @@ static void reread_all(srv_t *S) {
         }
     }
     /* Past the bound, the rest waits for the next pass, as lws alone would have it. */
-    while (!core_list_empty(&S->reread)) {
-        srv_conn_t *c = CORE_CONTAINER_OF(S->reread.next, srv_conn_t, reread_link);
-        core_list_remove(&c->reread_link);
-        c->in_reread = false;
-    }
+    while (!core_list_empty(&S->reread))
+        core_list_remove(S->reread.next);
 }
 
 static void flush_prepare_cb(uv_prepare_t *p) {
@@ -420,8 +416,8 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         if (lws_remaining_packet_payload(wsi) > 0 && !c->closing) {
             bool streaming = S->pass - c->mid_frame_pass <= 1;
             c->mid_frame_pass = S->pass;
-            if (streaming && !c->in_reread) {
-                c->in_reread = true;
+            /* A removed link points at itself: linked means queued already. */
+            if (streaming && core_list_empty(&c->reread_link)) {
                 core_list_insert_tail(&S->reread, &c->reread_link);
                 start_prepare(S);
             }
@@ -448,10 +444,7 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
             core_list_remove(&c->flush_link);
             c->in_flush = false;
         }
-        if (c->in_reread) {
-            core_list_remove(&c->reread_link);
-            c->in_reread = false;
-        }
+        core_list_remove(&c->reread_link); /* a no-op when not queued */
         conn_drop_queue(c);
         core_str_free(&c->rx);
         core_str_free(&c->tx);
