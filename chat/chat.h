@@ -206,6 +206,10 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg);
 /* The event table and userdata to create the broker with. */
 const clu_events_t *chat_node_broker_events(void);
 void chat_node_set_broker(chat_node_t *n, clu_broker_t *b);
+/* The per-user connection cap, changed at run time (chatctl limits): it applies to connects
+ * from now on; connections over a lowered cap stay. */
+void chat_node_set_max_conns_per_user(chat_node_t *n, uint32_t max);
+uint32_t chat_node_max_conns_per_user(const chat_node_t *n);
 /* Closes every client with code/reason (drain). */
 void chat_node_close_all(chat_node_t *n, int code, const char *reason);
 /* Closes up to max clients that are not closing yet, oldest first; returns how many. */

@@ -171,6 +171,14 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
     return n;
 }
 
+void chat_node_set_max_conns_per_user(chat_node_t *n, uint32_t max) {
+    n->cfg.max_conns_per_user = max;
+}
+
+uint32_t chat_node_max_conns_per_user(const chat_node_t *n) {
+    return n->cfg.max_conns_per_user;
+}
+
 void chat_node_set_broker(chat_node_t *n, clu_broker_t *b) {
     n->broker = b;
     /* The server API's acts on users reach every node through this channel. */

@@ -39,6 +39,8 @@ typedef struct {
     uint32_t max_channels;
     uint32_t max_connections_per_user;
     uint32_t max_connections; /* 0 = a margin below the open-file limit (srv_max_connections) */
+    uint32_t connect_rate;    /* sessions per second, 0 = unlimited */
+    uint32_t connect_burst;   /* 0 = connect_rate */
     uint32_t drain_period_ms; /* closes spread over this long */
     uint32_t drain_min_rate;  /* clients per second at least */
     char *allowed_origins;    /* NULL = any origin (srv_origin_allowed) */
@@ -174,6 +176,7 @@ enum {
     SRV_REFUSED_DESCRIPTORS, /* the descriptor reserve reached, or none left: closed at once */
     SRV_REFUSED_ORIGIN,      /* Origin not in CHAT_ALLOWED_ORIGINS: HTTP 403 */
     SRV_REFUSED_HEADERS,     /* a request header field over SRV_HEADER_FIELD_MAX: 431 or 414 */
+    SRV_REFUSED_RATE,        /* CHAT_CONNECT_RATE passed: upgraded, then closed at once (3013) */
     SRV_REFUSED_COUNT
 };
 

@@ -122,8 +122,77 @@ static int llm_action(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri,
     return rc;
 }
 
-/* POST /api/node/drain {} and POST /api/node/log_level {"level":L} (L empty or absent: only
- * read it): the operator's hand on this node. */
+void srv__set_connect_rate(srv_t *S, uint32_t rate, uint32_t burst) {
+    S->connect_rate = (core_rate_t){.rate = rate, .burst = burst ? burst : rate};
+    S->connect_gcra = (core_gcra_t){0};
+}
+
+static void limits_render(srv_t *S, core_str_t *out) {
+    core_str_appendf(out,
+                     "{\"result\":{\"max_connections\":%" PRIu32
+                     ",\"max_connections_per_user\":%" PRIu32 ",\"connect_rate\":%" PRIu32
+                     ",\"connect_burst\":%" PRIu32 ",\"connections\":%" PRIu32 "}}",
+                     S->max_connections, chat_node_max_conns_per_user(S->node),
+                     (uint32_t)S->connect_rate.rate, S->connect_rate.burst, S->ws_open);
+}
+
+/* A non-negative integer member of the limits body: 1 when present, 0 when absent, -1 when
+ * of the wrong type or out of range. */
+static int limit_value(const json_t *root, const char *key, uint32_t *out) {
+    const json_t *v = json_object_get(root, key);
+    if (!v)
+        return 0;
+    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > UINT32_MAX)
+        return -1;
+    *out = (uint32_t)json_integer_value(v);
+    return 1;
+}
+
+/* POST /api/node/limits {} reads this node's connection limits; with members it changes them
+ * (all checked before any is applied): max_connections (0 = the open-file limit's default),
+ * max_connections_per_user (at least 1), connect_rate (0 = unlimited) and connect_burst.
+ * Lowered caps refuse new connections; the ones already open stay. */
+static int node_limits(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *body, size_t len) {
+    json_error_t jerr;
+    json_t *root = len ? json_loadb(body, len, 0, &jerr) : json_object();
+    uint32_t maxc = 0, per_user = chat_node_max_conns_per_user(S->node);
+    uint32_t rate = (uint32_t)S->connect_rate.rate, burst = S->connect_rate.burst;
+    int has_max = root ? limit_value(root, "max_connections", &maxc) : -1;
+    int has_user = root ? limit_value(root, "max_connections_per_user", &per_user) : -1;
+    int has_rate = root ? limit_value(root, "connect_rate", &rate) : -1;
+    int has_burst = root ? limit_value(root, "connect_burst", &burst) : -1;
+    uint32_t fd_cap = srv_max_connections(&(srv_config_t){0}, S->fd_limit);
+    const char *bad = NULL;
+    if (!json_is_object(root) || has_max < 0 || has_user < 0 || has_rate < 0 || has_burst < 0)
+        bad = "bad request: limits are non-negative integers: max_connections, "
+              "max_connections_per_user, connect_rate, connect_burst";
+    else if (has_user && per_user == 0)
+        bad = "bad request: max_connections_per_user is at least 1";
+    else if (has_max && maxc > fd_cap)
+        bad = "bad request: max_connections is over what the open-file limit allows";
+    json_decref(root);
+    if (bad)
+        return api_error(wsi, c, 200, CORE_REPLY_BAD_REQUEST, bad);
+    if (has_max)
+        S->max_connections = maxc ? maxc : fd_cap;
+    if (has_user)
+        chat_node_set_max_conns_per_user(S->node, per_user);
+    if (has_rate || has_burst)
+        /* A new rate without a burst takes one second's worth, as at start. */
+        srv__set_connect_rate(S, rate, has_burst ? burst : 0);
+    if (has_max || has_user || has_rate || has_burst)
+        CORE_LOGW("admin", "limits changed",
+                  "max_connections=%" PRIu32 " max_connections_per_user=%" PRIu32
+                  " connect_rate=%" PRIu32 " connect_burst=%" PRIu32,
+                  S->max_connections, chat_node_max_conns_per_user(S->node),
+                  (uint32_t)S->connect_rate.rate, S->connect_rate.burst);
+    core_str_t ok = {0};
+    limits_render(S, &ok);
+    return srv__http_respond(wsi, c, 200, "application/json", ok.ptr, ok.len);
+}
+
+/* POST /api/node/drain {}, POST /api/node/log_level {"level":L} (L empty or absent: only
+ * read it) and POST /api/node/limits: the operator's hand on this node. */
 static int node_action(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri, bool post,
                        const char *body, size_t len) {
     if (!post)
@@ -137,6 +206,8 @@ static int node_action(srv_t *S, struct lws *wsi, srv_conn_t *c, const char *uri
         srv__begin_drain(S);
         return srv__http_respond(wsi, c, 200, "application/json", ok.ptr, ok.len);
     }
+    if (strcmp(uri, "/api/node/limits") == 0)
+        return node_limits(S, wsi, c, body, len);
     json_error_t jerr;
     json_t *root = len ? json_loadb(body, len, 0, &jerr) : json_object();
     const json_t *lv = json_object_get(root, "level");
@@ -262,7 +333,8 @@ static int admin_http(srv_t *S, struct lws *wsi, adm_conn_t *a, const char *uri,
         if (S->llm &&
             (strcmp(uri, "/api/llm/key/enable") == 0 || strcmp(uri, "/api/llm/breaker/close") == 0))
             return llm_action(S, wsi, c, uri, post, req, req_len);
-        if (strcmp(uri, "/api/node/drain") == 0 || strcmp(uri, "/api/node/log_level") == 0)
+        if (strcmp(uri, "/api/node/drain") == 0 || strcmp(uri, "/api/node/log_level") == 0 ||
+            strcmp(uri, "/api/node/limits") == 0)
             return node_action(S, wsi, c, uri, post, req, req_len);
         return api_call(S, wsi, a, uri, post, req, req_len);
     }

@@ -74,6 +74,11 @@ static const setting_t settings[] = {
      "clients a drain closes per second at least (a node with few clients drains at once)"},
     {"CHAT_MAX_CONNECTIONS", "max_connections", T_U32, OFF(max_connections), "0",
      "WebSocket connections on this node; more get HTTP 503 (0 = the open-file limit less 64)"},
+    {"CHAT_CONNECT_RATE", "connect_rate", T_U32, OFF(connect_rate), "0",
+     "new WebSocket sessions this node takes per second; past it they close at once with 3013 "
+     "and the SDKs retry after their backoff (0 = unlimited)"},
+    {"CHAT_CONNECT_BURST", "connect_burst", T_U32, OFF(connect_burst), "0",
+     "sessions the connect rate lets in at once (0 = one second's worth)"},
     {"CHAT_WRITE_QUEUE_BYTES", "write_queue_bytes", T_U32, OFF(write_queue_bytes), "1048576",
      "bytes queued for one connection before close 3008"},
     {"CHAT_WRITE_QUEUE_MESSAGES", "write_queue_messages", T_U32, OFF(write_queue_messages), "16384",

@@ -63,6 +63,8 @@ struct srv {
     uint64_t fd_limit;        /* RLIMIT_NOFILE as raised at start */
     uint32_t max_connections; /* node-wide cap on WebSocket sessions */
     uint32_t ws_open;         /* WebSocket sessions open now */
+    core_rate_t connect_rate; /* new sessions per second (rate <= 0: unlimited) */
+    core_gcra_t connect_gcra;
     chat_node_t *node;
     clu_broker_t *broker;
     llm_t *llm;
@@ -94,6 +96,11 @@ struct srv {
     char cookie[128];                             /* the node cookie, set once the id is known */
     struct lws_protocol_vhost_options cookie_hdr; /* the same, for files lws serves itself */
 };
+
+/* ---- srv_admin.c: limits changed at run time ---- */
+
+/* Sets the connect rate from sessions per second and burst (burst 0 = one second's worth). */
+void srv__set_connect_rate(srv_t *S, uint32_t rate, uint32_t burst);
 
 /* ---- srv_listen.c: the listening sockets ---- */
 

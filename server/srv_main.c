@@ -260,6 +260,7 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     S->fd_limit = raise_fd_limit();
     S->max_connections = srv_max_connections(&S->cfg, S->fd_limit);
+    srv__set_connect_rate(S, S->cfg.connect_rate, S->cfg.connect_burst);
 
     S->keys = auth_keyring_new();
     if (S->cfg.jwt_secret) {

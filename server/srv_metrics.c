@@ -42,7 +42,7 @@ void srv_metrics_transport(void *ud, adm_metrics_writer_t *w) {
                            sv->disconnects[i]);
     }
     static const char *const refused[SRV_REFUSED_COUNT] = {"limit", "descriptors", "origin",
-                                                           "headers"};
+                                                           "headers", "rate"};
     adm_metrics_family(w, "chat_connections_refused_total", "counter",
                        "Connections refused before they became sessions, by reason.");
     for (int i = 0; i < SRV_REFUSED_COUNT; i++)

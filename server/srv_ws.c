@@ -403,6 +403,13 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         c->wsi = wsi;
         c->srv = S;
         srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
+        /* Past the connect rate the session is closed before it costs a client: 3013 tells the
+         * SDK to come back after its backoff, which spreads a reconnect storm out. */
+        if (core_gcra_take(&S->connect_gcra, (double)uv_now(&S->loop), &S->connect_rate) > 0) {
+            S->st.refused[SRV_REFUSED_RATE]++;
+            conn_close(c, CORE_DISCONNECT_TOO_MANY_REQUESTS, "too many requests");
+            return 0;
+        }
         c->client = chat_client_new(S->node, &transport, c);
         S->st.accepted++;
         return 0;

@@ -120,6 +120,16 @@ static json_int_t jint(const json_t *o, const char *k) {
     return json_integer_value(json_object_get(o, k));
 }
 
+static bool parse_long(const char *s, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end)
+        return false;
+    *out = v;
+    return true;
+}
+
 /* ---- commands ---- */
 
 static int cmd_nodes(const ctl_t *c, bool summary) {
@@ -286,29 +296,48 @@ static int cmd_unsubscribe(const ctl_t *c, const char *user, const char *channel
     return 0;
 }
 
+/* The admin address of every node of the cluster (node NULL) or of the named one, as
+ * {"name","base"} objects in *out. */
+static int node_bases(const ctl_t *c, const char *node, json_t **out) {
+    json_t *info = NULL;
+    int rc = api(c, NULL, "/api/info", NULL, &info);
+    if (rc)
+        return rc;
+    *out = json_array();
+    const json_t *n;
+    size_t i;
+    json_array_foreach(json_object_get(info, "nodes"), i, n) {
+        if (node && strcmp(jstr(n, "name"), node) != 0)
+            continue;
+        const char *admin = jstr(n, "admin");
+        if (!*admin || strcmp(admin, "-") == 0)
+            continue;
+        char base[320];
+        snprintf(base, sizeof base, "http://%s", admin);
+        json_array_append_new(*out, json_pack("{s:s,s:s}", "name", jstr(n, "name"), "base", base));
+    }
+    json_decref(info);
+    if (json_array_size(*out) == 0) {
+        fprintf(stderr, "chatctl: no node %s with an admin address in the cluster\n",
+                node ? node : "at all");
+        json_decref(*out);
+        return EXIT_API;
+    }
+    return 0;
+}
+
 /* drain: the node chatctl talks to, or the named node of the cluster (its admin address from
  * the registry). */
 static int cmd_drain(const ctl_t *c, const char *node) {
     char base[320];
     snprintf(base, sizeof base, "%s", c->base);
     if (node) {
-        json_t *info = NULL;
-        int rc = api(c, NULL, "/api/info", NULL, &info);
+        json_t *bases = NULL;
+        int rc = node_bases(c, node, &bases);
         if (rc)
             return rc;
-        const json_t *found = NULL, *n;
-        size_t i;
-        json_array_foreach(json_object_get(info, "nodes"), i, n) {
-            if (strcmp(jstr(n, "name"), node) == 0)
-                found = n;
-        }
-        if (!found || !*jstr(found, "admin") || strcmp(jstr(found, "admin"), "-") == 0) {
-            fprintf(stderr, "chatctl: no node %s with an admin address in the cluster\n", node);
-            json_decref(info);
-            return EXIT_API;
-        }
-        snprintf(base, sizeof base, "http://%s", jstr(found, "admin"));
-        json_decref(info);
+        snprintf(base, sizeof base, "%s", jstr(json_array_get(bases, 0), "base"));
+        json_decref(bases);
     }
     json_t *r = NULL;
     int rc = api(c, base, "/api/node/drain", json_object(), &r);
@@ -320,6 +349,81 @@ static int cmd_drain(const ctl_t *c, const char *node) {
         printf("node %s drains\n", jstr(r, "node"));
     json_decref(r);
     return 0;
+}
+
+static const char *const limit_keys[] = {"max_connections", "max_connections_per_user",
+                                         "connect_rate", "connect_burst"};
+
+/* limits get|set [KEY=VALUE ...]: every node's connection limits, or one node's (--node). set
+ * changes them on those nodes until they restart (their configuration holds the lasting
+ * values). Each set is checked by every node before any value of it is applied there. */
+static int cmd_limits(const ctl_t *c, const char *node, const char *verb,
+                      const char *const *kv, int nkv) {
+    bool set = strcmp(verb, "set") == 0;
+    if ((!set && strcmp(verb, "get") != 0) || (set && nkv == 0) || (!set && nkv > 0)) {
+        fprintf(stderr, "usage: chatctl limits get | limits set KEY=VALUE ... [--node NAME]\n"
+                        "keys: max_connections max_connections_per_user connect_rate "
+                        "connect_burst\n");
+        return EXIT_USAGE;
+    }
+    json_t *params = json_object();
+    for (int i = 0; i < nkv; i++) {
+        const char *eq = strchr(kv[i], '=');
+        long v;
+        bool known = false;
+        for (size_t k = 0; eq && k < sizeof limit_keys / sizeof *limit_keys; k++)
+            known |= strlen(limit_keys[k]) == (size_t)(eq - kv[i]) &&
+                     strncmp(kv[i], limit_keys[k], (size_t)(eq - kv[i])) == 0;
+        if (!known || !parse_long(eq + 1, &v) || v < 0 || v > UINT32_MAX) {
+            fprintf(stderr, "chatctl: '%s' is not KEY=VALUE with a known key and a number >= 0\n",
+                    kv[i]);
+            json_decref(params);
+            return EXIT_USAGE;
+        }
+        char key[64];
+        snprintf(key, sizeof key, "%.*s", (int)(eq - kv[i]), kv[i]);
+        json_object_set_new(params, key, json_integer(v));
+    }
+    json_t *bases = NULL;
+    int rc = node_bases(c, node, &bases);
+    if (rc) {
+        json_decref(params);
+        return rc;
+    }
+    json_t *all = json_array();
+    const json_t *b;
+    size_t i;
+    json_array_foreach(bases, i, b) {
+        json_t *r = NULL;
+        int one = api(c, jstr(b, "base"), "/api/node/limits", json_incref(params), &r);
+        if (one) {
+            fprintf(stderr, "chatctl: node %s: limits not %s\n", jstr(b, "name"),
+                    set ? "changed" : "read");
+            rc = rc ? rc : one;
+            continue;
+        }
+        json_object_set_new(r, "node", json_string(jstr(b, "name")));
+        json_array_append_new(all, r);
+    }
+    if (c->json) {
+        print_json(all);
+    } else {
+        printf("%-24s %11s %15s %8s %12s %13s\n", "NODE", "CONNECTIONS", "MAX_CONNECTIONS",
+               "PER_USER", "CONNECT_RATE", "CONNECT_BURST");
+        const json_t *r;
+        json_array_foreach(all, i, r) {
+            printf("%-24s %11" JSON_INTEGER_FORMAT " %15" JSON_INTEGER_FORMAT
+                   " %8" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT
+                   " %13" JSON_INTEGER_FORMAT "\n",
+                   jstr(r, "node"), jint(r, "connections"), jint(r, "max_connections"),
+                   jint(r, "max_connections_per_user"), jint(r, "connect_rate"),
+                   jint(r, "connect_burst"));
+        }
+    }
+    json_decref(all);
+    json_decref(bases);
+    json_decref(params);
+    return rc;
 }
 
 static int cmd_log_level(const ctl_t *c, const char *level) {
@@ -569,6 +673,10 @@ static void usage(FILE *f) {
           "  unsubscribe USER CHANNEL    unsubscribes a user from a channel on every node\n"
           "  drain [NODE]                drains the node (or the named node of the cluster)\n"
           "  log-level [LEVEL]           shows or sets the node's log level\n"
+          "  limits get|set [KEY=VALUE ...] [--node NAME]\n"
+          "                              every node's connection limits, or changes them\n"
+          "                              (max_connections, max_connections_per_user,\n"
+          "                              connect_rate, connect_burst) until restart\n"
           "  llm                         the assistant's queue, keys, breakers and leases\n"
           "  top [--interval S] [--count N]\n"
           "                              a live view: connections, publications/s,\n"
@@ -594,6 +702,8 @@ static const struct {
     {"unsubscribe", "USER CHANNEL"},
     {"drain", "[NODE]"},
     {"log-level", "[error|warn|info|debug]"},
+    {"limits", "get | set KEY=VALUE ... [--node NAME]  (keys: max_connections, "
+               "max_connections_per_user, connect_rate, connect_burst)"},
     {"llm", ""},
     {"top", "[--interval SECONDS] [--count N]"},
     {"token", "--user U [--plan free|plus|pro|executive] [--ttl SECONDS] [--channels A,B] "
@@ -614,22 +724,13 @@ static void command_usage(const char *cmd, FILE *f) {
                     cmd_help[i].args);
 }
 
-static bool parse_long(const char *s, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end)
-        return false;
-    *out = v;
-    return true;
-}
 
 int main(int argc, char **argv) {
     ctl_t c = {.key = getenv("CHAT_API_KEY")};
     const char *addr = getenv("CHAT_ADMIN_LISTEN");
     const char *secret = getenv("CHAT_JWT_SECRET");
     const char *user = NULL, *plan = NULL, *channels = NULL, *info = NULL, *client = NULL,
-               *reason = NULL;
+               *reason = NULL, *node = NULL;
     long limit = 20, ttl = 3600, count = 0, code = 0;
     double interval = 1;
     bool reverse = false, help = false;
@@ -646,7 +747,8 @@ int main(int argc, char **argv) {
         O_CODE,
         O_REASON,
         O_INTERVAL,
-        O_COUNT
+        O_COUNT,
+        O_NODE
     };
     static const struct option opts[] = {
         {"addr", required_argument, NULL, 'a'},
@@ -666,6 +768,7 @@ int main(int argc, char **argv) {
         {"reason", required_argument, NULL, O_REASON},
         {"interval", required_argument, NULL, O_INTERVAL},
         {"count", required_argument, NULL, O_COUNT},
+        {"node", required_argument, NULL, O_NODE},
         {0},
     };
     int o;
@@ -726,6 +829,9 @@ int main(int argc, char **argv) {
         case O_COUNT:
             bad |= !parse_long(optarg, &count) || count < 0;
             break;
+        case O_NODE:
+            node = optarg;
+            break;
         default:
             bad = true;
         }
@@ -760,6 +866,8 @@ int main(int argc, char **argv) {
         want = 2;
     if (want >= 0)
         min = max = want;
+    if (!strcmp(cmd, "limits"))
+        min = 1, max = 16;
     if (bad || npos < min || npos > max) {
         command_usage(cmd, stderr);
         return EXIT_USAGE;
@@ -786,6 +894,8 @@ int main(int argc, char **argv) {
         rc = cmd_drain(&c, npos ? pos[0] : NULL);
     else if (!strcmp(cmd, "log-level"))
         rc = cmd_log_level(&c, npos ? pos[0] : NULL);
+    else if (!strcmp(cmd, "limits"))
+        rc = cmd_limits(&c, node, pos[0], pos + 1, npos - 1);
     else if (!strcmp(cmd, "llm"))
         rc = cmd_llm(&c);
     else if (!strcmp(cmd, "top"))
