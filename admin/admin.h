@@ -54,6 +54,10 @@ void adm_metrics_gauge(adm_metrics_writer_t *w, const char *name, const char *he
  * name_sum and name_count. */
 void adm_metrics_histogram(adm_metrics_writer_t *w, const char *name, const char *help,
                            const core_hist_t *h);
+/* One labelled series of a histogram family written with adm_metrics_family: its buckets
+ * (with `le` after labels), _sum and _count. */
+void adm_metrics_histogram_sample(adm_metrics_writer_t *w, const char *name,
+                                  const adm_label_t *labels, size_t nlabels, const core_hist_t *h);
 
 /* ---- node registry ---- */
 

@@ -46,10 +46,7 @@ void adm_metrics_family(adm_metrics_writer_t *w, const char *name, const char *t
 
 /* Label values may hold anything a module names (a node id, a code): the text format wants
  * backslash, double quote and line feed escaped. */
-static void append_labels(core_str_t *o, const adm_label_t *labels, size_t n) {
-    if (n == 0)
-        return;
-    core_str_appends(o, "{");
+static void append_label_list(core_str_t *o, const adm_label_t *labels, size_t n) {
     for (size_t i = 0; i < n; i++) {
         core_str_appendf(o, "%s%s=\"", i ? "," : "", labels[i].name);
         for (const char *p = labels[i].value; *p; p++) {
@@ -64,6 +61,13 @@ static void append_labels(core_str_t *o, const adm_label_t *labels, size_t n) {
         }
         core_str_appends(o, "\"");
     }
+}
+
+static void append_labels(core_str_t *o, const adm_label_t *labels, size_t n) {
+    if (n == 0)
+        return;
+    core_str_appends(o, "{");
+    append_label_list(o, labels, n);
     core_str_appends(o, "}");
 }
 
@@ -95,16 +99,30 @@ void adm_metrics_gauge(adm_metrics_writer_t *w, const char *name, const char *he
 
 void adm_metrics_histogram(adm_metrics_writer_t *w, const char *name, const char *help,
                            const core_hist_t *h) {
-    core_str_t *o = w->out;
     adm_metrics_family(w, name, "histogram", help);
+    adm_metrics_histogram_sample(w, name, NULL, 0, h);
+}
+
+void adm_metrics_histogram_sample(adm_metrics_writer_t *w, const char *name,
+                                  const adm_label_t *labels, size_t nlabels, const core_hist_t *h) {
+    core_str_t *o = w->out;
+    core_str_t lab = {0};
+    append_label_list(&lab, labels, nlabels);
+    const char *sep = nlabels ? "," : "";
+    const char *l = nlabels ? lab.ptr : "";
     uint64_t cum = 0;
     for (size_t i = 0; i < h->nbuckets; i++) {
         cum += h->counts[i];
-        core_str_appendf(o, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", name, h->bounds[i], cum);
+        core_str_appendf(o, "%s_bucket{%s%sle=\"%g\"} %" PRIu64 "\n", name, l, sep, h->bounds[i],
+                         cum);
     }
-    core_str_appendf(o, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", name, h->total);
-    core_str_appendf(o, "%s_sum %.6f\n", name, h->sum);
-    core_str_appendf(o, "%s_count %" PRIu64 "\n", name, h->total);
+    core_str_appendf(o, "%s_bucket{%s%sle=\"+Inf\"} %" PRIu64 "\n", name, l, sep, h->total);
+    core_str_appendf(o, "%s_sum", name);
+    append_labels(o, labels, nlabels);
+    core_str_appendf(o, " %.6f\n%s_count", h->sum, name);
+    append_labels(o, labels, nlabels);
+    core_str_appendf(o, " %" PRIu64 "\n", h->total);
+    core_str_free(&lab);
 }
 
 static void process_metrics(adm_metrics_writer_t *w) {

@@ -109,6 +109,9 @@ typedef struct chat_node chat_node_t;
 /* Whether method is one of the server API's (publish, broadcast, history, presence,
  * presence_stats, channels, disconnect, unsubscribe, batch). */
 bool chat_api_has_method(const char *method);
+/* The server API's methods by index (0 .. CHAT_API_METHOD_COUNT-1), for metrics. */
+#define CHAT_API_METHOD_COUNT 9
+const char *chat_api_method_name(int i);
 /* Runs method with the JSON params in body (empty: none). done is called exactly once, maybe
  * before this returns. */
 void chat_api_call(chat_node_t *n, const char *method, const char *body, size_t len,
@@ -160,6 +163,8 @@ typedef struct {
     uint64_t dedupe_hits;
     uint64_t state_lost; /* channels whose clients were closed with 3010 */
     uint64_t channels;   /* gauge */
+    uint64_t api_calls[CHAT_API_METHOD_COUNT];   /* server API calls (batch members too) */
+    uint64_t api_errors[CORE_REPLY_ERROR_SLOTS]; /* server API error answers by code */
 } chat_stats_t;
 
 /* ---- RPC methods ------------------------------------------------------------------------- */

@@ -26,6 +26,7 @@ typedef struct {
 } call_t;
 
 static void answer_error(call_t *k, int code, const char *message) {
+    k->n->st.api_errors[core_reply_error_slot(code)]++;
     core_str_t s = {0};
     core_str_appendf(&s, "{\"error\":{\"code\":%d,\"message\":", code);
     if (!message)
@@ -583,9 +584,31 @@ static void m_batch(call_t *k, const json_t *params) {
     seq_start(k, json_incref(cmds), false);
 }
 
+static const char *const api_methods[CHAT_API_METHOD_COUNT] = {
+    "publish",  "broadcast",  "history",     "presence", "presence_stats",
+    "channels", "disconnect", "unsubscribe", "batch"};
+
+static int api_method_index(const char *method) {
+    for (int i = 0; i < CHAT_API_METHOD_COUNT; i++)
+        if (strcmp(method, api_methods[i]) == 0)
+            return i;
+    return -1;
+}
+
+bool chat_api_has_method(const char *method) {
+    return api_method_index(method) >= 0;
+}
+
+const char *chat_api_method_name(int i) {
+    return i >= 0 && i < CHAT_API_METHOD_COUNT ? api_methods[i] : "unknown";
+}
+
 static void call_method(chat_node_t *n, const char *method, const json_t *params, reply_fn done,
                         void *ud) {
     call_t k = {n, done, ud};
+    int idx = api_method_index(method);
+    if (idx >= 0)
+        n->st.api_calls[idx]++;
     if (params && !json_is_object(params)) {
         answer_error(&k, CORE_REPLY_BAD_REQUEST, "bad request: params must be an object");
         return;
@@ -610,16 +633,6 @@ static void call_method(chat_node_t *n, const char *method, const json_t *params
         m_batch(&k, params);
     else
         answer_error(&k, CORE_REPLY_METHOD_NOT_FOUND, NULL);
-}
-
-bool chat_api_has_method(const char *method) {
-    static const char *const methods[] = {"publish",    "broadcast",      "history",
-                                          "presence",   "presence_stats", "channels",
-                                          "disconnect", "unsubscribe",    "batch"};
-    for (size_t i = 0; i < sizeof methods / sizeof *methods; i++)
-        if (strcmp(method, methods[i]) == 0)
-            return true;
-    return false;
 }
 
 /* ---- entry points ---- */
@@ -664,6 +677,7 @@ void chat_api_call(chat_node_t *n, const char *method, const char *body, size_t 
     core_str_t err = {0};
     json_t *params = parse_params(body, len, &err);
     if (!params) {
+        n->st.api_errors[core_reply_error_slot(CORE_REPLY_BAD_REQUEST)]++;
         done(ud, err.ptr, err.len);
         core_str_free(&err);
         return;

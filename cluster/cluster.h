@@ -116,6 +116,11 @@ typedef struct {
     uint64_t node_subscriptions; /* channels the node subscribed to (gauge) */
     uint64_t evicted;            /* channel histories dropped to stay under a memory cap */
     uint64_t timeouts;           /* backing-store connections dropped for not answering */
+    /* Round trips of backing-store commands by operation, owned by the broker (valid until its
+     * next call); none (0) for a broker without one. */
+    const core_hist_t *latency;
+    const char *const *latency_ops;
+    size_t nlatency;
 } clu_stats_t;
 
 typedef struct clu_broker clu_broker_t;

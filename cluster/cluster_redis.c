@@ -266,8 +266,15 @@ static bool rb_ready(clu_broker_t *b) {
 }
 
 static void rb_stats(clu_broker_t *b, clu_stats_t *out) {
+    static const char *const ops[SCRIPT_COUNT] = {
+        "publish",     "history",   "presence_add", "presence_get",   "heartbeat",
+        "rate",        "sem_acquire", "sem_renew",  "sem_release",    "counter",
+        "deadline_raise", "deadline_get", "deadline_clear"};
     rb_t *rb = (rb_t *)b;
     *out = rb->st;
+    out->latency = rb->latency;
+    out->latency_ops = ops;
+    out->nlatency = SCRIPT_COUNT;
     out->node_subscriptions = core_map_size(rb->subs);
     out->channels = out->node_subscriptions;
 }
@@ -371,6 +378,11 @@ clu_broker_t *clu_redis_new(uv_loop_t *loop, const clu_events_t *events, void *u
     rb->base.events_ud = ud;
     rb->loop = loop;
     rb->addr = addr;
+    /* A healthy Redis on the same network answers a script in well under a millisecond. */
+    static const double bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                    0.01,   0.025,   0.05,   0.1,   0.25,   1.0};
+    for (int i = 0; i < SCRIPT_COUNT; i++)
+        core_hist_init(&rb->latency[i], bounds, sizeof bounds / sizeof bounds[0]);
     rb->node_id = core_strdup(node_id ? node_id : "");
     rb->max_history_limit = max_history_limit ? max_history_limit : 1000;
     rb->subs = core_map_new();

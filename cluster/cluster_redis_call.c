@@ -113,6 +113,7 @@ static int call_send(call_t *c) {
         c->lens[1] = strlen(clu__rb_script_src[c->script]);
     }
     c->lens[0] = strlen(c->argv[0]);
+    c->sent_us = core_now_us();
     if (redisAsyncCommandArgv(rb->cmd.ac, on_call_reply, c, c->argc, (const char **)c->argv,
                               c->lens) != REDIS_OK)
         return CORE_EAGAIN;
@@ -167,6 +168,8 @@ static void on_call_reply(redisAsyncContext *ac, void *reply, void *priv) {
     call_t *c = priv;
     redisReply *r = reply;
     clu__rb_cmd_answered(c->rb);
+    if (r != NULL)
+        core_hist_observe(&c->rb->latency[c->script], (double)(core_now_us() - c->sent_us) / 1e6);
     if (r != NULL && r->type == REDIS_REPLY_ERROR && !c->retried && r->str != NULL &&
         strncmp(r->str, "NOSCRIPT", 8) == 0) {
         c->retried = true;

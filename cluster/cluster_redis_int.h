@@ -59,6 +59,7 @@ struct redis_broker {
     core_map_t *resub;
     char sha[SCRIPT_COUNT][41]; /* "" until SCRIPT LOAD answered on this connection */
     clu_stats_t st;
+    core_hist_t latency[SCRIPT_COUNT]; /* seconds from send to reply, by script */
     /* Commands with a reply callback awaiting their reply on the command connection, and when
      * the connection last made progress (a reply, or the first command after an idle spell). */
     uint32_t inflight;
@@ -89,6 +90,7 @@ struct call {
     size_t lens[MAX_ARGS];
     call_done_fn done;
     int status; /* of a call that failed before it was sent, while it waits in rb->failed */
+    uint64_t sent_us; /* core_now_us() when it went out: its round trip is a metric */
     call_t *next;
     void *cb;
     void *ud;

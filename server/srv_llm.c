@@ -158,12 +158,12 @@ void srv_metrics_llm(void *ud, adm_metrics_writer_t *w) {
                            st->queued[p]);
     adm_metrics_gauge(w, "chat_llm_leases", "Concurrency leases this node holds (running streams).",
                       st->running);
-    for (int p = 0; p < LLM_PLANS; p++) {
-        char name[64];
-        snprintf(name, sizeof name, "chat_llm_queue_wait_seconds_%s", llm_plan_name(p));
-        adm_metrics_histogram(w, name, "Time from admission to dispatch, by plan.",
-                              &st->queue_wait[p]);
-    }
+    adm_metrics_family(w, "chat_llm_queue_wait_seconds", "histogram",
+                       "Time from admission to dispatch, by plan.");
+    for (int p = 0; p < LLM_PLANS; p++)
+        adm_metrics_histogram_sample(w, "chat_llm_queue_wait_seconds",
+                                     &(adm_label_t){"plan", llm_plan_name(p)}, 1,
+                                     &st->queue_wait[p]);
     adm_metrics_histogram(w, "chat_llm_ttft_seconds", "Time from dispatch to the first token.",
                           &st->ttft);
 

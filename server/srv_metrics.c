@@ -95,12 +95,41 @@ void srv_metrics_chat(void *ud, adm_metrics_writer_t *w) {
                         "Channel gaps that history could not fill (clients closed with 3010).",
                         c.state_lost);
     adm_metrics_gauge(w, "chat_channels", "Channels with local subscribers.", c.channels);
+    adm_metrics_family(w, "chat_api_calls_total", "counter",
+                       "Server API calls by method (the commands of a batch included).");
+    for (int m = 0; m < CHAT_API_METHOD_COUNT; m++)
+        adm_metrics_sample(w, "chat_api_calls_total",
+                           &(adm_label_t){"method", chat_api_method_name(m)}, 1, c.api_calls[m]);
+    adm_metrics_family(w, "chat_api_errors_total", "counter", "Server API error answers by code.");
+    for (int i = 0; i < CORE_REPLY_ERROR_SLOTS; i++) {
+        if (!c.api_errors[i])
+            continue;
+        char code[16];
+        if (i < CORE_REPLY_ERROR_COUNT)
+            snprintf(code, sizeof code, "%d", core_reply_error_code(i));
+        else
+            snprintf(code, sizeof code, "other");
+        adm_metrics_sample(w, "chat_api_errors_total", &(adm_label_t){"code", code}, 1,
+                           c.api_errors[i]);
+    }
 }
 
 void srv_metrics_broker(void *ud, adm_metrics_writer_t *w) {
     clu_broker_t *broker = ud;
     clu_stats_t b;
     clu_stats(broker, &b);
+    adm_metrics_gauge(w, "chat_broker_up",
+                      "1 while the broker's backing store is connected and the node's channels "
+                      "are subscribed there (always 1 for the in-memory broker).",
+                      clu_ready(broker) ? 1 : 0);
+    if (b.nlatency) {
+        adm_metrics_family(w, "chat_broker_command_seconds", "histogram",
+                           "Round trips of the broker's backing-store commands, by operation.");
+        for (size_t i = 0; i < b.nlatency; i++)
+            adm_metrics_histogram_sample(w, "chat_broker_command_seconds",
+                                         &(adm_label_t){"op", b.latency_ops[i]}, 1,
+                                         &b.latency[i]);
+    }
     adm_metrics_gauge(w, "chat_rate_limit_shared",
                       "1 when rate limits are held across the cluster (Redis), 0 when per node.",
                       clu_has_shared_limits(broker) ? 1 : 0);
