@@ -105,6 +105,8 @@ static bool command_allowed(chat_client_t *c, const chat_req_t *cmd) {
     return false;
 }
 
+static void dispatch_traced(chat_client_t *c, const chat_req_t *cmd);
+
 static void dispatch(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     n->st.commands[cmd->method]++;
@@ -112,6 +114,20 @@ static void dispatch(chat_client_t *c, const chat_req_t *cmd) {
         c->pong_deadline_ms = 0;
         return;
     }
+    /* Every line this command causes, here and in the broker and LLM work it starts, carries
+     * one trace id. */
+    core_log_ctx_t prev = core_log_ctx_enter((core_log_ctx_t){
+        .trace = core_trace_new(),
+        .conn = c->id,
+        .user = c->user ? c->user->name : NULL,
+        .method = chat_method_name(cmd->method),
+    });
+    CORE_LOGD(MOD, "command", "id=%" PRIu32, cmd->id);
+    dispatch_traced(c, cmd);
+    core_log_ctx_leave(prev);
+}
+
+static void dispatch_traced(chat_client_t *c, const chat_req_t *cmd) {
     if (c->state != CL_CONNECTED && cmd->method != CHAT_M_CONNECT) {
         /* The first command must be connect; a client that gets this wrong is broken. */
         chat__client_close(c, CORE_DISCONNECT_BAD_REQUEST);

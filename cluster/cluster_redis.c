@@ -266,14 +266,10 @@ static bool rb_ready(clu_broker_t *b) {
 }
 
 static void rb_stats(clu_broker_t *b, clu_stats_t *out) {
-    static const char *const ops[SCRIPT_COUNT] = {
-        "publish",     "history",   "presence_add", "presence_get",   "heartbeat",
-        "rate",        "sem_acquire", "sem_renew",  "sem_release",    "counter",
-        "deadline_raise", "deadline_get", "deadline_clear"};
     rb_t *rb = (rb_t *)b;
     *out = rb->st;
     out->latency = rb->latency;
-    out->latency_ops = ops;
+    out->latency_ops = clu__rb_script_names;
     out->nlatency = SCRIPT_COUNT;
     out->node_subscriptions = core_map_size(rb->subs);
     out->channels = out->node_subscriptions;

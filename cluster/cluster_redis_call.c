@@ -4,6 +4,7 @@
  * when Redis is away. Counts what is in flight for the command timeout (cluster_redis.c). */
 #include "cluster/cluster_redis_int.h"
 
+#include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,6 +19,20 @@ const char *const clu__rb_script_src[SCRIPT_COUNT] = {
     clu_redis_lua_counter,        clu_redis_lua_deadline_raise, clu_redis_lua_deadline_get,
     clu_redis_lua_deadline_clear,
 };
+
+const char *const clu__rb_script_names[SCRIPT_COUNT] = {
+    "publish",     "history",     "presence_add", "presence_get",   "heartbeat",
+    "rate",        "sem_acquire", "sem_renew",    "sem_release",    "counter",
+    "deadline_raise", "deadline_get", "deadline_clear"};
+
+/* Completes c under the trace of the work that made it. */
+static void call_complete(call_t *c, redisReply *r, int status) {
+    core_log_ctx_t prev = core_log_ctx_enter((core_log_ctx_t){.trace = c->trace});
+    CORE_LOGD(MOD, "redis call", "op=%s status=%d us=%" PRIu64, clu__rb_script_names[c->script], status,
+              c->sent_us ? core_now_us() - c->sent_us : 0);
+    c->done(c, r, status);
+    core_log_ctx_leave(prev);
+}
 
 /* ---- small helpers ------------------------------------------------------------------------- */
 
@@ -39,6 +54,7 @@ call_t *clu__rb_call_new(rb_t *rb, int script, call_done_fn done, void *cb, void
     c->cb = cb;
     c->ud = ud;
     c->argc = 2;
+    c->trace = core_log_trace();
     return c;
 }
 
@@ -127,7 +143,7 @@ void clu__rb_failed_drain(rb_t *rb) {
     rb->failed = rb->failed_tail = NULL;
     while (c) {
         call_t *next = c->next;
-        c->done(c, NULL, c->status);
+        call_complete(c, NULL, c->status);
         clu__rb_call_free(c);
         c = next;
     }
@@ -196,7 +212,7 @@ static void on_call_reply(redisAsyncContext *ac, void *reply, void *priv) {
         status = UV_EIO;
         r = NULL;
     }
-    c->done(c, r, status);
+    call_complete(c, r, status);
     clu__rb_call_free(c);
 }
 

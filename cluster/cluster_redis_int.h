@@ -29,6 +29,8 @@ enum {
     SCRIPT_COUNT
 };
 
+/* The scripts' names in metrics and logs ("publish", ...). */
+extern const char *const clu__rb_script_names[SCRIPT_COUNT];
 /* The scripts' bodies (cluster_redis_lua.h), indexed by the enum above. */
 extern const char *const clu__rb_script_src[SCRIPT_COUNT];
 
@@ -91,6 +93,7 @@ struct call {
     call_done_fn done;
     int status; /* of a call that failed before it was sent, while it waits in rb->failed */
     uint64_t sent_us; /* core_now_us() when it went out: its round trip is a metric */
+    uint64_t trace;   /* the log trace of the work that made the call, current again in done */
     call_t *next;
     void *cb;
     void *ud;

@@ -69,6 +69,30 @@ core_log_level_t core_log_get_level(void);
 void core_log(core_log_level_t level, const char *module, const char *msg, const char *fields, ...)
     __attribute__((format(printf, 4, 5)));
 
+/* What the work running now is about. The node runs one loop, so one context is current at a
+ * time: a client command sets it for the span of its handler, and work that continues later (a
+ * Redis reply, an LLM stream) carries the trace id and sets it again when it runs. Every log
+ * line written meanwhile gets node, trace, conn, user and method fields (those set, and not
+ * already among the line's own fields). The strings are borrowed for the span only. */
+typedef struct {
+    uint64_t trace; /* 0: none */
+    const char *conn;
+    const char *user;
+    const char *method;
+} core_log_ctx_t;
+
+/* The node id every line carries from now on (copied; NULL: none). */
+void core_log_set_node(const char *node_id);
+/* A fresh trace id: never 0, unlikely to repeat across nodes. */
+uint64_t core_trace_new(void);
+/* Makes ctx current and returns the context it replaces, for core_log_ctx_leave. */
+core_log_ctx_t core_log_ctx_enter(core_log_ctx_t ctx);
+void core_log_ctx_leave(core_log_ctx_t prev);
+/* The current context's trace id (0: none), for work that will continue later. */
+uint64_t core_log_trace(void);
+/* Formats a trace id as the logs show it (16 hex digits); buf holds 17 bytes. */
+const char *core_trace_str(uint64_t trace, char buf[17]);
+
 #define CORE_LOGE(mod, msg, ...) core_log(CORE_LOG_ERROR, mod, msg, __VA_ARGS__)
 #define CORE_LOGW(mod, msg, ...) core_log(CORE_LOG_WARN, mod, msg, __VA_ARGS__)
 #define CORE_LOGI(mod, msg, ...) core_log(CORE_LOG_INFO, mod, msg, __VA_ARGS__)

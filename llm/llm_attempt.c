@@ -33,6 +33,7 @@ static void key_budget(llm_req_t *r, const llm_budget_t *b) {
 
 static void stream_open(void *ud, const llm_budget_t *b) {
     llm_req_t *r = ud;
+    LLM_TRACE(r);
     key_budget(r, b);
     if (!r->opened) {
         r->opened = true;
@@ -42,6 +43,7 @@ static void stream_open(void *ud, const llm_budget_t *b) {
 
 static void flush_timer(uv_timer_t *t) {
     llm_req_t *r = t->data;
+    LLM_TRACE(r);
     llm__flush_delta(r);
 }
 
@@ -130,6 +132,7 @@ static void judge(llm_req_t *r, const llm_outcome_t *o) {
 
 static void backoff_done(uv_timer_t *t) {
     llm_req_t *r = t->data;
+    LLM_TRACE(r);
     attempt(r);
 }
 
@@ -147,6 +150,7 @@ static void store_answer(llm_req_t *r, const char *flag) {
 
 static void stream_end(void *ud, const llm_outcome_t *o, const llm_budget_t *b) {
     llm_req_t *r = ud;
+    LLM_TRACE(r);
     llm_t *l = r->l;
     r->stream = NULL;
     llm__set_paused(r, false);
@@ -273,6 +277,8 @@ static void attempt(llm_req_t *r) {
     llm_key_t *k = &p->keys[r->key];
     r->attempts++;
     r->state = REQ_RUNNING;
+    CORE_LOGI(MOD, "llm attempt", "request=%s provider=%s key=%s attempt=%" PRIu32 " plan=%s",
+              r->id, p->cfg->name, k->fp, r->attempts, llm_plan_name(r->plan));
     k->inflight++;
     k->requests++;
     llm_msg_t *msgs = core_calloc(r->nctx + 1, sizeof *msgs);
@@ -308,6 +314,7 @@ static void context_done(int status, const clu_pub_t *pubs, size_t n, uint64_t t
     (void)top;
     (void)epoch;
     llm_req_t *r = ud;
+    LLM_TRACE(r);
     if (!llm__req_back(r))
         return;
     llm_t *l = r->l;

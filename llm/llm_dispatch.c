@@ -115,6 +115,10 @@ static void observe_service(llm_t *l, llm_req_t *r) {
 /* The request is over: lease back, request gone, the queue moves. */
 void llm__req_end(llm_req_t *r) {
     llm_t *l = r->l;
+    CORE_LOGI(MOD, "llm request ended", "request=%s outcome=%s attempts=%" PRIu32
+              " tokens_in=%" PRIu32 " tokens_out=%" PRIu32 " ms=%" PRIu64,
+              r->id, llm_outcome_name(r->last.end), r->attempts, r->in_tokens, r->out_tokens,
+              r->enq_ms ? llm__now_ms(l) - r->enq_ms : 0);
     observe_service(l, r);
     release_lease(r);
     req_kill(r);
@@ -212,6 +216,7 @@ static bool local_fallback_allows(const llm_t *l, const llm_req_t *r) {
 
 static void acquired(int status, bool granted, void *ud) {
     llm_req_t *r = ud;
+    LLM_TRACE(r);
     llm_t *l = r->l;
     l->acquiring = false;
     if (!llm__req_back(r)) {
@@ -245,6 +250,7 @@ static void pump(llm_t *l) {
     if (!e)
         return;
     llm_req_t *r = CORE_CONTAINER_OF(e, llm_req_t, q);
+    LLM_TRACE(r); /* the head's work, whichever request's callback moved the queue */
     if (l->running >= l->cfg.concurrency) {
         pump_later(l);
         return;
@@ -295,12 +301,15 @@ void llm__enqueue(llm_req_t *r) {
     uint32_t wait = l->cfg.queue.max_wait_ms[r->plan] + l->cfg.ttft_timeout_ms[r->plan];
     r->deadline_ms = now + wait;
     r->last_position = llm_queue_position(&l->queue, &r->q, now);
+    CORE_LOGD(MOD, "llm request queued", "request=%s plan=%s position=%" PRIu32, r->id,
+              llm_plan_name(r->plan), r->last_position);
     answer_ask(r, 0, NULL);
     pump(l);
 }
 
 static void deferred_reject(uv_timer_t *t) {
     llm_req_t *r = t->data;
+    LLM_TRACE(r);
     llm__reject(r, r->reject_why, r->reject_code, r->last.reason);
 }
 
@@ -321,6 +330,7 @@ void llm_ask(llm_t *l, const llm_ask_t *a, llm_ask_cb cb, void *ud) {
     llm_req_t *r = core_calloc(1, sizeof *r);
     r->l = l;
     random_request_id(r->id);
+    r->trace = core_log_trace() ? core_log_trace() : core_trace_new();
     r->user = core_strdup(a->user);
     r->client = core_strdup(a->client ? a->client : "");
     r->channel = core_strdup(a->channel);
@@ -469,6 +479,7 @@ static void position_fn(llm_qentry_t *e, uint32_t pos, void *ud) {
 
 static void renewed(int status, bool granted, void *ud) {
     llm_req_t *r = ud;
+    LLM_TRACE(r);
     if (!llm__req_back(r))
         return;
     if (status == 0 && !granted)

@@ -11,6 +11,16 @@
 
 typedef struct llm_req llm_req_t;
 
+static inline void llm__trace_leave(core_log_ctx_t *prev) {
+    core_log_ctx_leave(*prev);
+}
+/* Makes request r's trace current until the enclosing block ends: its log lines, and the
+ * broker calls it makes, then carry the trace of the command that asked. Only the id is kept,
+ * so r may be freed inside the block. */
+#define LLM_TRACE(r)                                                                               \
+    core_log_ctx_t llm__prev_ctx __attribute__((cleanup(llm__trace_leave))) =                      \
+        core_log_ctx_enter((core_log_ctx_t){.trace = (r)->trace, .method = "llm.ask"})
+
 /* A provider at run time: its stream implementation, keys, breaker and counters. */
 typedef struct {
     llm_provider_cfg_t *cfg; /* borrowed from llm_t.cfg */
@@ -71,6 +81,7 @@ struct llm_req {
     uint32_t attempts;
     bool fell_back;
     uint64_t enq_ms, dispatch_ms, deadline_ms, first_token_ms;
+    uint64_t trace; /* the log trace of the command that asked (core_log_ctx_t) */
     llm_msg_t *ctx;
     size_t nctx;
     char *ctx_store; /* texts of ctx */

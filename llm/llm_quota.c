@@ -78,6 +78,7 @@ static void reject_quota(llm_req_t *r, llm_reject_reason_t why, const char *what
 static void tokens_reserved(int status, bool allowed, int64_t value, void *ud) {
     (void)value;
     llm_req_t *r = ud;
+    LLM_TRACE(r);
     if (!llm__req_back(r))
         return;
     if (status == 0 && !allowed) {
@@ -115,6 +116,7 @@ void llm__reserve_tokens(llm_req_t *r) {
 void llm__message_reserved(int status, bool allowed, int64_t value, void *ud) {
     (void)value;
     llm_req_t *r = ud;
+    LLM_TRACE(r);
     if (!llm__req_back(r))
         return;
     if (status == 0 && !allowed) {

@@ -16,6 +16,7 @@ static void published(int status, uint64_t offset, const char *epoch, void *ud) 
     (void)offset;
     (void)epoch;
     llm_req_t *r = ud;
+    LLM_TRACE(r);
     if (status != 0)
         CORE_LOGW(MOD, "publication failed", "request=%s status=%s", r->id, core_strerror(status));
     llm__req_back(r);

@@ -141,6 +141,20 @@ static void on_signal(uv_signal_t *h, int signum) {
 }
 
 /* Raises the soft open-file limit to the hard one; returns the limit in force. */
+/* libwebsockets' own lines go through the node's logger, so that CHAT_LOG_FORMAT=json output
+ * stays one JSON object per line. */
+static void lws_log_emit(int level, const char *line) {
+    size_t n = strlen(line);
+    while (n && (line[n - 1] == '\n' || line[n - 1] == '\r' || line[n - 1] == ' '))
+        n--;
+    while (n && *line == ' ')
+        line++, n--;
+    char msg[512];
+    snprintf(msg, sizeof msg, "%.*s", (int)(n < sizeof msg ? n : sizeof msg - 1), line);
+    core_log(level & LLL_ERR ? CORE_LOG_ERROR : level & LLL_WARN ? CORE_LOG_WARN : CORE_LOG_DEBUG,
+             "lws", msg, NULL);
+}
+
 static uint64_t raise_fd_limit(void) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
@@ -196,6 +210,7 @@ static void decide_identity(srv_t *S) {
         srv_node_id_default(hn, port, id, sizeof id);
         S->cfg.node_id = core_strdup(id);
     }
+    core_log_set_node(S->cfg.node_id);
     srv_node_cookie(S->cfg.node_id, S->cookie, sizeof S->cookie);
     char hn[128] = "localhost";
     if (!S->cfg.advertise && strcmp(host, "0.0.0.0") == 0) {
@@ -309,7 +324,7 @@ int main(int argc, char **argv) {
         .token_limits = srv__token_limits(),
     };
     lws_set_log_level(core_log_enabled(CORE_LOG_DEBUG) ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR,
-                      NULL);
+                      lws_log_emit);
     S->ctx = lws_create_context(&info);
     if (!S->ctx) {
         fprintf(stderr, "chatd: cannot create the libwebsockets context\n");
@@ -407,5 +422,6 @@ int main(int argc, char **argv) {
     llm_config_free(&S->llm_cfg);
     srv_config_free(&S->cfg);
     CORE_LOGI(MOD, "stopped", NULL);
+    core_log_set_node(NULL);
     return 0;
 }

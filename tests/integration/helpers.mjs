@@ -34,6 +34,30 @@ function keepTail(buf, chunk) {
   return s.length > KEEP_OUTPUT_BYTES ? s.slice(s.length - KEEP_OUTPUT_BYTES) : s;
 }
 
+/**
+ * The secrets a chatd was given (JWT secrets, API key, LLM provider keys), which none of its log
+ * lines may contain; short test values are left out, as they would match by chance.
+ */
+function secretsOf(env) {
+  const out = [];
+  for (const part of (env.CHAT_JWT_SECRET || '').split(',')) {
+    const i = part.indexOf(':');
+    out.push(i > 0 && i < 32 ? part.slice(i + 1) : part);
+  }
+  out.push(env.CHAT_API_KEY || '');
+  try {
+    for (const p of JSON.parse(env.CHAT_LLM_PROVIDERS || '[]')) {
+      out.push(...(p.keys || []), ...(p.fallback_keys || []));
+    }
+  } catch {
+    // a test of bad provider settings: nothing to look for
+  }
+  return out.filter((s) => typeof s === 'string' && s.length >= 8);
+}
+
+// A signed JWT (header.payload.signature): no log line may carry one.
+const JWT_RE = /eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{20,}/;
+
 /** Environment for a chatd child: the caller's, without any chatd setting that could leak in. */
 function baseEnv() {
   const env = {};
@@ -96,7 +120,15 @@ export async function startChatd(t, opts = {}) {
   });
   child.stdout.setEncoding('utf8');
   child.stderr.setEncoding('utf8');
+  // Every line of the node's log, whatever the test looks at: no secret, token or key.
+  const secrets = secretsOf(env);
+  srv.leaks = [];
   child.stderr.on('data', (d) => {
+    const around = srv.stderr.slice(-256) + d;
+    for (const s of secrets) {
+      if (around.includes(s)) srv.leaks.push(`secret ${s.slice(0, 6)}...`);
+    }
+    if (JWT_RE.test(around)) srv.leaks.push(`a token: ${JWT_RE.exec(around)[0].slice(0, 24)}...`);
     srv.stderr = keepTail(srv.stderr, d);
   });
   srv.stop = (stopOpts = {}) => stopChatd(srv, stopOpts);
@@ -113,6 +145,9 @@ export async function startChatd(t, opts = {}) {
       // exits with scripts/test's ASAN exitcode 23) without a crash signal: that fails too.
       if (r.code === 23 || SANITIZER_RE.test(srv.stderr)) {
         throw new Error(`chatd sanitizer report\n${srv.describe()}`);
+      }
+      if (srv.leaks.length) {
+        throw new Error(`chatd logged secrets: ${[...new Set(srv.leaks)].join(', ')}\n${srv.describe()}`);
       }
     });
   }
