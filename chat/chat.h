@@ -107,10 +107,11 @@ typedef void (*chat_api_done_fn)(void *ud, const char *reply, size_t len);
 typedef struct chat_node chat_node_t;
 
 /* Whether method is one of the server API's (publish, broadcast, history, presence,
- * presence_stats, channels, disconnect, unsubscribe, batch). */
+ * presence_stats, channels, disconnect, unsubscribe, batch, subscribe, refresh,
+ * history_remove). */
 bool chat_api_has_method(const char *method);
 /* The server API's methods by index (0 .. CHAT_API_METHOD_COUNT-1), for metrics. */
-#define CHAT_API_METHOD_COUNT 9
+#define CHAT_API_METHOD_COUNT 12
 const char *chat_api_method_name(int i);
 /* Runs method with the JSON params in body (empty: none). done is called exactly once, maybe
  * before this returns. */

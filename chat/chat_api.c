@@ -436,6 +436,131 @@ static void m_unsubscribe(call_t *k, const json_t *params) {
     control_send(k, act);
 }
 
+static void history_removed(int status, uint64_t top, const char *epoch, void *ud) {
+    call_t *k = ud;
+    (void)top;
+    (void)epoch;
+    if (status != 0)
+        answer_broker_error(k, status);
+    else
+        answer_empty(k);
+    free(k);
+}
+
+/* history_remove {channel}: the channel's stored publications go; its position stays, so
+ * subscribers recovering from before it learn that history is gone (recovered:false). */
+static void m_history_remove(call_t *k, const json_t *params) {
+    const char *channel = chat__json_str(params, "channel");
+    const chat_ns_t *ns = api_channel(k, channel);
+    if (!ns)
+        return;
+    if (ns->history_size == 0) {
+        answer_error(k, CORE_REPLY_NOT_AVAILABLE, "not available: no history in this namespace");
+        return;
+    }
+    call_t *op = core_calloc(1, sizeof *op);
+    *op = *k;
+    CORE_LOGI(MOD, "history removed", "channel=%s", channel);
+    int rc = clu_history_remove(k->n->broker, channel, history_removed, op);
+    if (rc != 0)
+        history_removed(rc, 0, "", op);
+}
+
+/* subscribe {user, channel, client}: every connection of the user (or the one client) joins
+ * the channel as a server-side subscription, announced by a subscribe push. Like Centrifugo's,
+ * it lasts for the connection: a reconnect subscribes what the token names, not this. */
+static void m_subscribe(call_t *k, const json_t *params) {
+    const char *user = chat__json_str(params, "user");
+    if (user_problem(k, user))
+        return;
+    const char *channel = chat__json_str(params, "channel");
+    if (!api_channel(k, channel))
+        return;
+    const char *client = chat__json_str(params, "client");
+    json_t *act = json_pack("{s:s, s:s, s:s}", "op", "subscribe", "user", user, "channel", channel);
+    if (client)
+        json_object_set_new(act, "client", json_string(client));
+    CORE_LOGI(MOD, "subscribe", "user=%s channel=%s", user, channel);
+    control_send(k, act);
+}
+
+/* refresh {user, client, expired, expire_at}: expired closes the connections with 3005 (the
+ * SDK reconnects with a fresh token); else expire_at (Unix seconds, 0 = never) becomes their
+ * expiry. */
+static void m_refresh(call_t *k, const json_t *params) {
+    const char *user = chat__json_str(params, "user");
+    if (user_problem(k, user))
+        return;
+    const json_t *exp = json_object_get(params, "expire_at");
+    const json_t *expired = json_object_get(params, "expired");
+    if ((exp && (!json_is_integer(exp) || json_integer_value(exp) < 0)) ||
+        (expired && !json_is_boolean(expired))) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST,
+                     "bad request: expire_at is Unix seconds (0: never), expired a boolean");
+        return;
+    }
+    const char *client = chat__json_str(params, "client");
+    json_t *act = json_pack("{s:s, s:s, s:b, s:I}", "op", "refresh", "user", user, "expired",
+                            json_is_true(expired), "expire_at",
+                            exp ? json_integer_value(exp) : (json_int_t)0);
+    if (client)
+        json_object_set_new(act, "client", json_string(client));
+    CORE_LOGI(MOD, "refresh", "user=%s expired=%d", user, json_is_true(expired));
+    control_send(k, act);
+}
+
+/* One act on one client of this node; returns whether it applied. */
+static bool control_apply_one(chat_node_t *n, chat_client_t *c, const char *op, json_t *act) {
+    const char *channel = chat__json_str(act, "channel");
+    if (strcmp(op, "disconnect") == 0) {
+        const char *reason = chat__json_str(act, "reason");
+        chat__client_close_reason(c, (int)json_integer_value(json_object_get(act, "code")),
+                                  reason ? reason : "force disconnect");
+        return true;
+    }
+    if (strcmp(op, "unsubscribe") == 0 && channel) {
+        chat_sub_t *s = chat__client_find_sub(c, channel);
+        if (!s)
+            return false;
+        core_str_t m = {0};
+        c->codec->push(&m, &(chat_push_t){.channel = channel,
+                                          .kind = CHAT_PUSH_UNSUBSCRIBE,
+                                          .unsub = {CHAT_UNSUB_SERVER, "server unsubscribe"}});
+        chat__send_str(c, &m);
+        core_str_free(&m);
+        chat__sub_remove(s);
+        return true;
+    }
+    if (strcmp(op, "subscribe") == 0 && channel) {
+        const chat_ns_t *ns = chat_ns_find(n->cfg.namespaces, n->cfg.n_namespaces, channel);
+        if (!ns || chat__client_find_sub(c, channel))
+            return false;
+        if (c->nsubs >= n->cfg.max_channels_per_conn) {
+            CORE_LOGW(MOD, "server subscribe over the channel limit", "client=%s channel=%s",
+                      c->id, channel);
+            return false;
+        }
+        chat_sub_t *s = chat__sub_new(c, channel, ns, NULL);
+        s->server_side = true;
+        s->join_leave = ns->join_leave;
+        subop_t *sop = core_calloc(1, sizeof *sop);
+        sop->kind = SUBOP_SERVER;
+        chat__sub_start(s, sop, false, 0, NULL);
+        return true;
+    }
+    if (strcmp(op, "refresh") == 0) {
+        if (json_is_true(json_object_get(act, "expired"))) {
+            chat__client_close(c, CORE_DISCONNECT_EXPIRED);
+            return true;
+        }
+        json_int_t at = json_integer_value(json_object_get(act, "expire_at"));
+        c->has_exp = at > 0;
+        c->exp = at;
+        return true;
+    }
+    return false;
+}
+
 /* An act of the control channel, on every node: applies it to this node's clients. */
 void chat__control_apply(chat_node_t *n, const clu_pub_t *pub) {
     json_error_t jerr;
@@ -448,8 +573,6 @@ void chat__control_apply(chat_node_t *n, const clu_pub_t *pub) {
         json_decref(act);
         return;
     }
-    bool disconnect = strcmp(op, "disconnect") == 0;
-    const char *channel = chat__json_str(act, "channel");
     uint32_t hit = 0;
     /* Users are few per node; a user's clients are not listed apart, so the walk is over the
      * node's clients, which an operator's act can afford (microseconds per thousand). */
@@ -459,24 +582,7 @@ void chat__control_apply(chat_node_t *n, const clu_pub_t *pub) {
         if (c->state != CL_CONNECTED || strcmp(c->user->name, user) != 0 ||
             (client && strcmp(c->id, client) != 0))
             continue;
-        if (disconnect) {
-            const char *reason = chat__json_str(act, "reason");
-            chat__client_close_reason(c, (int)json_integer_value(json_object_get(act, "code")),
-                                      reason ? reason : "force disconnect");
-            hit++;
-        } else if (channel && strcmp(op, "unsubscribe") == 0) {
-            chat_sub_t *s = chat__client_find_sub(c, channel);
-            if (!s)
-                continue;
-            core_str_t m = {0};
-            c->codec->push(&m, &(chat_push_t){.channel = channel,
-                                              .kind = CHAT_PUSH_UNSUBSCRIBE,
-                                              .unsub = {CHAT_UNSUB_SERVER, "server unsubscribe"}});
-            chat__send_str(c, &m);
-            core_str_free(&m);
-            chat__sub_remove(s);
-            hit++;
-        }
+        hit += control_apply_one(n, c, op, act);
     }
     if (hit)
         CORE_LOGI(MOD, "control act applied", "op=%s user=%s clients=%" PRIu32, op, user, hit);
@@ -586,7 +692,8 @@ static void m_batch(call_t *k, const json_t *params) {
 
 static const char *const api_methods[CHAT_API_METHOD_COUNT] = {
     "publish",  "broadcast",  "history",     "presence", "presence_stats",
-    "channels", "disconnect", "unsubscribe", "batch"};
+    "channels", "disconnect", "unsubscribe", "batch",    "subscribe",
+    "refresh",  "history_remove"};
 
 static int api_method_index(const char *method) {
     for (int i = 0; i < CHAT_API_METHOD_COUNT; i++)
@@ -631,6 +738,12 @@ static void call_method(chat_node_t *n, const char *method, const json_t *params
         m_unsubscribe(&k, params);
     else if (strcmp(method, "batch") == 0)
         m_batch(&k, params);
+    else if (strcmp(method, "subscribe") == 0)
+        m_subscribe(&k, params);
+    else if (strcmp(method, "refresh") == 0)
+        m_refresh(&k, params);
+    else if (strcmp(method, "history_remove") == 0)
+        m_history_remove(&k, params);
     else
         answer_error(&k, CORE_REPLY_METHOD_NOT_FOUND, NULL);
 }

@@ -524,6 +524,10 @@ static void json_push(core_str_t *s, const chat_push_t *p) {
         append_string(s, p->unsub.reason);
         core_str_appends(s, "}");
         break;
+    case CHAT_PUSH_SUBSCRIBE:
+        core_str_appends(s, ",\"subscribe\":");
+        append_subscribe(s, p->sub);
+        break;
     default:
         CORE_ASSERT(!"an unknown push kind");
     }

@@ -339,7 +339,8 @@ typedef enum {
     CHAT_PUSH_PUB = 0,
     CHAT_PUSH_JOIN,
     CHAT_PUSH_LEAVE,
-    CHAT_PUSH_UNSUBSCRIBE
+    CHAT_PUSH_UNSUBSCRIBE,
+    CHAT_PUSH_SUBSCRIBE /* a server-side subscription made after connect (the server API) */
 } chat_push_kind_t;
 
 /* The code of an unsubscribe push from the server API: below 2500, so the SDK does not
@@ -359,6 +360,7 @@ typedef struct {
             int code;
             const char *reason;
         } unsub;
+        const chat_subscribe_result_t *sub; /* CHAT_PUSH_SUBSCRIBE */
     };
 } chat_push_t;
 
@@ -445,7 +447,9 @@ void chat__op_init(chat_op_t *op, chat_client_t *c, uint32_t cmd_id);
 /* The op's client when it is still connected, else NULL. */
 chat_client_t *chat__op_client(const chat_op_t *op);
 
-typedef enum { SUBOP_COMMAND, SUBOP_CONNECT } subop_kind_t;
+/* What waits for a subscription's history answer: a subscribe command (answered with a reply),
+ * a connect (its server-side channels), or the server API (answered with a subscribe push). */
+typedef enum { SUBOP_COMMAND, SUBOP_CONNECT, SUBOP_SERVER } subop_kind_t;
 
 typedef struct connect_op connect_op_t;
 

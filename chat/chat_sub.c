@@ -248,11 +248,24 @@ void chat__subop_done(int status, const clu_pub_t *pubs, size_t n, uint64_t top,
                                                   .method = CHAT_M_SUBSCRIBE,
                                                   .subscribe = res});
                 chat__sub_activate(s, top, epoch);
+            } else if (op->kind == SUBOP_SERVER) {
+                /* The push goes out before any publication of the channel, which activation
+                 * releases: the SDK learns the subscription first. */
+                core_str_t m = {0};
+                s->c->codec->push(&m, &(chat_push_t){.channel = s->ch->name,
+                                                     .kind = CHAT_PUSH_SUBSCRIBE,
+                                                     .sub = &res});
+                chat__send_str(s->c, &m);
+                core_str_free(&m);
+                chat__sub_activate(s, top, epoch);
             }
         }
     }
     if (op->kind == SUBOP_CONNECT) {
         chat__connect_sub_done(op->conn, op->channel, ok ? &res : NULL, top, epoch, op->later);
+    } else if (op->kind == SUBOP_SERVER) {
+        if (!ok)
+            CORE_LOGW(MOD, "server subscribe failed", "channel=%s status=%d", op->channel, status);
     } else if (op->later) {
         chat_client_t *c = chat__client_lookup(node, op->base.client);
         if (c)

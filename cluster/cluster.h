@@ -133,6 +133,10 @@ typedef struct {
     int (*unsubscribe)(clu_broker_t *b, const char *channel);
     int (*history)(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
                    const clu_history_req_t *req, clu_history_cb cb, void *ud);
+    /* Drops a channel's stored publications and keeps its position (offset, epoch), as
+     * Centrifugo's history_remove: readers behind it then learn that history is gone
+     * (recovered:false). The callback gets (0, top, epoch). */
+    int (*history_remove)(clu_broker_t *b, const char *channel, clu_publish_cb cb, void *ud);
     int (*join)(clu_broker_t *b, const char *channel, const char *info, size_t len);
     int (*leave)(clu_broker_t *b, const char *channel, const char *info, size_t len);
     int (*presence_add)(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
@@ -194,6 +198,10 @@ static inline int clu_unsubscribe(clu_broker_t *b, const char *channel) {
 static inline int clu_history(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
                               const clu_history_req_t *req, clu_history_cb cb, void *ud) {
     return b->ops->history(b, channel, opts, req, cb, ud);
+}
+static inline int clu_history_remove(clu_broker_t *b, const char *channel, clu_publish_cb cb,
+                                     void *ud) {
+    return b->ops->history_remove(b, channel, cb, ud);
 }
 static inline int clu_join(clu_broker_t *b, const char *channel, const char *info, size_t len) {
     return b->ops->join(b, channel, info, len);

@@ -294,6 +294,21 @@ static int mem_history(clu_broker_t *b, const char *channel, const clu_chan_opts
     return 0;
 }
 
+static int mem_history_remove(clu_broker_t *b, const char *channel, clu_publish_cb cb, void *ud) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mchan_t *c = chan_get(mb, channel, true);
+    for (uint32_t i = 0; i < c->count; i++)
+        pub_clear(c, &c->ring[(c->start + i) % c->ring_cap]);
+    core_list_remove(&c->lru_link);
+    c->start = c->count = 0;
+    answer_t *a = clu__mem_answer_new(ANS_PUBLISH, (void *)cb, ud);
+    a->top = c->top;
+    memcpy(a->epoch, c->epoch, sizeof a->epoch);
+    chan_maybe_free(mb, c);
+    clu__mem_answer_queue(mb, a);
+    return 0;
+}
+
 static int mem_join_leave(clu_broker_t *b, const char *channel, const char *info, size_t len,
                           bool join) {
     mem_broker_t *mb = (mem_broker_t *)b;
@@ -441,6 +456,7 @@ static const clu_ops_t mem_ops = {
     .subscribe = mem_subscribe,
     .unsubscribe = mem_unsubscribe,
     .history = mem_history,
+    .history_remove = mem_history_remove,
     .join = mem_join,
     .leave = mem_leave,
     .presence_add = mem_presence_add,

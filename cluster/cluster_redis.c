@@ -336,6 +336,7 @@ static const clu_ops_t redis_ops = {
     .presence_remove = clu__rb_presence_remove,
     .presence = clu__rb_presence,
     .presence_stats = clu__rb_presence_stats,
+    .history_remove = clu__rb_history_remove,
     .heartbeat = clu__rb_heartbeat,
     .rate_take = clu__rb_rate_take,
     .sem_acquire = clu__rb_sem_acquire,

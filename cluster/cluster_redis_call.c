@@ -17,13 +17,13 @@ const char *const clu__rb_script_src[SCRIPT_COUNT] = {
     clu_redis_lua_presence_get,   clu_redis_lua_heartbeat,      clu_redis_lua_rate,
     clu_redis_lua_sem_acquire,    clu_redis_lua_sem_renew,      clu_redis_lua_sem_release,
     clu_redis_lua_counter,        clu_redis_lua_deadline_raise, clu_redis_lua_deadline_get,
-    clu_redis_lua_deadline_clear,
+    clu_redis_lua_deadline_clear, clu_redis_lua_history_remove,
 };
 
 const char *const clu__rb_script_names[SCRIPT_COUNT] = {
     "publish",     "history",     "presence_add", "presence_get",   "heartbeat",
     "rate",        "sem_acquire", "sem_renew",    "sem_release",    "counter",
-    "deadline_raise", "deadline_get", "deadline_clear"};
+    "deadline_raise", "deadline_get", "deadline_clear", "history_remove"};
 
 /* Completes c under the trace of the work that made it. */
 static void call_complete(call_t *c, redisReply *r, int status) {

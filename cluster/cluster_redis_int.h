@@ -26,6 +26,7 @@ enum {
     SCRIPT_DEADLINE_RAISE,
     SCRIPT_DEADLINE_GET,
     SCRIPT_DEADLINE_CLEAR,
+    SCRIPT_HISTORY_REMOVE,
     SCRIPT_COUNT
 };
 
@@ -124,6 +125,7 @@ void clu__rb_on_script_loaded(redisAsyncContext *ac, void *reply, void *priv);
 
 int clu__rb_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
                     const clu_chan_opts_t *opts, clu_publish_cb cb, void *ud);
+int clu__rb_history_remove(clu_broker_t *b, const char *channel, clu_publish_cb cb, void *ud);
 int clu__rb_history(clu_broker_t *b, const char *channel, const clu_chan_opts_t *opts,
                     const clu_history_req_t *req, clu_history_cb cb, void *ud);
 int clu__rb_join(clu_broker_t *b, const char *channel, const char *info, size_t len);

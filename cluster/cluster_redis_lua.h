@@ -274,4 +274,11 @@ static const char clu_redis_lua_deadline_get[] =
     "for i, k in ipairs(KEYS) do out[i] = tonumber(redis.call('GET', k) or '0') or 0 end\n"
     "return out\n";
 
+/* KEYS: meta hash, history stream. Drops the stored publications and keeps the position: returns
+ * {top, epoch} ({0, ""} for a channel never published to). */
+static const char clu_redis_lua_history_remove[] =
+    "redis.call('DEL', KEYS[2])\n"
+    "local m = redis.call('HMGET', KEYS[1], 'top', 'epoch')\n"
+    "return {tonumber(m[1] or 0), m[2] or ''}\n";
+
 #endif

@@ -185,6 +185,34 @@ int clu__rb_history(clu_broker_t *b, const char *channel, const clu_chan_opts_t 
     return 0;
 }
 
+static void history_removed(call_t *c, redisReply *r, int status) {
+    clu_publish_cb cb = (clu_publish_cb)c->cb;
+    uint64_t top = 0;
+    char epoch[CLU_EPOCH_MAX] = "";
+    if (status == 0) {
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+            r->element[0]->type == REDIS_REPLY_INTEGER &&
+            r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len < CLU_EPOCH_MAX) {
+            top = (uint64_t)r->element[0]->integer;
+            memcpy(epoch, r->element[1]->str, r->element[1]->len);
+            epoch[r->element[1]->len] = '\0';
+        } else {
+            status = CORE_EPROTO;
+        }
+    }
+    cb(status, top, epoch, c->ud);
+}
+
+int clu__rb_history_remove(clu_broker_t *b, const char *channel, clu_publish_cb cb, void *ud) {
+    rb_t *rb = (rb_t *)b;
+    if (rb->closing || cb == NULL)
+        return CORE_EINVAL;
+    call_t *c = clu__rb_call_new(rb, SCRIPT_HISTORY_REMOVE, history_removed, (void *)cb, ud);
+    clu__rb_channel_keys(c, channel, "chat.meta.", "chat.history.");
+    clu__rb_call_start(c);
+    return 0;
+}
+
 static int rb_join_leave(rb_t *rb, const char *channel, const char *info, size_t len, bool join) {
     if (rb->closing)
         return CORE_EINVAL;

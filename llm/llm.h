@@ -117,8 +117,14 @@ void llm_set_cluster_size(llm_t *l, uint32_t nodes);
 /* How far behind a room's slowest reader is, in bytes queued for it on this node. */
 typedef size_t (*llm_backlog_fn)(void *ud, const char *channel);
 void llm_set_backlog_probe(llm_t *l, llm_backlog_fn fn, void *ud);
-/* The connection client went away: its requests are cancelled. */
+/* The connection client went away: its requests are cancelled (not while draining: the asker
+ * only moves to another node, and the answer goes to the room). */
 void llm_client_gone(llm_t *l, const char *client);
+/* The node drains: new asks are refused (503), asks not started yet end with an llm.error 503
+ * in their room (ask again: another node takes it), running answers go on to their end. */
+void llm_drain(llm_t *l);
+/* Requests not finished yet (a drain waits for them). */
+uint32_t llm_live_requests(const llm_t *l);
 /* Stops accepting, cancels what is queued or running (partial answers are stored), releases
  * leases; done runs once every handle is closed. */
 void llm_close(llm_t *l, void (*done)(void *), void *ud);

@@ -355,7 +355,7 @@ void llm_ask(llm_t *l, const llm_ask_t *a, llm_ask_cb cb, void *ud) {
     /* Problems found here are answered from the loop too: never before llm_ask returns. */
     r->prov = llm__prov_index(l, a->model);
     const char *bad = NULL;
-    if (l->closing)
+    if (l->closing || l->draining)
         bad = "assistant shutting down";
     else if (r->prov < 0)
         bad = "unknown model";
@@ -368,7 +368,7 @@ void llm_ask(llm_t *l, const llm_ask_t *a, llm_ask_cb cb, void *ud) {
             r->prov = 0;
         snprintf(r->last.reason, sizeof r->last.reason, "%s", bad);
         reject_later(r, LLM_REJ_BAD_REQUEST,
-                     l->closing ? CORE_REPLY_QUEUE_FULL : CORE_REPLY_BAD_REQUEST);
+                     l->closing || l->draining ? CORE_REPLY_QUEUE_FULL : CORE_REPLY_BAD_REQUEST);
         return;
     }
     /* Nothing can serve it now: refused at once with the time a key comes back. */
@@ -405,6 +405,20 @@ void llm_ask(llm_t *l, const llm_ask_t *a, llm_ask_cb cb, void *ud) {
 /* ---- cancel ------------------------------------------------------------------------------------
  */
 
+static bool req_started(const llm_req_t *r) {
+    return r->state != REQ_ADMITTING && r->state != REQ_QUEUED && r->state != REQ_ACQUIRING;
+}
+
+/* Ends a request that holds no lease yet with code: to the asker while admission has not
+ * answered, else as an llm.error in the room; its quota back. */
+static void end_unstarted(llm_req_t *r, int code, const char *message) {
+    answer_ask(r, code, message);
+    if (r->state != REQ_ADMITTING)
+        llm__publish_error(r, code, message);
+    llm__quota_refund(r, true);
+    llm__req_end(r);
+}
+
 static void cancel_req(llm_req_t *r) {
     llm_t *l = r->l;
     l->st.cancelled++;
@@ -413,11 +427,7 @@ static void cancel_req(llm_req_t *r) {
     case REQ_ADMITTING:
     case REQ_QUEUED:
     case REQ_ACQUIRING:
-        answer_ask(r, CORE_REPLY_CANCELLED, "cancelled");
-        if (r->state != REQ_ADMITTING)
-            llm__publish_error(r, CORE_REPLY_CANCELLED, "cancelled");
-        llm__quota_refund(r, true);
-        llm__req_end(r);
+        end_unstarted(r, CORE_REPLY_CANCELLED, "cancelled");
         return;
     case REQ_RUNNING:
         if (r->stream) {
@@ -459,7 +469,27 @@ int llm_cancel(llm_t *l, const char *user, const char *request_id) {
     return 0;
 }
 
+void llm_drain(llm_t *l) {
+    l->draining = true;
+    core_list_t *it = l->reqs.next;
+    while (it != &l->reqs) {
+        llm_req_t *r = CORE_CONTAINER_OF(it, llm_req_t, link);
+        it = it->next; /* ending r unlinks it */
+        if (r->dead || req_started(r))
+            continue;
+        LLM_TRACE(r);
+        l->st.rejected[LLM_REJ_QUEUE_FULL]++;
+        end_unstarted(r, CORE_REPLY_QUEUE_FULL, "assistant node draining: retry_after_ms=1000");
+    }
+}
+
+uint32_t llm_live_requests(const llm_t *l) {
+    return (uint32_t)l->live_reqs;
+}
+
 void llm_client_gone(llm_t *l, const char *client) {
+    if (l->draining)
+        return;
     core_list_t *it = l->reqs.next;
     while (it != &l->reqs) {
         llm_req_t *r = CORE_CONTAINER_OF(it, llm_req_t, link);

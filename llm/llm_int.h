@@ -117,6 +117,7 @@ struct llm {
     uint32_t cluster_nodes;
     bool acquiring; /* the queue head asked for a lease and waits for the answer */
     bool closing;
+    bool draining;
     uv_timer_t pump;  /* retries a refused lease after a jittered pause */
     uv_timer_t sweep; /* queue expiry, positions, lease renewal, shared breakers */
     uint64_t sweep_ticks;

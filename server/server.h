@@ -42,6 +42,7 @@ typedef struct {
     uint32_t connect_rate;    /* sessions per second, 0 = unlimited */
     uint32_t connect_burst;   /* 0 = connect_rate */
     uint32_t drain_period_ms; /* closes spread over this long */
+    uint32_t drain_llm_ms;    /* running assistant answers finish within this after the period */
     uint32_t drain_min_rate;  /* clients per second at least */
     char *allowed_origins;    /* NULL = any origin (srv_origin_allowed) */
     uint32_t write_queue_bytes;

@@ -70,6 +70,9 @@ static const setting_t settings[] = {
     {"CHAT_DRAIN_PERIOD_MS", "drain_period_ms", T_U32, OFF(drain_period_ms), "10000",
      "a drain (SIGTERM, chatctl drain) closes its clients over this long, so their reconnects "
      "do not stampede the other nodes; 0 = all at once"},
+    {"CHAT_DRAIN_LLM_MS", "drain_llm_ms", T_U32, OFF(drain_llm_ms), "30000",
+     "a drain lets running assistant answers finish for this long after the drain period; "
+     "asks not started yet end with an llm.error 503 at once"},
     {"CHAT_DRAIN_MIN_RATE", "drain_min_rate", T_U32, OFF(drain_min_rate), "1000",
      "clients a drain closes per second at least (a node with few clients drains at once)"},
     {"CHAT_MAX_CONNECTIONS", "max_connections", T_U32, OFF(max_connections), "0",

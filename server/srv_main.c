@@ -46,7 +46,13 @@ static void drain_tick(uv_timer_t *t) {
     }
     chat_stats_t cs;
     chat_node_stats(S->node, &cs);
-    if ((S->drain_closed >= S->drain_total && cs.sessions == 0) || now >= S->drain_deadline)
+    /* Running assistant answers go on after their askers left (the answer is the room's) for
+     * up to CHAT_DRAIN_LLM_MS; what still runs then is cut by llm_close, stored as cancelled. */
+    uint32_t answers = S->llm ? llm_live_requests(S->llm) : 0;
+    uint64_t llm_deadline = S->drain_start_ms + S->cfg.drain_period_ms + S->cfg.drain_llm_ms;
+    uint64_t deadline = answers && llm_deadline > S->drain_deadline ? llm_deadline
+                                                                     : S->drain_deadline;
+    if ((S->drain_closed >= S->drain_total && cs.sessions == 0 && answers == 0) || now >= deadline)
         drain_finish(S);
 }
 
@@ -123,6 +129,8 @@ void srv__begin_drain(srv_t *S) {
     srv__listen_close(&S->pub_l);
     if (S->registry)
         adm_registry_beat(S->registry); /* balancers and peers learn it now, not at the next tick */
+    if (S->llm)
+        llm_drain(S->llm);
     /* Clients leave in batches over the drain period (close 3001, which SDKs answer with a
      * jittered reconnect): the other nodes take them at a bounded rate instead of all at once. */
     S->drain_start_ms = core_now_ms();

@@ -180,3 +180,77 @@ test('a provider breaker opened on one node stops the other node too', async (t)
   assert.ok(w.final, 'node 1 serves again');
   assert.equal((await mock.stats()).keys['good-key'].statuses['200'], 1);
 });
+
+test('drain of a node streaming an answer: the answer finishes in the room, an ask not started gets 503, the node exits 0', async (t) => {
+  const mock = await startMock(t);
+  // About 1.5 s per answer: the drain (200 ms) closes its clients while it streams.
+  await mock.control({ key: '*', scenario: 'ok', tokens: 30, ttft_ms: 50, tokens_per_s: 20 });
+  const [n0, n1] = await twoNodes(t, mock, {
+    CHAT_LLM_CONCURRENCY: '1',
+    CHAT_LLM_PROVIDERS: providers(mock, ['k1']),
+    CHAT_DRAIN_PERIOD_MS: '200',
+  });
+  const room = 'chat:drain-llm';
+  const alice = await connectClient(t, n0, { user: 'alice' });
+  await subscribe(alice, room);
+  const bob = await connectClient(t, n1, { user: 'bob' });
+  const { sub } = await subscribe(bob, room);
+  const ids = { first: null, second: null };
+  const first = watchAnswer(sub, () => ids.first);
+  const second = watchAnswer(sub, () => ids.second);
+  let firstStarted;
+  const started = new Promise((r) => { firstStarted = r; });
+  sub.on('publication', (ctx) => { if (ctx.data?.type === 'llm.delta' && ctx.data.request_id === ids.first) firstStarted(); });
+  ids.first = (await ask(alice, room, 'a long answer please')).request_id;
+  ids.second = (await ask(alice, room, 'and another')).request_id; // queued: one slot in the cluster
+  first.sync(); second.sync();
+  await withTimeout(started, 5000, 'the first answer streaming');
+
+  n0.stopRequested = true;
+  const res = await fetch(`${n0.adminUrl}/api/node/drain`, { method: 'POST', headers: { 'X-API-Key': API_KEY }, body: '{}' });
+  assert.equal(res.status, 200);
+  await withTimeout(second.done, 5000, 'the queued ask ended');
+  assert.equal(second.error?.data.code, 503, JSON.stringify(second.error?.data));
+  assert.match(second.error.data.message, /draining/);
+  await withTimeout(first.done, 10000, 'the streaming answer ended');
+  assert.ok(first.final, `the answer was stored whole: ${JSON.stringify(first.error?.data)}`);
+  assert.equal(first.final.data.flag, undefined, 'neither cancelled nor interrupted');
+  assert.equal(first.final.data.usage.output_tokens, 30);
+  assert.equal(first.final.data.text, first.deltas.map((d) => d.data.text).join(''));
+  const exit = await withTimeout(n0.exited, 10000, 'the drained node exiting');
+  assert.equal(exit.code, 0);
+});
+
+test('drain: an answer still running past CHAT_DRAIN_LLM_MS is cut and stored as cancelled', async (t) => {
+  const mock = await startMock(t);
+  // 100 tokens at 10/s: 10 s, far past the drain's 200 ms period + 500 ms for answers.
+  await mock.control({ key: '*', scenario: 'ok', tokens: 100, ttft_ms: 50, tokens_per_s: 10 });
+  const [n0, n1] = await twoNodes(t, mock, {
+    CHAT_LLM_PROVIDERS: providers(mock, ['k1']),
+    CHAT_DRAIN_PERIOD_MS: '200',
+    CHAT_DRAIN_LLM_MS: '500',
+  });
+  const room = 'chat:drain-cut';
+  const alice = await connectClient(t, n0, { user: 'alice' });
+  await subscribe(alice, room);
+  const bob = await connectClient(t, n1, { user: 'bob' });
+  const { sub } = await subscribe(bob, room);
+  let id = null;
+  const w = watchAnswer(sub, () => id);
+  let streaming;
+  const started = new Promise((r) => { streaming = r; });
+  sub.on('publication', (ctx) => { if (ctx.data?.type === 'llm.delta' && ctx.data.request_id === id) streaming(); });
+  id = (await ask(alice, room, 'a very long answer')).request_id;
+  w.sync();
+  await withTimeout(started, 5000, 'the answer streaming');
+  n0.stopRequested = true;
+  const t0 = Date.now();
+  await fetch(`${n0.adminUrl}/api/node/drain`, { method: 'POST', headers: { 'X-API-Key': API_KEY }, body: '{}' });
+  await withTimeout(w.done, 8000, 'the cut answer stored');
+  assert.ok(w.final, JSON.stringify(w.error?.data));
+  assert.equal(w.final.data.flag, 'cancelled');
+  assert.ok(w.final.data.text.length > 0 && w.final.data.text === w.deltas.map((d) => d.data.text).join(''));
+  const exit = await withTimeout(n0.exited, 8000, 'the drained node exiting');
+  assert.equal(exit.code, 0);
+  assert.ok(Date.now() - t0 < 5000, `cut within the drain's bounds, not after the answer (${Date.now() - t0} ms)`);
+});
