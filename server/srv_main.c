@@ -47,12 +47,13 @@ static void drain_tick(uv_timer_t *t) {
     chat_stats_t cs;
     chat_node_stats(S->node, &cs);
     /* Running assistant answers go on after their askers left (the answer is the room's) for
-     * up to CHAT_DRAIN_LLM_MS; what still runs then is cut by llm_close, stored as cancelled. */
+     * up to CHAT_DRAIN_LLM_MS past the period; what still runs then is cut by llm_close and
+     * stored as cancelled. Clients left past the drain's own deadline are cut too. */
+    bool clients_gone = S->drain_closed >= S->drain_total && cs.sessions == 0;
     uint32_t answers = S->llm ? llm_live_requests(S->llm) : 0;
     uint64_t llm_deadline = S->drain_start_ms + S->cfg.drain_period_ms + S->cfg.drain_llm_ms;
-    uint64_t deadline = answers && llm_deadline > S->drain_deadline ? llm_deadline
-                                                                     : S->drain_deadline;
-    if ((S->drain_closed >= S->drain_total && cs.sessions == 0 && answers == 0) || now >= deadline)
+    if ((clients_gone && (answers == 0 || now >= llm_deadline)) ||
+        (!clients_gone && now >= S->drain_deadline))
         drain_finish(S);
 }
 

@@ -214,7 +214,8 @@ test('drain of a node streaming an answer: the answer finishes in the room, an a
   assert.match(second.error.data.message, /draining/);
   await withTimeout(first.done, 10000, 'the streaming answer ended');
   assert.ok(first.final, `the answer was stored whole: ${JSON.stringify(first.error?.data)}`);
-  assert.equal(first.final.data.flag, undefined, 'neither cancelled nor interrupted');
+  assert.equal(first.final.data.cancelled, undefined, 'not cancelled');
+  assert.equal(first.final.data.interrupted, undefined, 'not interrupted');
   assert.equal(first.final.data.usage.output_tokens, 30);
   assert.equal(first.final.data.text, first.deltas.map((d) => d.data.text).join(''));
   const exit = await withTimeout(n0.exited, 10000, 'the drained node exiting');
@@ -248,7 +249,7 @@ test('drain: an answer still running past CHAT_DRAIN_LLM_MS is cut and stored as
   await fetch(`${n0.adminUrl}/api/node/drain`, { method: 'POST', headers: { 'X-API-Key': API_KEY }, body: '{}' });
   await withTimeout(w.done, 8000, 'the cut answer stored');
   assert.ok(w.final, JSON.stringify(w.error?.data));
-  assert.equal(w.final.data.flag, 'cancelled');
+  assert.equal(w.final.data.cancelled, true);
   assert.ok(w.final.data.text.length > 0 && w.final.data.text === w.deltas.map((d) => d.data.text).join(''));
   const exit = await withTimeout(n0.exited, 8000, 'the drained node exiting');
   assert.equal(exit.code, 0);

@@ -176,3 +176,58 @@ test('two nodes: a publish, a disconnect and an unsubscribe sent to one node rea
   await api1.disconnect({ user: 'dave' });
   assert.equal((await gone).code, 3503);
 });
+
+test('two nodes: cent.js subscribes a user server-side, refreshes its connection and removes a channel\'s history', async (t) => {
+  const [n1, n2] = await startCluster(t, 2, { CHAT_API_KEY: API_KEY });
+  const api = cent(n1);
+
+  // subscribe: the SDK learns of the subscription by its push, then gets the channel's
+  // publications and counts in its presence; a second alice connection on the same node too.
+  const erin = await connectClient(t, n2, { user: 'erin' });
+  const erin2 = await connectClient(t, n2, { user: 'erin' });
+  const subscribed = [erin, erin2].map((c) => waitEvent(c, 'subscribed', { filter: (ctx) => ctx.channel === 'chat:pushed', what: 'the subscribe push' }));
+  const pubs = new Collector(erin, 'publication');
+  assert.deepEqual(await api.subscribe({ user: 'erin', channel: 'chat:pushed' }), {});
+  const ctx = await subscribed[0];
+  await subscribed[1];
+  assert.equal(ctx.recoverable, true);
+  assert.equal(ctx.positioned, true);
+  const r = await api.publish({ channel: 'chat:pushed', data: { type: 'message', text: 'to the server-side sub' } });
+  const got = await pubs.waitCount(1);
+  assert.equal(got[0].channel, 'chat:pushed');
+  assert.equal(got[0].offset, r.offset);
+  const pres = await api.getPresence({ channel: 'chat:pushed' });
+  assert.deepEqual(Object.values(pres.presence).map((p) => p.user), ['erin', 'erin']);
+  // Already subscribed: nothing changes; an unknown namespace is refused before any node acts.
+  await api.subscribe({ user: 'erin', channel: 'chat:pushed' });
+  assert.equal((await apiError(n1, 'subscribe', { user: 'erin', channel: 'nope:x' })).code, 102);
+  assert.equal((await apiError(n1, 'subscribe', { channel: 'chat:pushed' })).code, 107);
+
+  // refresh: expired closes the user's connections with 3005, after which the SDK reconnects.
+  const expired = [erin, erin2].map((c) => waitEvent(c, 'connecting', { filter: (e) => e.code === 3005, what: 'close 3005' }));
+  assert.deepEqual(await api.refresh({ user: 'erin', expired: true }), {});
+  for (const e of await Promise.all(expired)) assert.equal(e.reason, 'connection expired');
+  await waitEvent(erin, 'connected', { what: 'the reconnect after 3005' });
+  assert.equal((await apiError(n1, 'refresh', { user: 'erin', expire_at: 'soon' })).code, 107);
+  assert.deepEqual(await api.refresh({ user: 'erin', expire_at: Math.floor(Date.now() / 1000) + 3600 }), {});
+
+  // history_remove: the publications go, the position stays and goes on from there.
+  for (let i = 0; i < 3; i++) await api.publish({ channel: 'chat:hr', data: { type: 'message', text: `m${i}` } });
+  const before = await api.getHistory({ channel: 'chat:hr', limit: -1 });
+  assert.equal(before.publications.length, 3);
+  assert.deepEqual(await cent(n2).removeHistory({ channel: 'chat:hr' }), {});
+  const after = await api.getHistory({ channel: 'chat:hr', limit: -1 });
+  assert.deepEqual(after.publications ?? [], []);
+  assert.equal(after.offset, 3);
+  assert.equal(after.epoch, before.epoch);
+  assert.equal((await api.publish({ channel: 'chat:hr', data: { type: 'message', text: 'm3' } })).offset, 4);
+  // A reader from before the removal cannot be served what is gone: recovered:false.
+  const late = await connectClient(t, n2, { user: 'late' });
+  const { ctx: lateCtx } = await subscribe(late, 'chat:hr', { since: { offset: 1, epoch: before.epoch } });
+  assert.equal(lateCtx.wasRecovering, true);
+  assert.equal(lateCtx.recovered, false);
+  assert.equal((await apiError(n1, 'history_remove', { channel: 'typing:x' })).code, 108);
+  // info, last: each node enters the registry on its own beat.
+  await waitUntil(async () => (await api.getInfo()).nodes.length === 2, { what: 'both nodes in info' });
+  assert.deepEqual((await api.getInfo()).nodes.map((n) => n.name).sort(), ['node0', 'node1']);
+});
