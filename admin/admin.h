@@ -69,6 +69,8 @@ typedef void (*adm_self_fn)(void *ud, core_str_t *out);
 /* Starts announcing node_id through the broker at once and every ttl_ms/3. */
 adm_registry_t *adm_registry_new(uv_loop_t *loop, clu_broker_t *b, const char *node_id,
                                  uint32_t ttl_ms, adm_self_fn self, void *ud);
+/* fn(ud, nodes) after every answer of the broker: the live nodes, this one included. */
+void adm_registry_on_nodes(adm_registry_t *r, void (*fn)(void *ud, size_t nodes), void *ud);
 /* Announces now (e.g. the node started draining). */
 void adm_registry_beat(adm_registry_t *r);
 /* Live nodes in the last answer of the broker. */

@@ -34,6 +34,8 @@ struct adm_registry {
     bool left; /* the leave announcement was answered (or failed) */
     void (*close_done)(void *);
     void *close_ud;
+    void (*on_nodes)(void *ud, size_t nodes);
+    void *on_nodes_ud;
 };
 
 static void reg_clear(adm_registry_t *r) {
@@ -104,6 +106,13 @@ static void on_nodes(int status, const clu_node_t *nodes, size_t n, void *ud) {
         r->nodes[i].info = core_strndup(nodes[i].info, nodes[i].info_len);
     }
     r->n = n;
+    if (r->on_nodes)
+        r->on_nodes(r->on_nodes_ud, n);
+}
+
+void adm_registry_on_nodes(adm_registry_t *r, void (*fn)(void *ud, size_t nodes), void *ud) {
+    r->on_nodes = fn;
+    r->on_nodes_ud = ud;
 }
 
 void adm_registry_beat(adm_registry_t *r) {

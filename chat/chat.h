@@ -215,6 +215,9 @@ void chat_node_set_broker(chat_node_t *n, clu_broker_t *b);
 /* The per-user connection cap, changed at run time (chatctl limits): it applies to connects
  * from now on; connections over a lowered cap stay. */
 void chat_node_set_max_conns_per_user(chat_node_t *n, uint32_t max);
+/* The live nodes of the cluster (this one included), from the registry: a server API call that
+ * asks every node (channels) waits for that many answers, or its timeout. */
+void chat_node_set_cluster_size(chat_node_t *n, uint32_t nodes);
 uint32_t chat_node_max_conns_per_user(const chat_node_t *n);
 /* Closes every client with code/reason (drain). */
 void chat_node_close_all(chat_node_t *n, int code, const char *reason);

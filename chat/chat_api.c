@@ -324,30 +324,166 @@ static void m_presence(call_t *k, const json_t *params, bool stats) {
 
 /* Channels with subscribers on this node, with their local subscriber counts; pattern is a
  * prefix filter ("chat:" for the rooms). */
+/* ---- channels: a survey of every node ---- */
+
+/* How long a survey waits for the nodes' answers; a node that has not answered by then (dead,
+ * or cut off from Redis) is left out of the result. */
+#define SURVEY_TIMEOUT_MS 1000
+/* A node's answer stays well inside the inter-node envelope (CLU_ENV_MAX_SIZE). */
+#define SURVEY_REPLY_MAX (768u * 1024u)
+
+typedef struct {
+    call_t k;
+    char id[96];
+    uint32_t expected, got;
+    json_t *channels; /* name -> {"num_clients": N}, summed over the answers */
+    uv_timer_t timer;
+} chat_survey_t;
+
+static void survey_freed(uv_handle_t *h) {
+    free(h->data);
+}
+
+static void survey_finish(chat_survey_t *sv) {
+    core_map_del(sv->k.n->surveys, sv->id);
+    uv_timer_stop(&sv->timer);
+    core_str_t r = {0};
+    char *body = json_dumps(sv->channels, JSON_COMPACT | JSON_SORT_KEYS);
+    core_str_appendf(&r, "{\"channels\":%s}", body);
+    free(body);
+    if (sv->got < sv->expected)
+        CORE_LOGW(MOD, "channels survey incomplete", "answers=%" PRIu32 " nodes=%" PRIu32,
+                  sv->got, sv->expected);
+    answer_result(&sv->k, &r);
+    core_str_free(&r);
+    json_decref(sv->channels);
+    uv_close((uv_handle_t *)&sv->timer, survey_freed);
+}
+
+static void survey_timeout(uv_timer_t *t) {
+    survey_finish(t->data);
+}
+
+void chat__surveys_close(chat_node_t *n) {
+    void *v;
+    core_map_iter_t it = 0;
+    while (core_map_next(n->surveys, &it, NULL, &v)) {
+        survey_finish(v);
+        it = 0; /* finishing removed it from the map */
+    }
+}
+
+static void survey_sent(int status, uint64_t offset, const char *epoch, void *ud) {
+    (void)offset;
+    (void)epoch;
+    chat_survey_t *sv = ud;
+    if (status == 0 || !core_map_get(sv->k.n->surveys, sv->id))
+        return;
+    /* Not even this node will answer: the broker is away. */
+    core_map_del(sv->k.n->surveys, sv->id);
+    uv_timer_stop(&sv->timer);
+    answer_broker_error(&sv->k, status);
+    json_decref(sv->channels);
+    uv_close((uv_handle_t *)&sv->timer, survey_freed);
+}
+
+static int control_publish(chat_node_t *n, json_t *act, clu_publish_cb cb, void *ud) {
+    char *text = json_dumps(act, JSON_COMPACT);
+    json_decref(act);
+    clu_pub_t pub = {0, text, strlen(text), NULL, 0};
+    clu_chan_opts_t o = {0};
+    int rc = clu_publish(n->broker, CHAT_CONTROL_CHANNEL, &pub, &o, cb, ud);
+    free(text);
+    return rc;
+}
+
+/* channels {pattern}: the channels with subscribers on any node, with their subscriber counts
+ * summed. Every node (this one included) answers the survey through the control channel. */
 static void m_channels(call_t *k, const json_t *params) {
-    const char *pattern = chat__json_str(params, "pattern");
+    const json_t *pat = json_object_get(params, "pattern");
+    if (pat && !json_is_string(pat)) {
+        answer_error(k, CORE_REPLY_BAD_REQUEST, "bad request: pattern must be a string");
+        return;
+    }
+    chat_node_t *n = k->n;
+    chat_survey_t *sv = core_calloc(1, sizeof *sv);
+    sv->k = *k;
+    snprintf(sv->id, sizeof sv->id, "%.64s/%" PRIu64, n->cfg.node_id ? n->cfg.node_id : "node",
+             ++n->survey_seq);
+    sv->expected = n->cluster_nodes ? n->cluster_nodes : 1;
+    sv->channels = json_object();
+    uv_timer_init(n->loop, &sv->timer);
+    sv->timer.data = sv;
+    uv_timer_start(&sv->timer, survey_timeout, SURVEY_TIMEOUT_MS, 0);
+    core_map_put(n->surveys, sv->id, sv);
+    json_t *act = json_pack("{s:s, s:s, s:s, s:s}", "op", "survey", "what", "channels", "id",
+                            sv->id, "from", n->cfg.node_id ? n->cfg.node_id : "");
+    if (pat)
+        json_object_set(act, "pattern", (json_t *)pat);
+    int rc = control_publish(n, act, survey_sent, sv);
+    if (rc != 0)
+        survey_sent(rc, 0, "", sv);
+}
+
+static void survey_reply_sent(int status, uint64_t offset, const char *epoch, void *ud) {
+    (void)offset, (void)epoch, (void)ud;
+    if (status != 0)
+        CORE_LOGW(MOD, "channels survey answer not sent", "status=%d", status);
+}
+
+/* A survey on this node: its channels matching the pattern (a prefix; a trailing '*', as
+ * Centrifugo's glob patterns are written, is dropped). */
+static void survey_answer(chat_node_t *n, const json_t *act) {
+    const char *pattern = chat__json_str(act, "pattern");
+    const char *id = chat__json_str(act, "id"), *from = chat__json_str(act, "from");
+    if (!id || !from)
+        return;
     size_t plen = pattern ? strlen(pattern) : 0;
-    /* Centrifugo's patterns are globs; a trailing '*' is the form operators use. */
     if (plen && pattern[plen - 1] == '*')
         plen--;
-    core_str_t r = {0};
-    core_str_appends(&r, "{\"channels\":{");
+    json_t *chans = json_object();
+    size_t bytes = 0;
+    bool cut = false;
     core_map_iter_t it = 0;
     void *v;
-    bool first = true;
-    while (core_map_next(k->n->channels, &it, NULL, &v)) {
+    while (core_map_next(n->channels, &it, NULL, &v)) {
         const chat_channel_t *ch = v;
-        if (plen && strncmp(ch->name, pattern, plen) != 0)
+        if (ch->n == 0 || (plen && strncmp(ch->name, pattern, plen) != 0))
             continue;
-        if (!first)
-            core_str_appends(&r, ",");
-        first = false;
-        core_str_append_json_string(&r, ch->name, strlen(ch->name));
-        core_str_appendf(&r, ":{\"num_clients\":%" PRIu32 "}", ch->n);
+        bytes += strlen(ch->name) + 32;
+        if (bytes > SURVEY_REPLY_MAX) {
+            cut = true;
+            break;
+        }
+        json_object_set_new(chans, ch->name, json_integer(ch->n));
     }
-    core_str_appends(&r, "}}");
-    answer_result(k, &r);
-    core_str_free(&r);
+    if (cut)
+        CORE_LOGW(MOD, "channels survey answer cut", "channels=%zu", json_object_size(chans));
+    json_t *reply = json_pack("{s:s, s:s, s:s, s:s, s:o}", "op", "survey_reply", "id", id, "to",
+                              from, "node", n->cfg.node_id ? n->cfg.node_id : "", "channels",
+                              chans);
+    control_publish(n, reply, survey_reply_sent, NULL);
+}
+
+static void survey_collect(chat_node_t *n, const json_t *act) {
+    const char *to = chat__json_str(act, "to"), *id = chat__json_str(act, "id");
+    if (!to || !id || strcmp(to, n->cfg.node_id ? n->cfg.node_id : "") != 0)
+        return;
+    chat_survey_t *sv = core_map_get(n->surveys, id);
+    if (!sv)
+        return; /* answered after the timeout */
+    const char *name;
+    json_t *num;
+    json_object_foreach(json_object_get(act, "channels"), name, num) {
+        if (!json_is_integer(num))
+            continue;
+        json_t *have = json_object_get(sv->channels, name);
+        json_int_t sum = json_integer_value(num) +
+                         (have ? json_integer_value(json_object_get(have, "num_clients")) : 0);
+        json_object_set_new(sv->channels, name, json_pack("{s:I}", "num_clients", sum));
+    }
+    if (++sv->got >= sv->expected)
+        survey_finish(sv);
 }
 
 /* ---- disconnect and unsubscribe: through the control channel to every node ---- */
@@ -566,6 +702,16 @@ void chat__control_apply(chat_node_t *n, const clu_pub_t *pub) {
     json_error_t jerr;
     json_t *act = json_loadb(pub->data, pub->data_len, 0, &jerr);
     const char *op = chat__json_str(act, "op");
+    if (op && strcmp(op, "survey") == 0) {
+        survey_answer(n, act);
+        json_decref(act);
+        return;
+    }
+    if (op && strcmp(op, "survey_reply") == 0) {
+        survey_collect(n, act);
+        json_decref(act);
+        return;
+    }
     const char *user = chat__json_str(act, "user");
     const char *client = chat__json_str(act, "client");
     if (!op || !user) {

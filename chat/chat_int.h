@@ -166,6 +166,9 @@ struct chat_node {
     chat_rpc_entry_t rpc[CHAT_RPC_MAX_HANDLERS];
     uint32_t nrpc;
     uint64_t rpc_calls; /* calls handed to handlers and not answered yet */
+    core_map_t *surveys;    /* survey id -> chat_survey_t: server API calls asking every node */
+    uint64_t survey_seq;
+    uint32_t cluster_nodes; /* live nodes in the registry (the answers a survey waits for) */
     void (*close_done)(void *);
     void *close_ud;
 };
@@ -546,6 +549,8 @@ void chat__json_append_pub(core_str_t *s, const clu_pub_t *p);
 /* The channel that carries the server API's acts on users (disconnect, unsubscribe) to every
  * node. Its first byte is a control character, which no client channel name may hold. */
 #define CHAT_CONTROL_CHANNEL "\x01chat.control"
+/* Ends the surveys still waiting (the node closes): they answer with what they have. */
+void chat__surveys_close(chat_node_t *n);
 /* Applies an act of the control channel to this node's clients. */
 void chat__control_apply(chat_node_t *n, const clu_pub_t *pub);
 

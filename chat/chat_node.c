@@ -156,6 +156,7 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
     n->clients = core_map_new_borrowed();
     n->users = core_map_new_borrowed();
     n->channels = core_map_new_borrowed();
+    n->surveys = core_map_new_borrowed();
     core_list_init(&n->all);
     n->sweep_at = &n->all;
     core_random(&n->rng, sizeof n->rng);
@@ -173,6 +174,10 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
 
 void chat_node_set_max_conns_per_user(chat_node_t *n, uint32_t max) {
     n->cfg.max_conns_per_user = max;
+}
+
+void chat_node_set_cluster_size(chat_node_t *n, uint32_t nodes) {
+    n->cluster_nodes = nodes;
 }
 
 uint32_t chat_node_max_conns_per_user(const chat_node_t *n) {
@@ -213,6 +218,7 @@ static void node_timer_closed(uv_handle_t *h) {
     core_map_free(n->users);
     core_map_free(n->clients);
     core_map_free(n->channels);
+    core_map_free(n->surveys);
     chat__rpc_free(n);
     core_buf_unref(n->ping);
     void (*done)(void *) = n->close_done;
@@ -228,6 +234,7 @@ void chat_node_close(chat_node_t *n, void (*done)(void *), void *ud) {
     CORE_ASSERT(n->rpc_calls == 0);
     n->close_done = done;
     n->close_ud = ud;
+    chat__surveys_close(n);
     uv_close((uv_handle_t *)&n->sweep, node_timer_closed);
 }
 

@@ -164,6 +164,16 @@ static void lws_log_emit(int level, const char *line) {
              "lws", msg, NULL);
 }
 
+/* The registry's count of live nodes: what a server API survey waits for, and the share of the
+ * assistant's concurrency a node takes alone while Redis does not answer. */
+static void cluster_size_changed(void *ud, size_t nodes) {
+    srv_t *S = ud;
+    uint32_t n = nodes ? (uint32_t)nodes : 1;
+    chat_node_set_cluster_size(S->node, n);
+    if (S->llm)
+        llm_set_cluster_size(S->llm, n);
+}
+
 static uint64_t raise_fd_limit(void) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
@@ -387,6 +397,7 @@ int main(int argc, char **argv) {
     S->registry =
         adm_registry_new(&S->loop, S->broker, S->cfg.node_id,
                          (uint32_t)((uint64_t)S->cfg.node_ttl * 1000), srv__node_self_info, S);
+    adm_registry_on_nodes(S->registry, cluster_size_changed, S);
     S->metrics = adm_metrics_new();
     adm_metrics_add(S->metrics, srv__node_metrics, S);
     adm_metrics_add(S->metrics, srv_metrics_chat, S->node);

@@ -169,6 +169,17 @@ test('two nodes: a publish, a disconnect and an unsubscribe sent to one node rea
   assert.equal((await cent(n2).getHistory({ channel: 'chat:x', limit: -1 })).publications[0].data.text, 'across');
   assert.equal(Object.values((await api1.getPresence({ channel: 'chat:x' })).presence)[0].user, 'dave');
 
+  // channels: a survey of both nodes, the counts summed (once both are in the registry).
+  const eve = await connectClient(t, n1, { user: 'eve' });
+  await subscribe(eve, 'chat:x');
+  await subscribe(eve, 'chat:y');
+  await waitUntil(async () => (await api1.getInfo()).nodes.length === 2, { what: 'both nodes in the registry' });
+  await waitUntil(async () => (await api1.getChannels({ pattern: 'chat:*' })).channels['chat:x']?.num_clients === 2,
+    { what: 'chat:x counted on both nodes' });
+  assert.deepEqual((await cent(n2).getChannels({ pattern: 'chat:*' })).channels,
+    { 'chat:x': { num_clients: 2 }, 'chat:y': { num_clients: 1 } });
+  assert.deepEqual((await api1.getChannels({ pattern: 'chat:y' })).channels, { 'chat:y': { num_clients: 1 } });
+
   const unsub = waitEvent(sub, 'unsubscribed', { what: 'unsubscribe across nodes' });
   await api1.unsubscribe({ user: 'dave', channel: 'chat:x' });
   assert.equal((await unsub).code, 2000);

@@ -662,7 +662,7 @@ static void usage(FILE *f) {
           "commands:\n"
           "  status                      this cluster in one line, then its nodes\n"
           "  nodes                       the cluster's nodes: addresses, clients, state\n"
-          "  channels [PATTERN]          channels with subscribers on the node (prefix*)\n"
+          "  channels [PATTERN]          channels with subscribers in the cluster (prefix*)\n"
           "  presence CHANNEL            who is in a channel (cluster-wide)\n"
           "  history CHANNEL [--limit N] [--reverse]\n"
           "                              a channel's newest publications (default 20),\n"
