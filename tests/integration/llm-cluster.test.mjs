@@ -6,7 +6,7 @@ import { test } from 'node:test';
 
 import { connectClient, startChatd, stopChatd, subscribe, waitUntil, withTimeout } from './helpers.mjs';
 import { startRedis, waitReady } from './cluster-util.mjs';
-import { API_KEY, ask, llmState, providerEnv, startMock, waitLlmState, watchAnswer } from './llm-util.mjs';
+import { API_KEY, ask, chatctl, llmState, providerEnv, startMock, waitLlmState, watchAnswer } from './llm-util.mjs';
 
 const RATES = 'free=1000/1000,plus=1000/1000,pro=1000/1000,executive=1000/1000';
 const QUOTAS = 'free=0/0,plus=0/0,pro=0/0,executive=0/0';
@@ -163,12 +163,13 @@ test('a provider breaker opened on one node stops the other node too', async (t)
     (e) => e.code === 502 && retryAfter(e.message) > 0);
   assert.equal((await mock.stats()).keys['good-key'].requests, 0, 'no upstream call from node 1 while open');
 
-  // An operator closes the breaker on node 1: the shared decision ends, so node 0 closes too.
-  const res = await fetch(`${n1.adminUrl}/api/llm/breaker/close`, {
-    method: 'POST', headers: { 'X-API-Key': API_KEY }, body: JSON.stringify({ provider: 'p1' }),
-    signal: AbortSignal.timeout(5000),
-  });
-  assert.equal(res.status, 200, await res.text());
+  // An operator closes the breaker on node 1 (chatctl, that node only): the shared decision
+  // ends, so node 0 closes too.
+  const closed = await chatctl(n1, '--json', 'llm', 'breaker-close', 'p1', '--node', 'node1');
+  assert.equal(closed.code, 0, closed.stderr);
+  assert.deepEqual(JSON.parse(closed.stdout), { nodes: ['node1'] });
+  assert.equal((await chatctl(n0, 'llm', 'breaker-close', 'nope')).code, 1, 'an unknown provider');
+  assert.equal((await chatctl(n0, 'llm', 'breaker-close')).code, 2);
   assert.equal((await llmState(n1)).providers[0].breaker.state, 'closed');
   await waitLlmState(n0, (s) => s.providers[0].breaker.state === 'closed', 'breaker closed on node 0', 5000);
   // Node 1 stays closed past its next reads of the shared decision, and serves again.

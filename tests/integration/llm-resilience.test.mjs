@@ -9,6 +9,7 @@ import {test} from 'node:test';
 import {connectClient, startChatd, subscribe, userToken, waitUntil} from './helpers.mjs';
 import {
     API_KEY,
+    chatctl,
     ask,
     llmState,
     providerEnv,
@@ -133,8 +134,9 @@ test('a key the provider rejects (401) is disabled until an operator re-enables 
     assert.equal((await llmState(srv)).providers[0].keys.filter((k) => k.state === 'disabled').length, 1,
                  'refused actions change nothing');
     await mock.control({key : 'bad', scenario : 'ok'});
-    const ok = await action('/api/llm/key/enable', {provider : 'p1', key : fp});
-    assert.equal(ok.status, 200, await ok.text());
+    const ok = await chatctl(srv, 'llm', 'key-enable', 'p1', fp);
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(ok.stdout, /key enabled on 1 node/);
     assert.ok((await llmState(srv)).providers[0].keys.every((k) => k.state === 'ready'));
     // The other key now fails: the answer comes through the re-enabled one.
     await mock.control({key : 'good', scenario : 'unauthorized'});

@@ -440,6 +440,50 @@ static int cmd_log_level(const ctl_t *c, const char *level) {
     return 0;
 }
 
+/* llm breaker-close PROVIDER | llm key-enable PROVIDER FINGERPRINT: the operator's hand on the
+ * assistant, on every node (--node: one). */
+static int cmd_llm_action(const ctl_t *c, const char *node, const char *verb,
+                          const char *const *args, int nargs) {
+    bool enable = strcmp(verb, "key-enable") == 0;
+    if ((!enable && strcmp(verb, "breaker-close") != 0) || nargs != (enable ? 2 : 1)) {
+        fprintf(stderr, "usage: chatctl llm [breaker-close PROVIDER | key-enable PROVIDER "
+                        "FINGERPRINT] [--node NAME]\n");
+        return EXIT_USAGE;
+    }
+    json_t *bases = NULL;
+    int rc = node_bases(c, node, &bases);
+    if (rc)
+        return rc;
+    json_t *done = json_array();
+    const json_t *b;
+    size_t i;
+    json_array_foreach(bases, i, b) {
+        json_t *params = enable ? json_pack("{s:s,s:s}", "provider", args[0], "key", args[1])
+                                : json_pack("{s:s}", "provider", args[0]);
+        json_t *r = NULL;
+        int one = api(c, jstr(b, "base"),
+                      enable ? "/api/llm/key/enable" : "/api/llm/breaker/close", params, &r);
+        json_decref(r);
+        if (one) {
+            fprintf(stderr, "chatctl: node %s: not done\n", jstr(b, "name"));
+            rc = rc ? rc : one;
+            continue;
+        }
+        json_array_append_new(done, json_string(jstr(b, "name")));
+    }
+    if (c->json) {
+        json_t *out = json_pack("{s:O}", "nodes", done);
+        print_json(out);
+        json_decref(out);
+    } else {
+        printf("%s on %zu node(s)\n", enable ? "key enabled" : "breaker closed",
+               json_array_size(done));
+    }
+    json_decref(done);
+    json_decref(bases);
+    return rc;
+}
+
 static int cmd_llm(const ctl_t *c) {
     json_t *r = NULL;
     int rc = api(c, NULL, "/api/llm", NULL, &r);
@@ -678,6 +722,8 @@ static void usage(FILE *f) {
           "                              (max_connections, max_connections_per_user,\n"
           "                              connect_rate, connect_burst) until restart\n"
           "  llm                         the assistant's queue, keys, breakers and leases\n"
+          "  llm breaker-close PROVIDER  closes a provider's breaker on every node (--node)\n"
+          "  llm key-enable PROVIDER FP  puts a disabled key back in use on every node\n"
           "  top [--interval S] [--count N]\n"
           "                              a live view: connections, publications/s,\n"
           "                              deliveries/s, fan-out p99, queue depth\n"
@@ -704,7 +750,7 @@ static const struct {
     {"log-level", "[error|warn|info|debug]"},
     {"limits", "get | set KEY=VALUE ... [--node NAME]  (keys: max_connections, "
                "max_connections_per_user, connect_rate, connect_burst)"},
-    {"llm", ""},
+    {"llm", "[breaker-close PROVIDER | key-enable PROVIDER FINGERPRINT] [--node NAME]"},
     {"top", "[--interval SECONDS] [--count N]"},
     {"token", "--user U [--plan free|plus|pro|executive] [--ttl SECONDS] [--channels A,B] "
               "[--info JSON] [--secret S]"},
@@ -868,6 +914,8 @@ int main(int argc, char **argv) {
         min = max = want;
     if (!strcmp(cmd, "limits"))
         min = 1, max = 16;
+    if (!strcmp(cmd, "llm"))
+        max = 3;
     if (bad || npos < min || npos > max) {
         command_usage(cmd, stderr);
         return EXIT_USAGE;
@@ -896,6 +944,8 @@ int main(int argc, char **argv) {
         rc = cmd_log_level(&c, npos ? pos[0] : NULL);
     else if (!strcmp(cmd, "limits"))
         rc = cmd_limits(&c, node, pos[0], pos + 1, npos - 1);
+    else if (!strcmp(cmd, "llm") && npos > 0)
+        rc = cmd_llm_action(&c, node, pos[0], pos + 1, npos - 1);
     else if (!strcmp(cmd, "llm"))
         rc = cmd_llm(&c);
     else if (!strcmp(cmd, "top"))
