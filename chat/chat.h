@@ -162,8 +162,8 @@ typedef struct {
     uint64_t rate_limited;
     uint64_t rate_limit_fallbacks; /* limits taken locally because the shared limiter failed */
     uint64_t dedupe_hits;
-    uint64_t state_lost; /* channels whose clients were closed with 3010 */
-    uint64_t channels;   /* gauge */
+    uint64_t state_lost;                         /* channels whose clients were closed with 3010 */
+    uint64_t channels;                           /* gauge */
     uint64_t api_calls[CHAT_API_METHOD_COUNT];   /* server API calls (batch members too) */
     uint64_t api_errors[CORE_REPLY_ERROR_SLOTS]; /* server API error answers by code */
 } chat_stats_t;

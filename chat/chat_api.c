@@ -352,8 +352,8 @@ static void survey_finish(chat_survey_t *sv) {
     core_str_appendf(&r, "{\"channels\":%s}", body);
     free(body);
     if (sv->got < sv->expected)
-        CORE_LOGW(MOD, "channels survey incomplete", "answers=%" PRIu32 " nodes=%" PRIu32,
-                  sv->got, sv->expected);
+        CORE_LOGW(MOD, "channels survey incomplete", "answers=%" PRIu32 " nodes=%" PRIu32, sv->got,
+                  sv->expected);
     answer_result(&sv->k, &r);
     core_str_free(&r);
     json_decref(sv->channels);
@@ -459,9 +459,9 @@ static void survey_answer(chat_node_t *n, const json_t *act) {
     }
     if (cut)
         CORE_LOGW(MOD, "channels survey answer cut", "channels=%zu", json_object_size(chans));
-    json_t *reply = json_pack("{s:s, s:s, s:s, s:s, s:o}", "op", "survey_reply", "id", id, "to",
-                              from, "node", n->cfg.node_id ? n->cfg.node_id : "", "channels",
-                              chans);
+    json_t *reply =
+        json_pack("{s:s, s:s, s:s, s:s, s:o}", "op", "survey_reply", "id", id, "to", from, "node",
+                  n->cfg.node_id ? n->cfg.node_id : "", "channels", chans);
     control_publish(n, reply, survey_reply_sent, NULL);
 }
 
@@ -672,8 +672,8 @@ static bool control_apply_one(chat_node_t *n, chat_client_t *c, const char *op, 
         if (!ns || chat__client_find_sub(c, channel))
             return false;
         if (c->nsubs >= n->cfg.max_channels_per_conn) {
-            CORE_LOGW(MOD, "server subscribe over the channel limit", "client=%s channel=%s",
-                      c->id, channel);
+            CORE_LOGW(MOD, "server subscribe over the channel limit", "client=%s channel=%s", c->id,
+                      channel);
             return false;
         }
         chat_sub_t *s = chat__sub_new(c, channel, ns, NULL);
@@ -837,9 +837,8 @@ static void m_batch(call_t *k, const json_t *params) {
 }
 
 static const char *const api_methods[CHAT_API_METHOD_COUNT] = {
-    "publish",  "broadcast",  "history",     "presence", "presence_stats",
-    "channels", "disconnect", "unsubscribe", "batch",    "subscribe",
-    "refresh",  "history_remove"};
+    "publish",    "broadcast",   "history", "presence",  "presence_stats", "channels",
+    "disconnect", "unsubscribe", "batch",   "subscribe", "refresh",        "history_remove"};
 
 static int api_method_index(const char *method) {
     for (int i = 0; i < CHAT_API_METHOD_COUNT; i++)

@@ -165,8 +165,8 @@ struct chat_node {
     chat_stats_t st;
     chat_rpc_entry_t rpc[CHAT_RPC_MAX_HANDLERS];
     uint32_t nrpc;
-    uint64_t rpc_calls; /* calls handed to handlers and not answered yet */
-    core_map_t *surveys;    /* survey id -> chat_survey_t: server API calls asking every node */
+    uint64_t rpc_calls;  /* calls handed to handlers and not answered yet */
+    core_map_t *surveys; /* survey id -> chat_survey_t: server API calls asking every node */
     uint64_t survey_seq;
     uint32_t cluster_nodes; /* live nodes in the registry (the answers a survey waits for) */
     void (*close_done)(void *);

@@ -21,15 +21,15 @@ const char *const clu__rb_script_src[SCRIPT_COUNT] = {
 };
 
 const char *const clu__rb_script_names[SCRIPT_COUNT] = {
-    "publish",     "history",     "presence_add", "presence_get",   "heartbeat",
-    "rate",        "sem_acquire", "sem_renew",    "sem_release",    "counter",
+    "publish",        "history",      "presence_add",   "presence_get",  "heartbeat",
+    "rate",           "sem_acquire",  "sem_renew",      "sem_release",   "counter",
     "deadline_raise", "deadline_get", "deadline_clear", "history_remove"};
 
 /* Completes c under the trace of the work that made it. */
 static void call_complete(call_t *c, redisReply *r, int status) {
     core_log_ctx_t prev = core_log_ctx_enter((core_log_ctx_t){.trace = c->trace});
-    CORE_LOGD(MOD, "redis call", "op=%s status=%d us=%" PRIu64, clu__rb_script_names[c->script], status,
-              c->sent_us ? core_now_us() - c->sent_us : 0);
+    CORE_LOGD(MOD, "redis call", "op=%s status=%d us=%" PRIu64, clu__rb_script_names[c->script],
+              status, c->sent_us ? core_now_us() - c->sent_us : 0);
     c->done(c, r, status);
     core_log_ctx_leave(prev);
 }

@@ -92,7 +92,7 @@ struct call {
     char *argv[MAX_ARGS];
     size_t lens[MAX_ARGS];
     call_done_fn done;
-    int status; /* of a call that failed before it was sent, while it waits in rb->failed */
+    int status;       /* of a call that failed before it was sent, while it waits in rb->failed */
     uint64_t sent_us; /* core_now_us() when it went out: its round trip is a metric */
     uint64_t trace;   /* the log trace of the work that made the call, current again in done */
     call_t *next;

@@ -115,8 +115,9 @@ static void observe_service(llm_t *l, llm_req_t *r) {
 /* The request is over: lease back, request gone, the queue moves. */
 void llm__req_end(llm_req_t *r) {
     llm_t *l = r->l;
-    CORE_LOGI(MOD, "llm request ended", "request=%s outcome=%s attempts=%" PRIu32
-              " tokens_in=%" PRIu32 " tokens_out=%" PRIu32 " ms=%" PRIu64,
+    CORE_LOGI(MOD, "llm request ended",
+              "request=%s outcome=%s attempts=%" PRIu32 " tokens_in=%" PRIu32 " tokens_out=%" PRIu32
+              " ms=%" PRIu64,
               r->id, llm_outcome_name(r->last.end), r->attempts, r->in_tokens, r->out_tokens,
               r->enq_ms ? llm__now_ms(l) - r->enq_ms : 0);
     observe_service(l, r);

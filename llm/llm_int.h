@@ -18,7 +18,7 @@ static inline void llm__trace_leave(core_log_ctx_t *prev) {
  * broker calls it makes, then carry the trace of the command that asked. Only the id is kept,
  * so r may be freed inside the block. */
 #define LLM_TRACE(r)                                                                               \
-    core_log_ctx_t llm__prev_ctx __attribute__((cleanup(llm__trace_leave))) =                      \
+    core_log_ctx_t llm__prev_ctx __attribute__((cleanup(llm__trace_leave), unused)) =              \
         core_log_ctx_enter((core_log_ctx_t){.trace = (r)->trace, .method = "llm.ask"})
 
 /* A provider at run time: its stream implementation, keys, breaker and counters. */

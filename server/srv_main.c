@@ -160,7 +160,9 @@ static void lws_log_emit(int level, const char *line) {
         line++, n--;
     char msg[512];
     snprintf(msg, sizeof msg, "%.*s", (int)(n < sizeof msg ? n : sizeof msg - 1), line);
-    core_log(level & LLL_ERR ? CORE_LOG_ERROR : level & LLL_WARN ? CORE_LOG_WARN : CORE_LOG_DEBUG,
+    core_log(level & LLL_ERR    ? CORE_LOG_ERROR
+             : level & LLL_WARN ? CORE_LOG_WARN
+                                : CORE_LOG_DEBUG,
              "lws", msg, NULL);
 }
 

@@ -127,8 +127,7 @@ void srv_metrics_broker(void *ud, adm_metrics_writer_t *w) {
                            "Round trips of the broker's backing-store commands, by operation.");
         for (size_t i = 0; i < b.nlatency; i++)
             adm_metrics_histogram_sample(w, "chat_broker_command_seconds",
-                                         &(adm_label_t){"op", b.latency_ops[i]}, 1,
-                                         &b.latency[i]);
+                                         &(adm_label_t){"op", b.latency_ops[i]}, 1, &b.latency[i]);
     }
     adm_metrics_gauge(w, "chat_rate_limit_shared",
                       "1 when rate limits are held across the cluster (Redis), 0 when per node.",

@@ -357,8 +357,8 @@ static const char *const limit_keys[] = {"max_connections", "max_connections_per
 /* limits get|set [KEY=VALUE ...]: every node's connection limits, or one node's (--node). set
  * changes them on those nodes until they restart (their configuration holds the lasting
  * values). Each set is checked by every node before any value of it is applied there. */
-static int cmd_limits(const ctl_t *c, const char *node, const char *verb,
-                      const char *const *kv, int nkv) {
+static int cmd_limits(const ctl_t *c, const char *node, const char *verb, const char *const *kv,
+                      int nkv) {
     bool set = strcmp(verb, "set") == 0;
     if ((!set && strcmp(verb, "get") != 0) || (set && nkv == 0) || (!set && nkv > 0)) {
         fprintf(stderr, "usage: chatctl limits get | limits set KEY=VALUE ... [--node NAME]\n"
@@ -413,8 +413,8 @@ static int cmd_limits(const ctl_t *c, const char *node, const char *verb,
         const json_t *r;
         json_array_foreach(all, i, r) {
             printf("%-24s %11" JSON_INTEGER_FORMAT " %15" JSON_INTEGER_FORMAT
-                   " %8" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT
-                   " %13" JSON_INTEGER_FORMAT "\n",
+                   " %8" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT " %13" JSON_INTEGER_FORMAT
+                   "\n",
                    jstr(r, "node"), jint(r, "connections"), jint(r, "max_connections"),
                    jint(r, "max_connections_per_user"), jint(r, "connect_rate"),
                    jint(r, "connect_burst"));
@@ -461,8 +461,8 @@ static int cmd_llm_action(const ctl_t *c, const char *node, const char *verb,
         json_t *params = enable ? json_pack("{s:s,s:s}", "provider", args[0], "key", args[1])
                                 : json_pack("{s:s}", "provider", args[0]);
         json_t *r = NULL;
-        int one = api(c, jstr(b, "base"),
-                      enable ? "/api/llm/key/enable" : "/api/llm/breaker/close", params, &r);
+        int one = api(c, jstr(b, "base"), enable ? "/api/llm/key/enable" : "/api/llm/breaker/close",
+                      params, &r);
         json_decref(r);
         if (one) {
             fprintf(stderr, "chatctl: node %s: not done\n", jstr(b, "name"));
@@ -769,7 +769,6 @@ static void command_usage(const char *cmd, FILE *f) {
             fprintf(f, "usage: chatctl [--addr HOST:PORT] [--api-key KEY] [--json] %s %s\n", cmd,
                     cmd_help[i].args);
 }
-
 
 int main(int argc, char **argv) {
     ctl_t c = {.key = getenv("CHAT_API_KEY")};
