@@ -236,6 +236,9 @@ chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *
  * through the transport; a message of the wrong kind for the client's codec closes it with
  * 3501. */
 void chat_client_on_frame(chat_client_t *c, bool binary, const char *data, size_t len);
+/* The client protocol's wire format of the connection, before its first frame: "json" (also
+ * NULL) or "protobuf" (Centrifugo's cf_protocol URL parameter). CORE_EINVAL for another. */
+int chat_client_set_protocol(chat_client_t *c, const char *name);
 /* The framing of the client's codec. */
 const chat_framing_t *chat_client_framing(const chat_client_t *c);
 /* The socket is gone: drops subscriptions, presence and the client. */

@@ -59,20 +59,54 @@ clu_chan_opts_t chat__chan_opts(const chat_node_t *n, const chat_ns_t *ns) {
 
 /* ---- broker events ---- */
 
-/* The push for a publication, serialised once: every subscriber's queue references the same
- * bytes. */
-core_buf_t *chat__pub_push(const char *channel, const clu_pub_t *pub) {
-    /* Every client speaks the JSON codec today, so one buffer serves every subscriber. With
-     * several codecs in use, fan-out builds one buffer per codec. */
-    core_str_t s = {0};
-    chat__codec_json.push(&s,
-                          &(chat_push_t){.channel = channel, .kind = CHAT_PUSH_PUB, .pub = pub});
-    core_buf_t *b = core_buf_from(0, s.ptr, s.len);
-    core_str_free(&s);
-    return b;
+chat_out_t *chat__out_new(const char *channel, const clu_pub_t *pub) {
+    size_t cl = strlen(channel) + 1;
+    chat_out_t *o = core_malloc(sizeof *o + cl + pub->data_len + pub->info_len + 2);
+    char *p = (char *)(o + 1);
+    *o = (chat_out_t){.refs = 1, .born_us = core_now_us(), .pub = *pub};
+    memcpy(p, channel, cl);
+    o->channel = p;
+    p += cl;
+    memcpy(p, pub->data, pub->data_len);
+    p[pub->data_len] = '\0';
+    o->pub.data = p;
+    p += pub->data_len + 1;
+    if (pub->info) {
+        memcpy(p, pub->info, pub->info_len);
+        p[pub->info_len] = '\0';
+        o->pub.info = p;
+    }
+    return o;
 }
 
-void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uint64_t offset) {
+chat_out_t *chat__out_ref(chat_out_t *o) {
+    o->refs++;
+    return o;
+}
+
+void chat__out_unref(chat_out_t *o) {
+    if (!o || --o->refs > 0)
+        return;
+    for (int i = 0; i < CHAT_CODEC_COUNT; i++)
+        if (o->enc[i])
+            core_buf_unref(o->enc[i]);
+    free(o);
+}
+
+core_buf_t *chat__out_buf(chat_out_t *o, const chat_codec_t *codec) {
+    core_buf_t **b = &o->enc[codec->index];
+    if (!*b) {
+        core_str_t s = {0};
+        codec->push(&s,
+                    &(chat_push_t){.channel = o->channel, .kind = CHAT_PUSH_PUB, .pub = &o->pub});
+        *b = core_buf_from(0, s.ptr, s.len);
+        (*b)->born_us = o->born_us;
+        core_str_free(&s);
+    }
+    return *b;
+}
+
+void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, chat_out_t *o, uint64_t offset) {
     uint64_t out = 0;
     for (uint32_t i = 0; i < ch->n; i++) {
         chat_sub_t *sub = ch->subs[i];
@@ -81,14 +115,14 @@ void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uin
         if (sub->state == SUB_ACTIVE) {
             if (offset && offset <= sub->floor)
                 continue; /* in its subscribe answer already */
-            sub->c->t->send(sub->c->tctx, b);
+            sub->c->t->send(sub->c->tctx, chat__out_buf(o, sub->c->codec));
             out++;
         } else if (sub->npending < 4096) {
             if (sub->npending == sub->cap_pending) {
                 sub->cap_pending = sub->cap_pending ? sub->cap_pending * 2 : 8;
                 sub->pending = core_realloc(sub->pending, sub->cap_pending * sizeof *sub->pending);
             }
-            sub->pending[sub->npending++] = (chat_pending_pub_t){core_buf_ref(b), offset};
+            sub->pending[sub->npending++] = (chat_pending_pub_t){chat__out_ref(o), offset};
         } else {
             /* Too much arrived before the subscribe could finish: the client resynchronises. */
             chat__client_close(sub->c, CORE_DISCONNECT_INSUFFICIENT_STATE);
@@ -111,7 +145,7 @@ size_t chat_node_room_backlog(const chat_node_t *n, const char *channel) {
 
 void chat__channel_drop_held(chat_channel_t *ch) {
     for (uint32_t i = 0; i < ch->nheld; i++)
-        core_buf_unref(ch->held[i].buf);
+        chat__out_unref(ch->held[i].out);
     free(ch->held);
     ch->held = NULL;
     ch->nheld = ch->cap_held = 0;
@@ -138,9 +172,9 @@ static void channel_deliver_held(chat_node_t *n, chat_channel_t *ch) {
     while (i < ch->nheld && ch->held[i].offset <= ch->last + 1) {
         if (ch->held[i].offset == ch->last + 1) {
             ch->last++;
-            chat__channel_fanout(n, ch, ch->held[i].buf, ch->held[i].offset);
+            chat__channel_fanout(n, ch, ch->held[i].out, ch->held[i].offset);
         }
-        core_buf_unref(ch->held[i].buf);
+        chat__out_unref(ch->held[i].out);
         i++;
     }
     if (i > 0 && i < ch->nheld)
@@ -202,10 +236,10 @@ static void fill_done(int status, const clu_pub_t *pubs, size_t np, uint64_t top
             for (size_t i = 0; i < np; i++) {
                 if (pubs[i].offset != ch->last + 1)
                     break;
-                core_buf_t *b = chat__pub_push(ch->name, &pubs[i]);
+                chat_out_t *o = chat__out_new(ch->name, &pubs[i]);
                 ch->last++;
-                chat__channel_fanout(n, ch, b, pubs[i].offset);
-                core_buf_unref(b);
+                chat__channel_fanout(n, ch, o, pubs[i].offset);
+                chat__out_unref(o);
             }
             chat__channel_release_held(n, ch);
         }
@@ -241,7 +275,7 @@ void chat__channel_fill(chat_node_t *n, chat_channel_t *ch) {
         fill_done(rc, NULL, 0, ch->last, ch->epoch, op);
 }
 
-static void channel_hold(chat_channel_t *ch, core_buf_t *b, uint64_t offset) {
+static void channel_hold(chat_channel_t *ch, chat_out_t *o, uint64_t offset) {
     if (ch->nheld == ch->cap_held) {
         ch->cap_held = ch->cap_held ? ch->cap_held * 2 : 16;
         ch->held = core_realloc(ch->held, ch->cap_held * sizeof *ch->held);
@@ -253,7 +287,7 @@ static void channel_hold(chat_channel_t *ch, core_buf_t *b, uint64_t offset) {
     if (i > 0 && ch->held[i - 1].offset == offset)
         return; /* already held */
     memmove(ch->held + i + 1, ch->held + i, (ch->nheld - i) * sizeof *ch->held);
-    ch->held[i] = (chat_pending_pub_t){core_buf_ref(b), offset};
+    ch->held[i] = (chat_pending_pub_t){chat__out_ref(o), offset};
     ch->nheld++;
 }
 
@@ -266,18 +300,18 @@ static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const ch
         return;
     }
     if (pub->offset == 0) {
-        core_buf_t *b = chat__pub_push(channel, pub);
-        chat__channel_fanout(n, ch, b, 0);
-        core_buf_unref(b);
+        chat_out_t *o = chat__out_new(channel, pub);
+        chat__channel_fanout(n, ch, o, 0);
+        chat__out_unref(o);
         return;
     }
     if (!ch->positioned) {
         /* Held until the first subscribe answer says where this node's feed starts. Past the
          * bound the rest is read from history then. */
         if (ch->nheld < n->cfg.max_recover) {
-            core_buf_t *b = chat__pub_push(channel, pub);
-            channel_hold(ch, b, pub->offset);
-            core_buf_unref(b);
+            chat_out_t *o = chat__out_new(channel, pub);
+            channel_hold(ch, o, pub->offset);
+            chat__out_unref(o);
         } else {
             ch->resync_wanted = true; /* what did not fit is read from history then */
         }
@@ -292,20 +326,20 @@ static void on_pub(void *ud, const char *channel, const clu_pub_t *pub, const ch
     }
     if (pub->offset <= ch->last)
         return; /* delivered already (a fill got it first) */
-    core_buf_t *b = chat__pub_push(channel, pub);
+    chat_out_t *o = chat__out_new(channel, pub);
     if (ch->filling || pub->offset > ch->last + 1) {
         if (ch->nheld >= n->cfg.max_recover) {
             channel_state_lost(n, ch);
             ch->last = pub->offset;
         } else {
-            channel_hold(ch, b, pub->offset);
+            channel_hold(ch, o, pub->offset);
             chat__channel_fill(n, ch);
         }
     } else {
         ch->last = pub->offset;
-        chat__channel_fanout(n, ch, b, pub->offset);
+        chat__channel_fanout(n, ch, o, pub->offset);
     }
-    core_buf_unref(b);
+    chat__out_unref(o);
 }
 
 static void on_resync(void *ud, const char *channel) {
@@ -320,18 +354,25 @@ static void on_join_leave(chat_node_t *n, const char *channel, const char *info,
     chat_channel_t *ch = core_map_get(n->channels, channel);
     if (!ch)
         return;
-    /* Like publications, serialised once for every member (all speak the JSON codec today). */
-    core_str_t s = {0};
-    chat__codec_json.push(&s,
-                          &(chat_push_t){.channel = channel, .kind = kind, .member = {info, len}});
-    core_buf_t *b = core_buf_from(0, s.ptr, s.len);
-    core_str_free(&s);
+    /* Like publications, serialised once per wire format its members speak. */
+    core_buf_t *b[CHAT_CODEC_COUNT] = {0};
     for (uint32_t i = 0; i < ch->n; i++) {
         chat_sub_t *sub = ch->subs[i];
-        if (sub->join_leave && sub->state == SUB_ACTIVE && sub->c->state == CL_CONNECTED)
-            sub->c->t->send(sub->c->tctx, b);
+        if (!sub->join_leave || sub->state != SUB_ACTIVE || sub->c->state != CL_CONNECTED)
+            continue;
+        const chat_codec_t *codec = sub->c->codec;
+        if (!b[codec->index]) {
+            core_str_t s = {0};
+            codec->push(&s,
+                        &(chat_push_t){.channel = channel, .kind = kind, .member = {info, len}});
+            b[codec->index] = core_buf_from(0, s.ptr, s.len);
+            core_str_free(&s);
+        }
+        sub->c->t->send(sub->c->tctx, b[codec->index]);
     }
-    core_buf_unref(b);
+    for (int i = 0; i < CHAT_CODEC_COUNT; i++)
+        if (b[i])
+            core_buf_unref(b[i]);
 }
 
 static void on_join(void *ud, const char *channel, const char *info, size_t len) {

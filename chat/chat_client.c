@@ -241,6 +241,16 @@ const chat_framing_t *chat_client_framing(const chat_client_t *c) {
     return &c->codec->framing;
 }
 
+int chat_client_set_protocol(chat_client_t *c, const char *name) {
+    if (!name || strcmp(name, "json") == 0)
+        c->codec = &chat__codec_json;
+    else if (strcmp(name, "protobuf") == 0)
+        c->codec = &chat__codec_pb;
+    else
+        return CORE_EINVAL;
+    return 0;
+}
+
 chat_client_t *chat_client_new(chat_node_t *n, const chat_transport_t *t, void *tctx) {
     chat_client_t *c = core_calloc(1, sizeof *c);
     c->node = n;

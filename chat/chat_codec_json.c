@@ -554,6 +554,7 @@ const chat_codec_t chat__codec_json = {
                 .ws_opcode = 1,
                 .join_size = json_join_size,
                 .join_append = json_join_append},
+    .index = CHAT_CODEC_JSON,
     .next = json_next,
     .req_clear = json_req_clear,
     .reply = json_reply,

@@ -42,8 +42,22 @@ typedef struct {
 typedef struct chat_sub chat_sub_t;
 typedef struct chat_codec chat_codec_t;
 
+/* The client protocol's wire formats; a connection speaks one (chosen when it opens). */
+typedef enum { CHAT_CODEC_JSON = 0, CHAT_CODEC_PROTOBUF, CHAT_CODEC_COUNT } chat_codec_index_t;
+
+/* A publication on its way to a channel's subscribers: kept while any of them waits for it,
+ * and serialised once per wire format when the first subscriber speaking that format needs it,
+ * so a room without Protobuf subscribers never pays for the Protobuf form. */
 typedef struct {
-    core_buf_t *buf;
+    uint32_t refs;
+    uint64_t born_us; /* fan-out latency starts here, whatever the format */
+    const char *channel;
+    clu_pub_t pub; /* data, info and channel live in the same allocation */
+    core_buf_t *enc[CHAT_CODEC_COUNT];
+} chat_out_t;
+
+typedef struct {
+    chat_out_t *out;
     uint64_t offset;
 } chat_pending_pub_t;
 
@@ -160,8 +174,8 @@ struct chat_node {
     core_map_iter_t users_at; /* where the sweep of idle users goes on */
     uint64_t rng;             /* jitter of due times */
     uint64_t next_gen;
-    uint32_t stalled; /* channels with a fill to retry */
-    core_buf_t *ping; /* the shared ping of the JSON codec */
+    uint32_t stalled;                   /* channels with a fill to retry */
+    core_buf_t *ping[CHAT_CODEC_COUNT]; /* the shared ping of each wire format */
     chat_stats_t st;
     chat_rpc_entry_t rpc[CHAT_RPC_MAX_HANDLERS];
     uint32_t nrpc;
@@ -372,6 +386,7 @@ typedef struct {
  * what server/ sees (chat.h). */
 struct chat_codec {
     chat_framing_t framing;
+    chat_codec_index_t index;
     /* Decodes the next command of frame from *pos (advanced). Returns 1 with *req filled (release
      * with req_clear), 0 when the frame has no more, CORE_EPROTO for input that is not a
      * command. */
@@ -386,6 +401,7 @@ struct chat_codec {
 };
 
 extern const chat_codec_t chat__codec_json;
+extern const chat_codec_t chat__codec_pb;
 
 /* Formats that are JSON whatever the client's codec (chat_codec_json.c writes them too). */
 
@@ -538,9 +554,14 @@ void chat__channel_release_held(chat_node_t *n, chat_channel_t *ch);
 /* Reads what follows `last` from history (or marks the fill wanted when one cannot start). */
 void chat__channel_fill(chat_node_t *n, chat_channel_t *ch);
 /* Queues b to every active subscriber (above its floor) and buffers it for pending ones. */
-void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, core_buf_t *b, uint64_t offset);
+void chat__channel_fanout(chat_node_t *n, chat_channel_t *ch, chat_out_t *o, uint64_t offset);
 void chat__channel_drop_held(chat_channel_t *ch);
-core_buf_t *chat__pub_push(const char *channel, const clu_pub_t *pub);
+/* A copy of pub on its way to channel's subscribers (refcount 1). */
+chat_out_t *chat__out_new(const char *channel, const clu_pub_t *pub);
+chat_out_t *chat__out_ref(chat_out_t *o);
+void chat__out_unref(chat_out_t *o);
+/* The publication's push in codec's format, serialised on first use (borrowed from o). */
+core_buf_t *chat__out_buf(chat_out_t *o, const chat_codec_t *codec);
 /* Appends a publication as the JSON protocol writes it: {"data","offset","info"}. */
 void chat__json_append_pub(core_str_t *s, const clu_pub_t *p);
 

@@ -88,7 +88,7 @@ static void sweep_client(chat_node_t *n, chat_client_t *c, uint64_t now, int64_t
         return;
     }
     if (now >= c->next_ping_ms) {
-        c->t->send(c->tctx, n->ping);
+        c->t->send(c->tctx, n->ping[c->codec->index]);
         c->next_ping_ms = now + (uint64_t)n->cfg.ping_interval_s * 1000;
         if (!c->pong_deadline_ms)
             c->pong_deadline_ms = now + (uint64_t)n->cfg.pong_timeout_s * 1000;
@@ -161,10 +161,13 @@ chat_node_t *chat_node_new(uv_loop_t *loop, const chat_config_t *cfg) {
     n->sweep_at = &n->all;
     core_random(&n->rng, sizeof n->rng);
     n->rng |= 1; /* xorshift's state must not be 0 */
-    core_str_t ping = {0};
-    chat__codec_json.ping(&ping);
-    n->ping = core_buf_from(0, ping.ptr, ping.len);
-    core_str_free(&ping);
+    const chat_codec_t *codecs[CHAT_CODEC_COUNT] = {&chat__codec_json, &chat__codec_pb};
+    for (int i = 0; i < CHAT_CODEC_COUNT; i++) {
+        core_str_t ping = {0};
+        codecs[i]->ping(&ping);
+        n->ping[i] = core_buf_from(0, ping.ptr, ping.len);
+        core_str_free(&ping);
+    }
     uv_timer_init(loop, &n->sweep);
     n->sweep.data = n;
     uv_timer_start(&n->sweep, sweep_cb, SWEEP_TICK_MS, SWEEP_TICK_MS);
@@ -220,7 +223,8 @@ static void node_timer_closed(uv_handle_t *h) {
     core_map_free(n->channels);
     core_map_free(n->surveys);
     chat__rpc_free(n);
-    core_buf_unref(n->ping);
+    for (int i = 0; i < CHAT_CODEC_COUNT; i++)
+        core_buf_unref(n->ping[i]);
     void (*done)(void *) = n->close_done;
     void *ud = n->close_ud;
     free(n);

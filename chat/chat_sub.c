@@ -40,7 +40,7 @@ chat_sub_t *chat__sub_new(chat_client_t *c, const char *channel, const chat_ns_t
 
 static void sub_drop_pending(chat_sub_t *s) {
     for (uint32_t i = 0; i < s->npending; i++)
-        core_buf_unref(s->pending[i].buf);
+        chat__out_unref(s->pending[i].out);
     free(s->pending);
     s->pending = NULL;
     s->npending = s->cap_pending = 0;
@@ -156,7 +156,7 @@ void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch) {
     for (uint32_t i = 0; i < s->npending; i++) {
         chat_pending_pub_t *p = &s->pending[i];
         if (p->offset == 0 || p->offset > top) {
-            c->t->send(c->tctx, p->buf);
+            c->t->send(c->tctx, chat__out_buf(p->out, c->codec));
             n->st.publications_out++;
         }
     }
@@ -171,7 +171,7 @@ void chat__sub_activate(chat_sub_t *s, uint64_t top, const char *epoch) {
          * still waiting for its own answer will cover: they go to those pending lists (this
          * subscription skips them by its floor), then out of the channel. */
         for (uint32_t i = 0; i < ch->nheld && ch->held[i].offset <= top; i++)
-            chat__channel_fanout(n, ch, ch->held[i].buf, ch->held[i].offset);
+            chat__channel_fanout(n, ch, ch->held[i].out, ch->held[i].offset);
         chat__channel_release_held(n, ch);
         if (ch->resync_wanted) {
             ch->resync_wanted = false;

@@ -379,6 +379,9 @@ static int confirm_upgrade(srv_t *S, struct lws *wsi) {
     return 0;
 }
 
+/* The WebSocket subprotocol centrifuge-js names when it speaks Protobuf. */
+#define PB_SUBPROTOCOL "centrifuge-protobuf"
+
 static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                      size_t len) {
     srv_t *S = lws_context_user(lws_get_context(wsi));
@@ -412,6 +415,17 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         }
         c->client = chat_client_new(S->node, &transport, c);
         S->st.accepted++;
+        /* The wire format, as Centrifugo's SDKs ask for it: the WebSocket subprotocol
+         * centrifuge-protobuf (centrifuge-js) or ?cf_protocol=protobuf (the mobile SDKs); JSON
+         * otherwise. lws still holds the request's arguments here. */
+        char proto[32];
+        const char *want = lws_get_urlarg_by_name(wsi, "cf_protocol=", proto, sizeof proto);
+        if (strcmp(lws_get_protocol(wsi)->name, PB_SUBPROTOCOL) == 0)
+            want = "protobuf";
+        if (chat_client_set_protocol(c->client, want) != 0) {
+            conn_close(c, CORE_DISCONNECT_BAD_REQUEST, "bad request: unknown cf_protocol");
+            return 0;
+        }
         return 0;
     }
     case LWS_CALLBACK_RECEIVE:
@@ -482,6 +496,11 @@ const struct lws_protocols srv__public_protocols[] = {
      * next to the deliveries they cause. lws also reads no more than this per readiness event:
      * reread_all reads a receiving connection again within the pass. */
     {.name = "chat",
+     .callback = cb_public,
+     .per_session_data_size = sizeof(srv_conn_t),
+     .rx_buffer_size = 128},
+    /* The same sessions, named as centrifuge-js asks for the Protobuf form. */
+    {.name = PB_SUBPROTOCOL,
      .callback = cb_public,
      .per_session_data_size = sizeof(srv_conn_t),
      .rx_buffer_size = 128},

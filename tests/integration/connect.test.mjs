@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   startChatd, connectClient, newClient, rawConnect, rawConnectAs, mintToken, userToken, nowSec,
-  waitEvent, sdkSocket, WebSocket,
+  waitEvent, sdkSocket, WebSocket, countPings,
 } from './helpers.mjs';
 
 test('SDK client connects: connected event with a client id', async (t) => {
@@ -138,10 +138,8 @@ test('SDK answers pings and stays connected over several ping intervals', async 
   const client = await connectClient(t, srv, { user: 'alice' });
   const sock = sdkSocket(client);
   let pings = 0;
-  sock.on('message', (d) => {
-    if (d.toString().split('\n').some((l) => l.trim() === '{}')) {
-      pings++;
-    }
+  sock.on('message', (d, isBinary) => {
+    pings += countPings(d, isBinary);
   });
   await waitEvent(sock, 'message', { filter: () => pings >= 3, timeoutMs: 6000, what: '3 pings' });
   assert.equal(client.state, 'connected');

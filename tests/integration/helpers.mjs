@@ -2,7 +2,8 @@
 //
 // - startChatd(t, {env}) starts a chatd on loopback ephemeral ports and stops it after the test.
 // - mintToken(claims) makes an HS256 JWT with node:crypto.
-// - newClient(t, srv, opts) makes a centrifuge SDK client (ws WebSocket), disconnected after the test.
+// - newClient(t, srv, opts) makes a centrifuge SDK client (ws WebSocket), disconnected after the test;
+//   CHAT_TEST_PROTOCOL=protobuf makes it the SDK's Protobuf form (sdk-protocol.mjs).
 // - rawConnect(t, srv) opens a raw WebSocket speaking the JSON protocol by hand.
 // - scrapeMetrics / metricValue parse the Prometheus text of the admin listener.
 // - readRssBytes(pid) reads VmRSS from /proc.
@@ -14,10 +15,10 @@ import { spawn } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { Centrifuge } from 'centrifuge';
 import WebSocket from 'ws';
+import { Centrifuge, PROTOCOL, countPings, makeClient } from './sdk-protocol.mjs';
 
-export { Centrifuge, WebSocket, randomUUID };
+export { Centrifuge, PROTOCOL, WebSocket, countPings, randomUUID };
 
 // Default: build/bin/chatd of this repository (/work/main/build/bin/chatd in the main work tree).
 export const CHATD_BIN = process.env.CHATD_BIN || fileURLToPath(new URL('../../build/bin/chatd', import.meta.url));
@@ -369,7 +370,7 @@ export class Collector {
  * Centrifuge option. Disconnected in t.after.
  */
 export function newClient(t, srv, opts = {}) {
-  const { user, ...rest } = opts;
+  const { user, protocol, ...rest } = opts;
   const config = {
     websocket: WebSocket,
     minReconnectDelay: 100,
@@ -380,7 +381,8 @@ export function newClient(t, srv, opts = {}) {
   if (config.token === undefined && user) {
     config.token = userToken(user);
   }
-  const client = new Centrifuge(opts.url || srv.wsUrl, config);
+  // The SDK form of the run (CHAT_TEST_PROTOCOL): JSON, or Protobuf with JSON data in bytes.
+  const client = makeClient(opts.url || srv.wsUrl, config, protocol);
   // Record every event, for assertions about what did (not) happen.
   client.events = [];
   for (const ev of ['connecting', 'connected', 'disconnected', 'error', 'subscribed', 'unsubscribed', 'subscribing']) {
