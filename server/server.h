@@ -28,6 +28,9 @@ typedef struct {
     char *jwt_issuer;
     uint32_t jwt_leeway;
     char *api_key;
+    char *tls_cert; /* PEM files; both set: the public listener speaks TLS */
+    char *tls_key;
+    uint32_t admin_tls; /* the admin listener too */
     uint32_t demo_tokens;
     char *web_root;
     char *log_format;

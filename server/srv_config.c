@@ -43,6 +43,12 @@ static const setting_t settings[] = {
     {"CHAT_JWT_ISSUER", "jwt_issuer", T_STR, OFF(jwt_issuer), NULL, "required token issuer"},
     {"CHAT_JWT_LEEWAY", "jwt_leeway", T_U32, OFF(jwt_leeway), "30",
      "clock skew allowance for exp/nbf, seconds"},
+    {"CHAT_TLS_CERT", "tls_cert", T_STR, OFF(tls_cert), NULL,
+     "PEM certificate (chain) file: the public listener serves wss:// and https:// (with "
+     "CHAT_TLS_KEY; SIGHUP reloads both)"},
+    {"CHAT_TLS_KEY", "tls_key", T_STR, OFF(tls_key), NULL, "PEM private key file of CHAT_TLS_CERT"},
+    {"CHAT_ADMIN_TLS", "admin_tls", T_U32, OFF(admin_tls), "0",
+     "1: the admin listener takes TLS too, with the same certificate"},
     {"CHAT_API_KEY", "api_key", T_STR, OFF(api_key), NULL,
      "key for /api/* (default: random, printed in demo mode)"},
     {"CHAT_DEMO_TOKENS", "demo_tokens", T_U32, OFF(demo_tokens), "0",
@@ -341,6 +347,14 @@ int srv_config_load(srv_config_t *cfg, const char *path, char *err, size_t errle
     }
     if (cfg->node_id && !srv_node_id_ok(cfg->node_id)) {
         snprintf(err, errlen, "CHAT_NODE_ID must be 1-64 of [A-Za-z0-9._:-]");
+        return CORE_EINVAL;
+    }
+    if (!cfg->tls_cert != !cfg->tls_key) {
+        snprintf(err, errlen, "CHAT_TLS_CERT and CHAT_TLS_KEY go together");
+        return CORE_EINVAL;
+    }
+    if (cfg->admin_tls && !cfg->tls_cert) {
+        snprintf(err, errlen, "CHAT_ADMIN_TLS needs CHAT_TLS_CERT and CHAT_TLS_KEY");
         return CORE_EINVAL;
     }
     if (core_log_level_parse(cfg->log_level) < 0) {

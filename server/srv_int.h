@@ -77,7 +77,8 @@ struct srv {
     srv_stats_t st;
     adm_metrics_t *metrics;
     core_str_t scratch; /* the frame being written; writes are synchronous so one suffices */
-    uv_signal_t sigterm, sigint;
+    uv_signal_t sigterm, sigint, sighup;
+    uint32_t tls_generation; /* certificate loads so far: each makes a vhost named after it */
     uv_timer_t drain_timer;
     uint64_t drain_deadline;
     uint64_t drain_start_ms;

@@ -109,8 +109,11 @@ static void on_readable(uv_poll_t *h, int status, int events) {
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        /* On failure lws has closed the socket. */
-        if (!lws_adopt_socket_vhost(l->vh, fd))
+        /* On failure lws has closed the socket. ALLOW_SSL: a vhost with a certificate runs the
+         * TLS handshake on it (lws_adopt_socket_vhost leaves TLS out). */
+        lws_sock_file_fd_type sfd = {.sockfd = fd};
+        if (!lws_adopt_descriptor_vhost(
+                l->vh, LWS_ADOPT_SOCKET | LWS_ADOPT_HTTP | LWS_ADOPT_ALLOW_SSL, sfd, NULL, NULL))
             CORE_LOGW(MOD, "cannot adopt a connection", "listener=%s", l->name);
     }
 }

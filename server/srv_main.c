@@ -2,6 +2,7 @@
  * libuv loop, the listeners, the chat node and its broker, the ready line, drain on SIGTERM and
  * an orderly shutdown. */
 #include <inttypes.h>
+#include <openssl/ssl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -106,6 +107,7 @@ static void drain_finish(srv_t *S) {
     srv__listen_close(&S->adm_l);
     uv_close((uv_handle_t *)&S->sigterm, NULL);
     uv_close((uv_handle_t *)&S->sigint, NULL);
+    uv_close((uv_handle_t *)&S->sighup, NULL);
     uv_close((uv_handle_t *)&S->flush_timer, NULL);
     uv_close((uv_handle_t *)&S->flush_prepare, NULL);
     uv_close((uv_handle_t *)&S->loop_watch, NULL);
@@ -194,12 +196,26 @@ static uint64_t raise_fd_limit(void) {
  * to the first vhost with the same listen port, which for vhosts without a listener is the
  * kind of non-port they were created with: each vhost needs a different one (port), or the
  * admin listener's requests would be served by the public vhost. */
+/* TLS 1.2 and 1.3 only; for 1.2, forward-secret AEAD suites only (1.3's are all of that
+ * kind). */
+#define TLS_CIPHERS                                                                                \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"     \
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+
+/* A vhost for listener l (TLS with the configured certificate when tls): l's accepted sockets
+ * are adopted into it from now on. A vhost made to reload the certificate gets a new name;
+ * connections stay on the vhost that accepted them. */
 static struct lws_vhost *make_vhost(srv_t *S, srv_listener_t *l, int port,
                                     const struct lws_protocols *protos,
                                     const struct lws_protocol_vhost_options *pvo,
-                                    const struct lws_protocol_vhost_options *headers) {
+                                    const struct lws_protocol_vhost_options *headers, bool tls) {
+    char name[64];
+    snprintf(name, sizeof name, "%s%s%" PRIu32, l->name, S->tls_generation ? "-" : "",
+             S->tls_generation);
+    if (!S->tls_generation)
+        snprintf(name, sizeof name, "%s", l->name);
     struct lws_context_creation_info info = {
-        .vhost_name = l->name,
+        .vhost_name = name,
         .port = port,
         .protocols = protos,
         .pvo = pvo,
@@ -207,12 +223,52 @@ static struct lws_vhost *make_vhost(srv_t *S, srv_listener_t *l, int port,
         .options = LWS_SERVER_OPTION_DISABLE_IPV6,
         .keepalive_timeout = 30,
     };
+    if (tls) {
+        /* lws reads this option from the vhost's info as well as from the context's. */
+        info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        info.ssl_cert_filepath = S->cfg.tls_cert;
+        info.ssl_private_key_filepath = S->cfg.tls_key;
+        info.ssl_cipher_list = TLS_CIPHERS;
+        info.ssl_options_set = SSL_OP_NO_SSLv3 | SSL_OP_NO_TLSv1 | SSL_OP_NO_TLSv1_1 |
+                               SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION;
+    }
     struct lws_vhost *vh = lws_create_vhost(S->ctx, &info);
     if (!vh)
-        CORE_LOGE(MOD, "cannot create the vhost", "vhost=%s", l->name);
+        CORE_LOGE(MOD, "cannot create the vhost", "vhost=%s tls=%d", name, tls);
     else
         srv__listen_start(l, vh);
     return vh;
+}
+
+/* SIGHUP: the certificate files are read again. New connections get the new certificate
+ * (fresh vhosts take the listeners' sockets); those already open keep theirs. A certificate
+ * that does not load leaves the old one in use. */
+static void on_sighup(uv_signal_t *h, int signum) {
+    (void)signum;
+    srv_t *S = h->data;
+    if (!S->cfg.tls_cert || S->draining)
+        return;
+    S->tls_generation++;
+    struct lws_vhost *pub = S->pub_vh, *adm = S->adm_vh;
+    struct lws_vhost *np =
+        make_vhost(S, &S->pub_l, CONTEXT_PORT_NO_LISTEN_SERVER, srv__public_protocols,
+                   &srv__public_pvo, &S->cookie_hdr, true);
+    if (!np) {
+        CORE_LOGE(MOD, "certificate not reloaded", "cert=%s", S->cfg.tls_cert);
+        srv__listen_start(&S->pub_l, pub);
+        return;
+    }
+    S->pub_vh = np;
+    if (S->cfg.admin_tls) {
+        struct lws_vhost *na = make_vhost(S, &S->adm_l, CONTEXT_PORT_NO_LISTEN_SERVER,
+                                          srv__admin_protocols, NULL, NULL, true);
+        if (na)
+            S->adm_vh = na;
+        else
+            srv__listen_start(&S->adm_l, adm);
+    }
+    CORE_LOGI(MOD, "certificate reloaded", "cert=%s generation=%" PRIu32, S->cfg.tls_cert,
+              S->tls_generation);
 }
 
 /* Decides what names this node once its listeners are bound (the default id and address
@@ -337,7 +393,8 @@ int main(int argc, char **argv) {
     void *loops[1] = {&S->loop};
     struct lws_context_creation_info info = {
         .options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
-                   LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN,
+                   LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN |
+                   (S->cfg.tls_cert ? LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT : 0),
         .foreign_loops = loops,
         .user = S,
         .port = CONTEXT_PORT_NO_LISTEN,
@@ -365,9 +422,13 @@ int main(int argc, char **argv) {
         lws_context_destroy(S->ctx);
         return 1;
     }
+    bool tls = S->cfg.tls_cert != NULL;
     S->pub_vh = make_vhost(S, &S->pub_l, CONTEXT_PORT_NO_LISTEN_SERVER, srv__public_protocols,
-                           &srv__public_pvo, &S->cookie_hdr);
-    S->adm_vh = make_vhost(S, &S->adm_l, CONTEXT_PORT_NO_LISTEN, srv__admin_protocols, NULL, NULL);
+                           &srv__public_pvo, &S->cookie_hdr, tls);
+    /* lws sets up TLS only on a vhost it counts as a server's (NO_LISTEN_SERVER). */
+    S->adm_vh = make_vhost(
+        S, &S->adm_l, S->cfg.admin_tls ? CONTEXT_PORT_NO_LISTEN_SERVER : CONTEXT_PORT_NO_LISTEN,
+        srv__admin_protocols, NULL, NULL, tls && S->cfg.admin_tls);
     if (!S->pub_vh || !S->adm_vh) {
         lws_context_destroy(S->ctx);
         return 1;
@@ -409,9 +470,11 @@ int main(int argc, char **argv) {
 
     uv_signal_init(&S->loop, &S->sigterm);
     uv_signal_init(&S->loop, &S->sigint);
-    S->sigterm.data = S->sigint.data = S;
+    uv_signal_init(&S->loop, &S->sighup);
+    S->sigterm.data = S->sigint.data = S->sighup.data = S;
     uv_signal_start(&S->sigterm, on_signal, SIGTERM);
     uv_signal_start(&S->sigint, on_signal, SIGINT);
+    uv_signal_start(&S->sighup, on_sighup, SIGHUP);
     uv_timer_init(&S->loop, &S->drain_timer);
     S->drain_timer.data = S;
     core_list_init(&S->flush);

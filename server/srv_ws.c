@@ -1,6 +1,9 @@
 /* server: the chat protocol of the public listener: the lws protocol callback, and the transport
  * of chat clients (bounded write queues, batched direct writes, backpressure, close frames). */
 #include <errno.h>
+#include <limits.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -193,8 +196,20 @@ static size_t ws_header(char *end, size_t len, uint8_t opcode) {
     return (size_t)((unsigned char *)end - h);
 }
 
-/* One non-blocking send. Returns bytes taken (0 when the socket is full) or -1 on error. */
+/* One non-blocking send. Returns bytes taken (0 when the socket is full) or -1 on error. Over
+ * TLS the batch goes to the connection's OpenSSL object in one SSL_write, so one batch is one
+ * write call whatever the transport; partial writes and a moving buffer are allowed on that
+ * object (ESTABLISHED), since an unsent tail is retried from the connection's own copy. */
 static ssize_t send_some(struct lws *wsi, const char *p, size_t len) {
+    SSL *ssl = lws_get_ssl(wsi);
+    if (ssl) {
+        ERR_clear_error();
+        int n = SSL_write(ssl, p, len > INT_MAX ? INT_MAX : (int)len);
+        if (n > 0)
+            return n;
+        int e = SSL_get_error(ssl, n);
+        return e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? 0 : -1;
+    }
     ssize_t n = send(lws_get_socket_fd(wsi), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
@@ -413,6 +428,9 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
             conn_close(c, CORE_DISCONNECT_TOO_MANY_REQUESTS, "too many requests");
             return 0;
         }
+        SSL *ssl = lws_get_ssl(wsi);
+        if (ssl)
+            SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
         c->client = chat_client_new(S->node, &transport, c);
         S->st.accepted++;
         /* The wire format, as Centrifugo's SDKs ask for it: the WebSocket subprotocol
