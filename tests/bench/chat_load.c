@@ -10,6 +10,9 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <limits.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -56,6 +59,7 @@ typedef struct target {
     int port;
     char path[256];
     struct sockaddr_in addr;
+    bool tls; /* wss:// */
 } target;
 
 typedef struct options {
@@ -72,6 +76,7 @@ typedef struct options {
     double drain_seconds;
     unsigned payload_bytes;
     bool idle;
+    bool protobuf; /* --protobuf: the Protobuf client protocol (?cf_protocol=protobuf) */
     double hold_seconds;
     unsigned sources;
     int node_pids[MAX_NODES];
@@ -110,7 +115,7 @@ static void usage(FILE *out) {
         "Opens subscriber and publisher WebSocket connections to a chatd node (Centrifugo v2 JSON\n"
         "protocol), publishes at stepped total rates and measures end-to-end delivery.\n"
         "\n"
-        "  --url URL             ws://HOST:PORT/PATH, numeric IPv4 host\n"
+        "  --url URL             ws://HOST:PORT/PATH or wss:// (TLS), numeric IPv4 host\n"
         "                        (default ws://127.0.0.1:8000/connection/websocket);\n"
         "                        repeat it or give a comma list for a cluster: subscriber i\n"
         "                        and publisher j go to URL i %% n and j %% n\n"
@@ -130,6 +135,8 @@ static void usage(FILE *out) {
         "  --drain-seconds S     wait after a step's last publish before counting losses\n"
         "                        (default 2)\n"
         "  --payload-bytes B     length of each message text, 24..4000 (default 64)\n"
+        "  --protobuf            speak the Protobuf form of the protocol (binary frames,\n"
+        "                        ?cf_protocol=protobuf) instead of JSON\n"
         "  --idle                only open the subscribers, hold them, report memory\n"
         "  --hold-seconds S      how long --idle holds the connections (default 10)\n"
         "  --sources K           spread connections over source addresses 127.0.0.1..K\n"
@@ -170,10 +177,13 @@ static int parse_url(target *t, const char *url) {
     char host[64];
     int port = 0;
     int consumed = 0;
-    if (sscanf(url, "ws://%63[^:/]:%d%n", host, &port, &consumed) != 2 || port <= 0 ||
-        port > 65535) {
+    bool tls = strncmp(url, "wss://", 6) == 0;
+    if (sscanf(url, tls ? "wss://%63[^:/]:%d%n" : "ws://%63[^:/]:%d%n", host, &port, &consumed) !=
+            2 ||
+        port <= 0 || port > 65535) {
         return -1;
     }
+    t->tls = tls;
     struct in_addr a;
     if (inet_pton(AF_INET, host, &a) != 1) {
         return -1;
@@ -253,6 +263,7 @@ static int parse_options(int argc, char **argv) {
         O_DRAIN,
         O_PAYLOAD,
         O_IDLE,
+        O_PROTOBUF,
         O_HOLD,
         O_SOURCES,
         O_INFLIGHT,
@@ -277,6 +288,7 @@ static int parse_options(int argc, char **argv) {
         {"drain-seconds", required_argument, NULL, O_DRAIN},
         {"payload-bytes", required_argument, NULL, O_PAYLOAD},
         {"idle", no_argument, NULL, O_IDLE},
+        {"protobuf", no_argument, NULL, O_PROTOBUF},
         {"hold-seconds", required_argument, NULL, O_HOLD},
         {"sources", required_argument, NULL, O_SOURCES},
         {"max-inflight", required_argument, NULL, O_INFLIGHT},
@@ -334,6 +346,9 @@ static int parse_options(int argc, char **argv) {
             break;
         case O_PAYLOAD:
             opt.payload_bytes = (unsigned)strtoul(optarg, NULL, 10);
+            break;
+        case O_PROTOBUF:
+            opt.protobuf = true;
             break;
         case O_IDLE:
             opt.idle = true;
@@ -490,6 +505,8 @@ typedef struct conn {
     uint32_t woff;
     uint32_t wlen;
     uint32_t wcap;
+    SSL *ssl;         /* wss://: the connection's TLS state */
+    uint8_t tls_hs;   /* the TLS handshake is under way */
 } conn;
 
 /* What one subscriber has seen of one publisher. `hi` is the highest sequence number received
@@ -623,7 +640,43 @@ static uint32_t pub_first_id(unsigned p) {
     return 2 + pub_nrooms(p);
 }
 
+/* ---- wss://: the same reads and writes through OpenSSL (certificates are not verified: the
+ * tool measures the server's cost of TLS, not a deployment's trust) ---- */
+
+static SSL_CTX *g_tls;
+
+/* send() and recv() with their errno conventions, over TLS when the connection has it. */
+static ssize_t io_send(conn *c, const char *p, size_t n) {
+    if (!c->ssl)
+        return send(c->fd, p, n, MSG_NOSIGNAL);
+    ERR_clear_error();
+    int r = SSL_write(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(c->ssl, r);
+    errno = e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? EAGAIN : EPIPE;
+    return -1;
+}
+
+static ssize_t io_recv(conn *c, char *p, size_t n) {
+    if (!c->ssl)
+        return recv(c->fd, p, n, 0);
+    ERR_clear_error();
+    int r = SSL_read(c->ssl, p, n > INT_MAX ? INT_MAX : (int)n);
+    if (r > 0)
+        return r;
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : ECONNRESET;
+    return -1;
+}
+
 static void conn_free_buffers(conn *c) {
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
     free(c->accept);
     free(c->rpend);
     free(c->msg);
@@ -672,7 +725,7 @@ static void conn_set_out(conn *c, bool want) {
  * connection was killed. */
 static int conn_flush(conn *c) {
     while (c->woff < c->wlen) {
-        ssize_t n = send(c->fd, c->wbuf + c->woff, c->wlen - c->woff, MSG_NOSIGNAL);
+        ssize_t n = io_send(c, c->wbuf + c->woff, c->wlen - c->woff);
         if (n > 0) {
             c->woff += (uint32_t)n;
         } else if (n < 0 && errno == EINTR) {
@@ -794,6 +847,33 @@ static void conn_start(conn *c, unsigned i, int64_t now) {
     c->want_out = 1;
 }
 
+/* The endpoint with ?cf_protocol=protobuf: what the mobile SDKs ask the Protobuf form by. */
+static const char *pb_path(const char *path) {
+    static char buf[600];
+    snprintf(buf, sizeof buf, "%s%scf_protocol=protobuf", path, strchr(path, '?') ? "&" : "?");
+    return buf;
+}
+
+static void send_upgrade(conn *c);
+
+/* Advances the TLS handshake; once done, the WebSocket upgrade goes out. */
+static void tls_handshake(conn *c) {
+    ERR_clear_error();
+    int r = SSL_do_handshake(c->ssl);
+    if (r == 1) {
+        c->tls_hs = 0;
+        send_upgrade(c);
+        return;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ)
+        conn_set_out(c, false);
+    else if (e == SSL_ERROR_WANT_WRITE)
+        conn_set_out(c, true);
+    else
+        conn_kill(c, FAIL_TCP);
+}
+
 static void conn_on_tcp_connected(conn *c) {
     int err = 0;
     socklen_t len = sizeof err;
@@ -801,6 +881,23 @@ static void conn_on_tcp_connected(conn *c) {
         conn_kill(c, FAIL_TCP);
         return;
     }
+    if (opt.urls[c->node].tls) {
+        c->ssl = SSL_new(g_tls);
+        if (!c->ssl || SSL_set_fd(c->ssl, c->fd) != 1) {
+            conn_kill(c, FAIL_LOCAL);
+            return;
+        }
+        SSL_set_connect_state(c->ssl);
+        SSL_set_mode(c->ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+        c->tls_hs = 1;
+        c->state = CS_HTTP; /* in setup; the upgrade follows the handshake */
+        tls_handshake(c);
+        return;
+    }
+    send_upgrade(c);
+}
+
+static void send_upgrade(conn *c) {
     char key[25];
     c->accept = xrealloc(NULL, 29);
     if (load_ws_key(key, c->accept) != 0) {
@@ -813,11 +910,146 @@ static void conn_on_tcp_connected(conn *c) {
                      "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
                      "Sec-WebSocket-Version: 13\r\n\r\n",
-                     t->path, t->host, t->port, key);
+                     opt.protobuf ? pb_path(t->path) : t->path, t->host, t->port, key);
     memcpy(wbuf_reserve(c, (size_t)n), req, (size_t)n);
     c->wlen += (uint32_t)n;
     c->state = CS_HTTP;
     conn_flush(c);
+}
+
+/* ---- the Protobuf form: commands encoded by hand, replies read field by field ---- */
+
+
+static size_t pb_varint(uint8_t *out, uint64_t v) {
+    size_t n = 0;
+    do {
+        out[n] = (uint8_t)(v & 0x7f);
+        v >>= 7;
+        if (v)
+            out[n] |= 0x80;
+        n++;
+    } while (v);
+    return n;
+}
+
+/* Appends field num as a length-delimited value. */
+static size_t pb_bytes(uint8_t *out, unsigned num, const void *p, size_t len) {
+    size_t n = pb_varint(out, (uint64_t)num << 3 | 2);
+    n += pb_varint(out + n, len);
+    memcpy(out + n, p, len);
+    return n + len;
+}
+
+/* A Command {id, <method field>: request} with its length prefix, into out. */
+static size_t pb_command(uint8_t *out, uint32_t id, unsigned method, const uint8_t *req,
+                         size_t rlen) {
+    uint8_t body[4600];
+    size_t n = 0;
+    if (id) {
+        n += pb_varint(body + n, 1 << 3 | 0);
+        n += pb_varint(body + n, id);
+    }
+    n += pb_bytes(body + n, method, req, rlen);
+    size_t h = pb_varint(out, n);
+    memcpy(out + h, body, n);
+    return h + n;
+}
+
+/* Sends a command given as its method field and request bytes. */
+static int pb_send(conn *c, uint32_t id, unsigned method, const uint8_t *req, size_t rlen) {
+    uint8_t out[4700];
+    size_t n = pb_command(out, id, method, req, rlen);
+    ws_queue(c, 0x2, (const char *)out, n);
+    return conn_flush(c);
+}
+
+/* Reads the varint at *p (advanced); false past end. */
+static bool pb_read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
+    *v = 0;
+    for (int shift = 0; *p < end && shift < 64; shift += 7) {
+        uint8_t b = *(*p)++;
+        *v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return true;
+    }
+    return false;
+}
+
+/* Finds field num of the message [p, end): a varint in *v, or a length-delimited value in
+ * *fp, *flen. Returns its wire type, -1 when absent or malformed. */
+static int pb_find(const uint8_t *p, const uint8_t *end, unsigned num, uint64_t *v,
+                   const uint8_t **fp, size_t *flen) {
+    while (p < end) {
+        uint64_t key, x;
+        if (!pb_read_varint(&p, end, &key))
+            return -1;
+        unsigned wt = (unsigned)(key & 7);
+        if (wt == 0) {
+            if (!pb_read_varint(&p, end, &x))
+                return -1;
+            if ((key >> 3) == num) {
+                *v = x;
+                return 0;
+            }
+        } else if (wt == 2) {
+            if (!pb_read_varint(&p, end, &x) || x > (uint64_t)(end - p))
+                return -1;
+            if ((key >> 3) == num) {
+                *fp = p;
+                *flen = (size_t)x;
+                return 2;
+            }
+            p += x;
+        } else {
+            return -1;
+        }
+    }
+    return -1;
+}
+
+static void on_reply_parsed(conn *c, long id, bool is_err, long code);
+static void on_publication(conn *c, const char *t, const char *end, int64_t now);
+
+/* One Reply: a ping (empty), a push (our publications: their data holds the text), or a reply. */
+static void pb_on_reply(conn *c, const uint8_t *p, size_t n, int64_t now) {
+    const uint8_t *end = p + n, *f, *g2, *d;
+    size_t fl, gl, dl;
+    uint64_t v = 0;
+    if (n == 0) {
+        g.pings++;
+        uint8_t pong = 0;
+        ws_queue(c, 0x2, (const char *)&pong, 1);
+        conn_flush(c);
+        return;
+    }
+    if (pb_find(p, end, 4, &v, &f, &fl) == 2) {
+        if (pb_find(f, f + fl, 4, &v, &g2, &gl) == 2 &&
+            pb_find(g2, g2 + gl, 4, &v, &d, &dl) == 2) {
+            const char *t = memmem(d, dl, "\"text\":\"L", 9);
+            if (t)
+                on_publication(c, t + 9, (const char *)d + dl, now);
+        } else if (pb_find(f, f + fl, 11, &v, &g2, &gl) == 2) {
+            g.push_disconnects++;
+        }
+        return;
+    }
+    long id = pb_find(p, end, 1, &v, &f, &fl) == 0 ? (long)v : 0;
+    long code = -1;
+    bool is_err = pb_find(p, end, 2, &v, &f, &fl) == 2;
+    if (is_err && pb_find(f, f + fl, 1, &v, &g2, &gl) == 0)
+        code = (long)v;
+    on_reply_parsed(c, id, is_err, code);
+}
+
+static void pb_on_message(conn *c, const char *buf, size_t n, int64_t now) {
+    const uint8_t *p = (const uint8_t *)buf, *end = p + n;
+    while (p < end && c->state != CS_DEAD) {
+        uint64_t len;
+        if (!pb_read_varint(&p, end, &len) || len > (uint64_t)(end - p))
+            return;
+        pb_on_reply(c, p, (size_t)len, now);
+        p += len;
+    }
 }
 
 static void send_connect(conn *c) {
@@ -832,10 +1064,17 @@ static void send_connect(conn *c) {
         conn_kill(c, FAIL_LOCAL);
         return;
     }
+    c->state = CS_CONNECT;
+    if (opt.protobuf) {
+        uint8_t req[1024];
+        size_t rl = pb_bytes(req, 1, tok, strlen(tok));
+        free(tok);
+        pb_send(c, 1, 4, req, rl);
+        return;
+    }
     char cmd[1024];
     int n = snprintf(cmd, sizeof cmd, "{\"id\":1,\"connect\":{\"token\":\"%s\"}}", tok);
     free(tok);
-    c->state = CS_CONNECT;
     ws_send_text(c, cmd, (size_t)n);
 }
 
@@ -865,6 +1104,19 @@ static void send_subscribes(conn *c) {
     for (unsigned j = 0; j < n; j++) {
         char cmd[320];
         int len;
+        if (opt.protobuf) {
+            char ch[300];
+            int cl = opt.rooms == 0
+                         ? snprintf(ch, sizeof ch, "%s", opt.channel)
+                         : snprintf(ch, sizeof ch, "%s-%u", opt.channel,
+                                    c->role == ROLE_PUB ? c->idx + opt.publishers * j
+                                                        : c->idx % opt.rooms);
+            uint8_t req[320], out[340];
+            size_t rl = pb_bytes(req, 1, ch, (size_t)cl);
+            size_t ol = pb_command(out, opt.rooms == 0 ? 2 : 2 + j, 5, req, rl);
+            ws_queue(c, 0x2, (const char *)out, ol);
+            continue;
+        }
         if (opt.rooms == 0) {
             len = snprintf(cmd, sizeof cmd, "{\"id\":2,\"subscribe\":{\"channel\":\"%s\"}}",
                            opt.channel);
@@ -1010,12 +1262,14 @@ static void count_room_refused(const conn *c, long id) {
 }
 
 static void on_reply(conn *c, const char *p, size_t n) {
-    long id = find_num(p, n, "\"id\":");
     bool is_err = memmem(p, n, "\"error\":", 8) != NULL;
-    if (is_err) {
-        long code = find_num(p, n, "\"code\":");
+    on_reply_parsed(c, find_num(p, n, "\"id\":"), is_err,
+                    is_err ? find_num(p, n, "\"code\":") : -1);
+}
+
+static void on_reply_parsed(conn *c, long id, bool is_err, long code) {
+    if (is_err)
         count_code(g.errors, (int)code);
-    }
     if (id == 1 && c->state == CS_CONNECT) {
         if (is_err) {
             conn_kill(c, FAIL_CONNECT);
@@ -1073,6 +1327,10 @@ static void on_line(conn *c, const char *p, size_t n, int64_t now) {
 }
 
 static void on_message(conn *c, const char *p, size_t n, int64_t now) {
+    if (opt.protobuf) {
+        pb_on_message(c, p, n, now);
+        return;
+    }
     size_t off = 0;
     while (off < n && c->state != CS_DEAD) {
         const char *nl = memchr(p + off, '\n', n - off);
@@ -1232,7 +1490,9 @@ static size_t frame_total(const conn *c, const char *buf, size_t len) {
  * (a backlog flushed as one big frame) gets a buffer of its full size and later reads land right
  * behind it, so its bytes are copied once rather than once per read. */
 static void conn_on_readable(conn *c) {
-    for (int round = 0; round < 8 && c->state != CS_DEAD; round++) {
+    /* TLS records can hold what the socket no longer shows as readable: read on while any is
+     * left, within a larger bound. */
+    for (int round = 0; round < (c->ssl ? 64 : 8) && c->state != CS_DEAD; round++) {
         char *buf = g.scratch;
         size_t have = 0;
         size_t cap = g.scratch_cap;
@@ -1252,7 +1512,7 @@ static void conn_on_readable(conn *c) {
             }
         }
         size_t room = cap - have;
-        ssize_t n = recv(c->fd, buf + have, room, 0);
+        ssize_t n = io_recv(c, buf + have, room);
         if (n == 0) {
             conn_kill(c, FAIL_CLOSED);
             return;
@@ -1301,7 +1561,7 @@ static void conn_on_readable(conn *c) {
             memmove(c->rpend, c->rpend + used, left);
         }
         c->rpend_len = (uint32_t)left;
-        if ((size_t)n < room) {
+        if ((size_t)n < room && !(c->ssl && SSL_pending(c->ssl) > 0)) {
             return; /* The socket is drained; level-triggered epoll reports more later. */
         }
     }
@@ -1315,6 +1575,10 @@ static void conn_on_event(conn *c, uint32_t events) {
         if (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) {
             conn_on_tcp_connected(c);
         }
+        return;
+    }
+    if (c->tls_hs) {
+        tls_handshake(c);
         return;
     }
     if ((events & EPOLLOUT) && conn_flush(c) != 0) {
@@ -1332,6 +1596,16 @@ static void conn_on_event(conn *c, uint32_t events) {
  * so every room gets rate / R, and is sent by the room's publisher p = room % M. Its command id
  * is the slot's place in p's own rotation over its n rooms, first + (k / R) * n + room / M, so
  * a refused publish's reply names its room even when earlier slots were dropped. */
+/* A publish in the Protobuf form: the data is the same JSON chat message as in JSON. */
+static void pb_publish(conn *c, uint32_t id, const char *ch, size_t cl, const char *text, int tl) {
+    char data[4200];
+    int dl = snprintf(data, sizeof data, "{\"type\":\"message\",\"text\":\"%.*s\"}", tl, text);
+    uint8_t req[4500];
+    size_t rl = pb_bytes(req, 1, ch, cl);
+    rl += pb_bytes(req + rl, 2, data, (size_t)dl);
+    pb_send(c, id, 7, req, rl);
+}
+
 static void publish_room(int64_t now) {
     uint64_t k = g.pub_slot++;
     unsigned room = (unsigned)(k % opt.rooms);
@@ -1352,11 +1626,17 @@ static void publish_room(int64_t now) {
         memcpy(text + tl, g.pad, opt.payload_bytes - (unsigned)tl);
         tl = (int)opt.payload_bytes;
     }
+    g.st.sent++;
+    if (opt.protobuf) {
+        char ch[300];
+        int cl = snprintf(ch, sizeof ch, "%s-%u", opt.channel, room);
+        pb_publish(c, id, ch, (size_t)cl, text, tl);
+        return;
+    }
     int n = snprintf(cmd, sizeof cmd,
                      "{\"id\":%u,\"publish\":{\"channel\":\"%s-%u\",\"data\":{\"type\":"
                      "\"message\",\"text\":\"%.*s\"}}}",
                      id, opt.channel, room, tl, text);
-    g.st.sent++;
     ws_send_text(c, cmd, (size_t)n);
 }
 
@@ -1378,11 +1658,15 @@ static void publish_one(unsigned k, int64_t now) {
         memcpy(text + tl, g.pad, opt.payload_bytes - (unsigned)tl);
         tl = (int)opt.payload_bytes;
     }
+    g.st.sent++;
+    if (opt.protobuf) {
+        pb_publish(c, c->next_id++, opt.channel, strlen(opt.channel), text, tl);
+        return;
+    }
     int n = snprintf(cmd, sizeof cmd,
                      "{\"id\":%u,\"publish\":{\"channel\":\"%s\",\"data\":{\"type\":\"message\","
                      "\"text\":\"%.*s\"}}}",
                      c->next_id++, opt.channel, tl, text);
-    g.st.sent++;
     ws_send_text(c, cmd, (size_t)n);
 }
 
@@ -1938,6 +2222,17 @@ int main(int argc, char **argv) {
         return 1;
     }
     raise_nofile();
+    for (unsigned i = 0; i < opt.nurls; i++) {
+        if (opt.urls[i].tls && !g_tls) {
+            g_tls = SSL_CTX_new(TLS_client_method());
+            if (!g_tls) {
+                fprintf(stderr, "chat-load: cannot set up TLS\n");
+                return 1;
+            }
+            SSL_CTX_set_verify(g_tls, SSL_VERIFY_NONE, NULL);
+            SSL_CTX_set_min_proto_version(g_tls, TLS1_2_VERSION);
+        }
+    }
     signal(SIGPIPE, SIG_IGN);
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);

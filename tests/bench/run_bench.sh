@@ -18,6 +18,8 @@
 #   --llm-rooms N  llm-2k: rooms (= concurrent streams) instead of 2,000
 #   --llm-conns K  llm-2k: distinct member sockets instead of min(rooms x 10, 16,000)
 #   --out DIR  keep every run's output and the logs here (default a temporary folder)
+#   --tls      the nodes serve wss:// with a self-signed certificate made here (openssl CLI);
+#              chat-load connects over TLS. "-- --protobuf" makes chat-load speak Protobuf.
 # Nothing is built here: build first with cmake -S . -B build && cmake --build build.
 set -euo pipefail
 
@@ -33,6 +35,7 @@ extra=()
 llm_rooms=2000
 llm_conns=""
 llm_seconds=${LLM_SECONDS:-12}
+tls=0
 
 die() {
     echo "run_bench: $*" >&2
@@ -48,6 +51,7 @@ while [ $# -gt 0 ]; do
     --rates) rates=$2; shift 2 ;;
     --llm-rooms) llm_rooms=$2; shift 2 ;;
     --llm-conns) llm_conns=$2; shift 2 ;;
+    --tls) tls=1; shift ;;
     --) shift; extra=("$@"); break ;;
     -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
@@ -125,6 +129,17 @@ redis_pid=""
 redis_port=""
 # Extra environment of the nodes (llm-2k), and the run's llm-mock and llm-load.
 node_env=()
+ws_scheme=ws
+if [ "$tls" = 1 ]; then
+    # One certificate for every run: the handshake's cost is part of the figures, the
+    # certificate's provenance is not.
+    mkdir -p "$out/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+        -keyout "$out/tls/key.pem" -out "$out/tls/cert.pem" -days 2 -subj /CN=127.0.0.1 \
+        -addext subjectAltName=IP:127.0.0.1 2>/dev/null || die "openssl could not make a certificate"
+    node_env=(CHAT_TLS_CERT="$out/tls/cert.pem" CHAT_TLS_KEY="$out/tls/key.pem")
+    ws_scheme=wss
+fi
 mock_pid=""
 llm_pid=""
 
@@ -373,7 +388,7 @@ run_scenario() {
         fi
         local i
         for i in "${!node_pids[@]}"; do
-            target+=(--url "ws://${publics[i]}/connection/websocket" --node-pid "${node_pids[i]}"
+            target+=(--url "$ws_scheme://${publics[i]}/connection/websocket" --node-pid "${node_pids[i]}"
                 --admin "http://${admins[i]}")
         done
         local rc=0
