@@ -128,3 +128,29 @@ test('TLS settings are checked at start', async () => {
     await assert.rejects(startChatd(null, { env }), msg);
   }
 });
+
+test('the zero-config node with a certificate: the web demo and its token over https, both SDK forms over wss', async (t) => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'chat-tls-demo-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const a = makeCert(dir, 'demo');
+  // Demo mode: no secret, no other setting but the certificate.
+  const srv = await startChatd(t, { demo: true, env: { CHAT_TLS_CERT: a.cert, CHAT_TLS_KEY: a.key } });
+  class TrustingWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols, { ca: [a.pem] });
+    }
+  }
+  const page = await httpsGet(`https://${srv.publicAddr}/`, [a.pem]);
+  assert.equal(page.status, 200);
+  assert.match(page.body, /<html/i, 'the web demo page');
+  for (const protocol of ['json', 'protobuf']) {
+    const r = await httpsGet(`https://${srv.publicAddr}/demo/token?user=tls${protocol}`, [a.pem]);
+    assert.equal(r.status, 200, r.body);
+    const { token } = JSON.parse(r.body);
+    const c = await connectClient(t, srv, { token, protocol, url: `wss://${srv.publicAddr}/connection/websocket`, websocket: TrustingWebSocket });
+    const { sub } = await subscribe(c, 'chat:lobby');
+    const got = new Collector(sub, 'publication');
+    await sub.publish({ type: 'message', text: `hello over wss (${protocol})` });
+    assert.equal((await got.waitCount(1))[0].data.text, `hello over wss (${protocol})`);
+  }
+});
