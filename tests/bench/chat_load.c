@@ -10,13 +10,13 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <limits.h>
-#include <openssl/err.h>
-#include <openssl/ssl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -505,8 +505,8 @@ typedef struct conn {
     uint32_t woff;
     uint32_t wlen;
     uint32_t wcap;
-    SSL *ssl;         /* wss://: the connection's TLS state */
-    uint8_t tls_hs;   /* the TLS handshake is under way */
+    SSL *ssl;       /* wss://: the connection's TLS state */
+    uint8_t tls_hs; /* the TLS handshake is under way */
 } conn;
 
 /* What one subscriber has seen of one publisher. `hi` is the highest sequence number received
@@ -919,7 +919,6 @@ static void send_upgrade(conn *c) {
 
 /* ---- the Protobuf form: commands encoded by hand, replies read field by field ---- */
 
-
 static size_t pb_varint(uint8_t *out, uint64_t v) {
     size_t n = 0;
     do {
@@ -1023,8 +1022,7 @@ static void pb_on_reply(conn *c, const uint8_t *p, size_t n, int64_t now) {
         return;
     }
     if (pb_find(p, end, 4, &v, &f, &fl) == 2) {
-        if (pb_find(f, f + fl, 4, &v, &g2, &gl) == 2 &&
-            pb_find(g2, g2 + gl, 4, &v, &d, &dl) == 2) {
+        if (pb_find(f, f + fl, 4, &v, &g2, &gl) == 2 && pb_find(g2, g2 + gl, 4, &v, &d, &dl) == 2) {
             const char *t = memmem(d, dl, "\"text\":\"L", 9);
             if (t)
                 on_publication(c, t + 9, (const char *)d + dl, now);
@@ -1106,11 +1104,10 @@ static void send_subscribes(conn *c) {
         int len;
         if (opt.protobuf) {
             char ch[300];
-            int cl = opt.rooms == 0
-                         ? snprintf(ch, sizeof ch, "%s", opt.channel)
-                         : snprintf(ch, sizeof ch, "%s-%u", opt.channel,
-                                    c->role == ROLE_PUB ? c->idx + opt.publishers * j
-                                                        : c->idx % opt.rooms);
+            int cl = opt.rooms == 0 ? snprintf(ch, sizeof ch, "%s", opt.channel)
+                                    : snprintf(ch, sizeof ch, "%s-%u", opt.channel,
+                                               c->role == ROLE_PUB ? c->idx + opt.publishers * j
+                                                                   : c->idx % opt.rooms);
             uint8_t req[320], out[340];
             size_t rl = pb_bytes(req, 1, ch, (size_t)cl);
             size_t ol = pb_command(out, opt.rooms == 0 ? 2 : 2 + j, 5, req, rl);
