@@ -203,12 +203,24 @@ static size_t ws_header(char *end, size_t len, uint8_t opcode) {
 static ssize_t send_some(struct lws *wsi, const char *p, size_t len) {
     SSL *ssl = lws_get_ssl(wsi);
     if (ssl) {
-        ERR_clear_error();
-        int n = SSL_write(ssl, p, len > INT_MAX ? INT_MAX : (int)len);
-        if (n > 0)
-            return n;
-        int e = SSL_get_error(ssl, n);
-        return e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ ? 0 : -1;
+        /* With partial writes on, SSL_write returns after each record (16 KiB at most): go on
+         * until the batch is out or the socket is full, so a large batch is not taken for a
+         * full socket (which pauses the connection's reads until the next pass). */
+        size_t done = 0;
+        while (done < len) {
+            ERR_clear_error();
+            size_t left = len - done;
+            int n = SSL_write(ssl, p + done, left > INT_MAX ? INT_MAX : (int)left);
+            if (n > 0) {
+                done += (size_t)n;
+                continue;
+            }
+            int e = SSL_get_error(ssl, n);
+            if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ)
+                return done ? (ssize_t)done : -1;
+            break;
+        }
+        return (ssize_t)done;
     }
     ssize_t n = send(lws_get_socket_fd(wsi), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n < 0)
