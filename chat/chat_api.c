@@ -221,15 +221,22 @@ static void history_done(int status, const clu_pub_t *pubs, size_t np, uint64_t 
     free(k);
 }
 
+/* The namespace of a channel whose history the call reads or changes; answered (102, 107, 108)
+ * and NULL when there is none. */
+static const chat_ns_t *history_channel(call_t *k, const char *channel) {
+    const chat_ns_t *ns = api_channel(k, channel);
+    if (ns && ns->history_size == 0) {
+        answer_error(k, CORE_REPLY_NOT_AVAILABLE, "not available: no history in this namespace");
+        return NULL;
+    }
+    return ns;
+}
+
 static void m_history(call_t *k, const json_t *params) {
     const char *channel = chat__json_str(params, "channel");
-    const chat_ns_t *ns = api_channel(k, channel);
+    const chat_ns_t *ns = history_channel(k, channel);
     if (!ns)
         return;
-    if (ns->history_size == 0) {
-        answer_error(k, CORE_REPLY_NOT_AVAILABLE, "not available: no history in this namespace");
-        return;
-    }
     clu_history_req_t req = {0};
     const json_t *limit = json_object_get(params, "limit");
     if (limit && (!json_is_integer(limit) || json_integer_value(limit) < -1)) {
@@ -344,9 +351,15 @@ static void survey_freed(uv_handle_t *h) {
     free(h->data);
 }
 
-static void survey_finish(chat_survey_t *sv) {
+/* Takes sv out of the node; it is freed once its timer has closed. */
+static void survey_end(chat_survey_t *sv) {
     core_map_del(sv->k.n->surveys, sv->id);
     uv_timer_stop(&sv->timer);
+    json_decref(sv->channels);
+    uv_close((uv_handle_t *)&sv->timer, survey_freed);
+}
+
+static void survey_finish(chat_survey_t *sv) {
     core_str_t r = {0};
     char *body = json_dumps(sv->channels, JSON_COMPACT | JSON_SORT_KEYS);
     core_str_appendf(&r, "{\"channels\":%s}", body);
@@ -356,8 +369,7 @@ static void survey_finish(chat_survey_t *sv) {
                   sv->expected);
     answer_result(&sv->k, &r);
     core_str_free(&r);
-    json_decref(sv->channels);
-    uv_close((uv_handle_t *)&sv->timer, survey_freed);
+    survey_end(sv);
 }
 
 static void survey_timeout(uv_timer_t *t) {
@@ -373,18 +385,25 @@ void chat__surveys_close(chat_node_t *n) {
     }
 }
 
+/* What the publish of a survey's request remembers: the survey may be over (all nodes
+ * answered, or its timeout) and freed before the broker acknowledges the publish, so the
+ * survey is looked up again by its id. */
+typedef struct {
+    chat_node_t *n;
+    char id[96];
+} survey_sent_t;
+
 static void survey_sent(int status, uint64_t offset, const char *epoch, void *ud) {
     (void)offset;
     (void)epoch;
-    chat_survey_t *sv = ud;
-    if (status == 0 || !core_map_get(sv->k.n->surveys, sv->id))
+    survey_sent_t *ss = ud;
+    chat_survey_t *sv = status != 0 ? core_map_get(ss->n->surveys, ss->id) : NULL;
+    free(ss);
+    if (!sv)
         return;
     /* Not even this node will answer: the broker is away. */
-    core_map_del(sv->k.n->surveys, sv->id);
-    uv_timer_stop(&sv->timer);
     answer_broker_error(&sv->k, status);
-    json_decref(sv->channels);
-    uv_close((uv_handle_t *)&sv->timer, survey_freed);
+    survey_end(sv);
 }
 
 static int control_publish(chat_node_t *n, json_t *act, clu_publish_cb cb, void *ud) {
@@ -420,9 +439,12 @@ static void m_channels(call_t *k, const json_t *params) {
                             sv->id, "from", n->cfg.node_id ? n->cfg.node_id : "");
     if (pat)
         json_object_set(act, "pattern", (json_t *)pat);
-    int rc = control_publish(n, act, survey_sent, sv);
+    survey_sent_t *ss = core_calloc(1, sizeof *ss);
+    ss->n = n;
+    memcpy(ss->id, sv->id, sizeof ss->id);
+    int rc = control_publish(n, act, survey_sent, ss);
     if (rc != 0)
-        survey_sent(rc, 0, "", sv);
+        survey_sent(rc, 0, "", ss);
 }
 
 static void survey_reply_sent(int status, uint64_t offset, const char *epoch, void *ud) {
@@ -488,7 +510,9 @@ static void survey_collect(chat_node_t *n, const json_t *act) {
 
 /* ---- disconnect and unsubscribe: through the control channel to every node ---- */
 
-static void control_done(int status, uint64_t offset, const char *epoch, void *ud) {
+/* The broker's answer to an operation whose API result is empty (a control act, a history
+ * removal): {} or the broker's error. */
+static void empty_done(int status, uint64_t offset, const char *epoch, void *ud) {
     call_t *k = ud;
     (void)offset;
     (void)epoch;
@@ -501,16 +525,11 @@ static void control_done(int status, uint64_t offset, const char *epoch, void *u
 
 /* Sends an act to every node (this one included, through its own subscription). */
 static void control_send(call_t *k, json_t *act) {
-    char *text = json_dumps(act, JSON_COMPACT);
-    json_decref(act);
     call_t *op = core_calloc(1, sizeof *op);
     *op = *k;
-    clu_pub_t pub = {0, text, strlen(text), NULL, 0};
-    clu_chan_opts_t o = {0};
-    int rc = clu_publish(k->n->broker, CHAT_CONTROL_CHANNEL, &pub, &o, control_done, op);
-    free(text);
+    int rc = control_publish(k->n, act, empty_done, op);
     if (rc != 0)
-        control_done(rc, 0, "", op);
+        empty_done(rc, 0, "", op);
 }
 
 static bool user_problem(call_t *k, const char *user) {
@@ -572,34 +591,18 @@ static void m_unsubscribe(call_t *k, const json_t *params) {
     control_send(k, act);
 }
 
-static void history_removed(int status, uint64_t top, const char *epoch, void *ud) {
-    call_t *k = ud;
-    (void)top;
-    (void)epoch;
-    if (status != 0)
-        answer_broker_error(k, status);
-    else
-        answer_empty(k);
-    free(k);
-}
-
 /* history_remove {channel}: the channel's stored publications go; its position stays, so
  * subscribers recovering from before it learn that history is gone (recovered:false). */
 static void m_history_remove(call_t *k, const json_t *params) {
     const char *channel = chat__json_str(params, "channel");
-    const chat_ns_t *ns = api_channel(k, channel);
-    if (!ns)
+    if (!history_channel(k, channel))
         return;
-    if (ns->history_size == 0) {
-        answer_error(k, CORE_REPLY_NOT_AVAILABLE, "not available: no history in this namespace");
-        return;
-    }
     call_t *op = core_calloc(1, sizeof *op);
     *op = *k;
     CORE_LOGI(MOD, "history removed", "channel=%s", channel);
-    int rc = clu_history_remove(k->n->broker, channel, history_removed, op);
+    int rc = clu_history_remove(k->n->broker, channel, empty_done, op);
     if (rc != 0)
-        history_removed(rc, 0, "", op);
+        empty_done(rc, 0, "", op);
 }
 
 /* subscribe {user, channel, client}: every connection of the user (or the one client) joins

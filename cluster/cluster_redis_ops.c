@@ -9,23 +9,26 @@
 
 /* ---- operations ---------------------------------------------------------------------------- */
 
+/* A script's {offset, epoch} answer (publish, history_remove). Returns 0 or CORE_EPROTO. */
+static int reply_position(const redisReply *r, uint64_t *off, char epoch[CLU_EPOCH_MAX]) {
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_INTEGER || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[1]->len >= CLU_EPOCH_MAX)
+        return CORE_EPROTO;
+    *off = (uint64_t)r->element[0]->integer;
+    memcpy(epoch, r->element[1]->str, r->element[1]->len);
+    epoch[r->element[1]->len] = '\0';
+    return 0;
+}
+
 static void publish_done(call_t *c, redisReply *r, int status) {
     rb_t *rb = c->rb;
     clu_publish_cb cb = (clu_publish_cb)c->cb;
     uint64_t off = 0;
     char epoch[CLU_EPOCH_MAX] = "";
     /* r is NULL on success for a plain PUBLISH: unstored, no offset, no epoch. */
-    if (status == 0 && r != NULL) {
-        if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-            r->element[0]->type == REDIS_REPLY_INTEGER &&
-            r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len < CLU_EPOCH_MAX) {
-            off = (uint64_t)r->element[0]->integer;
-            memcpy(epoch, r->element[1]->str, r->element[1]->len);
-            epoch[r->element[1]->len] = '\0';
-        } else {
-            status = CORE_EPROTO;
-        }
-    }
+    if (status == 0 && r != NULL)
+        status = reply_position(r, &off, epoch);
     if (status == 0)
         rb->st.publishes++;
     else
@@ -189,17 +192,8 @@ static void history_removed(call_t *c, redisReply *r, int status) {
     clu_publish_cb cb = (clu_publish_cb)c->cb;
     uint64_t top = 0;
     char epoch[CLU_EPOCH_MAX] = "";
-    if (status == 0) {
-        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-            r->element[0]->type == REDIS_REPLY_INTEGER &&
-            r->element[1]->type == REDIS_REPLY_STRING && r->element[1]->len < CLU_EPOCH_MAX) {
-            top = (uint64_t)r->element[0]->integer;
-            memcpy(epoch, r->element[1]->str, r->element[1]->len);
-            epoch[r->element[1]->len] = '\0';
-        } else {
-            status = CORE_EPROTO;
-        }
-    }
+    if (status == 0)
+        status = reply_position(r, &top, epoch);
     cb(status, top, epoch, c->ud);
 }
 

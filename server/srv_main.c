@@ -210,9 +210,9 @@ static struct lws_vhost *make_vhost(srv_t *S, srv_listener_t *l, int port,
                                     const struct lws_protocol_vhost_options *pvo,
                                     const struct lws_protocol_vhost_options *headers, bool tls) {
     char name[64];
-    snprintf(name, sizeof name, "%s%s%" PRIu32, l->name, S->tls_generation ? "-" : "",
-             S->tls_generation);
-    if (!S->tls_generation)
+    if (S->tls_generation)
+        snprintf(name, sizeof name, "%s-%" PRIu32, l->name, S->tls_generation);
+    else
         snprintf(name, sizeof name, "%s", l->name);
     struct lws_context_creation_info info = {
         .vhost_name = name,
@@ -249,13 +249,12 @@ static void on_sighup(uv_signal_t *h, int signum) {
     if (!S->cfg.tls_cert || S->draining)
         return;
     S->tls_generation++;
-    struct lws_vhost *pub = S->pub_vh, *adm = S->adm_vh;
+    /* A vhost that cannot be made leaves its listener on the vhost it had. */
     struct lws_vhost *np =
         make_vhost(S, &S->pub_l, CONTEXT_PORT_NO_LISTEN_SERVER, srv__public_protocols,
                    &srv__public_pvo, &S->cookie_hdr, true);
     if (!np) {
         CORE_LOGE(MOD, "certificate not reloaded", "cert=%s", S->cfg.tls_cert);
-        srv__listen_start(&S->pub_l, pub);
         return;
     }
     S->pub_vh = np;
@@ -264,8 +263,6 @@ static void on_sighup(uv_signal_t *h, int signum) {
                                           srv__admin_protocols, NULL, NULL, true);
         if (na)
             S->adm_vh = na;
-        else
-            srv__listen_start(&S->adm_l, adm);
     }
     CORE_LOGI(MOD, "certificate reloaded", "cert=%s generation=%" PRIu32, S->cfg.tls_cert,
               S->tls_generation);

@@ -2,29 +2,16 @@
 // the human tables spot-checked, exit codes, and `top` run under tmux with its screen read.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync, execFile } from 'node:child_process';
-import path from 'node:path';
-import { promisify } from 'node:util';
-import { CHATD_BIN, connectClient, subscribe, Collector, waitEvent, waitUntil, newClient } from './helpers.mjs';
+import { spawnSync } from 'node:child_process';
+import { CHATCTL_BIN, runChatctl, connectClient, subscribe, Collector, waitEvent, waitUntil, newClient } from './helpers.mjs';
 import { startCluster } from './cluster-util.mjs';
 
-const CHATCTL = process.env.CHATCTL_BIN || path.join(path.dirname(CHATD_BIN), 'chatctl');
 const API_KEY = 'chatctl-test-key';
 const SECRET = 'chatctl-test-secret';
-const run = promisify(execFile);
 
 /** Runs chatctl against srv's admin listener; resolves {code, stdout, stderr}. */
-async function ctl(srv, ...args) {
-  try {
-    const { stdout, stderr } = await run(CHATCTL, args, {
-      env: { PATH: process.env.PATH, CHAT_ADMIN_LISTEN: srv ? srv.adminAddr : '127.0.0.1:1', CHAT_API_KEY: API_KEY, CHAT_JWT_SECRET: SECRET },
-      timeout: 15_000,
-    });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    if (typeof e.code !== 'number') throw e;
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
+function ctl(srv, ...args) {
+  return runChatctl(args, { CHAT_ADMIN_LISTEN: srv ? srv.adminAddr : '127.0.0.1:1', CHAT_API_KEY: API_KEY, CHAT_JWT_SECRET: SECRET });
 }
 
 async function ctlJson(srv, ...args) {
@@ -123,7 +110,7 @@ test('chatctl top under tmux shows the live figures', async (t) => {
   const tm = (...args) => spawnSync('tmux', ['-L', sock, ...args], { encoding: 'utf8' });
   t.after(() => tm('kill-server'));
   const started = tm('new-session', '-d', '-s', session, '-x', '100', '-y', '20',
-    `env CHAT_API_KEY=${API_KEY} ${CHATCTL} --addr ${n1.adminAddr} top --interval 0.5`);
+    `env CHAT_API_KEY=${API_KEY} ${CHATCTL_BIN} --addr ${n1.adminAddr} top --interval 0.5`);
   assert.equal(started.status, 0, started.stderr);
   // Publications keep flowing while the screen is read, so the rates are not zero.
   const got = new Collector(sub, 'publication');

@@ -11,10 +11,12 @@
 //
 // Nothing here sleeps to wait for an event: a wait ends on the event or fails at its deadline.
 
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHmac, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import WebSocket from 'ws';
 import { Centrifuge, PROTOCOL, countPings, makeClient } from './sdk-protocol.mjs';
 
@@ -23,6 +25,22 @@ export { Centrifuge, PROTOCOL, WebSocket, countPings, randomUUID };
 // Default: build/bin/chatd of this repository (/work/main/build/bin/chatd in the main work tree).
 export const CHATD_BIN = process.env.CHATD_BIN || fileURLToPath(new URL('../../build/bin/chatd', import.meta.url));
 export const JWT_SECRET = 'chatd-integration-test-secret-3f9a1c';
+export const CHATCTL_BIN = process.env.CHATCTL_BIN || path.join(path.dirname(CHATD_BIN), 'chatctl');
+
+/** Runs chatctl with args and only the environment given (plus PATH); resolves
+ * {code, stdout, stderr} whatever its exit code. */
+export async function runChatctl(args, env = {}) {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(CHATCTL_BIN, args, {
+      env: { PATH: process.env.PATH, ...env },
+      timeout: 15_000,
+    });
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    if (typeof e.code !== 'number') throw e;
+    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
+  }
+}
 const SANITIZER_RE = /ERROR: (AddressSanitizer|LeakSanitizer)|runtime error: /;
 export const READY_TIMEOUT_MS = 10_000;
 export const STOP_TIMEOUT_MS = 10_000;

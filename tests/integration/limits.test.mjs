@@ -4,27 +4,13 @@
 // value changes nothing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import path from 'node:path';
-import { promisify } from 'node:util';
-import { CHATD_BIN, RawClient, metricValue, scrapeMetrics, userToken, waitUntil, withTimeout } from './helpers.mjs';
+import { runChatctl, RawClient, metricValue, scrapeMetrics, userToken, waitUntil, withTimeout } from './helpers.mjs';
 import { startCluster } from './cluster-util.mjs';
 
-const CHATCTL = process.env.CHATCTL_BIN || path.join(path.dirname(CHATD_BIN), 'chatctl');
 const API_KEY = 'limits-test-key';
-const run = promisify(execFile);
 
-async function ctl(srv, ...args) {
-  try {
-    const { stdout, stderr } = await run(CHATCTL, args, {
-      env: { PATH: process.env.PATH, CHAT_ADMIN_LISTEN: srv.adminAddr, CHAT_API_KEY: API_KEY },
-      timeout: 15_000,
-    });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    if (typeof e.code !== 'number') throw e;
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
+function ctl(srv, ...args) {
+  return runChatctl(args, { CHAT_ADMIN_LISTEN: srv.adminAddr, CHAT_API_KEY: API_KEY });
 }
 
 async function limits(srv, ...args) {

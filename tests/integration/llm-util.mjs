@@ -1,25 +1,12 @@
 // Fixtures of the assistant tests: llm-mock (the provider stand-in) on a free loopback port,
 // stopped by PID after the test, and helpers to ask and to watch an answer arrive in a room.
-import { spawn, execFile } from 'node:child_process';
-import path from 'node:path';
-import { promisify } from 'node:util';
+import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { CHATD_BIN, waitUntil } from './helpers.mjs';
-
-const CHATCTL = process.env.CHATCTL_BIN || path.join(path.dirname(CHATD_BIN), 'chatctl');
+import { runChatctl, waitUntil } from './helpers.mjs';
 
 /** chatctl against srv's admin listener with the tests' API key: {code, stdout, stderr}. */
-export async function chatctl(srv, ...args) {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(CHATCTL, args, {
-      env: { PATH: process.env.PATH, CHAT_ADMIN_LISTEN: srv.adminAddr, CHAT_API_KEY: API_KEY },
-      timeout: 15_000,
-    });
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    if (typeof e.code !== 'number') throw e;
-    return { code: e.code, stdout: e.stdout, stderr: e.stderr };
-  }
+export function chatctl(srv, ...args) {
+  return runChatctl(args, { CHAT_ADMIN_LISTEN: srv.adminAddr, CHAT_API_KEY: API_KEY });
 }
 
 export const LLM_MOCK_BIN = process.env.LLM_MOCK_BIN || fileURLToPath(new URL('../../build/bin/llm-mock', import.meta.url));

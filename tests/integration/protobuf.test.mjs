@@ -10,6 +10,7 @@ import {
   startChatd, connectClient, subscribe, Collector, httpGet, userToken, waitUntil, withTimeout, WebSocket,
 } from './helpers.mjs';
 import { startCluster } from './cluster-util.mjs';
+import { splitDelimited } from './sdk-protocol.mjs';
 
 // ---- a minimal Protobuf writer and reader (varints and length-delimited fields) ----
 
@@ -63,25 +64,6 @@ function fields(buf) {
   return out;
 }
 
-/** The length-prefixed messages of a frame. */
-function split(frame) {
-  const out = [];
-  let i = 0;
-  while (i < frame.length) {
-    let len = 0;
-    let shift = 0;
-    for (;;) {
-      const b = frame[i++];
-      len |= (b & 0x7f) << shift;
-      if (!(b & 0x80)) break;
-      shift += 7;
-    }
-    out.push(frame.subarray(i, i + len));
-    i += len;
-  }
-  return out;
-}
-
 /** A raw Protobuf client: replies by id, pushes in order, the close code. */
 function rawPb(t, url, protocols) {
   const ws = new WebSocket(url, protocols);
@@ -93,7 +75,7 @@ function rawPb(t, url, protocols) {
   ws.on('message', (data, isBinary) => {
     if (!isBinary) { c.text++; return; }
     c.binary++;
-    for (const m of split(Buffer.from(data))) {
+    for (const m of splitDelimited(data)) {
       const f = fields(m);
       const id = f[1] ? Number(f[1][0]) : 0;
       if (id) c.replies.set(id, f);

@@ -94,12 +94,10 @@ export function makeClient(url, config, protocol = PROTOCOL) {
   return client;
 }
 
-/** Server pings in one WebSocket message: `{}` lines (JSON), empty Replies (Protobuf, a zero
- * length prefix). */
-export function countPings(data, isBinary) {
-  if (!isBinary) return data.toString().split('\n').filter((l) => l.trim() === '{}').length;
-  const b = Buffer.from(data);
-  let n = 0;
+/** The varint-length-delimited messages of a Protobuf frame, as Buffers. */
+export function splitDelimited(frame) {
+  const b = Buffer.from(frame);
+  const out = [];
   for (let i = 0; i < b.length;) {
     let len = 0;
     let shift = 0;
@@ -109,10 +107,17 @@ export function countPings(data, isBinary) {
       if (!(x & 0x80)) break;
       shift += 7;
     }
-    if (len === 0) n++;
+    out.push(b.subarray(i, i + len));
     i += len;
   }
-  return n;
+  return out;
+}
+
+/** Server pings in one WebSocket message: `{}` lines (JSON), empty Replies (Protobuf, a zero
+ * length prefix). */
+export function countPings(data, isBinary) {
+  if (!isBinary) return data.toString().split('\n').filter((l) => l.trim() === '{}').length;
+  return splitDelimited(data).filter((m) => m.length === 0).length;
 }
 
 export { CentrifugeJson as Centrifuge };
