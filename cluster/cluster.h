@@ -123,6 +123,24 @@ typedef struct {
     size_t nlatency;
 } clu_stats_t;
 
+/* One entry of the persist stream (cluster brokers with persistence on): a stored publication
+ * on its way to the database. Strings are borrowed for the duration of the callback. */
+typedef struct {
+    const char *id; /* the stream entry's id, for clu_persist_ack */
+    const char *channel;
+    const char *epoch;
+    uint64_t offset;
+    const char *data;
+    size_t data_len;
+    const char *info; /* NULL when the publication had none */
+    size_t info_len;
+    int64_t time_ms; /* when it was appended (the stream id's time) */
+} clu_persist_entry_t;
+
+typedef void (*clu_persist_cb)(int status, const clu_persist_entry_t *entries, size_t n, void *ud);
+/* The persist stream's length and the age of its oldest entry in ms (0 when empty). */
+typedef void (*clu_persist_info_cb)(int status, uint64_t length, int64_t oldest_age_ms, void *ud);
+
 typedef struct clu_broker clu_broker_t;
 
 /* The implementation table. Implementations fill one and embed `clu_broker_t` first. */
@@ -165,6 +183,14 @@ typedef struct {
     int (*deadline_clear)(clu_broker_t *b, const char *key);
     int (*deadline_get)(clu_broker_t *b, const char *const *keys, size_t n, clu_deadlines_cb cb,
                         void *ud);
+    /* The persist stream, consumed by every node as one group (NULL in brokers without one):
+     * new entries for this consumer, or with claim_idle_ms > 0 the entries any consumer has
+     * held unacknowledged that long (a dead node's), now this consumer's. */
+    int (*persist_read)(clu_broker_t *b, const char *consumer, uint32_t count,
+                        uint32_t claim_idle_ms, clu_persist_cb cb, void *ud);
+    /* Entries stored for good: acknowledged and removed from the stream. Fire and forget. */
+    int (*persist_ack)(clu_broker_t *b, const char *const *ids, size_t n);
+    int (*persist_info)(clu_broker_t *b, clu_persist_info_cb cb, void *ud);
     bool (*ready)(clu_broker_t *b);
     void (*stats)(clu_broker_t *b, clu_stats_t *out);
     void (*close)(clu_broker_t *b, void (*done)(void *ud), void *ud);
@@ -297,6 +323,12 @@ clu_broker_t *clu_memory_new(uv_loop_t *loop, const clu_events_t *events, void *
  * channel histories are dropped, least recently published first; each dropped channel gets a new
  * epoch. The channel being published to is never dropped by its own publication. */
 void clu_memory_set_max_bytes(clu_broker_t *b, size_t max_bytes);
+/* With a database behind it: a channel's position (epoch, newest offset) is kept when its
+ * stream expires or is evicted, and when the channel is otherwise forgotten, so offsets go on
+ * in the same epoch and the database's older rows stay reachable. */
+void clu_memory_keep_positions(clu_broker_t *b);
+/* Sets a channel's position (from the database at start); keeps positions from then on. */
+void clu_memory_set_position(clu_broker_t *b, const char *channel, const char *epoch, uint64_t top);
 
 /* The cluster broker: history, presence and routing in Redis (redis_url "redis://A.B.C.D[:port]
  * [/db]", numeric IPv4 only), shared by every node on the same Redis. Connects at once and
@@ -309,5 +341,10 @@ void clu_memory_set_max_bytes(clu_broker_t *b, size_t max_bytes);
  * before anything was sent (Redis down) included. */
 clu_broker_t *clu_redis_new(uv_loop_t *loop, const clu_events_t *events, void *ud,
                             const char *redis_url, const char *node_id, uint32_t max_history_limit);
+/* Turns on the persist stream of a Redis broker: every stored publication is also appended to
+ * it by the publish script, which refuses publishes (CORE_EAGAIN) while the stream holds
+ * max_backlog entries; channel positions no longer expire (the database keeps the history
+ * behind them). */
+void clu_redis_set_persist(clu_broker_t *b, uint32_t max_backlog);
 
 #endif

@@ -33,6 +33,8 @@ static void stream_reset(mchan_t *c) {
         pub_clear(c, &c->ring[(c->start + i) % c->ring_cap]);
     core_list_remove(&c->lru_link);
     c->start = c->count = 0;
+    if (c->mb->keep_positions)
+        return; /* the database keeps what was dropped here: same epoch, offsets go on */
     c->top = 0;
     new_epoch(c);
 }
@@ -45,7 +47,14 @@ static mchan_t *chan_get(mem_broker_t *mb, const char *name, bool create) {
     c->mb = mb;
     core_list_init(&c->lru_link);
     c->name = core_strdup(name);
-    new_epoch(c);
+    mpos_t *pos = mb->positions ? core_map_del(mb->positions, name) : NULL;
+    if (pos) {
+        memcpy(c->epoch, pos->epoch, sizeof c->epoch);
+        c->top = pos->top;
+        free(pos);
+    } else {
+        new_epoch(c);
+    }
     core_map_put(mb->channels, c->name, c);
     return c;
 }
@@ -78,6 +87,12 @@ static presence_entry_t *presence_entry_new(const clu_presence_t *e) {
 }
 
 static void chan_free(mchan_t *c) {
+    if (c->mb->keep_positions && c->top > 0) {
+        mpos_t *pos = core_malloc(sizeof *pos);
+        memcpy(pos->epoch, c->epoch, sizeof pos->epoch);
+        pos->top = c->top;
+        free(core_map_put(c->mb->positions, c->name, pos));
+    }
     for (uint32_t i = 0; i < c->count; i++)
         pub_clear(c, &c->ring[(c->start + i) % c->ring_cap]);
     core_list_remove(&c->lru_link);
@@ -140,6 +155,29 @@ static void evict(mem_broker_t *mb, mchan_t *keep) {
         c->last_pub_ms = 0;
         mb->st.evicted++;
     }
+}
+
+void clu_memory_keep_positions(clu_broker_t *b) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    mb->keep_positions = true;
+    if (!mb->positions)
+        mb->positions = core_map_new();
+}
+
+void clu_memory_set_position(clu_broker_t *b, const char *channel, const char *epoch,
+                             uint64_t top) {
+    mem_broker_t *mb = (mem_broker_t *)b;
+    clu_memory_keep_positions(b);
+    mchan_t *c = chan_get(mb, channel, false);
+    if (c) {
+        snprintf(c->epoch, sizeof c->epoch, "%s", epoch);
+        c->top = top;
+        return;
+    }
+    mpos_t *pos = core_calloc(1, sizeof *pos);
+    snprintf(pos->epoch, sizeof pos->epoch, "%s", epoch);
+    pos->top = top;
+    free(core_map_put(mb->positions, channel, pos));
 }
 
 static int mem_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
@@ -428,9 +466,16 @@ static void handle_closed(uv_handle_t *h) {
         return;
     core_map_iter_t it = 0;
     void *v;
+    mb->keep_positions = false; /* closing: nothing to keep them for */
     while (core_map_next(mb->channels, &it, NULL, &v))
         chan_free(v);
     core_map_free(mb->channels);
+    if (mb->positions) {
+        it = 0;
+        while (core_map_next(mb->positions, &it, NULL, &v))
+            free(v);
+        core_map_free(mb->positions);
+    }
     clu__mem_coord_free(mb);
     void (*done)(void *) = mb->close_done;
     void *ud = mb->close_ud;

@@ -64,6 +64,11 @@ typedef struct {
 } msem_t;
 
 typedef struct {
+    char epoch[CLU_EPOCH_MAX];
+    uint64_t top;
+} mpos_t;
+
+typedef struct {
     int64_t value;
     int64_t expire_at_s;
 } mcounter_t;
@@ -93,6 +98,10 @@ struct mem_broker {
     size_t max_bytes; /* 0 = no cap */
     core_list_t lru;  /* channels with stored publications, least recently published first */
     uint32_t max_history_limit;
+    /* With a database behind the broker a channel's position (epoch, top) outlives its stream
+     * and the channel itself: channel -> mpos_t of channels not in `channels` now. */
+    bool keep_positions;
+    core_map_t *positions;
     uv_timer_t sweep;
     core_map_iter_t sweep_at; /* where the sliced sweep of channels goes on */
     uint64_t sweep_ticks;

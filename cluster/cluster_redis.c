@@ -102,6 +102,7 @@ static void on_conn_connect(redisAsyncContext *ac, int status, void *ud) {
                                   "SCRIPT LOAD %s", clu__rb_script_src[i]) == REDIS_OK)
                 clu__rb_cmd_sent(rb);
         }
+        clu__rb_persist_connected(rb);
         /* Publications may have been missed while commands could not run (the pub/sub
          * connection may have been back first, and its resyncs were skipped then). A channel
          * whose subscription is still being confirmed resyncs again on the confirmation. */
@@ -346,6 +347,9 @@ static const clu_ops_t redis_ops = {
     .deadline_raise = clu__rb_deadline_raise,
     .deadline_clear = clu__rb_deadline_clear,
     .deadline_get = clu__rb_deadline_get,
+    .persist_read = clu__rb_persist_read,
+    .persist_ack = clu__rb_persist_ack,
+    .persist_info = clu__rb_persist_info,
     .ready = rb_ready,
     .stats = rb_stats,
     .close = rb_close,

@@ -17,13 +17,13 @@ const char *const clu__rb_script_src[SCRIPT_COUNT] = {
     clu_redis_lua_presence_get,   clu_redis_lua_heartbeat,      clu_redis_lua_rate,
     clu_redis_lua_sem_acquire,    clu_redis_lua_sem_renew,      clu_redis_lua_sem_release,
     clu_redis_lua_counter,        clu_redis_lua_deadline_raise, clu_redis_lua_deadline_get,
-    clu_redis_lua_deadline_clear, clu_redis_lua_history_remove,
+    clu_redis_lua_deadline_clear, clu_redis_lua_history_remove, clu_redis_lua_persist_info,
 };
 
 const char *const clu__rb_script_names[SCRIPT_COUNT] = {
-    "publish",        "history",      "presence_add",   "presence_get",  "heartbeat",
-    "rate",           "sem_acquire",  "sem_renew",      "sem_release",   "counter",
-    "deadline_raise", "deadline_get", "deadline_clear", "history_remove"};
+    "publish",        "history",      "presence_add",   "presence_get",   "heartbeat",
+    "rate",           "sem_acquire",  "sem_renew",      "sem_release",    "counter",
+    "deadline_raise", "deadline_get", "deadline_clear", "history_remove", "persist_info"};
 
 /* Completes c under the trace of the work that made it. */
 static void call_complete(call_t *c, redisReply *r, int status) {
@@ -202,6 +202,10 @@ static void on_call_reply(redisAsyncContext *ac, void *reply, void *priv) {
     int status = 0;
     if (r == NULL) {
         status = CORE_EAGAIN; /* the connection went away; the outcome is unknown */
+    } else if (r->type == REDIS_REPLY_ERROR && r->str && strncmp(r->str, "PERSISTFULL", 11) == 0) {
+        /* The database is behind by the stream's whole cap: refused, temporarily. */
+        status = CORE_EAGAIN;
+        r = NULL;
     } else if (r->type == REDIS_REPLY_ERROR) {
         /* Every publish runs scripts: one line a second at most, however many fail. */
         uint64_t now = core_now_ms();

@@ -27,6 +27,7 @@ enum {
     SCRIPT_DEADLINE_GET,
     SCRIPT_DEADLINE_CLEAR,
     SCRIPT_HISTORY_REMOVE,
+    SCRIPT_PERSIST_INFO,
     SCRIPT_COUNT
 };
 
@@ -73,6 +74,7 @@ struct redis_broker {
     struct call *failed, *failed_tail;
     uv_idle_t fail_idle;
     uint64_t script_error_logged_ms;
+    uint32_t persist_cap; /* 0: no persist stream */
     bool closing;
     int open_timers;
     void (*close_done)(void *);
@@ -136,6 +138,18 @@ int clu__rb_presence_remove(clu_broker_t *b, const char *channel, const char *cl
 int clu__rb_presence(clu_broker_t *b, const char *channel, clu_presence_cb cb, void *ud);
 int clu__rb_presence_stats(clu_broker_t *b, const char *channel, clu_presence_stats_cb cb,
                            void *ud);
+
+/* ---- the persist stream (cluster_redis_persist.c) ---- */
+
+#define CLU_PERSIST_KEY "chat.persist"
+#define CLU_PERSIST_GROUP "chat-store"
+
+/* Creates the consumer group on a fresh command connection (a no-op when it exists). */
+void clu__rb_persist_connected(rb_t *rb);
+int clu__rb_persist_read(clu_broker_t *b, const char *consumer, uint32_t count,
+                         uint32_t claim_idle_ms, clu_persist_cb cb, void *ud);
+int clu__rb_persist_ack(clu_broker_t *b, const char *const *ids, size_t n);
+int clu__rb_persist_info(clu_broker_t *b, clu_persist_info_cb cb, void *ud);
 
 /* ---- clu_ops_t entries of cluster_redis_coord.c ---- */
 

@@ -17,8 +17,11 @@
 #ifndef CLUSTER_CLUSTER_REDIS_LUA_H
 #define CLUSTER_CLUSTER_REDIS_LUA_H
 
-/* KEYS: meta, history. ARGV: history_size, ttl_ms (0 = none), epoch candidate, pub/sub channel,
- * chat channel, data, info, has_info ('1'/'0'). Returns {offset, epoch}.
+/* KEYS: meta, history, persist stream. ARGV: history_size, ttl_ms (0 = none), epoch candidate,
+ * pub/sub channel, chat channel, data, info, has_info ('1'/'0'), persist cap (0 = persistence
+ * off). Returns {offset, epoch}, or the error PERSISTFULL while the persist stream holds cap
+ * entries (checked first: a refused publish leaves no trace). With persistence on the meta hash
+ * never expires: the database keeps history past the stream, and a new epoch would hide it.
  * The epoch candidate comes from the caller because the script must not depend on Lua's PRNG.
  * A missing meta hash means the channel's history is gone (expired, flushed, Redis restarted
  * without persistence): a fresh epoch tells readers their positions are meaningless now, and
@@ -27,6 +30,10 @@
  * that many), and exact trimming of a small stream costs little. The envelope is built here
  * with cmsgpack because offset and epoch are only known inside the script. */
 static const char clu_redis_lua_publish[] =
+    "local cap = tonumber(ARGV[9])\n"
+    "if cap > 0 and redis.call('XLEN', KEYS[3]) >= cap then\n"
+    "  return redis.error_reply('PERSISTFULL persist stream full')\n"
+    "end\n"
     "local epoch = redis.call('HGET', KEYS[1], 'epoch')\n"
     "if not epoch then\n"
     "  epoch = ARGV[3]\n"
@@ -42,8 +49,17 @@ static const char clu_redis_lua_publish[] =
     "end\n"
     "local ttl = tonumber(ARGV[2])\n"
     "if ttl > 0 then\n"
-    "  redis.call('PEXPIRE', KEYS[1], ttl)\n"
+    "  if cap == 0 then redis.call('PEXPIRE', KEYS[1], ttl) end\n"
     "  redis.call('PEXPIRE', KEYS[2], ttl)\n"
+    "end\n"
+    "if cap > 0 then\n"
+    "  redis.call('PERSIST', KEYS[1])\n"
+    "  if ARGV[8] == '1' then\n"
+    "    redis.call('XADD', KEYS[3], '*', 'c', ARGV[5], 'e', epoch, 'o', off, 'd', ARGV[6],\n"
+    "               'i', ARGV[7])\n"
+    "  else\n"
+    "    redis.call('XADD', KEYS[3], '*', 'c', ARGV[5], 'e', epoch, 'o', off, 'd', ARGV[6])\n"
+    "  end\n"
     "end\n"
     "local env = {v = 1, type = 'pub', channel = ARGV[5], offset = off, epoch = epoch,\n"
     "             data = ARGV[6]}\n"
@@ -280,5 +296,14 @@ static const char clu_redis_lua_history_remove[] =
     "redis.call('DEL', KEYS[2])\n"
     "local m = redis.call('HMGET', KEYS[1], 'top', 'epoch')\n"
     "return {tonumber(m[1] or 0), m[2] or ''}\n";
+
+/* KEYS: persist stream. Returns {length, id of the oldest entry or '', server time in ms}. */
+static const char clu_redis_lua_persist_info[] =
+    "local n = redis.call('XLEN', KEYS[1])\n"
+    "local h = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)\n"
+    "local t = redis.call('TIME')\n"
+    "local first = ''\n"
+    "if #h > 0 then first = h[1][1] end\n"
+    "return {n, first, tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)}\n";
 
 #endif

@@ -105,7 +105,14 @@ int clu__rb_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
     }
     call_t *c = clu__rb_call_new(rb, SCRIPT_PUBLISH, publish_done, (void *)cb, ud);
     core_str_t k = {0};
-    clu__rb_channel_keys(c, channel, "chat.meta.", "chat.history.");
+    clu__rb_call_args(c, "3");
+    clu__rb_key_of(&k, "chat.meta.", channel);
+    clu__rb_call_arg(c, k.ptr, k.len);
+    clu__rb_key_of(&k, "chat.history.", channel);
+    clu__rb_call_arg(c, k.ptr, k.len);
+    /* One stream for the whole cluster: a Redis Cluster deployment would need one per slot
+     * range (not built). */
+    clu__rb_call_args(c, CLU_PERSIST_KEY);
     clu__rb_call_argu(c, opts->history_size);
     clu__rb_call_argu(c, (uint64_t)opts->history_ttl_s * 1000);
     char epoch[9];
@@ -117,6 +124,7 @@ int clu__rb_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
     clu__rb_call_arg(c, pub->data, pub->data_len);
     clu__rb_call_arg(c, pub->info ? pub->info : "", pub->info ? pub->info_len : 0);
     clu__rb_call_args(c, pub->info ? "1" : "0");
+    clu__rb_call_argu(c, rb->persist_cap);
     core_str_free(&k);
     clu__rb_call_start(c);
     return 0;

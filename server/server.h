@@ -78,6 +78,13 @@ typedef struct {
     char *redis_url;
     char *database_url;
     char *database_read_url;
+    uint32_t db_pool;
+    uint32_t db_connect_timeout_ms;
+    uint32_t db_statement_timeout_ms;
+    uint32_t db_batch;
+    uint32_t db_start_wait_ms;
+    uint32_t persist_max;
+    uint32_t persist_claim_ms;
 } srv_config_t;
 
 /* Loads defaults, then the JSON file at path (may be NULL), then the environment. Returns 0, or

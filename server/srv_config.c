@@ -156,9 +156,26 @@ static const setting_t settings[] = {
     {"REDIS_URL", "redis_url", T_STR, OFF(redis_url), NULL,
      "redis://A.B.C.D:port[/db]: cluster mode (channels shared through Redis)"},
     {"DATABASE_URL", "database_url", T_STR, OFF(database_url), NULL,
-     "PostgreSQL primary (not in this build yet)"},
+     "PostgreSQL primary (postgresql://user[:password]@A.B.C.D:port/db, numeric host): durable "
+     "history; migrations run at start"},
     {"DATABASE_READ_URL", "database_read_url", T_STR, OFF(database_read_url), NULL,
-     "PostgreSQL read replica (not in this build yet)"},
+     "PostgreSQL read replica for history reads (the primary while it is down)"},
+    {"CHAT_DB_POOL", "db_pool", T_U32, OFF(db_pool), "2",
+     "connections to the primary (and to the replica)"},
+    {"CHAT_DB_CONNECT_TIMEOUT_MS", "db_connect_timeout_ms", T_U32, OFF(db_connect_timeout_ms),
+     "5000", "one database connection attempt"},
+    {"CHAT_DB_STATEMENT_TIMEOUT_MS", "db_statement_timeout_ms", T_U32, OFF(db_statement_timeout_ms),
+     "10000",
+     "one database statement; past it the connection is dropped and the statement retried"},
+    {"CHAT_DB_BATCH", "db_batch", T_U32, OFF(db_batch), "500",
+     "publications per INSERT (one commit each)"},
+    {"CHAT_DB_START_WAIT_MS", "db_start_wait_ms", T_U32, OFF(db_start_wait_ms), "30000",
+     "how long a starting node waits for the database (migrations) before it gives up"},
+    {"CHAT_PERSIST_MAX", "persist_max", T_U32, OFF(persist_max), "100000",
+     "publications waiting for the database (the Redis persist stream, or this node's memory "
+     "without Redis); past it publishes fail with a temporary error"},
+    {"CHAT_PERSIST_CLAIM_MS", "persist_claim_ms", T_U32, OFF(persist_claim_ms), "30000",
+     "persist stream entries another node left unacknowledged this long are taken over"},
 };
 
 #define NSETTINGS (sizeof settings / sizeof settings[0])

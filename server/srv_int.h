@@ -67,6 +67,9 @@ struct srv {
     core_gcra_t connect_gcra;
     chat_node_t *node;
     clu_broker_t *broker;
+    struct store *store;            /* NULL without DATABASE_URL */
+    struct srv_position *positions; /* channel positions read at start (no Redis) */
+    size_t npositions, cap_positions;
     llm_t *llm;
     llm_config_t llm_cfg;
     auth_keyring_t *keys;
@@ -170,5 +173,15 @@ void srv__node_self_info(void *ud, core_str_t *out);
 /* The node's own metric families (identity, ready, draining, cluster size), an
  * adm_metrics_render_fn taking srv_t. */
 void srv__node_metrics(void *ud, adm_metrics_writer_t *w);
+
+/* ---- the database (srv_store.c) ---- */
+
+/* With DATABASE_URL: applies the migrations and opens the store, before anything is served
+ * (runs the loop until done). Returns 0, or prints why and returns an exit code. */
+int srv__store_start(srv_t *S);
+/* Puts the store behind the broker just made (positions into the memory broker, or the Redis
+ * broker's persist stream). */
+void srv__store_wrap(srv_t *S);
+void srv__store_metrics(void *ud, adm_metrics_writer_t *w);
 
 #endif

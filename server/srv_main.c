@@ -342,8 +342,8 @@ int main(int argc, char **argv) {
     }
     core_log_setup((core_log_level_t)core_log_level_parse(S->cfg.log_level),
                    strcmp(S->cfg.log_format, "json") == 0);
-    if (S->cfg.database_url || S->cfg.database_read_url) {
-        fprintf(stderr, "chatd: DATABASE_URL is not supported by this build yet; unset it\n");
+    if (S->cfg.database_read_url && !S->cfg.database_url) {
+        fprintf(stderr, "chatd: DATABASE_READ_URL needs DATABASE_URL (the primary)\n");
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -387,6 +387,9 @@ int main(int argc, char **argv) {
     uv_loop_init(&S->loop);
     /* The loop keeps the time it spends waiting in poll: what remains of a pass is work. */
     uv_loop_configure(&S->loop, UV_METRICS_IDLE_TIME);
+    int src = srv__store_start(S);
+    if (src != 0)
+        return src;
     void *loops[1] = {&S->loop};
     struct lws_context_creation_info info = {
         .options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_EXPLICIT_VHOSTS |
@@ -449,6 +452,7 @@ int main(int argc, char **argv) {
             clu_memory_new(&S->loop, chat_node_broker_events(), S->node, S->cfg.history_max_limit);
         clu_memory_set_max_bytes(S->broker, (size_t)S->cfg.history_memory_mb << 20);
     }
+    srv__store_wrap(S);
     chat_node_set_broker(S->node, S->broker);
     S->llm_cfg.node_id = S->cfg.node_id;
     S->llm = llm_new(&S->loop, S->broker, &S->llm_cfg);
@@ -464,6 +468,7 @@ int main(int argc, char **argv) {
     adm_metrics_add(S->metrics, srv_metrics_transport, &S->st);
     adm_metrics_add(S->metrics, srv_metrics_broker, S->broker);
     adm_metrics_add(S->metrics, srv_metrics_llm, S->llm);
+    adm_metrics_add(S->metrics, srv__store_metrics, S);
 
     uv_signal_init(&S->loop, &S->sigterm);
     uv_signal_init(&S->loop, &S->sigint);

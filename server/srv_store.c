@@ -1,0 +1,180 @@
+/* server: the database at start (migrations, channel positions) and its metrics. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "server/srv_int.h"
+#include "store/store.h"
+
+struct srv_position {
+    char *channel;
+    char epoch[CLU_EPOCH_MAX];
+    uint64_t top;
+};
+
+typedef struct {
+    bool done;
+    int status;
+    int applied;
+    char error[256];
+} start_t;
+
+static void migrated(int status, int applied, const char *error, void *ud) {
+    start_t *st = ud;
+    st->done = true;
+    st->status = status;
+    st->applied = applied;
+    snprintf(st->error, sizeof st->error, "%s", error ? error : "");
+}
+
+static void position_row(void *ud, const char *channel, const char *epoch, uint64_t top) {
+    srv_t *S = ud;
+    if (S->npositions == S->cap_positions) {
+        S->cap_positions = S->cap_positions ? S->cap_positions * 2 : 64;
+        S->positions = core_realloc(S->positions, S->cap_positions * sizeof *S->positions);
+    }
+    struct srv_position *p = &S->positions[S->npositions++];
+    p->channel = core_strdup(channel);
+    snprintf(p->epoch, sizeof p->epoch, "%s", epoch);
+    p->top = top;
+}
+
+static void positions_done(void *ud, int status) {
+    start_t *st = ((void **)ud)[1];
+    st->done = true;
+    st->status = status;
+}
+
+static void positions_row(void *ud, const char *channel, const char *epoch, uint64_t top) {
+    position_row(((void **)ud)[0], channel, epoch, top);
+}
+
+int srv__store_start(srv_t *S) {
+    if (!S->cfg.database_url)
+        return 0;
+    start_t st = {0};
+    uint64_t t0 = core_now_ms();
+    store_migrate(&S->loop, S->cfg.database_url, S->cfg.db_start_wait_ms, migrated, &st);
+    while (!st.done)
+        uv_run(&S->loop, UV_RUN_ONCE);
+    if (st.status != 0) {
+        fprintf(stderr, "chatd: DATABASE_URL: %s\n", st.error);
+        return 1;
+    }
+    CORE_LOGI("server", "database schema ready", "version=%d applied=%d ms=%" PRIu64,
+              store_schema_version(), st.applied, core_now_ms() - t0);
+    store_config_t sc = {
+        .url = S->cfg.database_url,
+        .read_url = S->cfg.database_read_url,
+        .pool_size = S->cfg.db_pool,
+        .connect_timeout_ms = S->cfg.db_connect_timeout_ms,
+        .statement_timeout_ms = S->cfg.db_statement_timeout_ms,
+        .batch_max = S->cfg.db_batch,
+        .backlog_max = S->cfg.persist_max,
+    };
+    S->store = store_new(&S->loop, &sc);
+    if (S->cfg.redis_url)
+        return 0; /* Redis keeps the channels' positions */
+    /* Without Redis the positions come from the database, before any client can publish:
+     * offsets go on where they were, in the same epoch. */
+    uint64_t deadline = core_now_ms() + S->cfg.db_start_wait_ms;
+    for (;;) {
+        start_t ps = {0};
+        void *ud[2] = {S, &ps};
+        if (store_positions(S->store, positions_row, positions_done, ud) == 0) {
+            while (!ps.done)
+                uv_run(&S->loop, UV_RUN_ONCE);
+            if (ps.status == 0)
+                break;
+        } else {
+            uv_run(&S->loop, UV_RUN_NOWAIT);
+        }
+        if (core_now_ms() >= deadline) {
+            fprintf(stderr, "chatd: DATABASE_URL: cannot read the channels' positions\n");
+            return 1;
+        }
+        uv_sleep(50); /* before any client: nothing else runs on this loop yet */
+    }
+    CORE_LOGI("server", "channel positions loaded", "channels=%zu", S->npositions);
+    return 0;
+}
+
+void srv__store_wrap(srv_t *S) {
+    if (!S->store)
+        return;
+    if (S->cfg.redis_url) {
+        clu_redis_set_persist(S->broker, S->cfg.persist_max);
+    } else {
+        for (size_t i = 0; i < S->npositions; i++) {
+            clu_memory_set_position(S->broker, S->positions[i].channel, S->positions[i].epoch,
+                                    S->positions[i].top);
+            free(S->positions[i].channel);
+        }
+        clu_memory_keep_positions(S->broker);
+        free(S->positions);
+        S->positions = NULL;
+        S->npositions = S->cap_positions = 0;
+    }
+    S->broker = store_broker_new(&S->loop, S->broker, S->store, S->cfg.history_max_limit,
+                                 S->cfg.node_id, S->cfg.persist_claim_ms);
+}
+
+void srv__store_metrics(void *ud, adm_metrics_writer_t *w) {
+    srv_t *S = ud;
+    if (!S->store)
+        return;
+    store_stats_t s;
+    store_stats(S->store, &s);
+    store_broker_stats_t b;
+    store_broker_stats(S->broker, &b);
+    adm_metrics_family(w, "chat_store_up", "gauge",
+                       "1 while a connection to the database is up, by pool.");
+    adm_metrics_sample(w, "chat_store_up", &(adm_label_t){"pool", "primary"}, 1, s.primary_up);
+    if (s.has_replica)
+        adm_metrics_sample(w, "chat_store_up", &(adm_label_t){"pool", "replica"}, 1, s.replica_up);
+    adm_metrics_gauge(w, "chat_store_backlog",
+                      "Publications this node holds for the database, not committed yet.",
+                      s.backlog);
+    adm_metrics_family(w, "chat_store_backlog_age_seconds", "gauge",
+                       "Age of the oldest publication this node holds for the database.");
+    adm_metrics_sample_double(w, "chat_store_backlog_age_seconds", NULL, 0, s.backlog_age_s);
+    adm_metrics_counter(w, "chat_store_rows_total", "Publications committed to the database.",
+                        s.rows_written);
+    adm_metrics_counter(w, "chat_store_batches_total", "Batches committed (one INSERT each).",
+                        s.batches);
+    adm_metrics_counter(w, "chat_store_write_retries_total", "Batches sent again after a failure.",
+                        s.write_retries);
+    adm_metrics_counter(w, "chat_store_rejected_total",
+                        "Publications the database refused on their own (logged, not kept).",
+                        s.rejected);
+    adm_metrics_counter(w, "chat_store_refused_total",
+                        "Publications refused because the database backlog was full.", s.refused);
+    adm_metrics_histogram(w, "chat_store_batch_rows", "Publications per committed batch.",
+                          s.batch_rows);
+    adm_metrics_histogram(w, "chat_store_commit_seconds",
+                          "From a publication reaching this node's writer to its batch's commit.",
+                          s.commit_seconds);
+    adm_metrics_counter(w, "chat_store_history_reads_total",
+                        "History reads answered by the database.", s.reads);
+    adm_metrics_counter(w, "chat_store_history_errors_total",
+                        "History reads the database could not answer.", s.read_errors);
+    adm_metrics_counter(w, "chat_store_history_answers_total",
+                        "History and recovery answers that needed the database.",
+                        b.history_from_store);
+    if (S->cfg.redis_url) {
+        adm_metrics_gauge(w, "chat_persist_stream_length",
+                          "Entries in the cluster's persist stream (not stored yet).",
+                          b.stream_length);
+        adm_metrics_family(w, "chat_persist_stream_age_seconds", "gauge",
+                           "Age of the persist stream's oldest entry.");
+        adm_metrics_sample_double(w, "chat_persist_stream_age_seconds", NULL, 0,
+                                  (double)b.stream_age_ms / 1000.0);
+        adm_metrics_counter(w, "chat_persist_consumed_total",
+                            "Persist stream entries this node read (claimed ones included).",
+                            b.consumed);
+        adm_metrics_counter(w, "chat_persist_acked_total",
+                            "Persist stream entries this node stored and acknowledged.",
+                            b.persisted);
+    }
+}

@@ -1,0 +1,23 @@
+# Turns the migration files into a C array of {version, name, sql} at build time, so the binary
+# carries its schema and needs no files at run time. Called with SRC (the migrations folder) and
+# OUT (the header to write).
+file(GLOB files RELATIVE ${SRC} ${SRC}/*.sql)
+list(SORT files)
+set(body "/* Generated from store/migrations by store/embed.cmake. */\n")
+string(APPEND body "typedef struct { int version; const char *name; const char *sql; } store_migration_t;\n")
+set(table "static const store_migration_t store_migrations[] = {\n")
+set(i 0)
+foreach(f ${files})
+  string(REGEX MATCH "^([0-9]+)_(.*)\\.sql$" m ${f})
+  set(version ${CMAKE_MATCH_1})
+  math(EXPR version "${version}")
+  set(name ${CMAKE_MATCH_2})
+  file(READ ${SRC}/${f} hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+  string(APPEND body "static const char store_migration_${i}[] = {${hex}0x00};\n")
+  string(APPEND table "    {${version}, \"${name}\", store_migration_${i}},\n")
+  math(EXPR i "${i} + 1")
+endforeach()
+string(APPEND table "};\n")
+file(WRITE ${OUT}.tmp "${body}${table}")
+file(COPY_FILE ${OUT}.tmp ${OUT} ONLY_IF_DIFFERENT)

@@ -1,0 +1,594 @@
+/* store: the message writer (group commit), history reads, positions and the usage ledger
+ * (contract in store.h). */
+#include "store/store.h"
+
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store/store_pg.h"
+
+#define MOD "store"
+
+#define RETRY_MIN_MS 100
+#define RETRY_MAX_MS 5000
+#define PARAMS_PER_ROW 9
+
+typedef struct wrow {
+    struct wrow *next;
+    char *channel, *epoch;
+    uint64_t offset;
+    char *data;
+    size_t data_len;
+    char *info;
+    size_t info_len;
+    int64_t created_ms;
+    uint64_t queued_us;
+    store_done_cb cb;
+    void *ud;
+} wrow_t;
+
+typedef struct batch {
+    struct batch *next, *prev;
+    store_t *s;
+    wrow_t *rows;
+    size_t n;
+} batch_t;
+
+struct store {
+    uv_loop_t *loop;
+    store_config_t cfg;
+    pg_pool_t *primary;
+    pg_pool_t *replica; /* NULL: reads go to the primary */
+    wrow_t *head, *tail;
+    size_t queued;    /* rows in head..tail */
+    size_t backlog;   /* queued plus in flight */
+    batch_t inflight; /* list head */
+    uint32_t inflight_n;
+    size_t isolate; /* rows still to be sent one per batch after a batch the server refused */
+    uv_timer_t retry;
+    uint32_t retry_ms;
+    bool waiting; /* the retry timer runs: no batch is sent before it fires */
+    core_hist_t commit_seconds;
+    core_hist_t batch_rows;
+    store_stats_t st;
+    bool closing;
+    uv_timer_t close_timer;
+    int open;
+    void (*done)(void *);
+    void *done_ud;
+};
+
+static void flush(store_t *s);
+
+/* ---- writer ---- */
+
+static void row_free(wrow_t *r) {
+    free(r->channel);
+    free(r->epoch);
+    free(r->data);
+    free(r->info);
+    free(r);
+}
+
+/* Rows of a failed batch go back to the front, in their order: they are the oldest. */
+static void rows_requeue(store_t *s, wrow_t *rows, size_t n) {
+    if (!rows)
+        return;
+    wrow_t *last = rows;
+    while (last->next)
+        last = last->next;
+    last->next = s->head;
+    s->head = rows;
+    if (!s->tail)
+        s->tail = last;
+    s->queued += n;
+}
+
+static void retry_fire(uv_timer_t *t) {
+    store_t *s = t->data;
+    s->waiting = false;
+    flush(s);
+}
+
+static void retry_later(store_t *s) {
+    if (s->waiting || s->closing)
+        return;
+    s->retry_ms = s->retry_ms ? s->retry_ms * 2 : RETRY_MIN_MS;
+    if (s->retry_ms > RETRY_MAX_MS)
+        s->retry_ms = RETRY_MAX_MS;
+    uint32_t r;
+    core_random(&r, sizeof r);
+    s->waiting = true;
+    uv_timer_start(&s->retry, retry_fire, s->retry_ms / 2 + r % (s->retry_ms / 2 + 1), 0);
+}
+
+static void maybe_finish_close(store_t *s);
+
+/* Errors that may be about the rows themselves: bad data (22) or a constraint (23). Anything
+ * else (the connection, the server's state, a missing table, a conflict between concurrent
+ * writers) says nothing about them: the batch is sent again as it was. */
+static bool sqlstate_transient(const char *st) {
+    return strncmp(st, "22", 2) != 0 && strncmp(st, "23", 2) != 0;
+}
+
+static void batch_done(PGresult *res, void *ud) {
+    batch_t *b = ud;
+    store_t *s = b->s;
+    b->prev->next = b->next;
+    b->next->prev = b->prev;
+    s->inflight_n--;
+    wrow_t *rows = b->rows;
+    size_t n = b->n;
+    free(b);
+    if (res && PQresultStatus(res) == PGRES_COMMAND_OK) {
+        uint64_t now = core_now_us();
+        s->st.batches++;
+        s->st.rows_written += n;
+        core_hist_observe(&s->batch_rows, (double)n);
+        s->retry_ms = 0;
+        s->isolate = s->isolate > n ? s->isolate - n : 0;
+        s->backlog -= n;
+        while (rows) {
+            wrow_t *r = rows;
+            rows = r->next;
+            core_hist_observe(&s->commit_seconds, (double)(now - r->queued_us) / 1e6);
+            if (r->cb)
+                r->cb(0, r->ud);
+            row_free(r);
+        }
+    } else if (res && !sqlstate_transient(pg_sqlstate(res)) && n == 1) {
+        /* The server refuses this row itself: keeping it would block every row behind it. */
+        char msg[200];
+        snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+        msg[strcspn(msg, "\n")] = '\0';
+        CORE_LOGE(MOD, "publication not stored: the server refused it",
+                  "channel=%s offset=%" PRIu64 " sqlstate=%s error=\"%s\"", rows->channel,
+                  rows->offset, pg_sqlstate(res), msg);
+        s->st.rejected++;
+        s->backlog--;
+        s->isolate = s->isolate ? s->isolate - 1 : 0;
+        if (rows->cb)
+            rows->cb(CORE_EINVAL, rows->ud);
+        row_free(rows);
+    } else {
+        s->st.write_retries++;
+        if (res && !sqlstate_transient(pg_sqlstate(res))) {
+            /* One of these rows is refused: send them one per batch to find it. */
+            s->isolate = n;
+        } else {
+            char msg[200] = "no connection";
+            if (res)
+                snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+            msg[strcspn(msg, "\n")] = '\0';
+            CORE_LOGW(MOD, "batch not committed, will retry", "rows=%zu error=\"%s\"", n, msg);
+        }
+        rows_requeue(s, rows, n);
+        retry_later(s);
+    }
+    flush(s);
+    maybe_finish_close(s);
+}
+
+static const char insert_head[] =
+    "WITH r(channel, epoch, off, user_id, client_id, message_id, data, info, created_ms) AS "
+    "(VALUES ";
+/* DISTINCT ON keeps one position per channel (ON CONFLICT may touch a row once per statement),
+ * ordered by channel so that concurrent writers lock positions in the same order. A position
+ * moves forward only, or to another epoch. */
+static const char insert_tail[] =
+    "), ins AS (INSERT INTO chat_messages (channel, epoch, \"offset\", user_id, client_id, "
+    "message_id, data, info, created_at) SELECT channel, epoch, off, user_id, client_id, "
+    "message_id, data, info, to_timestamp(created_ms / 1000.0) FROM r ON CONFLICT DO NOTHING) "
+    "INSERT INTO chat_channels AS c (channel, epoch, top) SELECT DISTINCT ON (channel) channel, "
+    "epoch, off FROM r ORDER BY channel, off DESC ON CONFLICT (channel) DO UPDATE SET epoch = "
+    "EXCLUDED.epoch, top = EXCLUDED.top, updated_at = now() WHERE c.epoch <> EXCLUDED.epoch OR "
+    "c.top < EXCLUDED.top";
+
+/* The publisher's user and client from its ClientInfo, the client's message id from the data
+ * (the chat schema's "client_msg_id"): columns to search by, NULL when absent. */
+static void row_columns(const wrow_t *r, char **user, char **client, char **msg_id) {
+    *user = *client = *msg_id = NULL;
+    if (r->info) {
+        json_t *o = json_loadb(r->info, r->info_len, 0, NULL);
+        const char *u = json_string_value(json_object_get(o, "user"));
+        const char *c = json_string_value(json_object_get(o, "client"));
+        *user = u ? core_strdup(u) : NULL;
+        *client = c ? core_strdup(c) : NULL;
+        json_decref(o);
+    }
+    if (r->data_len && r->data[0] == '{') {
+        json_t *o = json_loadb(r->data, r->data_len, 0, NULL);
+        const char *id = json_string_value(json_object_get(o, "client_msg_id"));
+        *msg_id = id ? core_strdup(id) : NULL;
+        json_decref(o);
+    }
+}
+
+static void send_batch(store_t *s, size_t max) {
+    size_t n = 0;
+    wrow_t *rows = s->head, *last = NULL;
+    for (wrow_t *r = rows; r && n < max; r = r->next) {
+        last = r;
+        n++;
+    }
+    s->head = last->next;
+    if (!s->head)
+        s->tail = NULL;
+    last->next = NULL;
+    s->queued -= n;
+
+    int np = (int)(n * PARAMS_PER_ROW);
+    const char **values = core_calloc((size_t)np, sizeof *values);
+    int *lengths = core_calloc((size_t)np, sizeof *lengths);
+    int *formats = core_calloc((size_t)np, sizeof *formats);
+    char(*nums)[2][24] = core_calloc(n, sizeof *nums);
+    char **owned = core_calloc(n * 3, sizeof *owned);
+    core_str_t sql = {0};
+    core_str_appends(&sql, insert_head);
+    size_t i = 0;
+    for (wrow_t *r = rows; r; r = r->next, i++) {
+        int k = (int)(i * PARAMS_PER_ROW);
+        row_columns(r, &owned[i * 3], &owned[i * 3 + 1], &owned[i * 3 + 2]);
+        snprintf(nums[i][0], sizeof nums[i][0], "%" PRIu64, r->offset);
+        snprintf(nums[i][1], sizeof nums[i][1], "%" PRId64, r->created_ms);
+        values[k] = r->channel;
+        values[k + 1] = r->epoch;
+        values[k + 2] = nums[i][0];
+        values[k + 3] = owned[i * 3];
+        values[k + 4] = owned[i * 3 + 1];
+        values[k + 5] = owned[i * 3 + 2];
+        values[k + 6] = r->data;
+        lengths[k + 6] = (int)r->data_len;
+        formats[k + 6] = 1;
+        values[k + 7] = r->info;
+        lengths[k + 7] = (int)r->info_len;
+        formats[k + 7] = 1;
+        values[k + 8] = nums[i][1];
+        core_str_appendf(&sql,
+                         "%s($%d::text, $%d::text, $%d::bigint, $%d::text, $%d::text, $%d::text, "
+                         "$%d::bytea, $%d::bytea, $%d::bigint)",
+                         i ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8,
+                         k + 9);
+    }
+    core_str_appends(&sql, insert_tail);
+    batch_t *b = core_calloc(1, sizeof *b);
+    b->s = s;
+    b->rows = rows;
+    b->n = n;
+    b->next = &s->inflight;
+    b->prev = s->inflight.prev;
+    s->inflight.prev->next = b;
+    s->inflight.prev = b;
+    s->inflight_n++;
+    int rc = pg_query(s->primary, sql.ptr, np, values, lengths, formats, false, batch_done, b);
+    core_str_free(&sql);
+    for (size_t j = 0; j < n * 3; j++)
+        free(owned[j]);
+    free(owned);
+    free(nums);
+    free(values);
+    free(lengths);
+    free(formats);
+    if (rc != 0) {
+        b->prev->next = b->next;
+        b->next->prev = b->prev;
+        s->inflight_n--;
+        free(b);
+        rows_requeue(s, rows, n);
+        retry_later(s);
+    }
+}
+
+/* Sends what waits, one batch per idle connection: rows that arrive while every connection is
+ * committing wait and go together in the next batch, so the commit rate, not the publish rate,
+ * sets the number of transactions. */
+static void flush(store_t *s) {
+    while (s->head && !s->waiting && pg_pool_has_idle(s->primary) &&
+           s->inflight_n < s->cfg.pool_size)
+        send_batch(s, s->isolate ? 1 : s->cfg.batch_max);
+    if (s->head && !s->waiting && !pg_pool_up(s->primary))
+        retry_later(s);
+}
+
+int store_append(store_t *s, const store_msg_t *m, store_done_cb cb, void *ud) {
+    if (s->closing)
+        return CORE_EAGAIN;
+    if (s->backlog >= s->cfg.backlog_max) {
+        s->st.refused++;
+        return CORE_ELIMIT;
+    }
+    wrow_t *r = core_calloc(1, sizeof *r);
+    r->channel = core_strdup(m->channel);
+    r->epoch = core_strdup(m->epoch);
+    r->offset = m->offset;
+    r->data = core_malloc(m->data_len + 1);
+    memcpy(r->data, m->data, m->data_len);
+    r->data[m->data_len] = '\0';
+    r->data_len = m->data_len;
+    if (m->info) {
+        r->info = core_strndup(m->info, m->info_len);
+        r->info_len = m->info_len;
+    }
+    r->created_ms = m->created_ms ? m->created_ms : (int64_t)core_wall_ms();
+    r->queued_us = core_now_us();
+    r->cb = cb;
+    r->ud = ud;
+    if (s->tail)
+        s->tail->next = r;
+    else
+        s->head = r;
+    s->tail = r;
+    s->queued++;
+    s->backlog++;
+    flush(s);
+    return 0;
+}
+
+bool store_full(store_t *s) {
+    if (s->backlog < s->cfg.backlog_max)
+        return false;
+    s->st.refused++;
+    return true;
+}
+
+/* ---- reads ---- */
+
+typedef struct {
+    store_t *s;
+    store_read_cb cb;
+    void *ud;
+} readop_t;
+
+static uint64_t be64(const char *p) {
+    const unsigned char *u = (const unsigned char *)p;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | u[i];
+    return v;
+}
+
+static void read_done(PGresult *res, void *ud) {
+    readop_t *op = ud;
+    store_t *s = op->s;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        s->st.read_errors++;
+        if (res) {
+            char msg[200];
+            snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+            msg[strcspn(msg, "\n")] = '\0';
+            CORE_LOGW(MOD, "history read failed", "sqlstate=%s error=\"%s\"", pg_sqlstate(res),
+                      msg);
+        }
+        op->cb(CORE_EAGAIN, NULL, 0, op->ud);
+        free(op);
+        return;
+    }
+    s->st.reads++;
+    int n = PQntuples(res);
+    clu_pub_t *pubs = n ? core_calloc((size_t)n, sizeof *pubs) : NULL;
+    for (int i = 0; i < n; i++) {
+        pubs[i].offset = PQgetlength(res, i, 0) == 8 ? be64(PQgetvalue(res, i, 0)) : 0;
+        pubs[i].data = PQgetvalue(res, i, 1);
+        pubs[i].data_len = (size_t)PQgetlength(res, i, 1);
+        if (!PQgetisnull(res, i, 2)) {
+            pubs[i].info = PQgetvalue(res, i, 2);
+            pubs[i].info_len = (size_t)PQgetlength(res, i, 2);
+        }
+    }
+    op->cb(0, pubs, (size_t)n, op->ud);
+    free(pubs);
+    free(op);
+}
+
+static pg_pool_t *read_pool(store_t *s) {
+    /* A replica that is down leaves reads to the primary rather than failing them. */
+    if (s->replica && pg_pool_up(s->replica))
+        return s->replica;
+    return s->primary;
+}
+
+int store_read(store_t *s, const char *channel, const char *epoch, bool reverse, uint64_t after,
+               uint64_t before, uint32_t limit, store_read_cb cb, void *ud) {
+    static const char fwd[] =
+        "SELECT \"offset\", data, info FROM chat_messages WHERE channel = $1 AND epoch = $2 AND "
+        "\"offset\" > $3::bigint AND \"offset\" < $4::bigint ORDER BY \"offset\" LIMIT $5::bigint";
+    static const char rev[] =
+        "SELECT \"offset\", data, info FROM chat_messages WHERE channel = $1 AND epoch = $2 AND "
+        "\"offset\" > $3::bigint AND \"offset\" < $4::bigint ORDER BY \"offset\" DESC "
+        "LIMIT $5::bigint";
+    char a[24], b[24], l[16];
+    snprintf(a, sizeof a, "%" PRIu64, after);
+    snprintf(b, sizeof b, "%" PRIu64, before ? before : (uint64_t)INT64_MAX);
+    snprintf(l, sizeof l, "%" PRIu32, limit);
+    const char *values[5] = {channel, epoch, a, b, l};
+    readop_t *op = core_calloc(1, sizeof *op);
+    op->s = s;
+    op->cb = cb;
+    op->ud = ud;
+    int rc =
+        pg_query(read_pool(s), reverse ? rev : fwd, 5, values, NULL, NULL, true, read_done, op);
+    if (rc != 0) {
+        s->st.read_errors++;
+        free(op);
+    }
+    return rc;
+}
+
+typedef struct {
+    void (*row)(void *, const char *, const char *, uint64_t);
+    void (*done)(void *, int);
+    void *ud;
+} posop_t;
+
+static void positions_done(PGresult *res, void *ud) {
+    posop_t *op = ud;
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        op->done(op->ud, CORE_EAGAIN);
+        free(op);
+        return;
+    }
+    int n = PQntuples(res);
+    for (int i = 0; i < n; i++)
+        op->row(op->ud, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                strtoull(PQgetvalue(res, i, 2), NULL, 10));
+    op->done(op->ud, 0);
+    free(op);
+}
+
+int store_positions(store_t *s,
+                    void (*row)(void *ud, const char *channel, const char *epoch, uint64_t top),
+                    void (*done)(void *ud, int status), void *ud) {
+    posop_t *op = core_calloc(1, sizeof *op);
+    op->row = row;
+    op->done = done;
+    op->ud = ud;
+    int rc = pg_query(s->primary, "SELECT channel, epoch, top FROM chat_channels", 0, NULL, NULL,
+                      NULL, false, positions_done, op);
+    if (rc != 0)
+        free(op);
+    return rc;
+}
+
+/* ---- usage ledger ---- */
+
+static void usage_done(PGresult *res, void *ud) {
+    (void)ud;
+    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK)
+        CORE_LOGW(MOD, "usage row not stored", "sqlstate=%s", pg_sqlstate(res));
+}
+
+void store_usage(store_t *s, const char *request_id, const char *user, const char *plan,
+                 const char *provider, const char *model, int64_t tokens_in, int64_t tokens_out,
+                 const char *outcome) {
+    char in[24], out[24];
+    snprintf(in, sizeof in, "%" PRId64, tokens_in);
+    snprintf(out, sizeof out, "%" PRId64, tokens_out);
+    const char *values[8] = {request_id, user, plan, provider, model, in, out, outcome};
+    if (pg_query(s->primary,
+                 "INSERT INTO chat_llm_usage (request_id, user_id, plan, provider, model, "
+                 "tokens_in, tokens_out, outcome) VALUES ($1, $2, $3, $4, $5, $6::integer, "
+                 "$7::integer, $8)",
+                 8, values, NULL, NULL, false, usage_done, NULL) != 0)
+        CORE_LOGW(MOD, "usage row not stored", "error=%s", "no connection");
+}
+
+/* ---- lifecycle ---- */
+
+store_t *store_new(uv_loop_t *loop, const store_config_t *cfg) {
+    store_t *s = core_calloc(1, sizeof *s);
+    s->loop = loop;
+    s->cfg = *cfg;
+    if (!s->cfg.pool_size)
+        s->cfg.pool_size = 2;
+    if (!s->cfg.batch_max)
+        s->cfg.batch_max = 500;
+    if (s->cfg.batch_max > 60000 / PARAMS_PER_ROW)
+        s->cfg.batch_max = 60000 / PARAMS_PER_ROW; /* a statement takes at most 65,535 */
+    if (!s->cfg.backlog_max)
+        s->cfg.backlog_max = 100000;
+    pg_pool_opts_t o = {s->cfg.pool_size, cfg->connect_timeout_ms, cfg->statement_timeout_ms};
+    s->primary = pg_pool_new(loop, "primary", cfg->url, &o);
+    if (cfg->read_url)
+        s->replica = pg_pool_new(loop, "replica", cfg->read_url, &o);
+    s->inflight.next = s->inflight.prev = &s->inflight;
+    uv_timer_init(loop, &s->retry);
+    s->retry.data = s;
+    uv_timer_init(loop, &s->close_timer);
+    s->close_timer.data = s;
+    static const double secs[] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                  0.25,  0.5,    1,     2.5,  5,     10,   30};
+    core_hist_init(&s->commit_seconds, secs, sizeof secs / sizeof secs[0]);
+    static const double rows[] = {1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000};
+    core_hist_init(&s->batch_rows, rows, sizeof rows / sizeof rows[0]);
+    return s;
+}
+
+bool store_up(const store_t *s) {
+    return pg_pool_up(s->primary);
+}
+
+void store_stats(store_t *s, store_stats_t *out) {
+    *out = s->st;
+    out->backlog = s->backlog;
+    uint64_t oldest = 0;
+    if (s->inflight.next != &s->inflight)
+        oldest = s->inflight.next->rows->queued_us;
+    for (batch_t *b = s->inflight.next; b != &s->inflight; b = b->next)
+        if (b->rows->queued_us < oldest)
+            oldest = b->rows->queued_us;
+    if (s->head && (!oldest || s->head->queued_us < oldest))
+        oldest = s->head->queued_us;
+    out->backlog_age_s = oldest ? (double)(core_now_us() - oldest) / 1e6 : 0;
+    out->commit_seconds = &s->commit_seconds;
+    out->batch_rows = &s->batch_rows;
+    out->primary_up = pg_pool_up(s->primary);
+    out->has_replica = s->replica != NULL;
+    out->replica_up = s->replica && pg_pool_up(s->replica);
+}
+
+static void fail_queued_rows(store_t *s) {
+    while (s->head) {
+        wrow_t *r = s->head;
+        s->head = r->next;
+        if (r->cb)
+            r->cb(CORE_EAGAIN, r->ud);
+        row_free(r);
+    }
+    s->tail = NULL;
+}
+
+static void store_handle_closed(uv_handle_t *h) {
+    store_t *s = h->data;
+    if (--s->open == 0) {
+        /* Batches that were in flight came back when the pools closed. */
+        fail_queued_rows(s);
+        void (*done)(void *) = s->done;
+        void *ud = s->done_ud;
+        free(s);
+        if (done)
+            done(ud);
+    }
+}
+
+static void pool_closed(void *ud) {
+    store_handle_closed((uv_handle_t *)&((store_t *)ud)->retry);
+}
+
+static void close_now(store_t *s) {
+    if (s->open)
+        return; /* already closing its handles */
+    uv_timer_stop(&s->retry);
+    if (s->backlog)
+        CORE_LOGW(MOD, "closing with publications not stored", "rows=%zu", s->backlog);
+    fail_queued_rows(s);
+    s->open = 2 + 1 + (s->replica ? 1 : 0);
+    uv_close((uv_handle_t *)&s->retry, store_handle_closed);
+    uv_close((uv_handle_t *)&s->close_timer, store_handle_closed);
+    /* In-flight batches fail through their callbacks while the pools close. */
+    pg_pool_close(s->primary, pool_closed, s);
+    if (s->replica)
+        pg_pool_close(s->replica, pool_closed, s);
+}
+
+static void maybe_finish_close(store_t *s) {
+    if (s->closing && s->backlog == 0)
+        close_now(s);
+}
+
+static void close_timeout(uv_timer_t *t) {
+    close_now(t->data);
+}
+
+void store_close(store_t *s, uint32_t wait_ms, void (*done)(void *ud), void *ud) {
+    s->done = done;
+    s->done_ud = ud;
+    s->closing = true;
+    if (s->backlog == 0 || wait_ms == 0 || !pg_pool_up(s->primary)) {
+        close_now(s);
+        return;
+    }
+    uv_timer_start(&s->close_timer, close_timeout, wait_ms, 0);
+}

@@ -1,0 +1,286 @@
+// Durable history in PostgreSQL (issue 13): real PostgreSQL servers of the tests' own on
+// loopback ports, real Redis, real chatd nodes, centrifuge-js and the server API as clients.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import {
+  Collector, chatMessage, connectClient, metricValue, scrapeMetrics, startChatd, subscribe, waitMetric, waitUntil,
+} from './helpers.mjs';
+import { startRedis, waitReady } from './cluster-util.mjs';
+import { startPostgres } from './pg-util.mjs';
+
+const run = promisify(execFile);
+const API_KEY = 'durable-test-api-key';
+const SMALL = {
+  chat: { history_size: 5, history_ttl: 3600, presence: false, join_leave: false, allow_subscribe: true, allow_publish: true, message_schema: 'chat', max_message_bytes: 4096 },
+};
+
+async function api(srv, method, body) {
+  const r = await fetch(`${srv.adminUrl}/api/${method}`, {
+    method: 'POST',
+    headers: { authorization: `apikey ${API_KEY}` },
+    body: JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const j = await r.json();
+  if (j.error) throw Object.assign(new Error(`${method}: ${JSON.stringify(j.error)}`), { apiError: j.error });
+  return j.result;
+}
+
+async function rows(pg, db, channel) {
+  const out = await pg.query(db, `SELECT "offset", convert_from(data, 'UTF8')::json->>'text' FROM chat_messages WHERE channel = '${channel}' ORDER BY "offset"`);
+  return out ? out.split('\n').map((l) => { const [o, text] = l.split('|'); return { offset: Number(o), text }; }) : [];
+}
+
+/** Every stored row as "channel/offset" -> text, in one query. */
+async function allRows(pg, db) {
+  const out = await pg.query(db, `SELECT channel, "offset", convert_from(data, 'UTF8')::json->>'text' FROM chat_messages`);
+  return new Map(out ? out.split('\n').map((l) => { const [c, o, text] = l.split('|'); return [`${c}/${o}`, text]; }) : []);
+}
+
+async function redisCli(redis, ...args) {
+  const { stdout } = await run('redis-cli', ['-p', String(redis.port), ...args]);
+  return stdout.trim();
+}
+
+test('one node without Redis keeps its channels across kill -9: offsets go on in the same epoch, history reaches past the window', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('single');
+  const env = { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_API_KEY: API_KEY, CHAT_RATE_LIMITS: 'free=100000/100000' };
+  let srv = await startChatd(t, { env });
+  let c = await connectClient(t, srv, { user: 'alice' });
+  let { sub } = await subscribe(c, 'chat:keep');
+  for (let i = 1; i <= 12; i++) {
+    await sub.publish(chatMessage(`m${i}`));
+  }
+  // Acknowledged means committed: every one is in Postgres before the node dies.
+  assert.deepEqual((await rows(pg, 'single', 'chat:keep')).map((r) => r.offset), [...Array(12).keys()].map((i) => i + 1));
+  const before = await sub.history({ limit: 0 });
+  await srv.stop({ signal: 'SIGKILL' });
+  c.disconnect();
+
+  srv = await startChatd(t, { env });
+  c = await connectClient(t, srv, { user: 'alice' });
+  ({ sub } = await subscribe(c, 'chat:keep'));
+  await sub.publish(chatMessage('m13'));
+  const top = await sub.history({ limit: 0 });
+  assert.equal(top.epoch, before.epoch, 'same epoch after the restart');
+  assert.equal(top.offset, 13, 'offsets continue');
+  // Oldest first from the beginning: Postgres for 1..8, the window for 9..13.
+  const all = await sub.history({ limit: 100 });
+  assert.deepEqual(all.publications.map((p) => p.data.text), [...Array(13).keys()].map((i) => `m${i + 1}`));
+  assert.deepEqual(all.publications.map((p) => p.offset), [...Array(13).keys()].map((i) => i + 1));
+  // Scroll back newest first, 5 a page, as the web demo does.
+  const pages = [];
+  let since;
+  for (let i = 0; i < 4; i++) {
+    const page = await sub.history({ limit: 5, reverse: true, ...(since ? { since } : {}) });
+    if (!page.publications.length) break;
+    pages.push(page.publications.map((p) => p.offset));
+    since = { offset: page.publications.at(-1).offset, epoch: page.epoch };
+  }
+  assert.deepEqual(pages, [[13, 12, 11, 10, 9], [8, 7, 6, 5, 4], [3, 2, 1]]);
+  // Forward from a position the window no longer holds.
+  const from3 = await sub.history({ limit: 4, since: { offset: 3, epoch: top.epoch } });
+  assert.deepEqual(from3.publications.map((p) => p.offset), [4, 5, 6, 7]);
+  const m = await scrapeMetrics(srv);
+  assert.ok(metricValue(m, 'chat_store_history_answers_total') >= 3);
+  // The client's message id and the publisher are columns too.
+  assert.equal(await pg.query('single', `SELECT count(*) FROM chat_messages WHERE user_id = 'alice' AND message_id IS NOT NULL`), '13');
+});
+
+test('a subscriber away for longer than the window recovers everything from Postgres', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('recover');
+  const srv = await startChatd(t, { env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_RATE_LIMITS: 'free=100000/100000' } });
+  const publisher = await connectClient(t, srv, { user: 'pub' });
+  const { sub: pubSub } = await subscribe(publisher, 'chat:away');
+  const reader = await connectClient(t, srv, { user: 'reader' });
+  const { sub } = await subscribe(reader, 'chat:away', { recoverable: true, positioned: true });
+  const pubs = new Collector(sub, 'publication');
+  const subscribed = new Collector(sub, 'subscribed');
+  await pubSub.publish(chatMessage('m0'));
+  await pubs.waitCount(1);
+  reader.disconnect();
+  for (let i = 1; i <= 30; i++) {
+    await pubSub.publish(chatMessage(`m${i}`));
+  }
+  reader.connect();
+  await subscribed.waitCount(1, 10_000);
+  const ctx = subscribed.items[0];
+  assert.equal(ctx.wasRecovering, true);
+  assert.equal(ctx.recovered, true, '30 publications past a 5-entry window are still recoverable');
+  await pubs.waitCount(31);
+  assert.deepEqual(pubs.items.map((p) => p.data.text), [...Array(31).keys()].map((i) => `m${i}`));
+});
+
+test('one node, Postgres stopped: publishes are acknowledged only once committed, the backlog is capped, nothing acknowledged is lost', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('outage');
+  const srv = await startChatd(t, { env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_PERSIST_MAX: 8, CHAT_RATE_LIMITS: 'free=100000/100000' } });
+  const c = await connectClient(t, srv, { user: 'alice' });
+  const { sub } = await subscribe(c, 'chat:down');
+  await sub.publish(chatMessage('before'));
+  await pg.stop();
+  const acked = [];
+  const pending = [];
+  for (let i = 1; i <= 8; i++) {
+    pending.push(sub.publish(chatMessage(`w${i}`)).then(() => acked.push(i)));
+  }
+  await waitMetric(srv, 'chat_store_backlog', {}, (v) => v === 8);
+  assert.equal(acked.length, 0, 'no publish is acknowledged while its row is not committed');
+  const down = await scrapeMetrics(srv);
+  assert.equal(metricValue(down, 'chat_store_up', { pool: 'primary' }), 0);
+  assert.ok(metricValue(down, 'chat_store_backlog_age_seconds') > 0);
+  assert.equal((await fetch(`${srv.adminUrl}/readyz`)).status, 200, 'a database outage leaves the node ready');
+  // Over the cap: refused at once with a temporary error, before anyone saw it.
+  await assert.rejects(sub.publish(chatMessage('over')), (e) => e.code === 100 && /broker unavailable/.test(e.message));
+  await pg.start();
+  await Promise.all(pending);
+  assert.equal(acked.length, 8);
+  const got = await rows(pg, 'outage', 'chat:down');
+  assert.deepEqual(got.map((r) => r.text), ['before', 'w1', 'w2', 'w3', 'w4', 'w5', 'w6', 'w7', 'w8']);
+  assert.deepEqual(got.map((r) => r.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  const m = await scrapeMetrics(srv);
+  assert.equal(metricValue(m, 'chat_store_up', { pool: 'primary' }), 1);
+  assert.equal(metricValue(m, 'chat_store_refused_total'), 1);
+  assert.equal(metricValue(m, 'chat_store_backlog'), 0);
+});
+
+async function startNodes(t, n, redis, url, env = {}) {
+  const nodes = await Promise.all([...Array(n).keys()].map((i) => startChatd(t, {
+    env: { REDIS_URL: redis.url, DATABASE_URL: url, CHAT_NODE_ID: `node${i}`, CHAT_API_KEY: API_KEY, CHAT_RATE_LIMITS: 'free=100000/100000', ...env },
+  })));
+  await waitReady(nodes);
+  return nodes;
+}
+
+test('three nodes starting at once apply the migrations exactly once', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('migrate');
+  const redis = await startRedis(t);
+  const nodes = await startNodes(t, 3, redis, url);
+  const applied = nodes.filter((n) => /applying migration/.test(n.stderr));
+  assert.equal(applied.length, 1, 'one node migrated');
+  const versions = await pg.query('migrate', 'SELECT string_agg(version::text, \',\' ORDER BY version) FROM chat_schema_migrations');
+  assert.match(versions, /^1(,\d+)*$/);
+  assert.equal(await pg.query('migrate', 'SELECT count(*) = count(DISTINCT version) FROM chat_schema_migrations'), 't');
+  // A later node finds nothing to do.
+  const [late] = await startNodes(t, 1, redis, url, { CHAT_NODE_ID: 'late' });
+  assert.doesNotMatch(late.stderr, /applying migration/);
+  assert.match(late.stderr, /database schema ready.*applied=0/);
+});
+
+test('three nodes, 10,000 messages, one node killed halfway: Postgres holds every acknowledged message once, in offset order', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('kill');
+  const redis = await startRedis(t);
+  const nodes = await startNodes(t, 3, redis, url, { CHAT_PERSIST_CLAIM_MS: 2000 });
+  const CHANNELS = ['chat:k0', 'chat:k1', 'chat:k2', 'chat:k3'];
+  const TOTAL = 10_000;
+  const acked = new Map(); // text -> {channel, offset}
+  const attempted = new Set();
+  let next = 0;
+  let killed = false;
+  const worker = async () => {
+    while (next < TOTAL) {
+      const i = next++;
+      if (i === TOTAL / 2 && !killed) {
+        killed = true;
+        nodes[2].stop({ signal: 'SIGKILL' });
+      }
+      const node = nodes[i % 3];
+      const channel = CHANNELS[i % CHANNELS.length];
+      const text = `m${i}`;
+      attempted.add(text);
+      try {
+        const r = await api(node, 'publish', { channel, data: { text } });
+        acked.set(text, { channel, offset: r.offset });
+      } catch {
+        // the killed node: not acknowledged
+      }
+    }
+  };
+  await Promise.all([...Array(24).keys()].map(worker));
+  await nodes[2].exited;
+  assert.ok(acked.size >= TOTAL * 0.6, `acknowledged ${acked.size}`);
+  // Everything in the stream is stored and acknowledged, the dead node's pending entries too.
+  await waitUntil(async () => (await redisCli(redis, 'XLEN', 'chat.persist')) === '0', { timeoutMs: 30_000, what: 'persist stream drained' });
+  await waitUntil(async () => (await redisCli(redis, 'XPENDING', 'chat.persist', 'chat-store')).startsWith('0'), { timeoutMs: 30_000, what: 'no pending entries' });
+  let stored = 0;
+  for (const ch of CHANNELS) {
+    const got = await rows(pg, 'kill', ch);
+    stored += got.length;
+    // Offsets 1..top with no gap and no repeat: every publication Redis numbered is here once.
+    assert.deepEqual(got.map((r) => r.offset), got.map((_, k) => k + 1), `${ch}: offsets in order without gaps`);
+    const texts = new Set(got.map((r) => r.text));
+    assert.equal(texts.size, got.length, `${ch}: no message twice`);
+    for (const r of got) assert.ok(attempted.has(r.text), `${r.text} was sent`);
+  }
+  const stored_ = await allRows(pg, 'kill');
+  for (const [text, { channel, offset }] of acked) {
+    const row = stored_.get(`${channel}/${offset}`);
+    if (row !== text) assert.fail(`acknowledged ${text} at ${channel}/${offset}, stored ${row}`);
+  }
+  // Only publishes cut by the kill (at most one per worker) may be stored unacknowledged.
+  assert.ok(stored - acked.size >= 0 && stored - acked.size <= 24, `stored ${stored}, acknowledged ${acked.size}`);
+  // History past the 200-entry window from any node, both directions.
+  const h = await api(nodes[0], 'history', { channel: 'chat:k1', limit: 50, since: { offset: 100, epoch: (await api(nodes[1], 'history', { channel: 'chat:k1', limit: 0 })).epoch } });
+  assert.deepEqual(h.publications.map((p) => p.offset), [...Array(50).keys()].map((k) => 101 + k));
+  const back = await api(nodes[1], 'history', { channel: 'chat:k1', limit: 10, reverse: true, since: { offset: 11, epoch: h.epoch } });
+  assert.deepEqual(back.publications.map((p) => p.offset), [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]);
+});
+
+test('three nodes, Postgres stopped for 20 s under publishing: publishing goes on, the backlog drains after, a dead node\'s entries are claimed', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('outage3');
+  const redis = await startRedis(t);
+  const nodes = await startNodes(t, 3, redis, url, { CHAT_PERSIST_CLAIM_MS: 2000 });
+  const acked = [];
+  let i = 0;
+  const publishSome = async (n) => {
+    for (let k = 0; k < n; k++, i++) {
+      const node = nodes.filter((x) => x.exitCode === undefined)[i % 2];
+      const r = await api(node, 'publish', { channel: `chat:o${i % 3}`, data: { text: `m${i}` } });
+      acked.push({ channel: `chat:o${i % 3}`, offset: r.offset, text: `m${i}` });
+    }
+  };
+  await publishSome(30);
+  await pg.stop();
+  const downAt = Date.now();
+  await publishSome(300);
+  for (const n of nodes) assert.equal((await fetch(`${n.adminUrl}/readyz`)).status, 200, 'ready during the outage');
+  await waitMetric(nodes[0], 'chat_persist_stream_length', {}, (v) => v > 0, { timeoutMs: 5000 });
+  // node2 holds entries it read but could not store: killed, they must be claimed by the others.
+  await waitUntil(async () => {
+    const out = await redisCli(redis, 'XINFO', 'CONSUMERS', 'chat.persist', 'chat-store');
+    const m = /name\nnode2\npending\n(\d+)/.exec(out);
+    return m && Number(m[1]) > 0;
+  }, { timeoutMs: 5000, what: 'node2 holding pending entries' });
+  await nodes[2].stop({ signal: 'SIGKILL' });
+  while (Date.now() - downAt < 20_000) {
+    await publishSome(10);
+  }
+  const mid = await scrapeMetrics(nodes[0]);
+  assert.ok(metricValue(mid, 'chat_persist_stream_length') > 0);
+  assert.equal(metricValue(mid, 'chat_store_up', { pool: 'primary' }), 0);
+  // History past the window needs the database: a temporary error meanwhile, not a wrong answer.
+  const { epoch } = await api(nodes[0], 'history', { channel: 'chat:o0', limit: 0 });
+  assert.ok(acked.filter((a) => a.channel === 'chat:o0').length > 250, 'chat:o0 outgrew its window');
+  await assert.rejects(api(nodes[0], 'history', { channel: 'chat:o0', limit: 10, since: { offset: 1, epoch } }), (e) => e.apiError?.code === 100);
+  await pg.start();
+  await waitUntil(async () => (await redisCli(redis, 'XLEN', 'chat.persist')) === '0', { timeoutMs: 30_000, what: 'persist stream drained' });
+  await waitUntil(async () => (await redisCli(redis, 'XPENDING', 'chat.persist', 'chat-store')).startsWith('0'), { timeoutMs: 30_000, what: 'dead node\'s entries claimed' });
+  const stored = await allRows(pg, 'outage3');
+  for (const a of acked) {
+    const got = stored.get(`${a.channel}/${a.offset}`);
+    if (got !== a.text) assert.fail(`acknowledged ${a.text} at ${a.channel}/${a.offset}, stored ${JSON.stringify(got)}`);
+  }
+  assert.equal(stored.size, acked.length);
+  await waitMetric(nodes[0], 'chat_persist_stream_length', {}, (v) => v === 0, { timeoutMs: 5000 });
+  const acks = metricValue(await scrapeMetrics(nodes[0]), 'chat_persist_acked_total') + metricValue(await scrapeMetrics(nodes[1]), 'chat_persist_acked_total');
+  assert.ok(acks >= acked.length, `the two live nodes stored ${acks} of ${acked.length}`);
+  const h = await api(nodes[1], 'history', { channel: 'chat:o0', limit: 10, since: { offset: 1, epoch } });
+  assert.deepEqual(h.publications.map((p) => p.offset), [2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+});
