@@ -35,6 +35,10 @@ typedef struct {
         *llm_system_prompt; /* the assistant's system prompt in this namespace; NULL = the node's */
     uint32_t max_message_bytes;
     chat_schema_t schema;
+    /* Durable history kept this many days, by the publisher's plan (0 = forever); publications
+     * without a plan (server API) follow retention_days. */
+    uint32_t retention_days;
+    uint32_t retention_plan_days[AUTH_PLAN_COUNT];
 } chat_ns_t;
 
 /* A publish limit: tokens per second and burst (core's GCRA). */

@@ -116,7 +116,7 @@ static void publish_one(call_t *k, const char *channel, const json_t *data, bool
     }
     call_t *op = core_calloc(1, sizeof *op);
     *op = *k;
-    clu_pub_t pub = {0, text, len, NULL, 0};
+    clu_pub_t pub = {0, text, len, NULL, 0, NULL};
     clu_chan_opts_t o = chat__chan_opts(k->n, ns);
     if (skip_history)
         o.history_size = 0;
@@ -409,7 +409,7 @@ static void survey_sent(int status, uint64_t offset, const char *epoch, void *ud
 static int control_publish(chat_node_t *n, json_t *act, clu_publish_cb cb, void *ud) {
     char *text = json_dumps(act, JSON_COMPACT);
     json_decref(act);
-    clu_pub_t pub = {0, text, strlen(text), NULL, 0};
+    clu_pub_t pub = {0, text, strlen(text), NULL, 0, NULL};
     clu_chan_opts_t o = {0};
     int rc = clu_publish(n->broker, CHAT_CONTROL_CHANNEL, &pub, &o, cb, ud);
     free(text);

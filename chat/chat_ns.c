@@ -65,6 +65,39 @@ int chat_namespaces_parse(const json_t *obj, chat_ns_t **out, size_t *n, char *e
                 free(ns->llm_system_prompt);
                 ns->llm_system_prompt = core_strdup(s);
                 continue;
+            } else if (strcmp(key, "retention_days") == 0) {
+                /* A number of days for everyone, or {"default": N, "free": N, ...}. */
+                json_t *one = json_is_object(v) ? json_object_get(v, "default") : v;
+                const char *pk;
+                json_t *pv;
+                bool ok = !one || (json_is_integer(one) && json_integer_value(one) >= 0 &&
+                                   json_integer_value(one) <= 1000000);
+                if (ok && one)
+                    ns->retention_days = (uint32_t)json_integer_value(one);
+                if (json_is_object(v)) {
+                    json_object_foreach(v, pk, pv) {
+                        if (strcmp(pk, "default") == 0)
+                            continue;
+                        int plan = -1;
+                        for (int p = 0; p < AUTH_PLAN_COUNT; p++)
+                            if (strcmp(pk, auth_plan_name((auth_plan_t)p)) == 0)
+                                plan = p;
+                        if (plan < 0 || !json_is_integer(pv) || json_integer_value(pv) < 0 ||
+                            json_integer_value(pv) > 1000000) {
+                            ok = false;
+                            break;
+                        }
+                        ns->retention_plan_days[plan] = (uint32_t)json_integer_value(pv);
+                    }
+                }
+                if (!ok) {
+                    snprintf(err, errlen,
+                             "namespace %s: retention_days must be days (0..1000000) or an "
+                             "object of default and plan names to days",
+                             name);
+                    goto fail;
+                }
+                continue;
             } else if (strcmp(key, "message_schema") == 0) {
                 const char *s = json_string_value(v);
                 if (s && strcmp(s, "chat") == 0)

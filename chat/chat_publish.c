@@ -65,7 +65,12 @@ static void do_publish(chat_client_t *c, uint32_t cmd_id, chat_method_t method, 
     /* A subscriber's own record, built once for presence and join/leave, carries its
      * channel info; subscriptions in namespaces without those keep none. */
     char *info = s && s->info ? NULL : chat__client_info(c, NULL, &info_len);
-    clu_pub_t p = {0, data, len, info ? info : s->info, info ? info_len : s->info_len};
+    clu_pub_t p = {0,
+                   data,
+                   len,
+                   info ? info : s->info,
+                   info ? info_len : s->info_len,
+                   auth_plan_name(c->plan)};
     clu_chan_opts_t o = chat__chan_opts(n, ns);
     int rc = clu_publish(n->broker, channel, &p, &o, pubop_done, op);
     free(info);

@@ -32,6 +32,7 @@ typedef struct {
     size_t data_len;
     const char *info; /* JSON object {"user","client",...} of the publisher, or NULL */
     size_t info_len;
+    const char *plan; /* the publisher's plan, kept with durable history (retention); or NULL */
 } clu_pub_t;
 
 /* Per-channel options that come from the channel's namespace. */
@@ -134,7 +135,8 @@ typedef struct {
     size_t data_len;
     const char *info; /* NULL when the publication had none */
     size_t info_len;
-    int64_t time_ms; /* when it was appended (the stream id's time) */
+    const char *plan; /* NULL when the publication had none */
+    int64_t time_ms;  /* when it was appended (the stream id's time) */
 } clu_persist_entry_t;
 
 typedef void (*clu_persist_cb)(int status, const clu_persist_entry_t *entries, size_t n, void *ud);

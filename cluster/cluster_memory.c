@@ -315,9 +315,10 @@ static int mem_history(clu_broker_t *b, const char *channel, const clu_chan_opts
                 stored_pub_t *p = &c->ring[(c->start + idx) % c->ring_cap];
                 /* Offsets into the answer's copy for now: the channel may be evicted before
                  * the answer runs. */
-                out[i] = (clu_pub_t){p->offset,
-                                     (const char *)clu__mem_answer_copy(a, p->data, p->data_len),
-                                     p->data_len, NULL, p->info_len};
+                out[i] = (clu_pub_t){
+                    p->offset,   (const char *)clu__mem_answer_copy(a, p->data, p->data_len),
+                    p->data_len, NULL,
+                    p->info_len, NULL};
                 if (p->info)
                     out[i].info = (const char *)clu__mem_answer_copy(a, p->info, p->info_len);
             }

@@ -185,7 +185,7 @@ static void deliver(rb_t *rb, const char *buf, size_t len) {
     switch (e.type) {
     case CLU_ENV_PUB:
         if (b->events.on_pub) {
-            clu_pub_t p = {e.offset, e.data, e.data_len, e.info, e.info_len};
+            clu_pub_t p = {e.offset, e.data, e.data_len, e.info, e.info_len, NULL};
             rb->st.delivered++;
             b->events.on_pub(b->events_ud, channel, &p, e.epoch);
         }

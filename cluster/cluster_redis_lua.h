@@ -19,13 +19,13 @@
 
 /* KEYS: meta, history, persist stream. ARGV: history_size, ttl_ms (0 = none), epoch candidate,
  * pub/sub channel, chat channel, data, info, has_info ('1'/'0'), persist cap (0 = persistence
- * off). Returns {offset, epoch}, or the error PERSISTFULL while the persist stream holds cap
- * entries (checked first: a refused publish leaves no trace). With persistence on the meta hash
- * never expires: the database keeps history past the stream, and a new epoch would hide it.
- * The epoch candidate comes from the caller because the script must not depend on Lua's PRNG.
- * A missing meta hash means the channel's history is gone (expired, flushed, Redis restarted
- * without persistence): a fresh epoch tells readers their positions are meaningless now, and
- * any stray stream is dropped so offsets can restart at 1 without XADD refusing smaller ids.
+ * off), the publisher's plan ('' = none). Returns {offset, epoch}, or the error PERSISTFULL while
+ * the persist stream holds cap entries (checked first: a refused publish leaves no trace). With
+ * persistence on the meta hash never expires: the database keeps history past the stream, and a new
+ * epoch would hide it. The epoch candidate comes from the caller because the script must not depend
+ * on Lua's PRNG. A missing meta hash means the channel's history is gone (expired, flushed, Redis
+ * restarted without persistence): a fresh epoch tells readers their positions are meaningless now,
+ * and any stray stream is dropped so offsets can restart at 1 without XADD refusing smaller ids.
  * MAXLEN is exact, not ~: history_size is a promise to clients (the memory broker keeps exactly
  * that many), and exact trimming of a small stream costs little. The envelope is built here
  * with cmsgpack because offset and epoch are only known inside the script. */
@@ -56,9 +56,10 @@ static const char clu_redis_lua_publish[] =
     "  redis.call('PERSIST', KEYS[1])\n"
     "  if ARGV[8] == '1' then\n"
     "    redis.call('XADD', KEYS[3], '*', 'c', ARGV[5], 'e', epoch, 'o', off, 'd', ARGV[6],\n"
-    "               'i', ARGV[7])\n"
+    "               'p', ARGV[10], 'i', ARGV[7])\n"
     "  else\n"
-    "    redis.call('XADD', KEYS[3], '*', 'c', ARGV[5], 'e', epoch, 'o', off, 'd', ARGV[6])\n"
+    "    redis.call('XADD', KEYS[3], '*', 'c', ARGV[5], 'e', epoch, 'o', off, 'd', ARGV[6],\n"
+    "               'p', ARGV[10])\n"
     "  end\n"
     "end\n"
     "local env = {v = 1, type = 'pub', channel = ARGV[5], offset = off, epoch = epoch,\n"

@@ -125,6 +125,7 @@ int clu__rb_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pub,
     clu__rb_call_arg(c, pub->info ? pub->info : "", pub->info ? pub->info_len : 0);
     clu__rb_call_args(c, pub->info ? "1" : "0");
     clu__rb_call_argu(c, rb->persist_cap);
+    clu__rb_call_args(c, pub->plan ? pub->plan : "");
     core_str_free(&k);
     clu__rb_call_start(c);
     return 0;

@@ -66,7 +66,7 @@ static size_t parse_entries(const redisReply *list, clu_persist_entry_t *out, ch
             continue;
         const redisReply *f = e->element[1];
         const redisReply *c = field(f, "c"), *ep = field(f, "e"), *o = field(f, "o"),
-                         *d = field(f, "d"), *inf = field(f, "i");
+                         *d = field(f, "d"), *inf = field(f, "i"), *pl = field(f, "p");
         if (!c || !ep || !o || !d || e->element[0]->len >= sizeof ids[0])
             continue;
         memcpy(ids[n], e->element[0]->str, e->element[0]->len);
@@ -79,6 +79,7 @@ static size_t parse_entries(const redisReply *list, clu_persist_entry_t *out, ch
                                        .data_len = d->len,
                                        .info = inf ? inf->str : NULL,
                                        .info_len = inf ? inf->len : 0,
+                                       .plan = pl && pl->len ? pl->str : NULL,
                                        .time_ms = strtoll(ids[n], NULL, 10)};
         n++;
     }

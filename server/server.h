@@ -85,6 +85,7 @@ typedef struct {
     uint32_t db_start_wait_ms;
     uint32_t persist_max;
     uint32_t persist_claim_ms;
+    uint32_t retention_interval_ms;
 } srv_config_t;
 
 /* Loads defaults, then the JSON file at path (may be NULL), then the environment. Returns 0, or

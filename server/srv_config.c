@@ -174,6 +174,10 @@ static const setting_t settings[] = {
     {"CHAT_PERSIST_MAX", "persist_max", T_U32, OFF(persist_max), "100000",
      "publications waiting for the database (the Redis persist stream, or this node's memory "
      "without Redis); past it publishes fail with a temporary error"},
+    {"CHAT_RETENTION_INTERVAL_MS", "retention_interval_ms", T_U32, OFF(retention_interval_ms),
+     "600000",
+     "how often the namespaces' retention_days are applied (by one node of the cluster at a "
+     "time)"},
     {"CHAT_PERSIST_CLAIM_MS", "persist_claim_ms", T_U32, OFF(persist_claim_ms), "30000",
      "persist stream entries another node left unacknowledged this long are taken over"},
 };

@@ -111,6 +111,7 @@ static void drain_finish(srv_t *S) {
     uv_close((uv_handle_t *)&S->flush_timer, NULL);
     uv_close((uv_handle_t *)&S->flush_prepare, NULL);
     uv_close((uv_handle_t *)&S->loop_watch, NULL);
+    srv__store_stop(S);
     /* The first destroy closes every remaining socket, so every chat client is freed before
      * the node goes. */
     lws_context_destroy(S->ctx);

@@ -7,6 +7,8 @@
 #include "server/srv_int.h"
 #include "store/store.h"
 
+static void retention_start(srv_t *S);
+
 struct srv_position {
     char *channel;
     char epoch[CLU_EPOCH_MAX];
@@ -118,6 +120,121 @@ void srv__store_wrap(srv_t *S) {
     }
     S->broker = store_broker_new(&S->loop, S->broker, S->store, S->cfg.history_max_limit,
                                  S->cfg.node_id, S->cfg.persist_claim_ms);
+    retention_start(S);
+}
+
+/* ---- retention: one node at a time (a lease on a one-slot semaphore), in short batches ---- */
+
+#define RETENTION_BATCH 1000
+#define RETENTION_LEASE_MS 600000
+
+static struct {
+    srv_t *S;
+    uv_timer_t timer;
+    store_retention_rule_t *rules;
+    size_t nrules, cur;
+    const char **plans; /* every plan name that has a rule of its own somewhere */
+    bool running;
+    bool stopped; /* shutting down: the broker may be closing */
+    uint64_t runs, deleted;
+} R;
+
+static const char *const retention_key[1] = {"chat.retention"};
+
+static void retention_end(void) {
+    if (!R.stopped)
+        clu_sem_release(R.S->broker, retention_key, 1, R.S->cfg.node_id);
+    R.running = false;
+    R.runs++;
+}
+
+static void retention_next(void);
+
+static void retention_deleted(int status, uint64_t deleted, void *ud) {
+    (void)ud;
+    R.deleted += deleted;
+    if (status != 0) {
+        retention_end(); /* the database is away: the next round tries again */
+        return;
+    }
+    if (deleted < RETENTION_BATCH)
+        R.cur++;
+    retention_next();
+}
+
+static void retention_next(void) {
+    if (R.cur >= R.nrules || R.stopped) {
+        retention_end();
+        return;
+    }
+    if (store_retention_delete(R.S->store, &R.rules[R.cur], RETENTION_BATCH, retention_deleted,
+                               NULL) != 0)
+        retention_end();
+}
+
+static void retention_leased(int status, bool granted, void *ud) {
+    (void)ud;
+    if (status != 0 || !granted) {
+        R.running = false; /* another node runs it, or the lease could not be asked */
+        return;
+    }
+    R.cur = 0;
+    retention_next();
+}
+
+static void retention_tick(uv_timer_t *t) {
+    (void)t;
+    if (R.running || R.S->draining)
+        return;
+    static const uint32_t one[1] = {1};
+    R.running = true;
+    if (clu_sem_acquire(R.S->broker, retention_key, one, 1, R.S->cfg.node_id, RETENTION_LEASE_MS,
+                        retention_leased, NULL) != 0)
+        R.running = false;
+}
+
+static void retention_start(srv_t *S) {
+    R.S = S;
+    R.plans = core_calloc(AUTH_PLAN_COUNT, sizeof *R.plans);
+    for (size_t i = 0; i < S->nns; i++) {
+        const chat_ns_t *ns = &S->ns[i];
+        char *prefix = NULL;
+        if (ns->name[0]) {
+            prefix = core_malloc(strlen(ns->name) + 2);
+            sprintf(prefix, "%s:", ns->name);
+        }
+        const char **except = core_calloc(AUTH_PLAN_COUNT, sizeof *except);
+        size_t nexcept = 0;
+        for (int p = 0; p < AUTH_PLAN_COUNT; p++) {
+            if (!ns->retention_plan_days[p])
+                continue;
+            except[nexcept++] = auth_plan_name((auth_plan_t)p);
+            R.rules = core_realloc(R.rules, (R.nrules + 1) * sizeof *R.rules);
+            R.rules[R.nrules++] = (store_retention_rule_t){prefix, auth_plan_name((auth_plan_t)p),
+                                                           NULL, 0, ns->retention_plan_days[p]};
+        }
+        if (ns->retention_days) {
+            R.rules = core_realloc(R.rules, (R.nrules + 1) * sizeof *R.rules);
+            R.rules[R.nrules++] =
+                (store_retention_rule_t){prefix, NULL, except, nexcept, ns->retention_days};
+        }
+        /* The rules borrow prefix and except for the process's life. */
+    }
+    if (!R.nrules)
+        return;
+    uv_timer_init(&S->loop, &R.timer);
+    uv_timer_start(&R.timer, retention_tick, S->cfg.retention_interval_ms,
+                   S->cfg.retention_interval_ms);
+    uv_unref((uv_handle_t *)&R.timer);
+    CORE_LOGI("server", "retention on", "rules=%zu interval_ms=%" PRIu32, R.nrules,
+              S->cfg.retention_interval_ms);
+}
+
+void srv__store_stop(srv_t *S) {
+    (void)S;
+    R.stopped = true;
+    if (R.nrules && !uv_is_closing((uv_handle_t *)&R.timer))
+        uv_close((uv_handle_t *)&R.timer, NULL);
 }
 
 void srv__store_metrics(void *ud, adm_metrics_writer_t *w) {
@@ -159,6 +276,10 @@ void srv__store_metrics(void *ud, adm_metrics_writer_t *w) {
                         "History reads answered by the database.", s.reads);
     adm_metrics_counter(w, "chat_store_history_errors_total",
                         "History reads the database could not answer.", s.read_errors);
+    adm_metrics_counter(w, "chat_store_retention_runs_total",
+                        "Retention rounds this node ran (holding the cluster's lease).", R.runs);
+    adm_metrics_counter(w, "chat_store_retention_deleted_total",
+                        "Publications deleted by retention on this node.", R.deleted);
     adm_metrics_counter(w, "chat_store_history_answers_total",
                         "History and recovery answers that needed the database.",
                         b.history_from_store);

@@ -14,7 +14,7 @@
 
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
-#define PARAMS_PER_ROW 9
+#define PARAMS_PER_ROW 10
 
 typedef struct wrow {
     struct wrow *next;
@@ -25,6 +25,7 @@ typedef struct wrow {
     char *info;
     size_t info_len;
     int64_t created_ms;
+    char *plan; /* or NULL */
     uint64_t queued_us;
     store_done_cb cb;
     void *ud;
@@ -70,6 +71,7 @@ static void row_free(wrow_t *r) {
     free(r->epoch);
     free(r->data);
     free(r->info);
+    free(r->plan);
     free(r);
 }
 
@@ -173,15 +175,17 @@ static void batch_done(PGresult *res, void *ud) {
 }
 
 static const char insert_head[] =
-    "WITH r(channel, epoch, off, user_id, client_id, message_id, data, info, created_ms) AS "
+    "WITH r(channel, epoch, off, user_id, client_id, message_id, data, info, created_ms, plan) "
+    "AS "
     "(VALUES ";
 /* DISTINCT ON keeps one position per channel (ON CONFLICT may touch a row once per statement),
  * ordered by channel so that concurrent writers lock positions in the same order. A position
  * moves forward only, or to another epoch. */
 static const char insert_tail[] =
     "), ins AS (INSERT INTO chat_messages (channel, epoch, \"offset\", user_id, client_id, "
-    "message_id, data, info, created_at) SELECT channel, epoch, off, user_id, client_id, "
-    "message_id, data, info, to_timestamp(created_ms / 1000.0) FROM r ON CONFLICT DO NOTHING) "
+    "message_id, data, info, plan, created_at) SELECT channel, epoch, off, user_id, client_id, "
+    "message_id, data, info, plan, to_timestamp(created_ms / 1000.0) FROM r ON CONFLICT DO "
+    "NOTHING) "
     "INSERT INTO chat_channels AS c (channel, epoch, top) SELECT DISTINCT ON (channel) channel, "
     "epoch, off FROM r ORDER BY channel, off DESC ON CONFLICT (channel) DO UPDATE SET epoch = "
     "EXCLUDED.epoch, top = EXCLUDED.top, updated_at = now() WHERE c.epoch <> EXCLUDED.epoch OR "
@@ -247,11 +251,12 @@ static void send_batch(store_t *s, size_t max) {
         lengths[k + 7] = (int)r->info_len;
         formats[k + 7] = 1;
         values[k + 8] = nums[i][1];
+        values[k + 9] = r->plan;
         core_str_appendf(&sql,
                          "%s($%d::text, $%d::text, $%d::bigint, $%d::text, $%d::text, $%d::text, "
-                         "$%d::bytea, $%d::bytea, $%d::bigint)",
+                         "$%d::bytea, $%d::bytea, $%d::bigint, $%d::text)",
                          i ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8,
-                         k + 9);
+                         k + 9, k + 10);
     }
     core_str_appends(&sql, insert_tail);
     batch_t *b = core_calloc(1, sizeof *b);
@@ -313,6 +318,7 @@ int store_append(store_t *s, const store_msg_t *m, store_done_cb cb, void *ud) {
         r->info_len = m->info_len;
     }
     r->created_ms = m->created_ms ? m->created_ms : (int64_t)core_wall_ms();
+    r->plan = m->plan ? core_strdup(m->plan) : NULL;
     r->queued_us = core_now_us();
     r->cb = cb;
     r->ud = ud;
@@ -449,6 +455,58 @@ int store_positions(store_t *s,
                       NULL, false, positions_done, op);
     if (rc != 0)
         free(op);
+    return rc;
+}
+
+/* ---- retention ---- */
+
+typedef struct {
+    void (*cb)(int, uint64_t, void *);
+    void *ud;
+} retop_t;
+
+static void retention_done(PGresult *res, void *ud) {
+    retop_t *op = ud;
+    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+        CORE_LOGW(MOD, "retention delete failed", "sqlstate=%s", pg_sqlstate(res));
+        op->cb(CORE_EAGAIN, 0, op->ud);
+    } else {
+        op->cb(0, strtoull(PQcmdTuples(res), NULL, 10), op->ud);
+    }
+    free(op);
+}
+
+int store_retention_delete(store_t *s, const store_retention_rule_t *rule, uint32_t batch,
+                           void (*cb)(int status, uint64_t deleted, void *ud), void *ud) {
+    core_str_t sql = {0};
+    core_str_t except = {0};
+    core_str_appends(&sql, "DELETE FROM chat_messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
+                           "chat_messages WHERE created_at < now() - make_interval(days => "
+                           "$1::int) AND ");
+    core_str_appends(&sql, rule->prefix ? "starts_with(channel, $2) AND "
+                                        : "strpos(channel, ':') = 0 AND $2::text IS NULL AND ");
+    if (rule->plan) {
+        core_str_appends(&sql, "plan = $3");
+    } else {
+        core_str_appends(&sql, "(plan IS NULL OR NOT (plan = ANY($3::text[])))");
+        core_str_appends(&except, "{");
+        for (size_t i = 0; i < rule->nexcept; i++)
+            core_str_appendf(&except, "%s\"%s\"", i ? "," : "", rule->except[i]);
+        core_str_appends(&except, "}");
+    }
+    core_str_appends(&sql, " LIMIT $4::int))");
+    char days[16], lim[16];
+    snprintf(days, sizeof days, "%" PRIu32, rule->days);
+    snprintf(lim, sizeof lim, "%" PRIu32, batch);
+    const char *values[4] = {days, rule->prefix, rule->plan ? rule->plan : except.ptr, lim};
+    retop_t *op = core_calloc(1, sizeof *op);
+    op->cb = cb;
+    op->ud = ud;
+    int rc = pg_query(s->primary, sql.ptr, 4, values, NULL, NULL, false, retention_done, op);
+    if (rc != 0)
+        free(op);
+    core_str_free(&sql);
+    core_str_free(&except);
     return rc;
 }
 

@@ -38,6 +38,7 @@ typedef struct {
     const char *info; /* ClientInfo JSON of the publisher, or NULL */
     size_t info_len;
     int64_t created_ms; /* Unix ms; 0 = now */
+    const char *plan;   /* the publisher's plan, or NULL */
 } store_msg_t;
 
 typedef void (*store_done_cb)(int status, void *ud);
@@ -84,6 +85,22 @@ int store_read(store_t *s, const char *channel, const char *epoch, bool reverse,
 int store_positions(store_t *s,
                     void (*row)(void *ud, const char *channel, const char *epoch, uint64_t top),
                     void (*done)(void *ud, int status), void *ud);
+/* One retention rule: publications of a namespace (prefix "ns:", or NULL for the default
+ * namespace: channels without ':') older than days. plan: only this plan's; NULL: those with no
+ * plan or a plan not in except (the plans that have rules of their own). */
+typedef struct {
+    const char *prefix;
+    const char *plan;
+    const char *const *except;
+    size_t nexcept;
+    uint32_t days;
+} store_retention_rule_t;
+
+/* Deletes up to batch publications the rule no longer keeps, as one short statement (no long
+ * locks: call again while deleted == batch). */
+int store_retention_delete(store_t *s, const store_retention_rule_t *rule, uint32_t batch,
+                           void (*cb)(int status, uint64_t deleted, void *ud), void *ud);
+
 /* Records one settled assistant request in the usage ledger (fire and forget). */
 void store_usage(store_t *s, const char *request_id, const char *user, const char *plan,
                  const char *provider, const char *model, int64_t tokens_in, int64_t tokens_out,

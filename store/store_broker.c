@@ -58,6 +58,7 @@ typedef struct {
     size_t data_len;
     char *info;
     size_t info_len;
+    const char *plan; /* static (auth_plan_name) */
     uint64_t offset;
     char epoch[CLU_EPOCH_MAX];
 } pubop_t;
@@ -85,8 +86,8 @@ static void pub_inner_done(int status, uint64_t offset, const char *epoch, void 
     }
     op->offset = offset;
     snprintf(op->epoch, sizeof op->epoch, "%s", epoch);
-    store_msg_t m = {op->channel,  op->epoch, offset,       op->data,
-                     op->data_len, op->info,  op->info_len, 0};
+    store_msg_t m = {op->channel, op->epoch,    offset, op->data, op->data_len,
+                     op->info,    op->info_len, 0,      op->plan};
     int rc = store_append(op->d->st, &m, pub_committed, op);
     if (rc != 0) {
         CORE_LOGW(MOD, "publication delivered but not stored: the store backlog is full",
@@ -140,6 +141,7 @@ static int dur_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pu
     op->channel = core_strdup(channel);
     op->data = core_strndup(pub->data, pub->data_len);
     op->data_len = pub->data_len;
+    op->plan = pub->plan;
     if (pub->info) {
         op->info = core_strndup(pub->info, pub->info_len);
         op->info_len = pub->info_len;
@@ -409,8 +411,8 @@ static void consumed(int status, const clu_persist_entry_t *entries, size_t n, v
         b->ids[i] = core_strdup(en->id);
         b->e[i].b = b;
         b->e[i].status = CORE_EAGAIN;
-        store_msg_t m = {en->channel,  en->epoch, en->offset,   en->data,
-                         en->data_len, en->info,  en->info_len, en->time_ms};
+        store_msg_t m = {en->channel, en->epoch,    en->offset,  en->data, en->data_len,
+                         en->info,    en->info_len, en->time_ms, en->plan};
         if (store_append(d->st, &m, centry_done, &b->e[i]) != 0)
             b->left--; /* not taken: stays pending */
     }

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import {
-  Collector, chatMessage, connectClient, metricValue, scrapeMetrics, startChatd, subscribe, waitMetric, waitUntil,
+  Collector, chatMessage, connectClient, metricValue, scrapeMetrics, startChatd, subscribe, userToken, waitMetric, waitUntil,
 } from './helpers.mjs';
 import { startRedis, waitReady } from './cluster-util.mjs';
 import { startPostgres } from './pg-util.mjs';
@@ -146,6 +146,41 @@ test('one node, Postgres stopped: publishes are acknowledged only once committed
   assert.equal(metricValue(m, 'chat_store_up', { pool: 'primary' }), 1);
   assert.equal(metricValue(m, 'chat_store_refused_total'), 1);
   assert.equal(metricValue(m, 'chat_store_backlog'), 0);
+});
+
+test('retention deletes only what is older than the namespace and the publisher\'s plan allow', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('retention');
+  const namespaces = {
+    chat: { ...SMALL.chat, retention_days: { default: 10, pro: 100 } },
+    archive: { history_size: 5, history_ttl: 3600, allow_subscribe: true, allow_publish: true, max_message_bytes: 4096 },
+  };
+  const srv = await startChatd(t, {
+    env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(namespaces), CHAT_API_KEY: API_KEY, CHAT_RETENTION_INTERVAL_MS: 200, CHAT_RATE_LIMITS: 'free=1000/1000,pro=1000/1000' },
+  });
+  const free = await connectClient(t, srv, { token: userToken('fu', { plan: 'free' }) });
+  const pro = await connectClient(t, srv, { token: userToken('pu', { plan: 'pro' }) });
+  const { sub: fs } = await subscribe(free, 'chat:r');
+  const { sub: ps } = await subscribe(pro, 'chat:r');
+  const { sub: xs } = await subscribe(free, 'archive:r');
+  await fs.publish(chatMessage('f1'));
+  await fs.publish(chatMessage('f2'));
+  await ps.publish(chatMessage('p1'));
+  await ps.publish(chatMessage('p2'));
+  await api(srv, 'publish', { channel: 'chat:r', data: { text: 'a1' } });
+  await xs.publish({ text: 'x1' });
+  // Each row keeps its publisher's plan; the server API's has none.
+  assert.equal(await pg.query('retention', `SELECT string_agg(coalesce(plan, '-'), ',' ORDER BY channel, "offset") FROM chat_messages`), 'free,free,free,pro,pro,-');
+  const age = { f1: 20, f2: 5, p1: 50, p2: 150, a1: 20, x1: 1000 };
+  for (const [text, days] of Object.entries(age)) {
+    await pg.query('retention', `UPDATE chat_messages SET created_at = now() - interval '${days} days' WHERE convert_from(data, 'UTF8')::json->>'text' = '${text}'`);
+  }
+  await waitMetric(srv, 'chat_store_retention_deleted_total', {}, (v) => v === 3, { timeoutMs: 10_000 });
+  const left = await pg.query('retention', `SELECT string_agg(convert_from(data, 'UTF8')::json->>'text', ',' ORDER BY channel, "offset") FROM chat_messages`);
+  assert.equal(left, 'x1,f2,p1', 'free past 10 days, pro past 100 days and the server API\'s past the default are gone');
+  const m = await scrapeMetrics(srv);
+  assert.ok(metricValue(m, 'chat_store_retention_runs_total') >= 2);
+  assert.equal(metricValue(m, 'chat_store_retention_deleted_total'), 3, 'later rounds find nothing more');
 });
 
 async function startNodes(t, n, redis, url, env = {}) {

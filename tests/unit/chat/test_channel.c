@@ -176,7 +176,7 @@ static chat_client_t *client_in(fx_t *f, rec_t *r, const char *user, const char 
 static void publish(fx_t *f, const char *channel, const char *data) {
     const chat_ns_t *ns = chat_ns_find(f->ns, f->nns, channel);
     clu_chan_opts_t o = {ns->history_size, ns->history_ttl_s, 60, ns->join_leave};
-    clu_pub_t p = {0, data, strlen(data), NULL, 0};
+    clu_pub_t p = {0, data, strlen(data), NULL, 0, NULL};
     assert_int_equal(clu_publish(f->broker, channel, &p, &o, NULL, NULL), 0);
 }
 
@@ -253,7 +253,7 @@ static void test_epoch_change_closes_with_3010(void **state) {
     publish(f, "chat:room", "{\"n\":1}");
     fx_settle(f);
     assert_int_equal(r.close_code, 0);
-    clu_pub_t p = {1, "{\"n\":1}", 7, NULL, 0};
+    clu_pub_t p = {1, "{\"n\":1}", 7, NULL, 0, NULL};
     chat_node_broker_events()->on_pub(f->node, "chat:room", &p, "OTHEREPO");
     assert_int_equal(r.close_code, CORE_DISCONNECT_INSUFFICIENT_STATE);
     chat_stats_t st;
@@ -310,9 +310,9 @@ static void test_connect_recovers_server_side_sub(void **state) {
     (void)state;
     fx_t *f = fx_new();
     static const char info[] = "{\"user\":\"bob\",\"client\":\"c-b\"}";
-    clu_pub_t p1 = {0, "{\"n\":1}", 7, NULL, 0};
-    clu_pub_t p2 = {0, "{\"n\":2}", 7, info, sizeof info - 1};
-    clu_pub_t p3 = {0, "{\"n\":3}", 7, NULL, 0};
+    clu_pub_t p1 = {0, "{\"n\":1}", 7, NULL, 0, NULL};
+    clu_pub_t p2 = {0, "{\"n\":2}", 7, info, sizeof info - 1, NULL};
+    clu_pub_t p3 = {0, "{\"n\":3}", 7, NULL, 0, NULL};
     char epoch[CLU_EPOCH_MAX] = "", personal_epoch[CLU_EPOCH_MAX] = "";
     publish_at(f, "chat:news", &p1, epoch);
     publish_at(f, "chat:news", &p2, epoch);

@@ -544,8 +544,8 @@ static void expect_push(const chat_push_t *p, const char *want) {
 #define INFO_U2 "{\"user\":\"u2\",\"client\":\"c-2\"}"
 
 static const clu_pub_t pubs2[] = {
-    {5, "{\"text\":\"a\"}", 12, INFO_U2, sizeof INFO_U2 - 1},
-    {6, "[1,2]", 5, NULL, 0},
+    {5, "{\"text\":\"a\"}", 12, INFO_U2, sizeof INFO_U2 - 1, NULL},
+    {6, "[1,2]", 5, NULL, 0, NULL},
 };
 
 static void test_encode_connect(void **state) {
@@ -699,7 +699,7 @@ static void test_encode_pushes(void **state) {
                 "\"offset\":5,\"info\":" INFO_U2 "}}}");
     /* Not stored (no offset), no publisher info. */
     static const char tdata[] = "{\"type\":\"typing\",\"user\":\"u\"}";
-    const clu_pub_t typing = {0, tdata, sizeof tdata - 1, NULL, 0};
+    const clu_pub_t typing = {0, tdata, sizeof tdata - 1, NULL, 0, NULL};
     expect_push(&(chat_push_t){.channel = "typing:room", .kind = CHAT_PUSH_PUB, .pub = &typing},
                 "{\"push\":{\"channel\":\"typing:room\",\"pub\":{\"data\":{\"type\":\"typing\","
                 "\"user\":\"u\"}}}}");

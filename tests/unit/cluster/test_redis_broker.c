@@ -244,7 +244,7 @@ static bool pubs_at_least(void *arg) {
 static int publish1(node_t *n, const char *ch, const char *data, uint32_t hsize) {
     fx_t *f = n->f;
     clu_chan_opts_t o = {.history_size = hsize, .history_ttl_s = 60, .presence_ttl_s = 0};
-    clu_pub_t p = {0, data, strlen(data), "{\"user\":\"u\"}", 12};
+    clu_pub_t p = {0, data, strlen(data), "{\"user\":\"u\"}", 12, NULL};
     int before = f->pubs_done;
     assert_int_equal(clu_publish(n->b, ch, &p, &o, on_published, f), 0);
     struct {
