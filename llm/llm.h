@@ -117,6 +117,20 @@ void llm_set_cluster_size(llm_t *l, uint32_t nodes);
 /* How far behind a room's slowest reader is, in bytes queued for it on this node. */
 typedef size_t (*llm_backlog_fn)(void *ud, const char *channel);
 void llm_set_backlog_probe(llm_t *l, llm_backlog_fn fn, void *ud);
+/* One settled request, for the usage ledger: strings borrowed for the call; provider and model
+ * NULL when it never reached one. */
+typedef struct {
+    const char *request_id;
+    const char *user;
+    const char *plan;
+    const char *provider;
+    const char *model;
+    uint32_t tokens_in, tokens_out;
+    const char *outcome;
+} llm_settled_t;
+typedef void (*llm_settled_fn)(void *ud, const llm_settled_t *u);
+/* Called once per request as it ends, whatever its outcome. */
+void llm_set_usage_sink(llm_t *l, llm_settled_fn fn, void *ud);
 /* The connection client went away: its requests are cancelled (not while draining: the asker
  * only moves to another node, and the answer goes to the room). */
 void llm_client_gone(llm_t *l, const char *client);

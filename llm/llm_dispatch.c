@@ -121,6 +121,19 @@ void llm__req_end(llm_req_t *r) {
               r->id, llm_outcome_name(r->last.end), r->attempts, r->in_tokens, r->out_tokens,
               r->enq_ms ? llm__now_ms(l) - r->enq_ms : 0);
     observe_service(l, r);
+    if (l->usage) {
+        const llm_prov_t *p =
+            r->prov >= 0 && (size_t)r->prov < l->nprovs ? &l->provs[r->prov] : NULL;
+        llm_settled_t u = {r->id,
+                           r->user,
+                           llm_plan_name(r->plan),
+                           p ? p->cfg->name : NULL,
+                           p ? (r->model ? r->model : p->cfg->model) : NULL,
+                           r->in_tokens,
+                           r->out_tokens,
+                           llm_outcome_name(r->last.end)};
+        l->usage(l->usage_ud, &u);
+    }
     release_lease(r);
     req_kill(r);
     pump(l);

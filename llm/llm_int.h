@@ -128,6 +128,8 @@ struct llm {
     double service_ms_avg;  /* dispatch to end, for the queue-full retry hint */
     llm_backlog_fn backlog; /* the room's slowest local reader, NULL = never pause */
     void *backlog_ud;
+    llm_settled_fn usage; /* the ledger, NULL = none */
+    void *usage_ud;
     llm_stats_t st;
 };
 

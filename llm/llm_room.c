@@ -100,6 +100,11 @@ void llm__maybe_resume(llm_req_t *r) {
     l->provs[r->prov].ops->resume(r->stream);
 }
 
+void llm_set_usage_sink(llm_t *l, llm_settled_fn fn, void *ud) {
+    l->usage = fn;
+    l->usage_ud = ud;
+}
+
 void llm_set_backlog_probe(llm_t *l, llm_backlog_fn fn, void *ud) {
     l->backlog = fn;
     l->backlog_ud = ud;

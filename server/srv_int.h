@@ -183,6 +183,8 @@ int srv__store_start(srv_t *S);
  * broker's persist stream). */
 void srv__store_wrap(srv_t *S);
 void srv__store_metrics(void *ud, adm_metrics_writer_t *w);
+/* Records every settled assistant request in the usage ledger. */
+void srv__store_llm(srv_t *S);
 /* Stops the retention timer (shutdown). */
 void srv__store_stop(srv_t *S);
 

@@ -458,6 +458,7 @@ int main(int argc, char **argv) {
     S->llm_cfg.node_id = S->cfg.node_id;
     S->llm = llm_new(&S->loop, S->broker, &S->llm_cfg);
     srv_llm_wire(S->node, S->llm);
+    srv__store_llm(S);
     S->started_ms = core_now_ms();
     S->registry =
         adm_registry_new(&S->loop, S->broker, S->cfg.node_id,

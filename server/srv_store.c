@@ -237,6 +237,17 @@ void srv__store_stop(srv_t *S) {
         uv_close((uv_handle_t *)&R.timer, NULL);
 }
 
+static void usage_row(void *ud, const llm_settled_t *u) {
+    srv_t *S = ud;
+    store_usage(S->store, u->request_id, u->user, u->plan, u->provider, u->model, u->tokens_in,
+                u->tokens_out, u->outcome);
+}
+
+void srv__store_llm(srv_t *S) {
+    if (S->store && S->llm)
+        llm_set_usage_sink(S->llm, usage_row, S);
+}
+
 void srv__store_metrics(void *ud, adm_metrics_writer_t *w) {
     srv_t *S = ud;
     if (!S->store)

@@ -9,6 +9,7 @@ import {
 } from './helpers.mjs';
 import { startRedis, waitReady } from './cluster-util.mjs';
 import { startPostgres } from './pg-util.mjs';
+import { ask, watchAnswer } from './llm-util.mjs';
 
 const run = promisify(execFile);
 const API_KEY = 'durable-test-api-key';
@@ -181,6 +182,52 @@ test('retention deletes only what is older than the namespace and the publisher\
   const m = await scrapeMetrics(srv);
   assert.ok(metricValue(m, 'chat_store_retention_runs_total') >= 2);
   assert.equal(metricValue(m, 'chat_store_retention_deleted_total'), 3, 'later rounds find nothing more');
+});
+
+test('history past the window is read from the replica (DATABASE_READ_URL), from the primary while the replica is down', async (t) => {
+  const primary = await startPostgres(t);
+  const url = await primary.createDb('rep');
+  const replica = await startPostgres(t, { replicaOf: primary });
+  const srv = await startChatd(t, {
+    env: { DATABASE_URL: url, DATABASE_READ_URL: replica.url('rep'), CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_API_KEY: API_KEY, CHAT_RATE_LIMITS: 'free=100000/100000' },
+  });
+  for (let i = 1; i <= 20; i++) {
+    await api(srv, 'publish', { channel: 'chat:rep', data: { text: `m${i}` } });
+  }
+  await waitUntil(async () => (await replica.query('rep', 'SELECT count(*) FROM chat_messages')) === '20', { timeoutMs: 10_000, what: 'rows streamed to the replica' });
+  const texts = (h) => h.publications.map((p) => p.data.text);
+  const want = [...Array(20).keys()].map((i) => `m${i + 1}`);
+  // The primary away: only the replica can answer for offsets 1..15.
+  await primary.stop();
+  await waitMetric(srv, 'chat_store_up', { pool: 'primary' }, (v) => v === 0);
+  assert.equal(metricValue(await scrapeMetrics(srv), 'chat_store_up', { pool: 'replica' }), 1);
+  assert.deepEqual(texts(await api(srv, 'history', { channel: 'chat:rep', limit: 100 })), want);
+  // The replica away: the primary answers.
+  await primary.start();
+  await replica.stop();
+  await waitMetric(srv, 'chat_store_up', { pool: 'replica' }, (v) => v === 0);
+  await waitMetric(srv, 'chat_store_up', { pool: 'primary' }, (v) => v === 1, { timeoutMs: 10_000 });
+  assert.deepEqual(texts(await api(srv, 'history', { channel: 'chat:rep', limit: 100 })), want);
+});
+
+test('every settled assistant request is a row of the usage ledger, and its answer is durable history', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('ledger');
+  const srv = await startChatd(t, { env: { DATABASE_URL: url, CHAT_API_KEY: API_KEY, CHAT_RATE_LIMITS: 'free=100/100,pro=100/100' } });
+  const c = await connectClient(t, srv, { token: userToken('asker', { plan: 'pro' }) });
+  const { sub } = await subscribe(c, 'chat:llm');
+  let id = null;
+  const w = watchAnswer(sub, () => id);
+  id = (await ask(c, 'chat:llm', 'hello ledger')).request_id;
+  w.sync();
+  await w.done;
+  assert.ok(w.final, JSON.stringify(w.error?.data));
+  const usage = w.final.data.usage;
+  await waitUntil(async () => (await pg.query('ledger', 'SELECT count(*) FROM chat_llm_usage')) === '1', { what: 'the ledger row' });
+  const row = await pg.query('ledger', 'SELECT request_id, user_id, plan, provider, model, tokens_in, tokens_out, outcome FROM chat_llm_usage');
+  assert.equal(row, [id, 'asker', 'pro', 'mock', 'mock-1', usage.input_tokens, usage.output_tokens, 'ok'].join('|'));
+  // The stored answer is a durable row like any message.
+  assert.equal(await pg.query('ledger', `SELECT count(*) FROM chat_messages WHERE channel = 'chat:llm' AND "offset" = ${w.final.offset}`), '1');
 });
 
 async function startNodes(t, n, redis, url, env = {}) {

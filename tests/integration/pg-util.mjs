@@ -36,7 +36,7 @@ export async function startPostgres(t, opts = {}) {
   }
   const data = path.join(dir, 'data');
   if (opts.replicaOf) {
-    await pgRun('pg_basebackup', ['-h', '127.0.0.1', '-p', String(opts.replicaOf.port), '-U', 'postgres', '-D', data, '-R', '-X', 'stream']);
+    await pgRun('pg_basebackup', ['-h', '127.0.0.1', '-p', String(opts.replicaOf.port), '-U', 'postgres', '-D', data, '-R', '-X', 'stream', '-c', 'fast']);
   } else {
     await pgRun('initdb', ['-D', data, '-A', 'trust', '-U', 'postgres', '--no-sync']);
   }
