@@ -173,6 +173,7 @@ export async function startLocalCluster(t, extraEnv = {}) {
     node: await freePortRun(3),
     admin: await freePortRun(3),
     llm: await freePort(),
+    pg: await freePort(),
   };
   const env = scriptEnv({
     CLUSTER_DIR: dir,
@@ -181,6 +182,7 @@ export async function startLocalCluster(t, extraEnv = {}) {
     CLUSTER_NODE_BASE_PORT: String(ports.node),
     CLUSTER_ADMIN_BASE_PORT: String(ports.admin),
     CLUSTER_LLM_MOCK_PORT: String(ports.llm),
+    CLUSTER_PG_PORT: String(ports.pg),
     CHATD_BIN,
     CHAT_RATE_LIMITS: 'free=100000/100000',
     ...extraEnv,
