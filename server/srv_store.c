@@ -133,7 +133,8 @@ static struct {
     uv_timer_t timer;
     store_retention_rule_t *rules;
     size_t nrules, cur;
-    const char **plans; /* every plan name that has a rule of its own somewhere */
+    void **owned; /* the rules' prefixes and except lists */
+    size_t nowned;
     bool running;
     bool stopped; /* shutting down: the broker may be closing */
     uint64_t runs, deleted;
@@ -195,7 +196,7 @@ static void retention_tick(uv_timer_t *t) {
 
 static void retention_start(srv_t *S) {
     R.S = S;
-    R.plans = core_calloc(AUTH_PLAN_COUNT, sizeof *R.plans);
+    R.owned = core_calloc(2 * (S->nns ? S->nns : 1), sizeof *R.owned);
     for (size_t i = 0; i < S->nns; i++) {
         const chat_ns_t *ns = &S->ns[i];
         char *prefix = NULL;
@@ -218,7 +219,8 @@ static void retention_start(srv_t *S) {
             R.rules[R.nrules++] =
                 (store_retention_rule_t){prefix, NULL, except, nexcept, ns->retention_days};
         }
-        /* The rules borrow prefix and except for the process's life. */
+        R.owned[R.nowned++] = prefix;
+        R.owned[R.nowned++] = except;
     }
     if (!R.nrules)
         return;
@@ -235,6 +237,14 @@ void srv__store_stop(srv_t *S) {
     R.stopped = true;
     if (R.nrules && !uv_is_closing((uv_handle_t *)&R.timer))
         uv_close((uv_handle_t *)&R.timer, NULL);
+    /* A round still running ends at its next step without looking at the rules. */
+    for (size_t i = 0; i < R.nowned; i++)
+        free(R.owned[i]);
+    free(R.owned);
+    free(R.rules);
+    R.owned = NULL;
+    R.rules = NULL;
+    R.nowned = 0;
 }
 
 static void usage_row(void *ud, const llm_settled_t *u) {

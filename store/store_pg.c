@@ -316,12 +316,13 @@ static void conn_flush(pgconn_t *c) {
 
 static void on_poll(uv_poll_t *h, int status, int events) {
     pgconn_t *c = h->data;
-    if (status < 0) {
-        conn_drop(c, uv_err_name(status));
+    if (status < 0 && c->state != C_CONNECTING) {
+        conn_drop(c, "socket error");
         return;
     }
     switch (c->state) {
     case C_CONNECTING:
+        /* libuv reports a refused connect as an error; libpq reads the reason itself. */
         connect_step(c, PQconnectPoll(c->pg));
         break;
     case C_BUSY:
