@@ -18,6 +18,8 @@
   let me = '';
   let room = '';
   const seenOffsets = new Set(); // history and live publications may overlap
+  const PAGE = 50; // history page size
+  let roomEpoch = ''; // the room's history epoch, for paging back with since
   const online = new Map(); // client id -> user
   const typing = new Map(); // user -> timer
   const llmStreams = new Map(); // request_id -> answer being streamed (see streamOf)
@@ -344,18 +346,48 @@
 
   // ---- room subscription
 
+  // Offers older messages while the oldest shown one is not the room's first.
+  function updateOlder(lastPage) {
+    const oldest = Math.min(...seenOffsets);
+    $('older').hidden = !(seenOffsets.size > 0 && oldest > 1 && lastPage.length === PAGE);
+  }
+
   async function loadHistory() {
     try {
-      // The newest 50, shown oldest first.
-      const h = await sub.history({ limit: 50, reverse: true });
+      // The newest page, shown oldest first.
+      const h = await sub.history({ limit: PAGE, reverse: true });
+      roomEpoch = h.epoch;
       for (const p of h.publications.slice().reverse()) {
         renderPublication(p); // already shown ones are skipped by offset
       }
       $('messages').scrollTop = $('messages').scrollHeight;
+      updateOlder(h.publications);
     } catch (e) {
       showError(`history: ${e.message || e.code}`);
     }
   }
+
+  // One page further back, before the oldest shown message; with a database behind the server
+  // this reaches past the server's in-memory window, as far back as it keeps.
+  async function loadOlder() {
+    const list = $('messages');
+    const before = list.scrollHeight;
+    $('older').disabled = true;
+    try {
+      const since = { offset: Math.min(...seenOffsets), epoch: roomEpoch };
+      const h = await sub.history({ limit: PAGE, reverse: true, since });
+      for (const p of h.publications) {
+        renderPublication(p); // placed by offset, above what is shown
+      }
+      list.scrollTop += list.scrollHeight - before; // the reader stays where they were
+      updateOlder(h.publications);
+    } catch (e) {
+      showError(`history: ${e.message || e.code}`);
+    } finally {
+      $('older').disabled = false;
+    }
+  }
+  $('older').addEventListener('click', loadOlder);
 
   async function loadPresence() {
     try {
