@@ -376,12 +376,13 @@ static void dispatch(pg_pool_t *p) {
         q->next = NULL;
         conn_send(c, q);
     }
-    if (!p->head)
-        uv_idle_stop(&p->kick);
 }
 
+/* One shot: queries that find every connection busy are sent when one finishes (query_done)
+ * or comes up (connected), not by spinning here. */
 static void on_kick(uv_idle_t *h) {
     pg_pool_t *p = h->data;
+    uv_idle_stop(h);
     dispatch(p);
     if (!p->closing && p->head && !pool_any_up(p))
         fail_queued(p);

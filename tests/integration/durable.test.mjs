@@ -149,6 +149,30 @@ test('one node, Postgres stopped: publishes are acknowledged only once committed
   assert.equal(metricValue(m, 'chat_store_backlog'), 0);
 });
 
+test('one node, Postgres frozen (SIGSTOP) mid-write: the statement timeout drops the connection, the batch is sent again after SIGCONT, stored once', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('frozen');
+  const srv = await startChatd(t, {
+    env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_RATE_LIMITS: 'free=100000/100000', CHAT_DB_STATEMENT_TIMEOUT_MS: 500, CHAT_DB_CONNECT_TIMEOUT_MS: 500 },
+  });
+  const c = await connectClient(t, srv, { user: 'alice' });
+  const { sub } = await subscribe(c, 'chat:frozen');
+  await sub.publish(chatMessage('before'));
+  const pids = await pg.pids();
+  for (const pid of pids) process.kill(pid, 'SIGSTOP');
+  let thawed = false;
+  t.after(() => { if (!thawed) for (const pid of pids) { try { process.kill(pid, 'SIGCONT'); } catch { /* gone */ } } });
+  const acks = [1, 2, 3].map((i) => sub.publish(chatMessage(`f${i}`)));
+  // The frozen statement is abandoned, not waited for forever.
+  await waitMetric(srv, 'chat_store_write_retries_total', {}, (v) => v >= 1, { timeoutMs: 10_000 });
+  assert.equal(metricValue(await scrapeMetrics(srv), 'chat_store_backlog'), 3);
+  for (const pid of pids) process.kill(pid, 'SIGCONT');
+  thawed = true;
+  await Promise.all(acks);
+  const got = await rows(pg, 'frozen', 'chat:frozen');
+  assert.deepEqual(got.map((r) => r.text), ['before', 'f1', 'f2', 'f3']);
+});
+
 test('retention deletes only what is older than the namespace and the publisher\'s plan allow', async (t) => {
   const pg = await startPostgres(t);
   const url = await pg.createDb('retention');

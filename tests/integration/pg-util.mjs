@@ -57,6 +57,13 @@ export async function startPostgres(t, opts = {}) {
     const { stdout } = await run('psql', ['-h', '127.0.0.1', '-p', String(port), '-U', 'postgres', '-d', db, '-At', '-v', 'ON_ERROR_STOP=1', '-c', sql], { timeout: 30_000, maxBuffer: 64 << 20 });
     return stdout.trim();
   };
+  /** The server's processes: the postmaster and its children (to freeze them). */
+  pg.pids = async () => {
+    const { readFileSync } = await import('node:fs');
+    const main = Number(readFileSync(path.join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
+    const { stdout } = await run('pgrep', ['-P', String(main)]).catch(() => ({ stdout: '' }));
+    return [main, ...stdout.split('\n').filter(Boolean).map(Number)];
+  };
   pg.createDb = async (name) => {
     await pg.query('postgres', `CREATE DATABASE ${name}`);
     return pg.url(name);
