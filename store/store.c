@@ -510,6 +510,32 @@ int store_retention_delete(store_t *s, const store_retention_rule_t *rule, uint3
     return rc;
 }
 
+/* ---- history_remove ---- */
+
+typedef struct {
+    void (*cb)(int, void *);
+    void *ud;
+} delop_t;
+
+static void channel_deleted(PGresult *res, void *ud) {
+    delop_t *op = ud;
+    op->cb(res && PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : CORE_EAGAIN, op->ud);
+    free(op);
+}
+
+int store_channel_delete(store_t *s, const char *channel, void (*cb)(int status, void *ud),
+                         void *ud) {
+    delop_t *op = core_calloc(1, sizeof *op);
+    op->cb = cb;
+    op->ud = ud;
+    const char *values[1] = {channel};
+    int rc = pg_query(s->primary, "DELETE FROM chat_messages WHERE channel = $1", 1, values, NULL,
+                      NULL, false, channel_deleted, op);
+    if (rc != 0)
+        free(op);
+    return rc;
+}
+
 /* ---- usage ledger ---- */
 
 static void usage_done(PGresult *res, void *ud) {

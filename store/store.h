@@ -101,6 +101,10 @@ typedef struct {
 int store_retention_delete(store_t *s, const store_retention_rule_t *rule, uint32_t batch,
                            void (*cb)(int status, uint64_t deleted, void *ud), void *ud);
 
+/* Deletes every stored publication of channel (all epochs): the server API's history_remove. */
+int store_channel_delete(store_t *s, const char *channel, void (*cb)(int status, void *ud),
+                         void *ud);
+
 /* Records one settled assistant request in the usage ledger (fire and forget). */
 void store_usage(store_t *s, const char *request_id, const char *user, const char *plan,
                  const char *provider, const char *model, int64_t tokens_in, int64_t tokens_out,

@@ -460,6 +460,46 @@ void store_broker_stats(clu_broker_t *b, store_broker_stats_t *out) {
     out->history_from_store = d->history_from_store;
 }
 
+/* ---- history_remove: the window and the database ---- */
+
+typedef struct {
+    dur_t *d;
+    clu_publish_cb cb;
+    void *ud;
+    char *channel;
+} remop_t;
+
+static void rem_inner_done(int status, uint64_t top, const char *epoch, void *ud) {
+    remop_t *op = ud;
+    op->cb(status, top, epoch, op->ud);
+    free(op->channel);
+    free(op);
+}
+
+/* The database first: if its rows stayed, history past the window would still show them.
+ * Entries still in the persist stream (cluster mode) may be stored after this. */
+static void rem_store_done(int status, void *ud) {
+    remop_t *op = ud;
+    if (status != 0 ||
+        op->d->orig->history_remove(op->d->inner, op->channel, rem_inner_done, op) != 0)
+        rem_inner_done(status != 0 ? status : CORE_EAGAIN, 0, "", op);
+}
+
+static int dur_history_remove(clu_broker_t *b, const char *channel, clu_publish_cb cb, void *ud) {
+    dur_t *d = D(b);
+    remop_t *op = core_calloc(1, sizeof *op);
+    op->d = d;
+    op->cb = cb;
+    op->ud = ud;
+    op->channel = core_strdup(channel);
+    if (store_channel_delete(d->st, channel, rem_store_done, op) != 0) {
+        free(op->channel);
+        free(op);
+        answer_later(d, cb, ud, CORE_EAGAIN);
+    }
+    return 0;
+}
+
 /* ---- the rest ---- */
 
 static bool dur_ready(clu_broker_t *b) {
@@ -517,6 +557,7 @@ clu_broker_t *store_broker_new(uv_loop_t *loop, clu_broker_t *inner, store_t *st
     d->ops = *inner->ops;
     d->ops.publish = dur_publish;
     d->ops.history = dur_history;
+    d->ops.history_remove = dur_history_remove;
     d->ops.ready = dur_ready;
     d->ops.stats = dur_stats;
     d->ops.close = dur_close;

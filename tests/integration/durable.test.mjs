@@ -89,6 +89,11 @@ test('one node without Redis keeps its channels across kill -9: offsets go on in
   assert.ok(metricValue(m, 'chat_store_history_answers_total') >= 3);
   // The client's message id and the publisher are columns too.
   assert.equal(await pg.query('single', `SELECT count(*) FROM chat_messages WHERE user_id = 'alice' AND message_id IS NOT NULL`), '13');
+  // history_remove clears the database's rows too: nothing comes back from past the window.
+  await api(srv, 'history_remove', { channel: 'chat:keep' });
+  assert.equal(await pg.query('single', `SELECT count(*) FROM chat_messages WHERE channel = 'chat:keep'`), '0');
+  assert.deepEqual((await sub.history({ limit: 100 })).publications, []);
+  await assert.rejects(sub.history({ limit: 10, since: { offset: 3, epoch: top.epoch } }), (e) => e.code === 112);
 });
 
 test('a subscriber away for longer than the window recovers everything from Postgres', async (t) => {
