@@ -52,6 +52,7 @@ struct store {
     uv_timer_t retry;
     uint32_t retry_ms;
     bool waiting; /* the retry timer runs: no batch is sent before it fires */
+    bool corked;
     core_hist_t commit_seconds;
     core_hist_t batch_rows;
     store_stats_t st;
@@ -291,6 +292,8 @@ static void send_batch(store_t *s, size_t max) {
  * committing wait and go together in the next batch, so the commit rate, not the publish rate,
  * sets the number of transactions. */
 static void flush(store_t *s) {
+    if (s->corked)
+        return;
     while (s->head && !s->waiting && pg_pool_has_idle(s->primary) &&
            s->inflight_n < s->cfg.pool_size)
         send_batch(s, s->isolate ? 1 : s->cfg.batch_max);
@@ -331,6 +334,15 @@ int store_append(store_t *s, const store_msg_t *m, store_done_cb cb, void *ud) {
     s->backlog++;
     flush(s);
     return 0;
+}
+
+void store_cork(store_t *s) {
+    s->corked = true;
+}
+
+void store_uncork(store_t *s) {
+    s->corked = false;
+    flush(s);
 }
 
 bool store_full(store_t *s) {

@@ -75,6 +75,10 @@ store_t *store_new(uv_loop_t *loop, const store_config_t *cfg);
  * server refused the row itself. While the server is unreachable the rows wait and are retried
  * with backoff. CORE_ELIMIT (cb never runs) when the backlog is full. */
 int store_append(store_t *s, const store_msg_t *m, store_done_cb cb, void *ud);
+/* Between cork and uncork appends only queue: a caller with many rows at once (the persist
+ * stream's consumer) sends them as full batches instead of a first batch of one row. */
+void store_cork(store_t *s);
+void store_uncork(store_t *s);
 /* True when store_append would refuse; the caller refuses instead, and it is counted. */
 bool store_full(store_t *s);
 /* Forward: offsets in (after, before) ascending, before 0 = no bound; reverse: offsets in

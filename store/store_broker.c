@@ -406,6 +406,7 @@ static void consumed(int status, const clu_persist_entry_t *entries, size_t n, v
     b->left = n + 1; /* one for this loop: the batch completes after it */
     b->ids = core_calloc(n, sizeof *b->ids);
     b->e = core_calloc(n, sizeof *b->e);
+    store_cork(d->st);
     for (size_t i = 0; i < n; i++) {
         const clu_persist_entry_t *en = &entries[i];
         b->ids[i] = core_strdup(en->id);
@@ -416,6 +417,7 @@ static void consumed(int status, const clu_persist_entry_t *entries, size_t n, v
         if (store_append(d->st, &m, centry_done, &b->e[i]) != 0)
             b->left--; /* not taken: stays pending */
     }
+    store_uncork(d->st);
     d->bst.consumed += n;
     if (n == CONSUME_BATCH)
         uv_timer_start(&d->consume, consume_tick, 0, CONSUME_TICK_MS);
