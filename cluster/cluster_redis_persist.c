@@ -55,9 +55,11 @@ static const redisReply *field(const redisReply *fields, const char *name) {
     return NULL;
 }
 
-/* Turns a list of [id, [field, value, ...]] into entries; malformed ones (never written by this
- * program) are skipped. Returns how many were filled. */
-static size_t parse_entries(const redisReply *list, clu_persist_entry_t *out, char (*ids)[48]) {
+/* Turns a list of [id, [field, value, ...]] into entries. Malformed ones (never written by this
+ * program) are acknowledged away, or they would be claimed again forever. Returns how many
+ * were filled. */
+static size_t parse_entries(rb_t *rb, const redisReply *list, clu_persist_entry_t *out,
+                            char (*ids)[48]) {
     size_t n = 0;
     for (size_t i = 0; i < list->elements; i++) {
         const redisReply *e = list->element[i];
@@ -67,8 +69,17 @@ static size_t parse_entries(const redisReply *list, clu_persist_entry_t *out, ch
         const redisReply *f = e->element[1];
         const redisReply *c = field(f, "c"), *ep = field(f, "e"), *o = field(f, "o"),
                          *d = field(f, "d"), *inf = field(f, "i"), *pl = field(f, "p");
-        if (!c || !ep || !o || !d || e->element[0]->len >= sizeof ids[0])
+        if (!c || !ep || !o || !d || e->element[0]->len >= sizeof ids[0]) {
+            if (e->element[0]->len < sizeof ids[0]) {
+                char id[48];
+                memcpy(id, e->element[0]->str, e->element[0]->len);
+                id[e->element[0]->len] = '\0';
+                const char *one[1] = {id};
+                CORE_LOGW(MOD, "persist stream entry malformed, dropped", "id=%s", id);
+                clu__rb_persist_ack(&rb->base, one, 1);
+            }
             continue;
+        }
         memcpy(ids[n], e->element[0]->str, e->element[0]->len);
         ids[n][e->element[0]->len] = '\0';
         out[n] = (clu_persist_entry_t){.id = ids[n],
@@ -120,7 +131,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv) {
     }
     clu_persist_entry_t *entries = core_calloc(list->elements, sizeof *entries);
     char(*ids)[48] = core_calloc(list->elements, sizeof *ids);
-    size_t n = parse_entries(list, entries, ids);
+    size_t n = parse_entries(op->rb, list, entries, ids);
     op->cb(0, entries, n, op->ud);
     free(entries);
     free(ids);

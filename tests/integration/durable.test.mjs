@@ -341,6 +341,10 @@ test('three nodes, 10,000 messages, one node killed halfway: Postgres holds ever
   assert.deepEqual(h.publications.map((p) => p.offset), [...Array(50).keys()].map((k) => 101 + k));
   const back = await api(nodes[1], 'history', { channel: 'chat:k1', limit: 10, reverse: true, since: { offset: 11, epoch: h.epoch } });
   assert.deepEqual(back.publications.map((p) => p.offset), [10, 9, 8, 7, 6, 5, 4, 3, 2, 1]);
+  // An entry the publish script never writes is dropped, not claimed again forever.
+  await redisCli(redis, 'XADD', 'chat.persist', '*', 'junk', '1');
+  await waitUntil(async () => (await redisCli(redis, 'XLEN', 'chat.persist')) === '0', { timeoutMs: 10_000, what: 'malformed entry dropped' });
+  await waitUntil(async () => (await redisCli(redis, 'XPENDING', 'chat.persist', 'chat-store')).startsWith('0'), { timeoutMs: 10_000, what: 'nothing pending' });
 });
 
 test('three nodes, Postgres stopped for 20 s under publishing: publishing goes on, the backlog drains after, a dead node\'s entries are claimed', async (t) => {
