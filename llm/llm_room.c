@@ -28,8 +28,12 @@ static void publish_json(llm_req_t *r, const char *channel, const core_str_t *da
     core_str_appends(&info, "{\"user\":\"assistant\",\"client\":");
     core_str_append_json_string(&info, r->id, strlen(r->id));
     core_str_appends(&info, "}");
-    clu_pub_t pub = {
-        .data = data->ptr, .data_len = data->len, .info = info.ptr, .info_len = info.len};
+    /* The answer is kept as long as the asker's plan keeps messages (retention). */
+    clu_pub_t pub = {.data = data->ptr,
+                     .data_len = data->len,
+                     .info = info.ptr,
+                     .info_len = info.len,
+                     .plan = llm_plan_name(r->plan)};
     clu_chan_opts_t opts = stored ? r->room_opts : (clu_chan_opts_t){0};
     r->pending_ops++;
     int rc = clu_publish(l->broker, channel, &pub, &opts, published, r);

@@ -26,7 +26,8 @@ static void check_str(const char *s) {
 /* A publication push of the publish's data: one length-prefixed Reply whose pub.data is the
  * same bytes. */
 static void roundtrip_push(const chat_req_t *req) {
-    clu_pub_t pub = {7, req->publish.data ? req->publish.data : "", req->publish.data_len, NULL, 0};
+    clu_pub_t pub = {
+        7, req->publish.data ? req->publish.data : "", req->publish.data_len, NULL, 0, NULL};
     core_str_t out = {0};
     chat__codec_pb.push(&out,
                         &(chat_push_t){.channel = req->publish.channel ? req->publish.channel : "c",

@@ -256,7 +256,8 @@ test('every settled assistant request is a row of the usage ledger, and its answ
   const row = await pg.query('ledger', 'SELECT request_id, user_id, plan, provider, model, tokens_in, tokens_out, outcome FROM chat_llm_usage');
   assert.equal(row, [id, 'asker', 'pro', 'mock', 'mock-1', usage.input_tokens, usage.output_tokens, 'ok'].join('|'));
   // The stored answer is a durable row like any message.
-  assert.equal(await pg.query('ledger', `SELECT count(*) FROM chat_messages WHERE channel = 'chat:llm' AND "offset" = ${w.final.offset}`), '1');
+  assert.equal(await pg.query('ledger', `SELECT plan FROM chat_messages WHERE channel = 'chat:llm' AND "offset" = ${w.final.offset}`), 'pro',
+    'the answer is kept as long as the asker\'s plan keeps messages');
 });
 
 async function startNodes(t, n, redis, url, env = {}) {
