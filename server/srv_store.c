@@ -16,6 +16,7 @@ struct srv_position {
 };
 
 typedef struct {
+    srv_t *S;
     bool done;
     int status;
     int applied;
@@ -31,7 +32,7 @@ static void migrated(int status, int applied, const char *error, void *ud) {
 }
 
 static void position_row(void *ud, const char *channel, const char *epoch, uint64_t top) {
-    srv_t *S = ud;
+    srv_t *S = ((start_t *)ud)->S;
     if (S->npositions == S->cap_positions) {
         S->cap_positions = S->cap_positions ? S->cap_positions * 2 : 64;
         S->positions = core_realloc(S->positions, S->cap_positions * sizeof *S->positions);
@@ -43,13 +44,26 @@ static void position_row(void *ud, const char *channel, const char *epoch, uint6
 }
 
 static void positions_done(void *ud, int status) {
-    start_t *st = ((void **)ud)[1];
+    start_t *st = ud;
     st->done = true;
     st->status = status;
 }
 
-static void positions_row(void *ud, const char *channel, const char *epoch, uint64_t top) {
-    position_row(((void **)ud)[0], channel, epoch, top);
+static void pause_over(uv_timer_t *t) {
+    *(bool *)t->data = true;
+}
+
+/* Runs the loop for ms (the database's connections make progress meanwhile). */
+static void run_for(uv_loop_t *loop, uint64_t ms) {
+    bool over = false;
+    uv_timer_t t;
+    uv_timer_init(loop, &t);
+    t.data = &over;
+    uv_timer_start(&t, pause_over, ms, 0);
+    while (!over)
+        uv_run(loop, UV_RUN_ONCE);
+    uv_close((uv_handle_t *)&t, NULL);
+    uv_run(loop, UV_RUN_NOWAIT); /* the close callback, before t goes out of scope */
 }
 
 int srv__store_start(srv_t *S) {
@@ -82,21 +96,18 @@ int srv__store_start(srv_t *S) {
      * offsets go on where they were, in the same epoch. */
     uint64_t deadline = core_now_ms() + S->cfg.db_start_wait_ms;
     for (;;) {
-        start_t ps = {0};
-        void *ud[2] = {S, &ps};
-        if (store_positions(S->store, positions_row, positions_done, ud) == 0) {
+        start_t ps = {.S = S};
+        if (store_positions(S->store, position_row, positions_done, &ps) == 0) {
             while (!ps.done)
                 uv_run(&S->loop, UV_RUN_ONCE);
             if (ps.status == 0)
                 break;
-        } else {
-            uv_run(&S->loop, UV_RUN_NOWAIT);
         }
         if (core_now_ms() >= deadline) {
             fprintf(stderr, "chatd: DATABASE_URL: cannot read the channels' positions\n");
             return 1;
         }
-        uv_sleep(50); /* before any client: nothing else runs on this loop yet */
+        run_for(&S->loop, 50);
     }
     CORE_LOGI("server", "channel positions loaded", "channels=%zu", S->npositions);
     return 0;

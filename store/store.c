@@ -336,6 +336,10 @@ int store_append(store_t *s, const store_msg_t *m, store_done_cb cb, void *ud) {
     return 0;
 }
 
+size_t store_backlog(const store_t *s) {
+    return s->backlog;
+}
+
 void store_cork(store_t *s) {
     s->corked = true;
 }

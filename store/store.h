@@ -79,6 +79,8 @@ int store_append(store_t *s, const store_msg_t *m, store_done_cb cb, void *ud);
  * stream's consumer) sends them as full batches instead of a first batch of one row. */
 void store_cork(store_t *s);
 void store_uncork(store_t *s);
+/* Rows appended and not committed yet. */
+size_t store_backlog(const store_t *s);
 /* True when store_append would refuse; the caller refuses instead, and it is counted. */
 bool store_full(store_t *s);
 /* Forward: offsets in (after, before) ascending, before 0 = no bound; reverse: offsets in

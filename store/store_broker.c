@@ -58,7 +58,7 @@ typedef struct {
     size_t data_len;
     char *info;
     size_t info_len;
-    const char *plan; /* static (auth_plan_name) */
+    char *plan;
     uint64_t offset;
     char epoch[CLU_EPOCH_MAX];
 } pubop_t;
@@ -67,6 +67,7 @@ static void pubop_free(pubop_t *op) {
     free(op->channel);
     free(op->data);
     free(op->info);
+    free(op->plan);
     free(op);
 }
 
@@ -141,7 +142,7 @@ static int dur_publish(clu_broker_t *b, const char *channel, const clu_pub_t *pu
     op->channel = core_strdup(channel);
     op->data = core_strndup(pub->data, pub->data_len);
     op->data_len = pub->data_len;
-    op->plan = pub->plan;
+    op->plan = pub->plan ? core_strdup(pub->plan) : NULL;
     if (pub->info) {
         op->info = core_strndup(pub->info, pub->info_len);
         op->info_len = pub->info_len;
@@ -173,38 +174,46 @@ typedef struct {
     size_t ntail;
 } hop_t;
 
-static void pubs_free(clu_pub_t *p, size_t n) {
+/* Frees the strings of n publications (not their array). */
+static void pubs_free_tail(clu_pub_t *p, size_t n) {
     for (size_t i = 0; i < n; i++) {
         free((char *)p[i].data);
         free((char *)p[i].info);
     }
+}
+
+static void pubs_free(clu_pub_t *p, size_t n) {
+    pubs_free_tail(p, n);
     free(p);
 }
 
-static clu_pub_t *pubs_copy(const clu_pub_t *src, size_t n) {
-    clu_pub_t *p = n ? core_calloc(n, sizeof *p) : NULL;
-    for (size_t i = 0; i < n; i++) {
-        p[i] = src[i];
-        p[i].data = core_strndup(src[i].data, src[i].data_len);
-        p[i].info = src[i].info ? core_strndup(src[i].info, src[i].info_len) : NULL;
-    }
-    return p;
-}
-
+/* Appends copies of src (borrowed from a broker or store callback) to the answer. */
 static void pubs_append(clu_pub_t **dst, size_t *n, const clu_pub_t *src, size_t m) {
     if (!m)
         return;
-    clu_pub_t *c = pubs_copy(src, m);
     *dst = core_realloc(*dst, (*n + m) * sizeof **dst);
-    memcpy(*dst + *n, c, m * sizeof *c);
+    for (size_t i = 0; i < m; i++) {
+        clu_pub_t *p = &(*dst)[*n + i];
+        *p = src[i];
+        p->data = core_strndup(src[i].data, src[i].data_len);
+        p->info = src[i].info ? core_strndup(src[i].info, src[i].info_len) : NULL;
+        p->plan = NULL;
+    }
     *n += m;
-    free(c);
 }
 
 static void hop_answer(hop_t *op, int status) {
     if (status == 0 && op->ntail) {
+        /* The window's publications move into the answer: already copies, owned here. */
         size_t room = op->limit > op->n ? op->limit - op->n : 0;
-        pubs_append(&op->pubs, &op->n, op->tail, op->ntail < room ? op->ntail : room);
+        size_t take = op->ntail < room ? op->ntail : room;
+        op->pubs = core_realloc(op->pubs, (op->n + op->ntail) * sizeof *op->pubs);
+        memcpy(op->pubs + op->n, op->tail, op->ntail * sizeof *op->tail);
+        free(op->tail);
+        op->tail = NULL;
+        pubs_free_tail(op->pubs + op->n + take, op->ntail - take);
+        op->n += take;
+        op->ntail = 0;
     }
     op->cb(status, status == 0 ? op->pubs : NULL, status == 0 ? op->n : 0, op->top, op->epoch,
            op->ud);
@@ -301,8 +310,7 @@ static void hop_inner_cb(int status, const clu_pub_t *pubs, size_t n, uint64_t t
             return;
         }
         /* From the beginning: what Postgres holds before the window, then the window. */
-        op->tail = pubs_copy(pubs, n);
-        op->ntail = n;
+        pubs_append(&op->tail, &op->ntail, pubs, n);
         d->history_from_store++;
         rc = store_read(d->st, op->channel, op->epoch, false, want - 1, first, op->limit,
                         fill_store_cb, op);
@@ -442,10 +450,8 @@ static void consume_tick(uv_timer_t *t) {
         d->info_pending = true;
         d->info_last_ms = now;
     }
-    store_stats_t ss;
-    store_stats(d->st, &ss);
     /* Read no faster than the database commits: what is read waits in memory. */
-    if (d->reading || ss.backlog >= 4 * CONSUME_BATCH)
+    if (d->reading || store_backlog(d->st) >= 4 * CONSUME_BATCH)
         return;
     uint32_t claim = 0;
     if (d->claim_idle_ms && now - d->claim_last_ms >= d->claim_idle_ms / 2) {
