@@ -111,8 +111,8 @@ bool chat_frame_next(const char *frame, size_t frame_len, size_t *pos, const cha
     return false;
 }
 
-char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *msg_id, char *err,
-                             size_t errlen) {
+char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, int64_t ts_ms,
+                             char *msg_id, char *err, size_t errlen) {
     msg_id[0] = '\0';
     if (!json_is_object(data)) {
         snprintf(err, errlen, "message must be an object");
@@ -153,6 +153,9 @@ char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *
     json_object_set(norm, "text", text);
     if (msg_id[0])
         json_object_set_new(norm, "client_msg_id", json_string(msg_id));
+    /* The time is the server's, whatever the client sent: readers compare messages from many
+     * clocks, and a client could date its message anywhere. */
+    json_object_set_new(norm, "ts", json_integer(ts_ms));
     char *out = json_dumps(norm, JSON_COMPACT);
     json_decref(norm);
     return out;

@@ -440,10 +440,11 @@ void chat_cmd_clear(chat_cmd_t *cmd);
 bool chat_frame_next(const char *frame, size_t frame_len, size_t *pos, const char **line,
                      size_t *len);
 /* Validates chat message data (message_schema "chat") and returns its normalized JSON text
- * (malloc'd) or NULL with a reason in err. client_msg_id, when present, is copied to msg_id
- * (65 bytes) or msg_id[0] is 0. */
-char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, char *msg_id, char *err,
-                             size_t errlen);
+ * (malloc'd), stamped with "ts": ts_ms (the server's wall clock, Unix milliseconds), or NULL with
+ * a reason in err. client_msg_id, when present, is copied to msg_id (65 bytes) or msg_id[0] is
+ * 0. */
+char *chat_message_normalize(const json_t *data, uint32_t max_text_bytes, int64_t ts_ms,
+                             char *msg_id, char *err, size_t errlen);
 
 /* ---- recovery ---- */
 

@@ -295,7 +295,8 @@ void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd) {
     if (ns->schema == CHAT_SCHEMA_CHAT) {
         /* The data is JSON text in every codec; the chat schema checks its fields. */
         json_t *doc = json_loadb(data, cmd->publish.data_len, JSON_DECODE_ANY, NULL);
-        txt = doc ? chat_message_normalize(doc, ns->max_message_bytes, msg_id, err, sizeof err)
+        txt = doc ? chat_message_normalize(doc, ns->max_message_bytes, core_wall_ms(), msg_id, err,
+                                           sizeof err)
                   : NULL;
         if (!doc)
             snprintf(err, sizeof err, "message must be an object");

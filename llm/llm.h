@@ -99,10 +99,20 @@ typedef struct {
     const char *system; /* the room's system prompt; NULL = CHAT_LLM_SYSTEM_PROMPT */
 } llm_ask_t;
 
-/* The answer to an ask: code 0 with the request id and queue position, or a protocol error code
- * (402, 429, 502, 503, 504, 107...) and its message ("retry_after_ms=N ..."). */
-typedef void (*llm_ask_cb)(void *ud, int code, const char *message, const char *request_id,
-                           uint32_t queue_position);
+/* An admitted ask: its id, its place in the queue, and where the asker stands in the daily
+ * message quota (quota_limit 0: the plan has no message quota, or the count could not be read
+ * because the broker did not answer; the ask was admitted all the same). */
+typedef struct {
+    const char *request_id;
+    uint32_t queue_position;
+    uint32_t quota_used;   /* messages counted today, this one included */
+    uint32_t quota_limit;  /* the plan's daily messages */
+    int64_t quota_reset_s; /* Unix seconds of the next reset (UTC midnight) */
+} llm_admitted_t;
+
+/* The answer to an ask: code 0 with admitted, or a protocol error code (402, 429, 502, 503,
+ * 504, 107...) and its message ("retry_after_ms=N ...") with admitted NULL. */
+typedef void (*llm_ask_cb)(void *ud, int code, const char *message, const llm_admitted_t *admitted);
 
 llm_t *llm_new(uv_loop_t *loop, clu_broker_t *broker, const llm_config_t *cfg);
 /* Admits, queues and later streams one ask. cb runs exactly once, never before llm_ask returns. */

@@ -102,7 +102,17 @@ static void answer_ask(llm_req_t *r, int code, const char *message) {
         return;
     llm_ask_cb cb = r->ask_cb;
     r->ask_cb = NULL;
-    cb(r->ask_ud, code, message, code == 0 ? r->id : NULL, code == 0 ? r->last_position : 0);
+    if (code != 0) {
+        cb(r->ask_ud, code, message, NULL);
+        return;
+    }
+    llm_admitted_t a = {.request_id = r->id, .queue_position = r->last_position};
+    if (r->reserved_message) {
+        a.quota_used = r->quota_used;
+        a.quota_limit = r->l->cfg.quota[r->plan].messages;
+        a.quota_reset_s = r->quota_reset_s;
+    }
+    cb(r->ask_ud, 0, message, &a);
 }
 
 static void observe_service(llm_t *l, llm_req_t *r) {

@@ -69,7 +69,8 @@ struct llm_req {
     /* quotas */
     int64_t reserved_tokens;
     bool reserved_message;
-    char day[9]; /* the quota day the reservation was made in (UTC yyyymmdd) */
+    uint32_t quota_used; /* the message counter after this request's reservation */
+    char day[9];         /* the quota day the reservation was made in (UTC yyyymmdd) */
     int64_t quota_reset_s;
 
     /* dispatch */

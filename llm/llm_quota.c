@@ -114,7 +114,6 @@ void llm__reserve_tokens(llm_req_t *r) {
 }
 
 void llm__message_reserved(int status, bool allowed, int64_t value, void *ud) {
-    (void)value;
     llm_req_t *r = ud;
     LLM_TRACE(r);
     if (!llm__req_back(r))
@@ -125,5 +124,6 @@ void llm__message_reserved(int status, bool allowed, int64_t value, void *ud) {
         return;
     }
     r->reserved_message = status == 0;
+    r->quota_used = value > 0 && value <= UINT32_MAX ? (uint32_t)value : 0;
     llm__reserve_tokens(r);
 }

@@ -143,7 +143,8 @@ void llm__publish_final(llm_req_t *r, const char *marker) {
                      r->out_tokens);
     if (marker)
         core_str_appendf(&s, ",\"%s\":true", marker);
-    core_str_appends(&s, "}");
+    /* Dated like every chat message (chat_message_normalize): the server's clock. */
+    core_str_appendf(&s, ",\"ts\":%" PRId64 "}", core_wall_ms());
     publish_json(r, r->channel, &s, true);
     core_str_free(&s);
 }

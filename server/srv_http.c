@@ -188,7 +188,24 @@ int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
         core_str_append_json_string(&s, tok, strlen(tok));
         core_str_appends(&s, ",\"user\":");
         core_str_append_json_string(&s, user, strlen(user));
-        core_str_appends(&s, "}");
+        core_str_appends(&s, ",\"node\":");
+        core_str_append_json_string(&s, S->cfg.node_id, strlen(S->cfg.node_id));
+        /* The namespaces where a client may make and post in rooms, so that the page offers
+         * only rooms the node will let it join. */
+        core_str_appends(&s, ",\"rooms\":[");
+        bool first = true;
+        for (size_t i = 0; i < S->nns; i++) {
+            const chat_ns_t *ns = &S->ns[i];
+            if (!ns->allow_subscribe || !ns->allow_publish)
+                continue;
+            core_str_appends(&s, first ? "{\"namespace\":" : ",{\"namespace\":");
+            first = false;
+            core_str_append_json_string(&s, ns->name, strlen(ns->name));
+            core_str_appendf(&s, ",\"history\":%s,\"presence\":%s,\"llm\":%s}",
+                             ns->history_size ? "true" : "false", ns->presence ? "true" : "false",
+                             ns->llm ? "true" : "false");
+        }
+        core_str_appends(&s, "]}");
         free(tok);
         return srv__http_respond(wsi, c, 200, "application/json", s.ptr, s.len);
     }

@@ -2,6 +2,7 @@
  * dispatcher and the dispatcher knows no client protocol; this file translates: llm.ask and
  * llm.cancel commands (PROTOCOL.md section 3) become llm_ask/llm_cancel calls, and a client
  * that goes away cancels its requests. */
+#include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <string.h>
@@ -13,8 +14,7 @@ static const char *json_str(const json_t *o, const char *key) {
     return json_string_value(json_object_get(o, key));
 }
 
-static void ask_answered(void *ud, int code, const char *message, const char *request_id,
-                         uint32_t position) {
+static void ask_answered(void *ud, int code, const char *message, const llm_admitted_t *a) {
     chat_rpc_call_t *call = ud;
     if (code != 0) {
         chat_rpc_error(call, code, message);
@@ -22,8 +22,12 @@ static void ask_answered(void *ud, int code, const char *message, const char *re
     }
     core_str_t s = {0};
     core_str_appends(&s, "{\"request_id\":");
-    core_str_append_json_string(&s, request_id, strlen(request_id));
-    core_str_appendf(&s, ",\"queue_position\":%u}", position);
+    core_str_append_json_string(&s, a->request_id, strlen(a->request_id));
+    core_str_appendf(&s, ",\"queue_position\":%u", a->queue_position);
+    if (a->quota_limit)
+        core_str_appendf(&s, ",\"quota\":{\"used\":%u,\"limit\":%u,\"reset_at\":%" PRId64 "}",
+                         a->quota_used, a->quota_limit, a->quota_reset_s);
+    core_str_appends(&s, "}");
     chat_rpc_reply(call, s.ptr, s.len);
     core_str_free(&s);
 }

@@ -19,7 +19,7 @@ static void check_normalized(const json_t *msg, uint32_t max_text) {
     char err[128];
     memset(msg_id, 'x', sizeof msg_id);
     err[0] = '\0';
-    char *out = chat_message_normalize(msg, max_text, msg_id, err, sizeof err);
+    char *out = chat_message_normalize(msg, max_text, 1700000000123, msg_id, err, sizeof err);
     if (out == NULL) {
         check(err[0] != '\0');
         check(msg_id[0] == '\0');
@@ -40,11 +40,14 @@ static void check_normalized(const json_t *msg, uint32_t max_text) {
     check(id_len < sizeof msg_id);
     if (id_len == 0) {
         check(cid == NULL);
-        check(json_object_size(norm) == 2);
-    } else {
-        check(json_is_string(cid) && strcmp(json_string_value(cid), msg_id) == 0);
-        check(json_object_size(norm) == 3);
+        check(json_object_size(norm) == 4);
     }
+    check(json_integer_value(json_object_get(norm, "ts")) == 1700000000123);
+    else {
+        check(json_is_string(cid) && strcmp(json_string_value(cid), msg_id) == 0);
+        check(json_object_size(norm) == 4);
+    }
+    check(json_integer_value(json_object_get(norm, "ts")) == 1700000000123);
     json_decref(norm);
     free(out);
 }

@@ -15,6 +15,11 @@ test('demo mode: /demo/token?user=NAME gives a token that connects as NAME', asy
   assert.equal(typeof body.token, 'string');
   const payload = JSON.parse(Buffer.from(body.token.split('.')[1], 'base64url').toString());
   assert.equal(payload.sub, 'zed');
+  // The page learns which node answered and where rooms can be made: the default namespaces
+  // let clients subscribe and publish only in chat (typing and personal are not rooms).
+  assert.equal(body.node, srv.nodeId ?? body.node);
+  assert.equal(typeof body.node, 'string');
+  assert.deepEqual(body.rooms, [{ namespace: 'chat', history: true, presence: true, llm: true }]);
 
   const client = await connectClient(t, srv, { token: body.token });
   const raw = await rawConnectAs(t, srv, null, { token: body.token });

@@ -41,6 +41,7 @@ function checkAnswer(w, { model }) {
   assert.ok(typeof w.final.offset === 'number' && w.final.offset > 0, 'the answer is stored with an offset');
   assert.ok(f.usage.output_tokens > 0 && f.usage.input_tokens > 0, JSON.stringify(f.usage));
   assert.equal(w.final.info.user, 'assistant');
+  assert.ok(Math.abs(f.ts - Date.now()) < 60_000, `the answer is dated by the server: ${f.ts}`);
   assert.ok(w.all.indexOf(w.start) < w.all.indexOf(w.deltas[0]), 'start before the first delta');
 }
 
@@ -49,6 +50,10 @@ test('zero-config node: the built-in mock answers llm.ask; both members see it s
   const { res, wa, wb } = await askInRoom(t, srv, 'chat:mock', 'hello there');
   assert.match(res.request_id, /^rq_/);
   assert.equal(res.queue_position, 1);
+  // Where the asker stands in the free plan's daily quota (50 messages by default), to the next
+  // UTC midnight.
+  const midnight = Math.floor(Date.now() / 86_400_000) * 86_400 + 86_400;
+  assert.deepEqual(res.quota, { used: 1, limit: 50, reset_at: midnight });
   checkAnswer(wa, { model: 'mock-1' });
   checkAnswer(wb, { model: 'mock-1' });
   assert.equal(wa.final.data.text, wb.final.data.text);

@@ -23,7 +23,10 @@ test('subscribe and receive a publication with offset and info of the publisher'
   await aliceSub.publish(msg);
   const pub = await got;
   assert.equal(pub.channel, 'chat:room1');
-  assert.deepEqual(pub.data, msg);
+  const { ts, ...rest } = pub.data;
+  assert.deepEqual(rest, msg);
+  // The server dates every chat message with its own clock (Unix ms), whatever the client sent.
+  assert.ok(Number.isInteger(ts) && Math.abs(ts - Date.now()) < 60_000, `ts: ${ts}`);
   assert.equal(typeof pub.offset, 'number');
   assert.ok(pub.offset >= 1, `offset: ${pub.offset}`);
   assert.ok(pub.info, 'publication has info');
@@ -55,9 +58,10 @@ test('chat schema: unknown fields dropped, empty text and non-objects refused wi
   const { sub } = await subscribe(alice, 'chat:schema');
   const pubs = new Collector(sub, 'publication');
 
-  await sub.publish({ type: 'message', text: 'keep me', client_msg_id: randomUUID(), evil: { x: 1 }, role: 'assistant' });
+  await sub.publish({ type: 'message', text: 'keep me', client_msg_id: randomUUID(), evil: { x: 1 }, role: 'assistant', ts: 1 });
   await pubs.waitCount(1);
-  assert.deepEqual(Object.keys(pubs.items[0].data).sort(), ['client_msg_id', 'text', 'type']);
+  assert.deepEqual(Object.keys(pubs.items[0].data).sort(), ['client_msg_id', 'text', 'ts', 'type']);
+  assert.ok(pubs.items[0].data.ts > 1_700_000_000_000, 'a client cannot date its message');
 
   for (const bad of [{ type: 'message', text: '' }, { type: 'message' }, 'just a string', 42, [1, 2]]) {
     await assert.rejects(sub.publish(bad), (e) => {

@@ -360,7 +360,7 @@ static char *normalize_text(const char *json, uint32_t max, char *msg_id, char *
     assert_non_null(data);
     strcpy(msg_id, "stale");
     err[0] = '\0';
-    char *out = chat_message_normalize(data, max, msg_id, err, 128);
+    char *out = chat_message_normalize(data, max, 1700000000123, msg_id, err, 128);
     json_decref(data);
     return out;
 }
@@ -383,18 +383,25 @@ static void test_normalize_valid(void **state) {
         "\"extra\":{\"a\":1}}",
         4096, msg_id, err);
     assert_non_null(out);
-    assert_string_equal(out, "{\"type\":\"message\",\"text\":\"hi\",\"client_msg_id\":\"m-1\"}");
+    assert_string_equal(
+        out,
+        "{\"type\":\"message\",\"text\":\"hi\",\"client_msg_id\":\"m-1\",\"ts\":1700000000123}");
     assert_string_equal(msg_id, "m-1");
+    free(out);
+
+    /* A client's own "ts" is replaced by the server's. */
+    out = normalize_text("{\"type\":\"message\",\"text\":\"t\",\"ts\":5}", 4096, msg_id, err);
+    assert_string_equal(out, "{\"type\":\"message\",\"text\":\"t\",\"ts\":1700000000123}");
     free(out);
 
     /* Without client_msg_id (absent or null) msg_id is empty. */
     out = normalize_text("{\"text\":\"yo\",\"type\":\"message\"}", 4096, msg_id, err);
-    assert_string_equal(out, "{\"type\":\"message\",\"text\":\"yo\"}");
+    assert_string_equal(out, "{\"type\":\"message\",\"text\":\"yo\",\"ts\":1700000000123}");
     assert_int_equal(msg_id[0], '\0');
     free(out);
     out = normalize_text("{\"type\":\"message\",\"text\":\"yo\",\"client_msg_id\":null}", 4096,
                          msg_id, err);
-    assert_string_equal(out, "{\"type\":\"message\",\"text\":\"yo\"}");
+    assert_string_equal(out, "{\"type\":\"message\",\"text\":\"yo\",\"ts\":1700000000123}");
     assert_int_equal(msg_id[0], '\0');
     free(out);
 
@@ -405,7 +412,7 @@ static void test_normalize_valid(void **state) {
     json_t *back = json_loads(out, 0, NULL);
     assert_non_null(back);
     assert_string_equal(json_string_value(json_object_get(back, "text")), "a\"b\nc \xc3\xa9");
-    assert_int_equal(json_object_size(back), 2);
+    assert_int_equal(json_object_size(back), 3);
     json_decref(back);
     free(out);
 }
@@ -429,7 +436,7 @@ static void test_normalize_text_rules(void **state) {
     expect_refused("42", 4096);
     expect_refused("null", 4096);
     char msg_id[65] = "x", err[128] = "";
-    assert_null(chat_message_normalize(NULL, 4096, msg_id, err, sizeof err));
+    assert_null(chat_message_normalize(NULL, 4096, 1, msg_id, err, sizeof err));
     assert_int_equal(msg_id[0], '\0');
     assert_true(err[0] != '\0');
 }
@@ -474,13 +481,13 @@ static void test_normalize_nul(void **state) {
     json_t *data = json_object();
     json_object_set_new(data, "type", json_string("message"));
     json_object_set_new(data, "text", json_stringn("a\0b", 3));
-    assert_null(chat_message_normalize(data, 4096, msg_id, err, sizeof err));
+    assert_null(chat_message_normalize(data, 4096, 1, msg_id, err, sizeof err));
     assert_true(err[0] != '\0');
     /* A NUL in client_msg_id is refused as well. */
     json_object_set_new(data, "text", json_string("ok"));
     json_object_set_new(data, "client_msg_id", json_stringn("a\0b", 3));
     err[0] = '\0';
-    assert_null(chat_message_normalize(data, 4096, msg_id, err, sizeof err));
+    assert_null(chat_message_normalize(data, 4096, 1, msg_id, err, sizeof err));
     assert_true(err[0] != '\0');
     assert_int_equal(msg_id[0], '\0');
     json_decref(data);
