@@ -1,44 +1,51 @@
 // chatd web demo: plain script, no build step. Uses the centrifuge-js bundle (global Centrifuge).
-// URL parameters: ?token=JWT (skip /demo/token), ?user=NAME and ?room=chat:NAME (pre-fill).
-// The assistant: the Ask button (or a message starting with "/ask ") calls the llm.ask RPC and
-// posts the question in the room; every member sees the answer stream in (llm.start, llm.delta)
-// until the stored assistant message replaces it. The asker sees its place in the queue from the
-// RPC result and the llm.queued notices on its personal channel.
+//
+// URL parameters: ?room=chat:NAME opens that room (the page keeps it in the URL, so a link opens
+// the room); ?token=JWT signs in with that token instead of /demo/token; ?user=NAME pre-fills
+// the name.
+//
+// One connection holds every room of the user's list (kept in localStorage), so rooms not shown
+// count their unread messages. The shown room's messages sit in the scroller; the others keep
+// their own list element, detached, until shown again. Messages are dated by the server ("ts"
+// in the data, Unix ms). A sent message shows as pending until the server acknowledges it and
+// as failed, with the server's reason and a Retry button, when it refuses it.
+//
+// The assistant: Ask (or a message starting with "/ask ") calls the llm.ask RPC and posts the
+// question in the room; every member sees the answer stream in (llm.start, llm.delta) until the
+// stored answer replaces it. The asker sees its place in the queue (the RPC result, then the
+// llm.queued notices on its personal channel) and its daily quota.
 'use strict';
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const params = new URLSearchParams(location.search);
+  const urlToken = params.get('token');
   const TYPING_SEND_EVERY_MS = 2000;
   const TYPING_SHOW_MS = 3000;
+  const PAGE = 50; // history page size
+  const ASK_PREFIX = '/ask ';
+  const NAME_RE = /^[A-Za-z0-9_-]{1,32}$/; // the server's rule for demo names
+  const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+  const STORE_NAME = 'chatd.name';
+  const STORE_ROOMS = 'chatd.rooms';
+  // With ?token= there is no /demo/token to ask: the default namespaces are assumed.
+  const DEFAULT_NAMESPACES = [{ namespace: 'chat', history: true, presence: true, llm: true }];
 
   let client = null;
-  let sub = null;
-  let typingSub = null;
   let me = '';
-  let room = '';
-  const seenOffsets = new Set(); // history and live publications may overlap
-  const PAGE = 50; // history page size
-  let roomEpoch = ''; // the room's history epoch, for paging back with since
-  const online = new Map(); // client id -> user
-  const typing = new Map(); // user -> timer
+  let node = ''; // the node named by /demo/token, until the connection names its own
+  let namespaces = DEFAULT_NAMESPACES;
+  const rooms = new Map(); // channel -> room (see newRoom)
+  let current = null; // the room shown
+  let typingSub = null; // the shown room's typing channel
+  const typing = new Map(); // user -> timer, in the shown room
   const llmStreams = new Map(); // request_id -> answer being streamed (see streamOf)
   const myAsks = new Map(); // request_id -> { li, prompt } of this user's questions in flight
   const ended = new Set(); // request ids whose stored message or error has been seen
-  const ASK_PREFIX = '/ask ';
   let lastTypingSent = 0;
+  let lastTokenRetry = 0;
 
-  $('name').value = params.get('user') || '';
-  $('room').value = params.get('room') || 'chat:lobby';
-
-  function setState(state) {
-    $('status').textContent = state;
-    $('status').dataset.state = state;
-  }
-
-  function showError(text) {
-    $('error').textContent = text || '';
-  }
+  // ---- small helpers
 
   function uuid() {
     if (crypto.randomUUID) {
@@ -52,169 +59,29 @@
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
-  async function fetchToken(user) {
-    const res = await fetch(`/demo/token?user=${encodeURIComponent(user)}`);
-    if (!res.ok) {
-      throw new Error(`/demo/token answered ${res.status}`);
+  function stored(key, fallback) {
+    try {
+      const v = localStorage.getItem(key);
+      return v === null ? fallback : JSON.parse(v);
+    } catch {
+      return fallback; // storage off, or not ours
     }
-    return (await res.json()).token;
   }
 
-  // ---- rendering
-
-  function addLine({ sender, text, mine, cls, offset, time }) {
-    const li = document.createElement('li');
-    li.dataset.testid = 'message';
-    if (offset) {
-      li.dataset.offset = String(offset);
-    }
-    if (mine) {
-      li.classList.add('mine');
-    }
-    if (cls) {
-      li.classList.add(cls);
-    }
-    if (sender) {
-      const s = document.createElement('span');
-      s.className = 'sender';
-      s.dataset.testid = 'message-sender';
-      s.textContent = sender;
-      li.append(s);
-    }
-    const tx = document.createElement('span');
-    tx.className = 'text';
-    tx.dataset.testid = 'message-text';
-    tx.textContent = text;
-    li.append(tx);
-    if (time) {
-      const tm = document.createElement('span');
-      tm.className = 'time';
-      tm.textContent = time;
-      li.append(tm);
-    }
-    const list = $('messages');
-    const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 20;
-    // History comes after live messages may have arrived: keep the list in offset order.
-    const later = offset ? [...list.children].find((x) => Number(x.dataset.offset) > offset) : null;
-    list.insertBefore(li, later || null);
-    if (atBottom) {
-      list.scrollTop = list.scrollHeight;
-    }
-    return li;
-  }
-
-  function systemLine(text) {
-    addLine({ text, cls: 'system' });
-  }
-
-  function renderPublication(pub, live) {
-    if (pub.offset) {
-      if (seenOffsets.has(pub.offset)) {
-        return;
+  function store(key, value) {
+    try {
+      if (value === null) {
+        localStorage.removeItem(key);
+      } else {
+        localStorage.setItem(key, JSON.stringify(value));
       }
-      seenOffsets.add(pub.offset);
-    }
-    const d = pub.data || {};
-    const user = pub.info ? pub.info.user : '';
-    const time = live ? new Date().toLocaleTimeString() : ''; // publications carry no timestamp
-    if (d.type === 'message' && d.role === 'assistant') {
-      finishStream(d.request_id);
-      const li = addLine({ sender: `assistant${d.model ? ` (${d.model})` : ''}`, text: d.text, cls: 'assistant', offset: pub.offset });
-      li.dataset.requestId = d.request_id || '';
-      li.dataset.state = d.cancelled ? 'cancelled' : d.interrupted ? 'interrupted' : 'done';
-      if (d.cancelled || d.interrupted) {
-        addMark(li, d.cancelled ? 'cancelled' : 'interrupted');
-      }
-      askDone(d.request_id);
-    } else if (d.type === 'message') {
-      addLine({ sender: user, text: d.text, mine: user === me, offset: pub.offset, time });
-    } else if (d.type === 'llm.start') {
-      const st = streamOf(d.request_id);
-      st.li.querySelector('.sender').textContent = `assistant${d.model ? ` (${d.model})` : ''}`;
-      askState(d.request_id, 'answering');
-    } else if (d.type === 'llm.delta') {
-      appendDelta(d);
-    } else if (d.type === 'llm.error') {
-      const st = llmStreams.get(d.request_id);
-      const li = st ? st.li : addLine({ sender: 'assistant', text: '', cls: 'assistant' });
-      finishStream(d.request_id);
-      li.dataset.requestId = d.request_id || '';
-      li.dataset.state = d.code === 499 ? 'cancelled' : 'failed';
-      li.classList.add('failed');
-      const tx = li.querySelector('.text');
-      if (tx.textContent === '…') {
-        tx.textContent = '';
-      }
-      addMark(li, d.code === 499 ? 'cancelled' : `could not answer: ${describeError(d)}`);
-      askDone(d.request_id);
+    } catch {
+      // private mode: nothing remembered, the page works all the same
     }
   }
 
-  // ---- the assistant's answers
-
-  // The answer of request id being streamed: a placeholder line that grows delta by delta.
-  // Deltas carry an index; they are applied in index order, whatever order they come in.
-  function streamOf(id) {
-    let st = llmStreams.get(id);
-    if (!st) {
-      const li = addLine({ sender: 'assistant', text: '…', cls: 'assistant' });
-      li.dataset.requestId = id;
-      li.dataset.state = 'streaming';
-      li.dataset.deltas = '0';
-      st = { li, next: 0, early: new Map() };
-      llmStreams.set(id, st);
-    }
-    return st;
-  }
-
-  function appendDelta(d) {
-    const fresh = !llmStreams.has(d.request_id);
-    const st = streamOf(d.request_id);
-    if (fresh) {
-      st.next = d.index; // joined mid-answer: the earlier text arrives with the stored message
-    }
-    if (d.index < st.next) {
-      return; // already applied
-    }
-    st.early.set(d.index, d.text);
-    const tx = st.li.querySelector('.text');
-    while (st.early.has(st.next)) {
-      tx.textContent = (tx.textContent === '…' ? '' : tx.textContent) + st.early.get(st.next);
-      st.early.delete(st.next);
-      st.next++;
-      st.li.dataset.deltas = String(Number(st.li.dataset.deltas) + 1);
-    }
-    const list = $('messages');
-    if (list.scrollTop + list.clientHeight >= list.scrollHeight - 60) {
-      list.scrollTop = list.scrollHeight;
-    }
-  }
-
-  // The stored message (or an error) ends a stream: its placeholder goes.
-  function finishStream(id) {
-    const st = llmStreams.get(id);
-    if (st) {
-      llmStreams.delete(id);
-      if (st.li.dataset.state === 'streaming') {
-        st.li.remove();
-      }
-    }
-  }
-
-  function addMark(li, text) {
-    const m = document.createElement('span');
-    m.className = 'mark';
-    m.dataset.testid = 'message-mark';
-    m.textContent = text;
-    li.append(m);
-  }
-
-  // "retry_after_ms=N" in an error message, as a human wait; the rest of the message as is.
-  function describeError(e) {
-    const msg = String(e.message || '');
-    const m = /retry_after_ms=(\d+)/.exec(msg);
-    const text = msg.replace(/:?\s*retry_after_ms=\d+/, '').replace(/\s*plan=\S+/, '').trim() || `error ${e.code}`;
-    return m ? `${text} (${e.code}), try again in ${humanWait(Number(m[1]))}` : `${text} (${e.code})`;
+  function showError(text) {
+    $('error').textContent = text || '';
   }
 
   function humanWait(ms) {
@@ -230,7 +97,419 @@
     return min ? `${h} h ${min} min` : `${h} h`;
   }
 
-  // ---- this user's questions: queue position, answering, Stop
+  // An error as a person reads it: the server's reason, its code, and the wait it asks for
+  // ("retry_after_ms=N" in its message).
+  function describeError(e) {
+    const msg = String((e && e.message) || '');
+    const m = /retry_after_ms=(\d+)/.exec(msg);
+    const text = msg.replace(/:?\s*retry_after_ms=\d+/, '').replace(/\s*plan=\S+/, '').trim() || `error ${e.code}`;
+    return m ? `${text} (${e.code}), try again in ${humanWait(Number(m[1]))}` : `${text} (${e.code})`;
+  }
+
+  function timeText(ts) {
+    const d = new Date(ts);
+    const now = new Date();
+    const hm = d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    return d.toDateString() === now.toDateString() ? hm : `${d.toLocaleDateString([], { month: 'short', day: 'numeric' })} ${hm}`;
+  }
+
+  // ---- sign-in
+
+  function nameProblem(name) {
+    if (name.length === 0) {
+      return '';
+    }
+    if (name.length > 32) {
+      return 'At most 32 characters.';
+    }
+    const bad = [...new Set(name.replace(/[A-Za-z0-9_-]/g, ''))];
+    if (bad.length > 0) {
+      const shown = bad.map((c) => (c === ' ' ? 'spaces' : `“${c}”`)).join(', ');
+      return `Not allowed: ${shown}. Use letters, digits, _ or -.`;
+    }
+    return '';
+  }
+
+  function checkName() {
+    const name = $('name').value;
+    const problem = nameProblem(name);
+    $('name-error').textContent = problem;
+    $('name').setAttribute('aria-invalid', problem ? 'true' : 'false');
+    $('join').disabled = !NAME_RE.test(name);
+  }
+
+  async function fetchToken(user) {
+    let res;
+    try {
+      res = await fetch(`/demo/token?user=${encodeURIComponent(user)}`);
+    } catch {
+      throw new Error('the server cannot be reached');
+    }
+    if (!res.ok) {
+      const why = (await res.text().catch(() => '')).trim();
+      throw new Error(why ? `the server refused: ${why}` : `/demo/token answered ${res.status}`);
+    }
+    const body = await res.json();
+    node = body.node || node;
+    if (Array.isArray(body.rooms) && body.rooms.length > 0) {
+      namespaces = body.rooms;
+    }
+    return body.token;
+  }
+
+  // ---- rooms
+
+  // "lobby" or "chat:lobby" as a channel of a namespace that has rooms, or a reason why not.
+  function roomChannel(text) {
+    const t = text.trim();
+    const colon = t.indexOf(':');
+    const ns = colon >= 0 ? t.slice(0, colon) : namespaces[0].namespace;
+    const name = colon >= 0 ? t.slice(colon + 1) : t;
+    const known = namespaces.find((n) => n.namespace === ns);
+    if (!known) {
+      const where = namespaces.map((n) => n.namespace || '(no prefix)').join(', ');
+      return { problem: `“${ns}” has no rooms; rooms can be made in: ${where}.` };
+    }
+    if (!ROOM_RE.test(name)) {
+      return { problem: 'Room names are 1 to 64 letters, digits, _ . or -.' };
+    }
+    return { channel: ns ? `${ns}:${name}` : name, ns: known };
+  }
+
+  function roomLabel(channel) {
+    const colon = channel.indexOf(':');
+    return colon >= 0 && channel.slice(0, colon) === namespaces[0].namespace ? channel.slice(colon + 1) : channel;
+  }
+
+  function newRoom(channel, ns) {
+    const list = document.createElement('ul');
+    list.className = 'messages';
+    list.dataset.testid = 'messages';
+    const room = {
+      channel, ns, list, sub: null,
+      seen: new Set(), // offsets shown: history and live publications overlap
+      epoch: '',
+      oldest: 0, // the oldest offset shown
+      more: false, // older messages to fetch
+      online: new Map(), // client id -> user
+      unread: 0,
+      pending: new Map(), // client_msg_id -> line of a message not yet seen back
+      scrollTop: null, // where the reader was, while another room is shown
+      problem: '',
+    };
+    rooms.set(channel, room);
+    saveRooms();
+    renderRooms();
+    return room;
+  }
+
+  function saveRooms() {
+    store(STORE_ROOMS, [...rooms.keys()]);
+  }
+
+  function renderRooms() {
+    const items = [...rooms.values()].map((room) => {
+      const li = document.createElement('li');
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'room';
+      b.dataset.testid = 'room';
+      b.dataset.room = room.channel;
+      b.textContent = roomLabel(room.channel);
+      if (room === current) {
+        b.setAttribute('aria-current', 'page');
+      }
+      if (room.unread > 0) {
+        const u = document.createElement('span');
+        u.className = 'unread';
+        u.dataset.testid = 'unread';
+        u.textContent = room.unread > 99 ? '99+' : String(room.unread);
+        u.setAttribute('aria-label', `${room.unread} unread`);
+        b.append(' ', u);
+      }
+      b.addEventListener('click', () => showRoom(room.channel, true));
+      li.append(b);
+      return li;
+    });
+    $('rooms').replaceChildren(...items);
+  }
+
+  function joinRoom(channel, ns) {
+    const room = rooms.get(channel) || newRoom(channel, ns);
+    if (client && !room.sub) {
+      subscribeRoom(room);
+    }
+    return room;
+  }
+
+  // Shows room (joining it first when new); push: a new entry in the browser's history.
+  function showRoom(channel, push) {
+    const parsed = roomChannel(channel);
+    if (parsed.problem) {
+      $('room-error').textContent = parsed.problem;
+      return;
+    }
+    const room = joinRoom(parsed.channel, parsed.ns);
+    if (current === room) {
+      return;
+    }
+    const scroller = $('scroller');
+    if (current) {
+      current.scrollTop = scroller.scrollTop;
+    }
+    current = room;
+    room.unread = 0;
+    $('list-slot').replaceChildren(room.list);
+    $('room-title').textContent = roomLabel(room.channel);
+    document.title = `${roomLabel(room.channel)} · chatd`;
+    scroller.scrollTop = room.scrollTop === null ? scroller.scrollHeight : room.scrollTop;
+    updateOlder();
+    renderRooms();
+    renderPresence();
+    typing.forEach((timer) => clearTimeout(timer));
+    typing.clear();
+    renderTyping();
+    watchTyping(room);
+    showError(room.problem);
+    $('ask').hidden = !room.ns.llm;
+    const url = new URL(location.href);
+    url.searchParams.set('room', room.channel);
+    if (push) {
+      history.pushState({ room: room.channel }, '', url);
+    } else {
+      history.replaceState({ room: room.channel }, '', url);
+    }
+    if (client && client.state === 'connected' && room.sub && room.sub.state === 'subscribed') {
+      loadPresence(room);
+    }
+  }
+
+  // ---- rendering messages
+
+  function atBottom() {
+    const s = $('scroller');
+    return s.scrollTop + s.clientHeight >= s.scrollHeight - 40;
+  }
+
+  function keepBottom(room, was) {
+    if (room === current && was) {
+      $('scroller').scrollTop = $('scroller').scrollHeight;
+    }
+  }
+
+  function addLine(room, { sender, text, mine, cls, offset, ts }) {
+    const li = document.createElement('li');
+    li.dataset.testid = 'message';
+    if (offset) {
+      li.dataset.offset = String(offset);
+    }
+    if (mine) {
+      li.classList.add('mine');
+    }
+    if (cls) {
+      li.classList.add(cls);
+    }
+    const head = document.createElement('div');
+    head.className = 'head';
+    if (sender) {
+      const s = document.createElement('span');
+      s.className = 'sender';
+      s.dataset.testid = 'message-sender';
+      s.textContent = sender;
+      head.append(s);
+    }
+    if (ts) {
+      const tm = document.createElement('time');
+      tm.className = 'time';
+      tm.dataset.testid = 'message-time';
+      tm.dateTime = new Date(ts).toISOString();
+      tm.title = new Date(ts).toLocaleString();
+      tm.textContent = timeText(ts);
+      head.append(tm);
+    }
+    li.append(head);
+    const tx = document.createElement('div');
+    tx.className = 'text';
+    tx.dataset.testid = 'message-text';
+    tx.textContent = text;
+    li.append(tx);
+    const was = room === current && atBottom();
+    // History may come after live messages: the list stays in offset order, lines without an
+    // offset (pending, streaming) at the end.
+    const later = offset ? [...room.list.children].find((x) => !x.dataset.offset || Number(x.dataset.offset) > offset) : null;
+    room.list.insertBefore(li, later || null);
+    keepBottom(room, was);
+    return li;
+  }
+
+  function addMark(li, text) {
+    let m = li.querySelector('.mark');
+    if (!m) {
+      m = document.createElement('span');
+      m.className = 'mark';
+      m.dataset.testid = 'message-mark';
+      li.querySelector('.head').append(m);
+    }
+    m.textContent = text;
+  }
+
+  function renderPublication(room, pub, live) {
+    if (pub.offset) {
+      if (room.seen.has(pub.offset)) {
+        return;
+      }
+      room.seen.add(pub.offset);
+      room.oldest = room.oldest ? Math.min(room.oldest, pub.offset) : pub.offset;
+    }
+    const d = pub.data || {};
+    const user = pub.info ? pub.info.user : '';
+    if (d.type === 'message' && d.role === 'assistant') {
+      finishStream(d.request_id);
+      const li = addLine(room, { sender: `assistant${d.model ? ` (${d.model})` : ''}`, text: d.text, cls: 'assistant', offset: pub.offset, ts: d.ts });
+      li.dataset.requestId = d.request_id || '';
+      li.dataset.state = d.cancelled ? 'cancelled' : d.interrupted ? 'interrupted' : 'done';
+      if (d.cancelled || d.interrupted) {
+        addMark(li, d.cancelled ? 'cancelled' : 'interrupted');
+      }
+      askDone(d.request_id);
+      countUnread(room, live);
+    } else if (d.type === 'message') {
+      const mine = user === me;
+      const waiting = mine && d.client_msg_id ? room.pending.get(d.client_msg_id) : null;
+      if (waiting) {
+        // Seen back from the server: the pending line gives way to the real one.
+        room.pending.delete(d.client_msg_id);
+        waiting.remove();
+      }
+      addLine(room, { sender: user, text: d.text, mine, offset: pub.offset, ts: d.ts });
+      if (!mine) {
+        countUnread(room, live);
+      }
+    } else if (d.type === 'llm.start') {
+      const st = streamOf(room, d.request_id);
+      st.li.querySelector('.sender').textContent = `assistant${d.model ? ` (${d.model})` : ''}`;
+      askState(d.request_id, 'answering');
+    } else if (d.type === 'llm.delta') {
+      appendDelta(room, d);
+    } else if (d.type === 'llm.error') {
+      const st = llmStreams.get(d.request_id);
+      const li = st ? st.li : addLine(room, { sender: 'assistant', text: '', cls: 'assistant' });
+      finishStream(d.request_id);
+      li.dataset.requestId = d.request_id || '';
+      li.dataset.state = d.code === 499 ? 'cancelled' : 'failed';
+      li.classList.add('failed');
+      const tx = li.querySelector('.text');
+      if (tx.textContent === '…') {
+        tx.textContent = '';
+      }
+      addMark(li, d.code === 499 ? 'cancelled' : `could not answer: ${describeError(d)}`);
+      askDone(d.request_id);
+    }
+  }
+
+  function countUnread(room, live) {
+    if (room === current && room.seen.size === 1) {
+      updateOlder(); // the first message: "No messages yet" goes
+    }
+    if (live && room !== current) {
+      room.unread++;
+      renderRooms();
+    }
+  }
+
+  // ---- sending
+
+  function publishLine(room, li, data) {
+    li.dataset.state = 'pending';
+    li.classList.remove('failed');
+    addMark(li, 'sending…');
+    const retry = li.querySelector('.retry');
+    if (retry) {
+      retry.remove();
+    }
+    room.sub.publish(data).then(() => {
+      if (li.isConnected && li.dataset.state === 'pending') {
+        li.dataset.state = 'sent'; // acknowledged; the line gives way when the message comes back
+        addMark(li, 'sent');
+      }
+    }, (e) => {
+      if (!room.pending.has(data.client_msg_id)) {
+        return; // it came back after all
+      }
+      li.dataset.state = 'failed';
+      li.classList.add('failed');
+      addMark(li, `not sent: ${describeError(e)}`);
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'retry';
+      b.dataset.testid = 'retry-button';
+      b.textContent = 'Retry';
+      // The same client_msg_id: should the first try have been published after all, the server
+      // answers the retry without publishing it twice.
+      b.addEventListener('click', () => publishLine(room, li, data));
+      li.append(b);
+    });
+  }
+
+  function sendMessage(room, text) {
+    const data = { type: 'message', text, client_msg_id: uuid() };
+    const li = addLine(room, { sender: me, text, mine: true, cls: 'pending' });
+    li.dataset.clientMsgId = data.client_msg_id;
+    room.pending.set(data.client_msg_id, li);
+    $('scroller').scrollTop = $('scroller').scrollHeight;
+    publishLine(room, li, data);
+  }
+
+  // ---- the assistant's answers
+
+  // The answer of request id being streamed: a placeholder line that grows delta by delta.
+  // Deltas carry an index; they are applied in index order, whatever order they come in.
+  function streamOf(room, id) {
+    let st = llmStreams.get(id);
+    if (!st) {
+      const li = addLine(room, { sender: 'assistant', text: '…', cls: 'assistant' });
+      li.dataset.requestId = id;
+      li.dataset.state = 'streaming';
+      li.dataset.deltas = '0';
+      st = { li, next: 0, early: new Map() };
+      llmStreams.set(id, st);
+    }
+    return st;
+  }
+
+  function appendDelta(room, d) {
+    const fresh = !llmStreams.has(d.request_id);
+    const st = streamOf(room, d.request_id);
+    if (fresh) {
+      st.next = d.index; // joined mid-answer: the earlier text arrives with the stored message
+    }
+    if (d.index < st.next) {
+      return; // already applied
+    }
+    st.early.set(d.index, d.text);
+    const tx = st.li.querySelector('.text');
+    const was = room === current && atBottom();
+    while (st.early.has(st.next)) {
+      tx.textContent = (tx.textContent === '…' ? '' : tx.textContent) + st.early.get(st.next);
+      st.early.delete(st.next);
+      st.next++;
+      st.li.dataset.deltas = String(Number(st.li.dataset.deltas) + 1);
+    }
+    keepBottom(room, was);
+  }
+
+  // The stored message (or an error) ends a stream: its placeholder goes.
+  function finishStream(id) {
+    const st = llmStreams.get(id);
+    if (st) {
+      llmStreams.delete(id);
+      if (st.li.dataset.state === 'streaming') {
+        st.li.remove();
+      }
+    }
+  }
+
+  // ---- this user's questions: queue position, answering, Stop, quota
 
   function askLine(id, prompt) {
     const li = document.createElement('li');
@@ -250,7 +529,7 @@
       stop.disabled = true;
       client.rpc('llm.cancel', { request_id: id }).catch((e) => {
         stop.disabled = false;
-        showError(`cancel: ${e.message} (${e.code})`);
+        showError(`cancel: ${describeError(e)}`);
       });
     });
     li.append(label, state, stop);
@@ -286,6 +565,18 @@
     }
   }
 
+  function showQuota(q) {
+    if (!q || !q.limit) {
+      return;
+    }
+    const left = Math.max(0, q.limit - q.used);
+    const resets = new Date(q.reset_at * 1000).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    $('quota').textContent = `Assistant: ${q.used} of ${q.limit} questions used today, ${left} left (resets at ${resets}).`;
+    $('quota').dataset.used = String(q.used);
+    $('quota').dataset.limit = String(q.limit);
+    $('quota').hidden = false;
+  }
+
   // Server-side subscriptions (the personal channel) come as publications on the client.
   function personalPublication(ctx) {
     if (ctx.channel !== `personal:#${me}`) {
@@ -297,14 +588,15 @@
     }
   }
 
-  async function ask(prompt) {
-    if (!client || !sub) {
+  async function ask(room, prompt) {
+    if (!client || !room.sub) {
       return false;
     }
     showError('');
     try {
-      const res = await client.rpc('llm.ask', { channel: room, prompt });
+      const res = await client.rpc('llm.ask', { channel: room.channel, prompt });
       const { request_id: id, queue_position: position } = res.data;
+      showQuota(res.data.quota);
       if (!ended.has(id)) { // else the whole answer came before this reply
         askLine(id, prompt);
         if (llmStreams.has(id)) {
@@ -319,17 +611,19 @@
     }
     // Admitted: the question goes into the room too, so that every member sees what the answer
     // answers (after the ask, so a refused question leaves nothing behind).
-    try {
-      await sub.publish({ type: 'message', text: `${ASK_PREFIX}${prompt}`, client_msg_id: uuid() });
-    } catch (e) {
-      showError(`question not shown in the room: ${describeError(e)}`);
-    }
+    sendMessage(room, `${ASK_PREFIX}${prompt}`);
     return true;
   }
 
+  // ---- presence and typing
+
   function renderPresence() {
-    const users = [...new Set(online.values())].sort();
     const ul = $('presence');
+    if (!current) {
+      ul.replaceChildren();
+      return;
+    }
+    const users = [...new Set(current.online.values())].sort();
     ul.replaceChildren(...users.map((u) => {
       const li = document.createElement('li');
       li.dataset.testid = 'presence-user';
@@ -344,92 +638,20 @@
     $('typing').textContent = users.length === 0 ? '' : `${users.join(', ')} ${users.length === 1 ? 'is' : 'are'} typing…`;
   }
 
-  // ---- room subscription
-
-  // Offers older messages while the oldest shown one is not the room's first.
-  function updateOlder(lastPage) {
-    const oldest = Math.min(...seenOffsets);
-    $('older').hidden = !(seenOffsets.size > 0 && oldest > 1 && lastPage.length === PAGE);
-  }
-
-  async function loadHistory() {
-    try {
-      // The newest page, shown oldest first.
-      const h = await sub.history({ limit: PAGE, reverse: true });
-      roomEpoch = h.epoch;
-      for (const p of h.publications.slice().reverse()) {
-        renderPublication(p); // already shown ones are skipped by offset
-      }
-      $('messages').scrollTop = $('messages').scrollHeight;
-      updateOlder(h.publications);
-    } catch (e) {
-      showError(`history: ${e.message || e.code}`);
+  function watchTyping(room) {
+    if (typingSub) {
+      typingSub.unsubscribe();
+      client.removeSubscription(typingSub);
+      typingSub = null;
     }
-  }
-
-  // One page further back, before the oldest shown message; with a database behind the server
-  // this reaches past the server's in-memory window, as far back as it keeps.
-  async function loadOlder() {
-    const list = $('messages');
-    const before = list.scrollHeight;
-    $('older').disabled = true;
-    try {
-      const since = { offset: Math.min(...seenOffsets), epoch: roomEpoch };
-      const h = await sub.history({ limit: PAGE, reverse: true, since });
-      for (const p of h.publications) {
-        renderPublication(p); // placed by offset, above what is shown
-      }
-      list.scrollTop += list.scrollHeight - before; // the reader stays where they were
-      updateOlder(h.publications);
-    } catch (e) {
-      showError(`history: ${e.message || e.code}`);
-    } finally {
-      $('older').disabled = false;
+    if (!client) {
+      return;
     }
-  }
-  $('older').addEventListener('click', loadOlder);
-
-  async function loadPresence() {
-    try {
-      const p = await sub.presence();
-      online.clear();
-      for (const [id, info] of Object.entries(p.clients)) {
-        online.set(id, info.user);
-      }
-      renderPresence();
-    } catch (e) {
-      showError(`presence: ${e.message || e.code}`);
+    const channel = `typing:${room.channel.includes(':') ? room.channel.slice(room.channel.indexOf(':') + 1) : room.channel}`;
+    if (client.getSubscription(channel)) {
+      return; // a room of that name in the typing namespace itself: not offered (roomChannel)
     }
-  }
-
-  function subscribeRoom() {
-    sub = client.newSubscription(room, { joinLeave: true, recoverable: true, positioned: true });
-    sub.on('subscribed', (ctx) => {
-      if (!ctx.recovered) {
-        // First subscribe, or recovery was not possible: reload from history.
-        loadHistory();
-      }
-      loadPresence();
-    });
-    sub.on('publication', (pub) => renderPublication(pub, true));
-    sub.on('join', (ctx) => {
-      online.set(ctx.info.client, ctx.info.user);
-      renderPresence();
-    });
-    sub.on('leave', (ctx) => {
-      online.delete(ctx.info.client);
-      renderPresence();
-    });
-    sub.on('unsubscribed', (ctx) => {
-      if (ctx.code !== 0) {
-        showError(`unsubscribed from ${room}: ${ctx.reason} (${ctx.code})`);
-      }
-    });
-    sub.on('error', (ctx) => showError(`subscription: ${ctx.error.message} (${ctx.error.code})`));
-    sub.subscribe();
-
-    const typingChannel = `typing:${room.includes(':') ? room.slice(room.indexOf(':') + 1) : room}`;
-    typingSub = client.newSubscription(typingChannel);
+    typingSub = client.newSubscription(channel);
     typingSub.on('publication', (pub) => {
       const user = (pub.data && pub.data.user) || (pub.info && pub.info.user);
       if (!user || user === me) {
@@ -442,85 +664,307 @@
       }, TYPING_SHOW_MS));
       renderTyping();
     });
+    typingSub.on('error', () => {}); // best effort: a node without a typing namespace refuses it
     typingSub.subscribe();
-  }
-
-  // ---- actions
-
-  async function join(event) {
-    event.preventDefault();
-    me = $('name').value.trim();
-    room = $('room').value.trim() || 'chat:lobby';
-    if (!me) {
-      return;
-    }
-    showError('');
-    $('join').disabled = true;
-    const urlToken = params.get('token');
-    try {
-      const options = { token: urlToken || (await fetchToken(me)) };
-      if (!urlToken) {
-        options.getToken = () => fetchToken(me); // refresh before expiry
-      }
-      client = new Centrifuge(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/connection/websocket`, options);
-    } catch (e) {
-      showError(`sign-in failed: ${e.message}`);
-      $('join').disabled = false;
-      return;
-    }
-    client.on('state', (ctx) => setState(ctx.newState));
-    client.on('connected', () => showError(''));
-    client.on('disconnected', (ctx) => showError(`disconnected: ${ctx.reason} (${ctx.code})`));
-    client.on('error', (ctx) => {
-      if (ctx.error && ctx.type !== 'transport') {
-        showError(`${ctx.type}: ${ctx.error.message} (${ctx.error.code})`);
-      }
-    });
-    client.on('publication', personalPublication);
-    subscribeRoom();
-    client.connect();
-    $('join-form').hidden = true;
-    $('chat').hidden = false;
-    $('room-title').textContent = room;
-    $('text').focus();
-  }
-
-  async function send(event) {
-    event.preventDefault();
-    const text = $('text').value.trim();
-    if (!text || !sub) {
-      return;
-    }
-    if (text.startsWith(ASK_PREFIX) && text.length > ASK_PREFIX.length) {
-      $('text').value = '';
-      if (!(await ask(text.slice(ASK_PREFIX.length).trim()))) {
-        $('text').value = text; // keep it for another try
-      }
-      return;
-    }
-    const data = { type: 'message', text, client_msg_id: uuid() };
-    $('text').value = '';
-    try {
-      await sub.publish(data);
-      showError('');
-    } catch (e) {
-      $('text').value = text; // keep it for another try
-      const wait = /retry_after_ms=(\d+)/.exec(e.message || '');
-      showError(wait ? `slow down: try again in ${Math.ceil(Number(wait[1]) / 1000)} s` : `not sent: ${e.message} (${e.code})`);
-    }
   }
 
   function typed() {
     const now = Date.now();
-    if (!client || client.state !== 'connected' || now - lastTypingSent < TYPING_SEND_EVERY_MS) {
+    if (!client || !current || client.state !== 'connected' || now - lastTypingSent < TYPING_SEND_EVERY_MS) {
       return;
     }
     lastTypingSent = now;
-    client.rpc('typing', { channel: room }).catch(() => {}); // best effort, rate-limited by the server
+    client.rpc('typing', { channel: current.channel }).catch(() => {}); // best effort, rate-limited by the server
   }
 
-  $('join-form').addEventListener('submit', join);
-  $('composer').addEventListener('submit', send);
+  // ---- history and presence of a room
+
+  function updateOlder() {
+    if (!current) {
+      return;
+    }
+    $('older').hidden = !current.more;
+    $('start').hidden = current.more || !current.ns.history;
+    $('start').textContent = current.seen.size > 0 ? 'The beginning of this room.' : 'No messages yet.';
+  }
+
+  async function loadHistory(room) {
+    try {
+      // The newest page, shown oldest first.
+      const h = await room.sub.history({ limit: PAGE, reverse: true });
+      room.epoch = h.epoch;
+      for (const p of h.publications.slice().reverse()) {
+        renderPublication(room, p, false); // already shown ones are skipped by offset
+      }
+      room.more = h.publications.length === PAGE && room.oldest > 1;
+      if (room === current) {
+        $('scroller').scrollTop = $('scroller').scrollHeight;
+        updateOlder();
+      }
+    } catch (e) {
+      room.problem = `history: ${describeError(e)}`;
+      if (room === current) {
+        showError(room.problem);
+      }
+    }
+  }
+
+  // One page further back, before the oldest shown message; with a database behind the server
+  // this reaches past the server's in-memory window, as far back as it keeps.
+  async function loadOlder() {
+    const room = current;
+    const scroller = $('scroller');
+    const before = scroller.scrollHeight;
+    $('older').disabled = true;
+    try {
+      const since = { offset: room.oldest, epoch: room.epoch };
+      const h = await room.sub.history({ limit: PAGE, reverse: true, since });
+      for (const p of h.publications) {
+        renderPublication(room, p, false); // placed by offset, above what is shown
+      }
+      room.more = h.publications.length === PAGE && room.oldest > 1;
+      if (room === current) {
+        scroller.scrollTop += scroller.scrollHeight - before; // the reader stays where they were
+        updateOlder();
+      }
+    } catch (e) {
+      showError(`history: ${describeError(e)}`);
+    } finally {
+      $('older').disabled = false;
+    }
+  }
+
+  async function loadPresence(room) {
+    if (!room.ns.presence) {
+      return;
+    }
+    try {
+      const p = await room.sub.presence();
+      room.online.clear();
+      for (const [id, info] of Object.entries(p.clients)) {
+        room.online.set(id, info.user);
+      }
+      if (room === current) {
+        renderPresence();
+      }
+    } catch (e) {
+      if (room === current) {
+        showError(`presence: ${describeError(e)}`);
+      }
+    }
+  }
+
+  function subscribeRoom(room) {
+    const history = room.ns.history !== false;
+    const sub = client.newSubscription(room.channel, { joinLeave: room.ns.presence !== false, recoverable: history, positioned: history });
+    room.sub = sub;
+    sub.on('subscribed', (ctx) => {
+      room.problem = '';
+      if (room === current) {
+        showError('');
+      }
+      const epoch = ctx.streamPosition ? ctx.streamPosition.epoch : '';
+      if (room.epoch && epoch && epoch !== room.epoch) {
+        // The room's history was started again (a node without Redis restarted): offsets
+        // start over, so what is shown cannot be matched against them.
+        room.seen.clear();
+        room.oldest = 0;
+        room.list.querySelectorAll('[data-offset]').forEach((li) => li.remove());
+      }
+      if (!ctx.recovered && history) {
+        // First subscribe, or recovery was not possible: load from history.
+        loadHistory(room);
+      }
+      if (room === current) {
+        loadPresence(room);
+      }
+    });
+    sub.on('publication', (pub) => renderPublication(room, pub, true));
+    sub.on('join', (ctx) => {
+      room.online.set(ctx.info.client, ctx.info.user);
+      if (room === current) {
+        renderPresence();
+      }
+    });
+    sub.on('leave', (ctx) => {
+      room.online.delete(ctx.info.client);
+      if (room === current) {
+        renderPresence();
+      }
+    });
+    sub.on('unsubscribed', (ctx) => {
+      if (ctx.code !== 0) {
+        room.problem = `left ${room.channel}: ${ctx.reason} (${ctx.code})`;
+        if (room === current) {
+          showError(room.problem);
+        }
+      }
+    });
+    sub.on('error', (ctx) => {
+      room.problem = `${room.channel}: ${describeError(ctx.error)}`;
+      if (room === current) {
+        showError(room.problem);
+      }
+    });
+    sub.subscribe();
+  }
+
+  // ---- connection state
+
+  function setState(state) {
+    const badge = $('status');
+    badge.dataset.state = state;
+    const connected = state === 'connected';
+    // centrifuge-js keeps the node named in the connect reply (Centrifugo's ConnectResult.node)
+    // without a getter; /demo/token's node stands in until a connection names one.
+    const serving = (client && client._node) || node;
+    $('status-text').textContent = state;
+    $('node').textContent = connected && serving ? ` · ${serving}` : '';
+    $('node').dataset.node = connected ? serving : '';
+    // Nothing can be sent while disconnected, and who is online is no longer known.
+    $('text').disabled = !connected;
+    $('send').disabled = !connected;
+    $('ask').disabled = !connected;
+    $('presence').dataset.stale = connected ? 'false' : 'true';
+    $('presence').setAttribute('aria-description', connected ? '' : 'not up to date while disconnected');
+  }
+
+  function connect(token) {
+    const options = { token };
+    if (!urlToken) {
+      options.getToken = () => fetchToken(me); // before expiry (109), and after a 3500 below
+    }
+    client = new Centrifuge(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/connection/websocket`, options);
+    client.on('state', (ctx) => setState(ctx.newState));
+    client.on('connected', () => {
+      setState('connected');
+      if (!document.activeElement || document.activeElement === document.body) {
+        $('text').focus(); // the composer was disabled until now, or lost the focus with it
+      }
+      if (current && !current.problem) {
+        showError('');
+      }
+    });
+    client.on('disconnected', (ctx) => {
+      // 3500: the token is no longer valid, e.g. the demo node restarted with a new secret.
+      // The SDK stops there; a page that can get tokens gets one and connects again (at most
+      // once every 10 s, so a node that refuses every token is not hammered).
+      if (ctx.code === 3500 && !urlToken && Date.now() - lastTokenRetry > 10_000) {
+        lastTokenRetry = Date.now();
+        client.setToken('');
+        client.connect();
+        return;
+      }
+      showError(`disconnected: ${ctx.reason} (${ctx.code})`);
+    });
+    client.on('error', (ctx) => {
+      if (ctx.error && ctx.type !== 'transport' && ctx.type !== 'connect') {
+        showError(`${ctx.type}: ${describeError(ctx.error)}`);
+      }
+    });
+    client.on('publication', personalPublication);
+    for (const room of rooms.values()) {
+      subscribeRoom(room);
+    }
+    client.connect();
+  }
+
+  async function signIn(name, roomText) {
+    $('join').disabled = true;
+    $('join-error').textContent = '';
+    let token = urlToken;
+    try {
+      if (!token) {
+        token = await fetchToken(name);
+      }
+    } catch (e) {
+      $('join-error').textContent = `Could not sign in: ${e.message}.`;
+      checkName();
+      return;
+    }
+    const first = roomChannel(roomText || 'lobby');
+    if (first.problem) {
+      $('join-error').textContent = first.problem;
+      checkName();
+      return;
+    }
+    me = name;
+    store(STORE_NAME, name);
+    $('me').textContent = name;
+    $('me').hidden = false;
+    $('sign-out').hidden = false;
+    $('join-form').hidden = true;
+    $('chat').hidden = false;
+    for (const channel of stored(STORE_ROOMS, [])) {
+      const r = typeof channel === 'string' ? roomChannel(channel) : { problem: 'not a name' };
+      if (!r.problem && !rooms.has(r.channel)) {
+        newRoom(r.channel, r.ns);
+      }
+    }
+    joinRoom(first.channel, first.ns);
+    connect(token);
+    showRoom(first.channel, false);
+    $('text').focus();
+  }
+
+  function signOut() {
+    store(STORE_NAME, null);
+    if (client) {
+      client.disconnect();
+    }
+    // A fresh page: no state of this user stays behind. The room stays in the URL.
+    const url = new URL(location.href);
+    url.searchParams.delete('user');
+    url.searchParams.delete('token');
+    location.assign(url);
+  }
+
+  // ---- wiring
+
+  $('name').addEventListener('input', checkName);
+  $('join-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const name = $('name').value;
+    if (!NAME_RE.test(name)) {
+      checkName();
+      $('name').focus();
+      return;
+    }
+    signIn(name, $('room').value);
+  });
+  $('room-form').addEventListener('submit', (event) => {
+    event.preventDefault();
+    const text = $('new-room').value;
+    const r = roomChannel(text);
+    $('room-error').textContent = r.problem || '';
+    if (r.problem) {
+      $('new-room').setAttribute('aria-invalid', 'true');
+      return;
+    }
+    $('new-room').setAttribute('aria-invalid', 'false');
+    $('new-room').value = '';
+    showRoom(r.channel, true);
+    $('text').focus();
+  });
+  $('new-room').addEventListener('input', () => {
+    $('room-error').textContent = '';
+    $('new-room').setAttribute('aria-invalid', 'false');
+  });
+  $('composer').addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const text = $('text').value.trim();
+    if (!text || !current || !current.sub) {
+      return;
+    }
+    $('text').value = '';
+    if (text.startsWith(ASK_PREFIX) && text.length > ASK_PREFIX.length && current.ns.llm) {
+      if (!(await ask(current, text.slice(ASK_PREFIX.length).trim()))) {
+        $('text').value = text; // keep it for another try
+      }
+      return;
+    }
+    sendMessage(current, text);
+  });
   $('ask').addEventListener('click', async () => {
     const prompt = $('text').value.trim().replace(/^\/ask\s+/, '');
     if (!prompt) {
@@ -529,10 +973,31 @@
       return;
     }
     $('text').value = '';
-    if (!(await ask(prompt))) {
+    if (!(await ask(current, prompt))) {
       $('text').value = prompt;
     }
   });
   $('text').addEventListener('input', typed);
+  $('older').addEventListener('click', loadOlder);
+  $('sign-out').addEventListener('click', signOut);
+  window.addEventListener('popstate', () => {
+    const channel = new URLSearchParams(location.search).get('room');
+    if (client && channel) {
+      showRoom(channel, false);
+    }
+  });
+
   setState('disconnected');
+  const urlRoom = params.get('room');
+  if (urlRoom) {
+    $('room').value = urlRoom;
+  }
+  const remembered = stored(STORE_NAME, '');
+  $('name').value = params.get('user') || (typeof remembered === 'string' ? remembered : '');
+  checkName();
+  if (typeof remembered === 'string' && NAME_RE.test(remembered) && !params.get('user')) {
+    signIn(remembered, $('room').value); // signed in before, not signed out: straight in
+  } else {
+    $('name').focus();
+  }
 })();

@@ -36,7 +36,7 @@ function recordStream(page) {
         window.answerStates.push({ text, deltas: Number(li.dataset.deltas) });
       }
     };
-    new MutationObserver(seen).observe(document.getElementById('messages'),
+    new MutationObserver(seen).observe(document.getElementById('scroller'),
       { childList: true, subtree: true, characterData: true, attributes: true });
   });
 }
@@ -90,11 +90,11 @@ test('one member asks; both watch the answer stream in and get the same stored t
   }
   await alice.getByTestId('ask').waitFor({ state: 'detached' });
 
-  // After a reload the answer comes from history, with the same text.
+  // After a reload the answer comes from history, with the same text. The page remembers bob
+  // and keeps the room in its URL: it signs him straight back into it.
   await bob.reload();
-  await bob.getByTestId('name-input').fill('bob');
-  await bob.getByTestId('room-input').fill(room);
-  await bob.getByTestId('join-button').click();
+  await bob.locator('[data-testid="connection-state"][data-state="connected"]').waitFor();
+  assert.equal(await bob.getByTestId('room-title').textContent(), 'assistant');
   await answer(bob, 'done').waitFor();
   assert.equal(await textOf(answer(bob, 'done')), finalAlice);
   assert.deepEqual(await bob.getByTestId('message-text').allTextContents(), ['/ask what is chatd?', finalAlice]);
