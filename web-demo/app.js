@@ -360,6 +360,9 @@
       }
       room.seen.add(pub.offset);
       room.oldest = room.oldest ? Math.min(room.oldest, pub.offset) : pub.offset;
+      if (room === current && room.seen.size === 1) {
+        updateOlder(); // the first message: "No messages yet" goes
+      }
     }
     const d = pub.data || {};
     const user = pub.info ? pub.info.user : '';
@@ -408,9 +411,6 @@
   }
 
   function countUnread(room, live) {
-    if (room === current && room.seen.size === 1) {
-      updateOlder(); // the first message: "No messages yet" goes
-    }
     if (live && room !== current) {
       room.unread++;
       renderRooms();
