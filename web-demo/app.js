@@ -26,6 +26,7 @@
   const ASK_PREFIX = '/ask ';
   const NAME_RE = /^[A-Za-z0-9_-]{1,32}$/; // the server's rule for demo names
   const ROOM_RE = /^[A-Za-z0-9_.-]{1,64}$/;
+  const MAX_ROOMS = 50;
   const STORE_NAME = 'chatd.name';
   const STORE_ROOMS = 'chatd.rooms';
   // With ?token= there is no /demo/token to ask: the default namespaces are assumed.
@@ -228,10 +229,36 @@
         b.append(' ', u);
       }
       b.addEventListener('click', () => showRoom(room.channel, true));
-      li.append(b);
+      const leave = document.createElement('button');
+      leave.type = 'button';
+      leave.className = 'leave';
+      leave.dataset.testid = 'leave-room';
+      leave.textContent = '×';
+      leave.title = `Leave ${roomLabel(room.channel)}`;
+      leave.setAttribute('aria-label', `Leave ${roomLabel(room.channel)}`);
+      leave.addEventListener('click', () => leaveRoom(room));
+      li.append(b, leave);
       return li;
     });
     $('rooms').replaceChildren(...items);
+  }
+
+  // Out of the room: unsubscribed (the others see the leave), off the list; the page shows
+  // the next room, or the lobby when none is left.
+  function leaveRoom(room) {
+    if (room.sub) {
+      room.sub.unsubscribe();
+      client.removeSubscription(room.sub);
+    }
+    rooms.delete(room.channel);
+    saveRooms();
+    if (room === current) {
+      current = null;
+      const next = rooms.keys().next();
+      showRoom(next.done ? 'lobby' : next.value, true);
+    } else {
+      renderRooms();
+    }
   }
 
   function joinRoom(channel, ns) {
@@ -247,6 +274,11 @@
     const parsed = roomChannel(channel);
     if (parsed.problem) {
       $('room-error').textContent = parsed.problem;
+      return;
+    }
+    if (!rooms.has(parsed.channel) && rooms.size >= MAX_ROOMS) {
+      // The server holds a bounded number of subscriptions per connection (CHAT_MAX_CHANNELS).
+      $('room-error').textContent = `At most ${MAX_ROOMS} rooms: leave one first.`;
       return;
     }
     const room = joinRoom(parsed.channel, parsed.ns);

@@ -139,6 +139,12 @@ test('sign-in rules, rooms with unread counts and links, keyboard only, contrast
   }
   await screenshot(alice, 'room-1280');
 
+  // Bob leaves design: off his list, and out of the room for alice.
+  await roomButton(bob, 'chat:design').locator('xpath=..').getByTestId('leave-room').click();
+  await roomButton(bob, 'chat:design').waitFor({ state: 'detached' });
+  await presenceUser(alice, 'bob').waitFor({ state: 'detached' });
+  assert.equal(await bob.getByTestId('room-title').textContent(), 'lobby');
+
   // The name is remembered: a reload signs alice straight in, to the room of the URL.
   await alice.reload();
   await connected(alice);
