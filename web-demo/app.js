@@ -927,7 +927,8 @@
     $('sign-out').hidden = false;
     $('join-form').hidden = true;
     $('chat').hidden = false;
-    for (const channel of stored(STORE_ROOMS, [])) {
+    const saved = stored(STORE_ROOMS, []);
+    for (const channel of (Array.isArray(saved) ? saved : []).slice(0, MAX_ROOMS - 1)) {
       const r = typeof channel === 'string' ? roomChannel(channel) : { problem: 'not a name' };
       if (!r.problem && !rooms.has(r.channel)) {
         newRoom(r.channel, r.ns);
