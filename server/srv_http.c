@@ -191,12 +191,13 @@ int srv__public_http(srv_t *S, struct lws *wsi, srv_conn_t *c) {
         core_str_appends(&s, ",\"node\":");
         core_str_append_json_string(&s, S->cfg.node_id, strlen(S->cfg.node_id));
         /* The namespaces where a client may make and post in rooms, so that the page offers
-         * only rooms the node will let it join. */
+         * only rooms the node will let it join; chat-schema ones only, whose messages the node
+         * checks and dates (in an "any" namespace a client could pose as the assistant). */
         core_str_appends(&s, ",\"rooms\":[");
         bool first = true;
         for (size_t i = 0; i < S->nns; i++) {
             const chat_ns_t *ns = &S->ns[i];
-            if (!ns->allow_subscribe || !ns->allow_publish)
+            if (!ns->allow_subscribe || !ns->allow_publish || ns->schema != CHAT_SCHEMA_CHAT)
                 continue;
             core_str_appends(&s, first ? "{\"namespace\":" : ",{\"namespace\":");
             first = false;

@@ -45,6 +45,7 @@
   const ended = new Set(); // request ids whose stored message or error has been seen
   let lastTypingSent = 0;
   let lastTokenRetry = 0;
+  let tokenRetryTimer = null;
 
   // ---- small helpers
 
@@ -186,11 +187,14 @@
     const list = document.createElement('ul');
     list.className = 'messages';
     list.dataset.testid = 'messages';
+    list.setAttribute('role', 'log');
+    list.setAttribute('aria-label', `Messages in ${roomLabel(channel)}`);
     const room = {
       channel, ns, list, sub: null,
       seen: new Set(), // offsets shown: history and live publications overlap
       epoch: '',
       oldest: 0, // the oldest offset shown
+      newest: 0, // the newest
       more: false, // older messages to fetch
       online: new Map(), // client id -> user
       unread: 0,
@@ -225,8 +229,10 @@
         u.className = 'unread';
         u.dataset.testid = 'unread';
         u.textContent = room.unread > 99 ? '99+' : String(room.unread);
-        u.setAttribute('aria-label', `${room.unread} unread`);
-        b.append(' ', u);
+        const said = document.createElement('span');
+        said.className = 'visually-hidden';
+        said.textContent = ' unread';
+        b.append(' ', u, said);
       }
       b.addEventListener('click', () => showRoom(room.channel, true));
       const leave = document.createElement('button');
@@ -236,11 +242,23 @@
       leave.textContent = '×';
       leave.title = `Leave ${roomLabel(room.channel)}`;
       leave.setAttribute('aria-label', `Leave ${roomLabel(room.channel)}`);
+      leave.dataset.room = room.channel;
       leave.addEventListener('click', () => leaveRoom(room));
-      li.append(b, leave);
+      li.append(b);
+      if (rooms.size > 1) {
+        li.append(leave); // the last room stays: the page always shows one
+      }
       return li;
     });
+    const focused = document.activeElement;
+    const refocus = focused && focused.closest && focused.closest('#rooms') ? focused.dataset : null;
     $('rooms').replaceChildren(...items);
+    if (refocus) {
+      // The buttons are new: the keyboard user's focus goes to the same one again (or, when
+      // its room was left, to the room field).
+      const same = $('rooms').querySelector(`[data-testid="${refocus.testid}"][data-room="${CSS.escape(refocus.room || '')}"]`);
+      (same || $('new-room')).focus();
+    }
   }
 
   // Out of the room: unsubscribed (the others see the leave), off the list; the page shows
@@ -350,7 +368,7 @@
       s.textContent = sender;
       head.append(s);
     }
-    if (ts) {
+    if (Number.isFinite(ts) && Math.abs(ts) < 8.64e15) { // else new Date(ts) is invalid
       const tm = document.createElement('time');
       tm.className = 'time';
       tm.dataset.testid = 'message-time';
@@ -366,9 +384,14 @@
     tx.textContent = text;
     li.append(tx);
     const was = room === current && atBottom();
-    // History may come after live messages: the list stays in offset order, lines without an
-    // offset (pending, streaming) at the end.
-    const later = offset ? [...room.list.children].find((x) => !x.dataset.offset || Number(x.dataset.offset) > offset) : null;
+    // History may come after live messages: the list stays in offset order. A line without an
+    // offset (pending, failed, streaming) sorts just after the newest message there was when it
+    // came, so later messages go below it rather than above it forever.
+    if (!offset) {
+      li.dataset.after = String(room.newest);
+    }
+    const key = (x) => (x.dataset.offset ? Number(x.dataset.offset) : Number(x.dataset.after) + 0.5);
+    const later = offset ? [...room.list.children].find((x) => key(x) > offset) : null;
     room.list.insertBefore(li, later || null);
     keepBottom(room, was);
     return li;
@@ -392,6 +415,7 @@
       }
       room.seen.add(pub.offset);
       room.oldest = room.oldest ? Math.min(room.oldest, pub.offset) : pub.offset;
+      room.newest = Math.max(room.newest, pub.offset);
       if (room === current && room.seen.size === 1) {
         updateOlder(); // the first message: "No messages yet" goes
       }
@@ -409,8 +433,8 @@
       askDone(d.request_id);
       countUnread(room, live);
     } else if (d.type === 'message') {
-      const mine = user === me;
-      const waiting = mine && d.client_msg_id ? room.pending.get(d.client_msg_id) : null;
+      const waiting = d.client_msg_id ? room.pending.get(d.client_msg_id) : null;
+      const mine = user === me || Boolean(waiting);
       if (waiting) {
         // Seen back from the server: the pending line gives way to the real one.
         room.pending.delete(d.client_msg_id);
@@ -429,7 +453,7 @@
     } else if (d.type === 'llm.error') {
       const st = llmStreams.get(d.request_id);
       const li = st ? st.li : addLine(room, { sender: 'assistant', text: '', cls: 'assistant' });
-      finishStream(d.request_id);
+      llmStreams.delete(d.request_id); // the line stays, marked failed, instead of vanishing
       li.dataset.requestId = d.request_id || '';
       li.dataset.state = d.code === 499 ? 'cancelled' : 'failed';
       li.classList.add('failed');
@@ -478,7 +502,10 @@
       b.textContent = 'Retry';
       // The same client_msg_id: should the first try have been published after all, the server
       // answers the retry without publishing it twice.
-      b.addEventListener('click', () => publishLine(room, li, data));
+      b.addEventListener('click', () => {
+        publishLine(room, li, data);
+        $('text').focus(); // the button is gone
+      });
       li.append(b);
     });
   }
@@ -558,6 +585,7 @@
     stop.textContent = 'Stop';
     stop.dataset.testid = 'ask-cancel';
     stop.addEventListener('click', () => {
+      $('text').focus(); // the button goes with its line
       stop.disabled = true;
       client.rpc('llm.cancel', { request_id: id }).catch((e) => {
         stop.disabled = false;
@@ -720,6 +748,37 @@
     $('start').textContent = current.seen.size > 0 ? 'The beginning of this room.' : 'No messages yet.';
   }
 
+  function forget(room) {
+    room.seen.clear();
+    room.oldest = 0;
+    room.newest = 0;
+    room.list.querySelectorAll('[data-offset]').forEach((li) => li.remove());
+  }
+
+  // The messages after the newest one shown, page by page (counted as unread in a room not
+  // shown: they are new to the reader). A gap (the server no longer has them) or more than 20
+  // pages: the room starts again from its newest page, with Older messages to go back.
+  async function catchUp(room) {
+    try {
+      for (let pages = 0; pages < 20; pages++) {
+        const h = await room.sub.history({ limit: PAGE, since: { offset: room.newest, epoch: room.epoch } });
+        if (h.publications.length > 0 && h.publications[0].offset !== room.newest + 1) {
+          break;
+        }
+        for (const p of h.publications) {
+          renderPublication(room, p, true);
+        }
+        if (h.publications.length < PAGE) {
+          return;
+        }
+      }
+    } catch {
+      // below: from the newest page
+    }
+    forget(room);
+    loadHistory(room);
+  }
+
   async function loadHistory(room) {
     try {
       // The newest page, shown oldest first.
@@ -799,13 +858,16 @@
       if (room.epoch && epoch && epoch !== room.epoch) {
         // The room's history was started again (a node without Redis restarted): offsets
         // start over, so what is shown cannot be matched against them.
-        room.seen.clear();
-        room.oldest = 0;
-        room.list.querySelectorAll('[data-offset]').forEach((li) => li.remove());
+        forget(room);
       }
       if (!ctx.recovered && history) {
-        // First subscribe, or recovery was not possible: load from history.
-        loadHistory(room);
+        // First subscribe: the newest page. Back after the SDK could not recover (away longer
+        // than the server's recovery allows): what was missed, from history.
+        if (room.seen.size > 0) {
+          catchUp(room);
+        } else {
+          loadHistory(room);
+        }
       }
       if (room === current) {
         loadPresence(room);
@@ -881,11 +943,17 @@
       // 3500: the token is no longer valid, e.g. the demo node restarted with a new secret.
       // The SDK stops there; a page that can get tokens gets one and connects again (at most
       // once every 10 s, so a node that refuses every token is not hammered).
-      if (ctx.code === 3500 && !urlToken && Date.now() - lastTokenRetry > 10_000) {
-        lastTokenRetry = Date.now();
-        client.setToken('');
-        client.connect();
-        return;
+      if (ctx.code === 3500 && !urlToken) {
+        const wait = Math.max(0, lastTokenRetry + 10_000 - Date.now());
+        clearTimeout(tokenRetryTimer);
+        tokenRetryTimer = setTimeout(() => {
+          lastTokenRetry = Date.now();
+          client.setToken('');
+          client.connect();
+        }, wait);
+        if (wait === 0) {
+          return;
+        }
       }
       showError(`disconnected: ${ctx.reason} (${ctx.code})`);
     });
@@ -901,10 +969,24 @@
     client.connect();
   }
 
+  // The user id (sub) of a JWT, or '' when it cannot be read.
+  function tokenUser(token) {
+    try {
+      const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+      const claims = JSON.parse(atob(part + '='.repeat((4 - (part.length % 4)) % 4)));
+      return typeof claims.sub === 'string' ? claims.sub : '';
+    } catch {
+      return '';
+    }
+  }
+
   async function signIn(name, roomText) {
     $('join').disabled = true;
     $('join-error').textContent = '';
     let token = urlToken;
+    if (token) {
+      name = tokenUser(token) || name; // who the server will take this page for
+    }
     try {
       if (!token) {
         token = await fetchToken(name);
@@ -942,6 +1024,7 @@
 
   function signOut() {
     store(STORE_NAME, null);
+    store(STORE_ROOMS, null); // the next person on this browser starts afresh
     if (client) {
       client.disconnect();
     }
@@ -1015,9 +1098,20 @@
   $('sign-out').addEventListener('click', signOut);
   window.addEventListener('popstate', () => {
     const channel = new URLSearchParams(location.search).get('room');
-    if (client && channel) {
-      showRoom(channel, false);
+    if (!client || !channel) {
+      return;
     }
+    if (!rooms.has(channel)) {
+      // Left earlier: going Back does not join it again behind the user's back.
+      $('room-error').textContent = `You left ${channel}; join it again with the room field.`;
+      if (current) {
+        const url = new URL(location.href);
+        url.searchParams.set('room', current.channel);
+        history.replaceState({ room: current.channel }, '', url);
+      }
+      return;
+    }
+    showRoom(channel, false);
   });
 
   setState('disconnected');

@@ -66,9 +66,13 @@ export async function screenshot(page, name) {
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
 }
 
-/** True when page scrolls sideways: something is wider than the viewport. */
+/**
+ * True when page scrolls sideways (something is wider than the viewport), or when a message's
+ * text or the room's title is wider than its own box (cut off inside a box that hides it).
+ */
 export const widerThanViewport = (page) => page.evaluate(() =>
-  document.documentElement.scrollWidth > window.innerWidth || document.body.scrollWidth > window.innerWidth);
+  document.documentElement.scrollWidth > window.innerWidth || document.body.scrollWidth > window.innerWidth ||
+  [...document.querySelectorAll('[data-testid="message-text"], #room-title')].some((el) => el.scrollWidth > el.clientWidth + 1));
 
 /**
  * Every visible text on page whose contrast with its background is below WCAG AA (4.5:1, 3:1 for

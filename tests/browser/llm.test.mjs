@@ -160,3 +160,26 @@ test('queue position, full queue (503) and used-up quota (402) with retry times,
   await bob.getByTestId('ask').waitFor({ state: 'detached' });
   assert.deepEqual(pageErrors, []);
 });
+
+test('a provider that fails after opening its stream: the answer line stays, marked failed, on every page', { timeout: 60_000 }, async (t) => {
+  assert.ok(existsSync(LLM_MOCK_BIN), `${LLM_MOCK_BIN} is missing (scripts/build release)`);
+  const mock = await startMock(t);
+  // The stream opens (llm.start reaches the room), then an error event ends it before any text;
+  // the retries meet the same.
+  await mock.control({ key: '*', scenario: 'error_event' });
+  const { open, pageErrors } = await setup(t, {
+    CHAT_LLM_PROVIDERS: JSON.stringify([providerEnv(mock, { type: 'anthropic' })]),
+  });
+  const room = 'chat:failing';
+  const alice = await open('alice', room);
+  const bob = await open('bob', room);
+  await askAssistant(alice, 'will this work?');
+  for (const page of [alice, bob]) {
+    const failed = answer(page, 'failed');
+    await failed.waitFor({ timeout: 30_000 });
+    assert.match(await failed.getByTestId('message-mark').textContent(), /^could not answer: /);
+    assert.equal(await page.locator('[data-testid="message"].assistant').count(), 1, 'one line: the failed answer');
+  }
+  await alice.getByTestId('ask').waitFor({ state: 'detached' });
+  assert.deepEqual(pageErrors, []);
+});

@@ -84,7 +84,7 @@ test('local cluster behind nginx: a node killed with -9 under publishing loses n
   }
   const demo = await fetch(`${cluster.httpUrl}/`);
   assert.equal(demo.status, 200);
-  assert.match(await demo.text(), /chatd demo/);
+  assert.match(await demo.text(), /data-testid="join-form"/);
   // The web demo signs in by name through whichever node answers (CHAT_DEMO_TOKENS, one secret).
   const signin = await fetch(`${cluster.httpUrl}/demo/token?user=viewer`);
   assert.equal(signin.status, 200);

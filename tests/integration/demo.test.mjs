@@ -40,3 +40,19 @@ test('demo mode: /demo/token?user=NAME gives a token that connects as NAME', asy
   const sdk = await httpGet(`${srv.httpUrl}/node_modules/centrifuge/dist/centrifuge.js`);
   assert.equal(sdk.status, 200, 'the SDK bundle is served from web-demo/node_modules');
 });
+
+test('/demo/token lists as rooms only chat-schema namespaces that clients may join and post in', async (t) => {
+  const ns = {
+    chat: { history_size: 10, history_ttl: 60, allow_subscribe: true, allow_publish: true, message_schema: 'chat' },
+    talk: { history_size: 0, presence: true, allow_subscribe: true, allow_publish: true, message_schema: 'chat' },
+    raw: { history_size: 10, history_ttl: 60, allow_subscribe: true, allow_publish: true, message_schema: 'any' },
+    news: { history_size: 10, history_ttl: 60, allow_subscribe: true, allow_publish: false, message_schema: 'chat' },
+  };
+  const srv = await startChatd(t, { demo: true, env: { CHAT_NAMESPACES: JSON.stringify(ns) } });
+  const r = await httpGet(`${srv.httpUrl}/demo/token?user=zed`);
+  assert.equal(r.status, 200, r.body);
+  assert.deepEqual(JSON.parse(r.body).rooms.sort((a, b) => a.namespace.localeCompare(b.namespace)), [
+    { namespace: 'chat', history: true, presence: false, llm: false },
+    { namespace: 'talk', history: false, presence: true, llm: false },
+  ]);
+});

@@ -143,7 +143,9 @@ test('drain: 2,000 clients move to the other node over the period, at a bounded 
   const times = members.map((m) => m.reconnectedAt).sort((a, b) => a - b);
   const q = (f) => times[Math.min(times.length - 1, Math.floor(f * times.length))];
   t.diagnostic(`reconnects after the drain began, ms: first ${times[0]}, p10 ${q(0.1)}, p50 ${q(0.5)}, p90 ${q(0.9)}, last ${times.at(-1)}`);
-  assert.ok(times[times.length - 1] <= PERIOD_MS + 3000, `last reconnect at ${times[times.length - 1]} ms`);
+  // The last ones within a few seconds of the period's end: the sanitizer build on two shared
+  // cores takes up to about 9 s for all 2,000 (seen in CI), the release build about 5.
+  assert.ok(times[times.length - 1] <= PERIOD_MS + 6000, `last reconnect at ${times[times.length - 1]} ms`);
   assert.ok(times[times.length - 1] - times[0] >= PERIOD_MS * 0.6, `reconnects spanned ${times[times.length - 1] - times[0]} ms`);
   const maxPerSecond = maxInOneSecond(times);
   assert.ok(maxPerSecond <= 1200, `${maxPerSecond} reconnects within one second`);
