@@ -745,7 +745,8 @@
     }
     $('older').hidden = !current.more;
     $('start').hidden = current.more || !current.ns.history;
-    $('start').textContent = current.seen.size > 0 ? 'The beginning of this room.' : 'No messages yet.';
+    $('start').textContent = current.seen.size === 0 ? 'No messages yet.'
+      : current.oldest > 1 ? 'Older messages are no longer kept.' : 'The beginning of this room.';
   }
 
   function forget(room) {

@@ -259,3 +259,42 @@ test('pending while the node is frozen, refused with the reason and a Retry, dis
   await message(ann, 'ben', 'after the restart').waitFor();
   assert.deepEqual(errors, []);
 });
+
+test('away longer than the server keeps: the page shows what is kept and says older messages are gone, no silent gap', { timeout: 60_000 }, async (t) => {
+  // A window of 5 messages and no database: 9 messages missed cannot be recovered.
+  const namespaces = {
+    chat: { history_size: 5, history_ttl: 3600, presence: true, join_leave: true, allow_subscribe: true, allow_publish: true, message_schema: 'chat', max_message_bytes: 4096 },
+    typing: { history_size: 0, allow_subscribe: true, allow_publish: false, max_message_bytes: 512 },
+  };
+  const srv = await startChatd(t, { demo: true, env: { CHAT_WEB_ROOT: WEB_ROOT, CHAT_NAMESPACES: JSON.stringify(namespaces), CHAT_RATE_LIMITS: 'free=1000/1000' } });
+  const browser = await setupBrowser(t);
+  const errors = [];
+  const open = async (user) => {
+    const page = await newPage(browser, 1280, errors, user);
+    await page.goto(`${srv.httpUrl}/?room=chat:gap`);
+    await page.getByTestId('name-input').fill(user);
+    await page.getByTestId('join-button').click();
+    await connected(page);
+    return page;
+  };
+  const writer = await open('writer');
+  const reader = await open('reader');
+  for (let i = 1; i <= 3; i++) {
+    await send(writer, `m${i}`);
+    await message(reader, 'writer', `m${i}`).waitFor();
+  }
+  assert.equal(await reader.getByTestId('room-start').textContent(), 'The beginning of this room.');
+  await reader.context().setOffline(true);
+  await reader.locator('[data-testid="connection-state"]:not([data-state="connected"])').waitFor();
+  for (let i = 4; i <= 12; i++) {
+    await send(writer, `m${i}`);
+    await writer.locator('[data-testid="message"][data-offset]').filter({ hasText: new RegExp(`^writer.*m${i}$`) }).waitFor();
+  }
+  await reader.context().setOffline(false);
+  await connected(reader);
+  await message(reader, 'writer', 'm12').waitFor();
+  await reader.getByTestId('room-start').getByText('Older messages are no longer kept.').waitFor();
+  assert.deepEqual(await reader.getByTestId('message-text').allTextContents(), ['m8', 'm9', 'm10', 'm11', 'm12'],
+    'what the server keeps, not m1-m3 beside it as if nothing were missing');
+  assert.deepEqual(errors, []);
+});
