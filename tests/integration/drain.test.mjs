@@ -122,8 +122,20 @@ test('drain: 2,000 clients move to the other node over the period, at a bounded 
   n1.stopRequested = true; // it exits on its own: that is the point
   const dr = await fetch(`${n1.adminUrl}/api/node/drain`, { method: 'POST', headers: { 'X-API-Key': API_KEY } });
   assert.equal(dr.status, 200);
-  await waitUntil(() => members.every((m) => m.reconnectedAt !== null),
-    { timeoutMs: PERIOD_MS + 10_000, intervalMs: 100, what: 'every client reconnected' });
+  try {
+    await waitUntil(() => members.every((m) => m.reconnectedAt !== null),
+      { timeoutMs: PERIOD_MS + 25_000, intervalMs: 100, what: 'every client reconnected' });
+  } catch (e) {
+    // Which ones, and where they are: a slow machine (some still connecting) is not the same
+    // failure as a client the drain never closed.
+    const away = members.filter((m) => m.reconnectedAt === null);
+    const states = {};
+    for (const m of away) {
+      const k = `${m.closeCode === undefined ? 'never closed' : `closed ${m.closeCode}`}, now ${m.client.state}`;
+      states[k] = (states[k] || 0) + 1;
+    }
+    throw new Error(`${e.message}: ${away.length} of ${CLIENTS} not back: ${JSON.stringify(states)}`);
+  }
   const exit = await withTimeout(n1.exited, 10_000, 'the drained node exits');
   assert.equal(exit.code, 0);
   publishing = false;
@@ -143,9 +155,11 @@ test('drain: 2,000 clients move to the other node over the period, at a bounded 
   const times = members.map((m) => m.reconnectedAt).sort((a, b) => a - b);
   const q = (f) => times[Math.min(times.length - 1, Math.floor(f * times.length))];
   t.diagnostic(`reconnects after the drain began, ms: first ${times[0]}, p10 ${q(0.1)}, p50 ${q(0.5)}, p90 ${q(0.9)}, last ${times.at(-1)}`);
-  // The last ones within a few seconds of the period's end: the sanitizer build on two shared
-  // cores takes up to about 9 s for all 2,000 (seen in CI), the release build about 5.
-  assert.ok(times[times.length - 1] <= PERIOD_MS + 6000, `last reconnect at ${times[times.length - 1]} ms`);
+  // The last ones soon after the period's end. How soon is the test runner's pace more than the
+  // node's: its one process holds all 2,000 SDK clients, and on two shared cores under load it
+  // took 14 s (5-8 s on a quiet machine, either build); the bound catches reconnects that are
+  // not spread at all but stall.
+  assert.ok(times[times.length - 1] <= PERIOD_MS + 15_000, `last reconnect at ${times[times.length - 1]} ms`);
   assert.ok(times[times.length - 1] - times[0] >= PERIOD_MS * 0.6, `reconnects spanned ${times[times.length - 1] - times[0]} ms`);
   const maxPerSecond = maxInOneSecond(times);
   assert.ok(maxPerSecond <= 1200, `${maxPerSecond} reconnects within one second`);
