@@ -195,6 +195,7 @@
       epoch: '',
       oldest: 0, // the oldest offset shown
       newest: 0, // the newest
+      sent: 0, // messages sent from this page
       more: false, // older messages to fetch
       online: new Map(), // client id -> user
       unread: 0,
@@ -436,9 +437,16 @@
       const waiting = d.client_msg_id ? room.pending.get(d.client_msg_id) : null;
       const mine = user === me || Boolean(waiting);
       if (waiting) {
-        // Seen back from the server: the pending line gives way to the real one.
+        // Seen back from the server: the pending line gives way to the real one. Lines of
+        // this page's later sends, still pending or failed, now follow this message.
         room.pending.delete(d.client_msg_id);
         waiting.remove();
+        const seq = Number(waiting.dataset.seq);
+        for (const x of room.list.querySelectorAll('li[data-seq]:not([data-offset])')) {
+          if (Number(x.dataset.seq) > seq) {
+            x.dataset.after = String(Math.max(Number(x.dataset.after), pub.offset || 0));
+          }
+        }
       }
       addLine(room, { sender: user, text: d.text, mine, offset: pub.offset, ts: d.ts });
       if (!mine) {
@@ -514,6 +522,7 @@
     const data = { type: 'message', text, client_msg_id: uuid() };
     const li = addLine(room, { sender: me, text, mine: true, cls: 'pending' });
     li.dataset.clientMsgId = data.client_msg_id;
+    li.dataset.seq = String(++room.sent); // the order of this page's sends
     room.pending.set(data.client_msg_id, li);
     $('scroller').scrollTop = $('scroller').scrollHeight;
     publishLine(room, li, data);

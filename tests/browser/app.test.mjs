@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { chromium } from 'playwright-core';
-import { startChatd } from '../integration/helpers.mjs';
+import { startChatd, waitUntil } from '../integration/helpers.mjs';
 import {
   CHROMIUM, LAUNCH, WEB_ROOT, connected, contrastProblems, message, newPage, screenshot, send,
   widerThanViewport,
@@ -220,6 +220,10 @@ test('pending while the node is frozen, refused with the reason and a Retry, dis
   const mark = await failed.getByTestId('message-mark').textContent();
   assert.match(mark, /^not sent: .*\(429\), try again in \d+ s$/);
   await screenshot(ann, 'message-failed');
+  const bursts = async () => (await ann.getByTestId('message-text').allTextContents()).filter((x) => x.startsWith('burst'));
+  const sentOrder = ['burst 1', 'burst 2', 'burst 3', 'burst 4', 'burst 5'];
+  await waitUntil(async () => (await ann.locator('[data-testid="message"][data-state="pending"]').count()) === 0, { what: 'every send answered' });
+  assert.deepEqual(await bursts(), sentOrder, 'in the order sent, refused ones in their place');
   const refused = await failed.getByTestId('message-text').textContent();
   const line = (page) => page.getByTestId('message').filter({ has: page.getByTestId('message-text').getByText(refused, { exact: true }) });
   // Retry after the wait the server asked for, as a person would (bounded).
@@ -232,6 +236,7 @@ test('pending while the node is frozen, refused with the reason and a Retry, dis
   await message(ben, 'ann', refused).waitFor();
   assert.equal(await message(ben, 'ann', refused).count(), 1);
   assert.equal(await message(ann, 'ann', refused).count(), 1, 'retried, shown once');
+  assert.deepEqual(await bursts(), sentOrder, 'the retried one stays in its place');
 
   // The node stops: the badge says so, nothing can be sent, presence greys out.
   const port = srv.publicAddr.split(':')[1];
