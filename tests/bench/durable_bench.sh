@@ -37,6 +37,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+bench_name=durable_bench
+# shellcheck source=tests/bench/bench_lib.sh
+. "$here/bench_lib.sh"
 root=$(cd "$here/../.." && pwd)
 bindir="$root/build/bin"
 runs=3
@@ -132,21 +135,6 @@ pg_port=""
 pg_pid=""
 bg_pids=() # chat-load and helper processes running in the background
 
-stop_pid() {
-    local pid=$1 what=$2
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "durable_bench: $what $pid ignored SIGTERM for 10 s; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    fi
-}
 
 stop_nodes() {
     local p
@@ -180,18 +168,10 @@ pg_stop() {
         as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -t 60 -m "$mode" stop >/dev/null 2>&1 || true
     fi
     # pg_ctl returns once the PID file is gone; the postmaster exits a moment later.
-    for _ in $(seq 1 100); do
-        kill -0 "$pg_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    if kill -0 "$pg_pid" 2>/dev/null; then
+    if ! wait_gone "$pg_pid" 100; then
         echo "durable_bench: postgres $pg_pid still up after pg_ctl stop; killing it" >&2
         kill -QUIT "$pg_pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do
-            kill -0 "$pg_pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pg_pid" 2>/dev/null || true
+        wait_gone "$pg_pid" 50 || kill -KILL "$pg_pid" 2>/dev/null || true
     fi
     pg_pid=""
 }
@@ -709,29 +689,6 @@ setup_pg() {
 }
 
 # ---- Redis and chatd ----
-start_redis() {
-    local log=$1 port pid
-    for _ in $(seq 1 20); do
-        port=$((20000 + RANDOM % 30000))
-        case "$port" in 16379 | 15433 | "$pg_port") continue ;; esac
-        "$redis_server" --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-            --daemonize no --logfile '' >"$log" 2>&1 &
-        pid=$!
-        redis_pid=$pid
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            if grep -q 'Ready to accept connections' "$log" 2>/dev/null; then
-                redis_port=$port
-                return 0
-            fi
-            sleep 0.1
-        done
-        stop_pid "$pid" redis-server
-        redis_pid=""
-    done
-    cat "$log" >&2
-    die "redis-server did not start on a free loopback port (20 tries)"
-}
 
 # Extra environment of the next nodes (DATABASE_URL, REDIS_URL, ...).
 node_env=()
@@ -747,36 +704,23 @@ start_node() {
         "$chatd" >"$log" 2>&1 &
     pid=$!
     node_pids+=("$pid")
-    local line=""
-    # Migrations run before the ready line: up to 60 s.
-    for _ in $(seq 1 600); do
-        line=$(grep -m1 '^chatd ready ' "$log" 2>/dev/null || true)
-        [ -n "$line" ] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "chatd exited at start (log $log)"; }
-        sleep 0.1
-    done
-    [ -n "$line" ] || { cat "$log" >&2; die "chatd printed no ready line within 60 s"; }
+    local line
+    line=$(node_ready_line "$log" "$pid" 60) # migrations run before the ready line
     publics+=("$(sed -n 's/.* public=\([^ ]*\).*/\1/p' <<<"$line")")
     admins+=("$(sed -n 's/.* admin=\([^ ]*\).*/\1/p' <<<"$line")")
 }
 
 wait_ready_all() {
-    local a code
+    local a
     for a in "${admins[@]}"; do
-        code=""
-        for _ in $(seq 1 300); do
-            code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://$a/readyz" || true)
-            [ "$code" = 200 ] && break
-            sleep 0.1
-        done
-        [ "$code" = 200 ] || die "chatd at $a not ready within 30 s (/readyz answered ${code:-nothing})"
+        wait_readyz "$a" 30
     done
 }
 
 # Starts redis and 3 nodes on database $1; logs prefixed $2.
 start_cluster() {
     local db=$1 pre=$2 k
-    start_redis "$pre.redis.log"
+    start_redis "$pre.redis.log" "$pg_port"
     node_env=("REDIS_URL=redis://127.0.0.1:$redis_port" "DATABASE_URL=$(db_url "$db")" ${3:+"$3"})
     for k in 1 2 3; do
         start_node "$pre.chatd$k.log" "bench-$k"
@@ -801,9 +745,6 @@ target_args() {
     done
 }
 
-field() {
-    awk -v k="$2" '{ for (i = 1; i <= NF; i++) { n = index($i, "="); if (n > 0 && substr($i, 1, n - 1) == k) { print substr($i, n + 1); exit } } }' <<<"$1"
-}
 
 # Medians of every numeric key=value of the lines tagged $1, grouped by the value of key $2
 # ("" = one group), over the files given.

@@ -24,6 +24,9 @@
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+bench_name=run_bench
+# shellcheck source=tests/bench/bench_lib.sh
+. "$here/bench_lib.sh"
 root=$(cd "$here/../.." && pwd)
 bindir="$root/build/bin"
 runs=3
@@ -143,22 +146,6 @@ fi
 mock_pid=""
 llm_pid=""
 
-# Stops one process started here by its PID: SIGTERM, then SIGKILL after 10 s.
-stop_pid() {
-    local pid=$1 what=$2
-    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
-        kill -TERM "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            echo "run_bench: $what $pid ignored SIGTERM for 10 s; killing it" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    fi
-}
 
 # Nodes first, so they do not spend their last moments reconnecting to a Redis that is gone.
 stop_all() {
@@ -196,56 +183,13 @@ start_node() {
         "$chatd" >"$log" 2>&1 &
     pid=$!
     node_pids+=("$pid")
-    local line=""
-    for _ in $(seq 1 100); do
-        line=$(grep -m1 '^chatd ready ' "$log" 2>/dev/null || true)
-        [ -n "$line" ] && break
-        kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; die "chatd exited at start"; }
-        sleep 0.1
-    done
-    [ -n "$line" ] || { cat "$log" >&2; die "chatd printed no ready line within 10 s"; }
+    local line
+    line=$(node_ready_line "$log" "$pid" 10)
     publics+=("$(sed -n 's/.* public=\([^ ]*\).*/\1/p' <<<"$line")")
     admins+=("$(sed -n 's/.* admin=\([^ ]*\).*/\1/p' <<<"$line")")
 }
 
-# A cluster node prints its ready line before it has reached Redis; /readyz answers 200 once
-# the broker is connected. $1 = admin host:port, $2 = log file.
-wait_node_ready() {
-    local code=""
-    for _ in $(seq 1 100); do
-        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://$1/readyz" || true)
-        [ "$code" = 200 ] && return 0
-        sleep 0.1
-    done
-    cat "$2" >&2
-    die "chatd at $1 not ready within 10 s (/readyz answered ${code:-nothing})"
-}
 
-# Starts a redis-server without persistence on a free loopback port: tries random ports until
-# one binds (a port taken by anything else makes the server exit at once).
-# $1 = log file. Sets redis_pid and redis_port.
-start_redis() {
-    local log=$1 port pid
-    for _ in $(seq 1 20); do
-        port=$((20000 + RANDOM % 30000))
-        "$redis_server" --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-            --daemonize no --logfile '' >"$log" 2>&1 &
-        pid=$!
-        redis_pid=$pid
-        for _ in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            if grep -q 'Ready to accept connections' "$log" 2>/dev/null; then
-                redis_port=$port
-                return 0
-            fi
-            sleep 0.1
-        done
-        stop_pid "$pid" redis-server
-        redis_pid=""
-    done
-    cat "$log" >&2
-    die "redis-server did not start on a free loopback port (20 tries)"
-}
 
 # Prints the median of every numeric key=value field of the lines starting with $1 (for STEP
 # and URL lines: grouped by their number) over the given files. Non-numeric values ("-") are
@@ -378,7 +322,7 @@ run_scenario() {
                     "redis://127.0.0.1:$redis_port"
             done
             for k in $(seq 1 "$nodes"); do
-                wait_node_ready "${admins[k - 1]}" "$out/$name-run$r.chatd$k.log"
+                wait_readyz "${admins[k - 1]}" 10 "$out/$name-run$r.chatd$k.log"
             done
             echo "-- run $r/$runs: redis-server pid $redis_pid port $redis_port"
             for k in $(seq 1 "$nodes"); do
@@ -421,9 +365,6 @@ run_scenario() {
 }
 
 # Prints the value of key $2 in the line $1 ("-" when absent).
-field() {
-    awk -v k="$2" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) { print kv[2]; exit } } }' <<<"$1"
-}
 
 # With fanout-1k and a cluster scenario in one invocation: per step with the same rate, the
 # cluster's median deliveries/s over the single node's, and the latencies and CPU side by side.
