@@ -61,21 +61,23 @@
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
-  function stored(key, fallback) {
+  // The browser's storage (where, default localStorage: every tab of the browser; sessionStorage:
+  // this tab, across its reloads).
+  function stored(key, fallback, where = 'localStorage') {
     try {
-      const v = localStorage.getItem(key);
+      const v = window[where].getItem(key);
       return v === null ? fallback : JSON.parse(v);
     } catch {
       return fallback; // storage off, or not ours
     }
   }
 
-  function store(key, value) {
+  function store(key, value, where = 'localStorage') {
     try {
       if (value === null) {
-        localStorage.removeItem(key);
+        window[where].removeItem(key);
       } else {
-        localStorage.setItem(key, JSON.stringify(value));
+        window[where].setItem(key, JSON.stringify(value));
       }
     } catch {
       // private mode: nothing remembered, the page works all the same
@@ -1013,7 +1015,10 @@
       return;
     }
     me = name;
+    // The name fills the form of every new tab; this tab alone signs in with it again on a
+    // reload (a second tab may be someone else, as in the quick start's two tabs).
     store(STORE_NAME, name);
+    store(STORE_NAME, name, 'sessionStorage');
     $('me').textContent = name;
     $('me').hidden = false;
     $('sign-out').hidden = false;
@@ -1034,6 +1039,7 @@
 
   function signOut() {
     store(STORE_NAME, null);
+    store(STORE_NAME, null, 'sessionStorage');
     store(STORE_ROOMS, null); // the next person on this browser starts afresh
     if (client) {
       client.disconnect();
@@ -1130,10 +1136,11 @@
     $('room').value = urlRoom;
   }
   const remembered = stored(STORE_NAME, '');
+  const thisTab = stored(STORE_NAME, '', 'sessionStorage');
   $('name').value = params.get('user') || (typeof remembered === 'string' ? remembered : '');
   checkName();
-  if (typeof remembered === 'string' && NAME_RE.test(remembered) && !params.get('user')) {
-    signIn(remembered, $('room').value); // signed in before, not signed out: straight in
+  if (typeof thisTab === 'string' && NAME_RE.test(thisTab) && !params.get('user')) {
+    signIn(thisTab, $('room').value); // this tab signed in before, not signed out: straight in
   } else {
     $('name').focus();
   }

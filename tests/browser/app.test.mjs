@@ -157,6 +157,14 @@ test('sign-in rules, rooms with unread counts and links, keyboard only, contrast
   assert.equal(await alice.getByTestId('me').textContent(), 'alice');
   assert.equal(await alice.getByTestId('room-title').textContent(), 'design');
   await roomButton(alice, 'chat:lobby').waitFor(); // and her rooms
+  // A second tab of her browser offers her name but does not sign in on its own: the quick
+  // start's two tabs can be two people.
+  const tab = await alice.context().newPage();
+  await tab.goto(`${srv.httpUrl}/`);
+  await tab.getByTestId('join-form').waitFor();
+  assert.equal(await tab.getByTestId('name-input').inputValue(), 'alice');
+  assert.equal(await tab.getByTestId('connection-state').getAttribute('data-state'), 'disconnected');
+  await tab.close();
   // Sign out: the sign-in form, nothing remembered, bob sees her go.
   await alice.getByTestId('sign-out').click();
   await alice.getByTestId('join-form').waitFor();
