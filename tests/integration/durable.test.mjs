@@ -3,12 +3,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
+import { readdirSync } from 'node:fs';
 import { promisify } from 'node:util';
 import {
   Collector, chatMessage, connectClient, metricValue, scrapeMetrics, startChatd, subscribe, userToken, waitMetric, waitUntil,
 } from './helpers.mjs';
 import { startRedis, waitReady } from './cluster-util.mjs';
-import { startPostgres } from './pg-util.mjs';
+import { startPgBouncer, startPostgres } from './pg-util.mjs';
 import { ask, watchAnswer } from './llm-util.mjs';
 
 const run = promisify(execFile);
@@ -282,6 +283,99 @@ test('three nodes starting at once apply the migrations exactly once', async (t)
   const [late] = await startNodes(t, 1, redis, url, { CHAT_NODE_ID: 'late' });
   assert.doesNotMatch(late.stderr, /applying migration/);
   assert.match(late.stderr, /database schema ready.*applied=0/);
+});
+
+// The versions of store/migrations/NNNN_name.sql, in order.
+const MIGRATIONS = readdirSync(new URL('../../store/migrations/', import.meta.url))
+  .filter((f) => /^\d+_.*\.sql$/.test(f)).map((f) => Number.parseInt(f, 10)).sort((a, b) => a - b);
+
+test('behind PgBouncer in transaction mode (2 server connections for two nodes): migrations, persisted publishes, history past the window and recovery all work', async (t) => {
+  const pg = await startPostgres(t);
+  await pg.createDb('bouncer');
+  const bouncer = await startPgBouncer(t, pg, { poolMode: 'transaction', poolSize: 2 });
+  const redis = await startRedis(t);
+  // Two nodes starting at once, each with a pool of 2 connections (and one for its migrations),
+  // all through PgBouncer: more clients than its 2 server connections, which they take turns on.
+  const nodes = await startNodes(t, 2, redis, bouncer.url('bouncer'), { CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_DB_POOL: 2 });
+  assert.equal(nodes.filter((n) => /applying migration/.test(n.stderr)).length, 1, 'one node migrated');
+  assert.equal(nodes.filter((n) => /database schema ready.*applied=0/.test(n.stderr)).length, 1, 'the other found nothing to do');
+
+  // A subscriber away while the channel outgrows its 5-entry window 60 times over.
+  const reader = await connectClient(t, nodes[1], { user: 'reader' });
+  const { sub } = await subscribe(reader, 'chat:pgb', { recoverable: true, positioned: true });
+  const pubs = new Collector(sub, 'publication');
+  const subscribed = new Collector(sub, 'subscribed');
+  await api(nodes[0], 'publish', { channel: 'chat:pgb', data: { text: 'm0' } });
+  await pubs.waitCount(1);
+  reader.disconnect();
+  const N = 300;
+  for (let i = 1; i <= N; i++) {
+    const r = await api(nodes[i % 2], 'publish', { channel: 'chat:pgb', data: { text: `m${i}` } });
+    assert.equal(r.offset, i + 1);
+  }
+  const want = [...Array(N + 1).keys()].map((i) => `m${i}`);
+  // A connection PgBouncer's pooling broke (e.g. state kept on one server connection) is logged.
+  const trouble = (n) => n.stderr.split('\n').find((l) => /postgres connection lost|batch not committed|history read failed/.test(l));
+  for (const n of nodes) assert.equal(trouble(n), undefined, `${n.nodeId}'s log`);
+  await waitUntil(async () => (await redisCli(redis, 'XLEN', 'chat.persist')) === '0', { timeoutMs: 30_000, what: 'persist stream drained' });
+  await waitUntil(async () => (await redisCli(redis, 'XPENDING', 'chat.persist', 'chat-store')).startsWith('0'), { timeoutMs: 30_000, what: 'no pending entries' });
+
+  // The nodes' queries went through PgBouncer: it counts their transactions, holds their (at
+  // least 4) connections as clients, and its 2 server connections are all the backends the
+  // database has (checked before this test connects to it directly).
+  const clients = (await bouncer.admin('SHOW CLIENTS')).filter((c) => c.database === 'bouncer');
+  assert.ok(clients.length >= 4, `PgBouncer has ${clients.length} clients on the database`);
+  const backends = Number(await pg.query('postgres', 'SELECT count(*) FROM pg_stat_activity WHERE datname = \'bouncer\''));
+  assert.ok(backends >= 1 && backends <= 2, `${backends} backends on the database: PgBouncer's server connections only`);
+  const pool = (await bouncer.admin('SHOW POOLS')).find((p) => p.database === 'bouncer');
+  assert.equal(pool.pool_mode, 'transaction');
+  const stats = await waitUntil(async () => {
+    const s = (await bouncer.admin('SHOW STATS')).find((x) => x.database === 'bouncer');
+    return s && Number(s.total_xact_count) > 0 && s;
+  }, { what: 'PgBouncer counting the nodes\' transactions' });
+  assert.ok(Number(stats.total_query_count) >= Number(stats.total_xact_count));
+
+  // Postgres queried directly from here on: each migration recorded once,
+  assert.equal(await pg.query('bouncer', 'SELECT string_agg(version::text, \',\' ORDER BY version) FROM chat_schema_migrations'), MIGRATIONS.join(','));
+  assert.equal(await pg.query('bouncer', 'SELECT count(*) = count(DISTINCT version) FROM chat_schema_migrations'), 't');
+  // every publication stored once, in offset order.
+  const got = await rows(pg, 'bouncer', 'chat:pgb');
+  assert.deepEqual(got.map((r) => r.offset), want.map((_, i) => i + 1));
+  assert.deepEqual(got.map((r) => r.text), want);
+
+  // Recovery from past the window: from Postgres through PgBouncer.
+  reader.connect();
+  await subscribed.waitCount(1, 10_000);
+  assert.equal(subscribed.items[0].wasRecovering, true);
+  assert.equal(subscribed.items[0].recovered, true, `${N} publications past a 5-entry window are recovered`);
+  await pubs.waitCount(N + 1, 10_000);
+  assert.deepEqual(pubs.items.map((p) => p.data.text), want);
+
+  // Scrolling back from the top, 50 a page, alternately on each node; then forward
+  // from a position long out of the window.
+  const { epoch, offset: top } = await api(nodes[0], 'history', { channel: 'chat:pgb', limit: 0 });
+  assert.equal(top, N + 1);
+  const back = [];
+  let since = null;
+  for (let page = 0; page < 10; page++) {
+    const h = await api(nodes[page % 2], 'history', { channel: 'chat:pgb', limit: 50, reverse: true, ...(since ? { since } : {}) });
+    if (!h.publications.length) break;
+    back.push(...h.publications.map((p) => p.data.text));
+    since = { offset: h.publications.at(-1).offset, epoch };
+  }
+  assert.deepEqual(back, [...want].reverse());
+  const fwd = await api(nodes[1], 'history', { channel: 'chat:pgb', limit: 100, since: { offset: 100, epoch } });
+  assert.deepEqual(fwd.publications.map((p) => p.offset), [...Array(100).keys()].map((k) => 101 + k));
+  let answers = 0;
+  for (const n of nodes) {
+    const m = await scrapeMetrics(n);
+    answers += metricValue(m, 'chat_store_history_answers_total');
+    assert.equal(metricValue(m, 'chat_store_write_retries_total'), 0, `${n.nodeId}: no write had to be retried`);
+    assert.equal(metricValue(m, 'chat_store_history_errors_total'), 0, `${n.nodeId}: no history read failed`);
+    assert.equal(trouble(n), undefined, `${n.nodeId}'s log`);
+  }
+  assert.ok(answers >= 8, `${answers} history answers from Postgres`);
+  assert.doesNotMatch(bouncer.log(), /prepared statement|unsupported startup parameter|ERROR/, 'PgBouncer\'s log');
 });
 
 test('three nodes, 10,000 messages, one node killed halfway: Postgres holds every acknowledged message once, in offset order', async (t) => {
