@@ -168,7 +168,7 @@ static const setting_t settings[] = {
      "10000",
      "one database statement; past it the connection is dropped and the statement retried"},
     {"CHAT_DB_BATCH", "db_batch", T_U32, OFF(db_batch), "500",
-     "publications per INSERT (one commit each)"},
+     "publications per INSERT (one commit each; at most 10000)"},
     {"CHAT_DB_START_WAIT_MS", "db_start_wait_ms", T_U32, OFF(db_start_wait_ms), "30000",
      "how long a starting node waits for the database (migrations) before it gives up"},
     {"CHAT_PERSIST_MAX", "persist_max", T_U32, OFF(persist_max), "100000",

@@ -175,15 +175,19 @@ static void batch_done(PGresult *res, void *ud) {
     maybe_finish_close(s);
 }
 
-static const char insert_head[] =
-    "WITH r(channel, epoch, off, user_id, client_id, message_id, data, info, created_ms, plan) "
-    "AS "
-    "(VALUES ";
-/* DISTINCT ON keeps one position per channel (ON CONFLICT may touch a row once per statement),
+/* One statement text for every batch: the rows travel as ten binary arrays (one per column)
+ * that unnest turns back into rows. Postgres parses and plans the same short statement whatever
+ * the batch size; the earlier form, a VALUES list of ten parameters per row, cost the server
+ * about three times as much CPU per row at 500 rows (measured: 50 against 17 us/row), and
+ * capped a batch at 6,500 rows by the protocol's 65,535 parameters.
+ * DISTINCT ON keeps one position per channel (ON CONFLICT may touch a row once per statement),
  * ordered by channel so that concurrent writers lock positions in the same order. A position
  * moves forward only, or to another epoch. */
-static const char insert_tail[] =
-    "), ins AS (INSERT INTO chat_messages (channel, epoch, \"offset\", user_id, client_id, "
+static const char insert_sql[] =
+    "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], "
+    "$5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::int8[], $10::text[]) AS r(channel, "
+    "epoch, off, user_id, client_id, message_id, data, info, created_ms, plan)), "
+    "ins AS (INSERT INTO chat_messages (channel, epoch, \"offset\", user_id, client_id, "
     "message_id, data, info, plan, created_at) SELECT channel, epoch, off, user_id, client_id, "
     "message_id, data, info, plan, to_timestamp(created_ms / 1000.0) FROM r ON CONFLICT DO "
     "NOTHING) "
@@ -191,6 +195,43 @@ static const char insert_tail[] =
     "epoch, off FROM r ORDER BY channel, off DESC ON CONFLICT (channel) DO UPDATE SET epoch = "
     "EXCLUDED.epoch, top = EXCLUDED.top, updated_at = now() WHERE c.epoch <> EXCLUDED.epoch OR "
     "c.top < EXCLUDED.top";
+
+/* Postgres's binary array format (array_recv): a one-dimensional array of n elements of type
+ * oid, then per element its length (-1: NULL) and bytes, integers in network order. */
+enum { OID_BYTEA = 17, OID_INT8 = 20, OID_TEXT = 25 };
+
+static void put_u32(core_str_t *a, uint32_t v) {
+    unsigned char b[4] = {(unsigned char)(v >> 24), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 8), (unsigned char)v};
+    core_str_append(a, (const char *)b, 4);
+}
+
+static void arr_begin(core_str_t *a, size_t n, uint32_t oid) {
+    put_u32(a, 1);   /* dimensions */
+    put_u32(a, 1);   /* may hold NULLs: the server accepts the flag either way */
+    put_u32(a, oid); /* element type */
+    put_u32(a, (uint32_t)n);
+    put_u32(a, 1); /* lower bound */
+}
+
+static void arr_bytes(core_str_t *a, const char *p, size_t n) {
+    if (!p) {
+        put_u32(a, UINT32_MAX); /* -1 */
+        return;
+    }
+    put_u32(a, (uint32_t)n);
+    core_str_append(a, p, n);
+}
+
+static void arr_str(core_str_t *a, const char *z) {
+    arr_bytes(a, z, z ? strlen(z) : 0);
+}
+
+static void arr_int8(core_str_t *a, int64_t v) {
+    put_u32(a, 8);
+    put_u32(a, (uint32_t)((uint64_t)v >> 32));
+    put_u32(a, (uint32_t)v);
+}
 
 /* The publisher's user and client from its ClientInfo, the client's message id from the data
  * (the chat schema's "client_msg_id"): columns to search by, NULL when absent. */
@@ -225,41 +266,36 @@ static void send_batch(store_t *s, size_t max) {
     last->next = NULL;
     s->queued -= n;
 
-    int np = (int)(n * PARAMS_PER_ROW);
-    const char **values = core_calloc((size_t)np, sizeof *values);
-    int *lengths = core_calloc((size_t)np, sizeof *lengths);
-    int *formats = core_calloc((size_t)np, sizeof *formats);
-    char(*nums)[2][24] = core_calloc(n, sizeof *nums);
-    char **owned = core_calloc(n * 3, sizeof *owned);
-    core_str_t sql = {0};
-    core_str_appends(&sql, insert_head);
-    size_t i = 0;
-    for (wrow_t *r = rows; r; r = r->next, i++) {
-        int k = (int)(i * PARAMS_PER_ROW);
-        row_columns(r, &owned[i * 3], &owned[i * 3 + 1], &owned[i * 3 + 2]);
-        snprintf(nums[i][0], sizeof nums[i][0], "%" PRIu64, r->offset);
-        snprintf(nums[i][1], sizeof nums[i][1], "%" PRId64, r->created_ms);
-        values[k] = r->channel;
-        values[k + 1] = r->epoch;
-        values[k + 2] = nums[i][0];
-        values[k + 3] = owned[i * 3];
-        values[k + 4] = owned[i * 3 + 1];
-        values[k + 5] = owned[i * 3 + 2];
-        values[k + 6] = r->data;
-        lengths[k + 6] = (int)r->data_len;
-        formats[k + 6] = 1;
-        values[k + 7] = r->info;
-        lengths[k + 7] = (int)r->info_len;
-        formats[k + 7] = 1;
-        values[k + 8] = nums[i][1];
-        values[k + 9] = r->plan;
-        core_str_appendf(&sql,
-                         "%s($%d::text, $%d::text, $%d::bigint, $%d::text, $%d::text, $%d::text, "
-                         "$%d::bytea, $%d::bytea, $%d::bigint, $%d::text)",
-                         i ? ", " : "", k + 1, k + 2, k + 3, k + 4, k + 5, k + 6, k + 7, k + 8,
-                         k + 9, k + 10);
+    core_str_t col[PARAMS_PER_ROW] = {{0}};
+    static const uint32_t oids[PARAMS_PER_ROW] = {OID_TEXT, OID_TEXT, OID_INT8,  OID_TEXT,
+                                                  OID_TEXT, OID_TEXT, OID_BYTEA, OID_BYTEA,
+                                                  OID_INT8, OID_TEXT};
+    for (int k = 0; k < PARAMS_PER_ROW; k++)
+        arr_begin(&col[k], n, oids[k]);
+    for (wrow_t *r = rows; r; r = r->next) {
+        char *user, *client, *msg_id;
+        row_columns(r, &user, &client, &msg_id);
+        arr_str(&col[0], r->channel);
+        arr_str(&col[1], r->epoch);
+        arr_int8(&col[2], (int64_t)r->offset);
+        arr_str(&col[3], user);
+        arr_str(&col[4], client);
+        arr_str(&col[5], msg_id);
+        arr_bytes(&col[6], r->data, r->data_len);
+        arr_bytes(&col[7], r->info, r->info_len);
+        arr_int8(&col[8], r->created_ms);
+        arr_str(&col[9], r->plan);
+        free(user);
+        free(client);
+        free(msg_id);
     }
-    core_str_appends(&sql, insert_tail);
+    const char *values[PARAMS_PER_ROW];
+    int lengths[PARAMS_PER_ROW], formats[PARAMS_PER_ROW];
+    for (int k = 0; k < PARAMS_PER_ROW; k++) {
+        values[k] = col[k].ptr;
+        lengths[k] = (int)col[k].len;
+        formats[k] = 1;
+    }
     batch_t *b = core_calloc(1, sizeof *b);
     b->s = s;
     b->rows = rows;
@@ -269,15 +305,10 @@ static void send_batch(store_t *s, size_t max) {
     s->inflight.prev->next = b;
     s->inflight.prev = b;
     s->inflight_n++;
-    int rc = pg_query(s->primary, sql.ptr, np, values, lengths, formats, false, batch_done, b);
-    core_str_free(&sql);
-    for (size_t j = 0; j < n * 3; j++)
-        free(owned[j]);
-    free(owned);
-    free(nums);
-    free(values);
-    free(lengths);
-    free(formats);
+    int rc = pg_query(s->primary, insert_sql, PARAMS_PER_ROW, values, lengths, formats, false,
+                      batch_done, b);
+    for (int k = 0; k < PARAMS_PER_ROW; k++)
+        core_str_free(&col[k]);
     if (rc != 0) {
         b->prev->next = b->next;
         b->next->prev = b->prev;
@@ -585,8 +616,8 @@ store_t *store_new(uv_loop_t *loop, const store_config_t *cfg) {
         s->cfg.pool_size = 2;
     if (!s->cfg.batch_max)
         s->cfg.batch_max = 500;
-    if (s->cfg.batch_max > 60000 / PARAMS_PER_ROW)
-        s->cfg.batch_max = 60000 / PARAMS_PER_ROW; /* a statement takes at most 65,535 */
+    if (s->cfg.batch_max > 10000)
+        s->cfg.batch_max = 10000; /* a batch is one statement and one transaction */
     if (!s->cfg.backlog_max)
         s->cfg.backlog_max = 100000;
     pg_pool_opts_t o = {s->cfg.pool_size, cfg->connect_timeout_ms, cfg->statement_timeout_ms};
