@@ -15,6 +15,10 @@
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
 #define PARAMS_PER_ROW 10
+/* A batch also ends at this many bytes of data and info: each column travels as one array
+ * whose length libpq takes as an int, and a batch of large messages should not hold the
+ * connection (or the server's memory) for long. A single larger row still goes alone. */
+#define BATCH_MAX_BYTES (64u << 20)
 
 typedef struct wrow {
     struct wrow *next;
@@ -254,9 +258,12 @@ static void row_columns(const wrow_t *r, char **user, char **client, char **msg_
 }
 
 static void send_batch(store_t *s, size_t max) {
-    size_t n = 0;
+    size_t n = 0, bytes = 0;
     wrow_t *rows = s->head, *last = NULL;
     for (wrow_t *r = rows; r && n < max; r = r->next) {
+        bytes += r->data_len + r->info_len;
+        if (n > 0 && bytes > BATCH_MAX_BYTES)
+            break;
         last = r;
         n++;
     }
