@@ -28,7 +28,9 @@
 # Environment: PG_BIN (default /usr/lib/postgresql/15/bin), REDIS_SERVER, CHATD, CHAT_LOAD;
 # DURABLE_RATE_LIMITS replaces the nodes' CHAT_RATE_LIMITS (default 100000/100000 for every plan,
 # as run_bench.sh; "executive=0/1" turns chat-load's users' limit off, and with it the shared
-# limit's Redis round trip per publish in cluster mode).
+# limit's Redis round trip per publish in cluster mode). DURABLE_PERSIST_RATES replaces section
+# 1's rates (default 5000,10000,20000,30000), e.g. 12000,14000,16000 to find the highest rate
+# sustained.
 # Output: PERSIST, PERSIST_CHECK, FANOUT, DRAIN and HISTORY lines of key=value per run, then the
 # same tags under "== MEDIANS" (median of each field over the runs), then what each field is.
 # As root, the PostgreSQL programs run as the postgres user (runuser), as PostgreSQL requires.
@@ -66,7 +68,7 @@ done
 [[ "$runs" =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive number"
 
 # ---- durations and loads ----
-persist_rates="5000,10000,20000,30000"
+persist_rates=${DURABLE_PERSIST_RATES:-5000,10000,20000,30000}
 persist_step=10
 persist_rooms=1000
 persist_pubs=12
