@@ -82,6 +82,7 @@ typedef struct {
     uint32_t db_connect_timeout_ms;
     uint32_t db_statement_timeout_ms;
     uint32_t db_batch;
+    uint32_t db_batch_bytes;
     uint32_t db_start_wait_ms;
     uint32_t persist_max;
     uint32_t persist_claim_ms;

@@ -169,6 +169,9 @@ static const setting_t settings[] = {
      "one database statement; past it the connection is dropped and the statement retried"},
     {"CHAT_DB_BATCH", "db_batch", T_U32, OFF(db_batch), "500",
      "publications per INSERT (one commit each; at most 10000)"},
+    {"CHAT_DB_BATCH_BYTES", "db_batch_bytes", T_U32, OFF(db_batch_bytes), "67108864",
+     "bytes of message data and info per INSERT (at most 1 GiB; a larger single message goes "
+     "alone)"},
     {"CHAT_DB_START_WAIT_MS", "db_start_wait_ms", T_U32, OFF(db_start_wait_ms), "30000",
      "how long a starting node waits for the database (migrations) before it gives up"},
     {"CHAT_PERSIST_MAX", "persist_max", T_U32, OFF(persist_max), "100000",

@@ -87,6 +87,7 @@ int srv__store_start(srv_t *S) {
         .connect_timeout_ms = S->cfg.db_connect_timeout_ms,
         .statement_timeout_ms = S->cfg.db_statement_timeout_ms,
         .batch_max = S->cfg.db_batch,
+        .batch_bytes = S->cfg.db_batch_bytes,
         .backlog_max = S->cfg.persist_max,
     };
     S->store = store_new(&S->loop, &sc);

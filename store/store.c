@@ -15,10 +15,12 @@
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
 #define PARAMS_PER_ROW 10
-/* A batch also ends at this many bytes of data and info: each column travels as one array
- * whose length libpq takes as an int, and a batch of large messages should not hold the
- * connection (or the server's memory) for long. A single larger row still goes alone. */
-#define BATCH_MAX_BYTES (64u << 20)
+/* A batch also ends at cfg.batch_bytes of data and info (default 64 MiB, at most 1 GiB): each
+ * column travels as one array whose length libpq takes as an int, and a batch of large
+ * messages should not hold the connection (or the server's memory) for long. A single larger
+ * row still goes alone. */
+#define BATCH_BYTES_DEFAULT (64u << 20)
+#define BATCH_BYTES_MAX (1u << 30)
 
 typedef struct wrow {
     struct wrow *next;
@@ -262,7 +264,7 @@ static void send_batch(store_t *s, size_t max) {
     wrow_t *rows = s->head, *last = NULL;
     for (wrow_t *r = rows; r && n < max; r = r->next) {
         bytes += r->data_len + r->info_len;
-        if (n > 0 && bytes > BATCH_MAX_BYTES)
+        if (n > 0 && bytes > s->cfg.batch_bytes)
             break;
         last = r;
         n++;
@@ -625,6 +627,10 @@ store_t *store_new(uv_loop_t *loop, const store_config_t *cfg) {
         s->cfg.batch_max = 500;
     if (s->cfg.batch_max > 10000)
         s->cfg.batch_max = 10000; /* a batch is one statement and one transaction */
+    if (!s->cfg.batch_bytes)
+        s->cfg.batch_bytes = BATCH_BYTES_DEFAULT;
+    if (s->cfg.batch_bytes > BATCH_BYTES_MAX)
+        s->cfg.batch_bytes = BATCH_BYTES_MAX;
     if (!s->cfg.backlog_max)
         s->cfg.backlog_max = 100000;
     pg_pool_opts_t o = {s->cfg.pool_size, cfg->connect_timeout_ms, cfg->statement_timeout_ms};

@@ -25,6 +25,7 @@ typedef struct {
     uint32_t connect_timeout_ms;
     uint32_t statement_timeout_ms;
     uint32_t batch_max;   /* rows per INSERT */
+    uint32_t batch_bytes; /* data and info bytes per INSERT (a larger single row goes alone) */
     uint32_t backlog_max; /* rows waiting for a commit; more are refused (CORE_ELIMIT) */
 } store_config_t;
 

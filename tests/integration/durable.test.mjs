@@ -155,6 +155,31 @@ test('one node, Postgres stopped: publishes are acknowledged only once committed
   assert.equal(metricValue(m, 'chat_store_backlog'), 0);
 });
 
+test('a backlog of large messages goes in batches of at most CHAT_DB_BATCH_BYTES, in order, none lost', async (t) => {
+  const pg = await startPostgres(t);
+  const url = await pg.createDb('bigrows');
+  const srv = await startChatd(t, { env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_DB_BATCH_BYTES: 3000, CHAT_RATE_LIMITS: 'free=100000/100000' } });
+  const c = await connectClient(t, srv, { user: 'alice' });
+  const { sub } = await subscribe(c, 'chat:big');
+  await sub.publish(chatMessage('before'));
+  await pg.stop();
+  // Eight rows of about 1.1 KB each wait while the database is down; with a 3,000-byte cap
+  // they cannot go as one batch when it is back (CHAT_DB_BATCH alone would allow 500 rows).
+  const texts = Array.from({ length: 8 }, (_, i) => `b${i + 1}-` + 'x'.repeat(1000));
+  const pending = texts.map((txt) => sub.publish(chatMessage(txt)));
+  await waitMetric(srv, 'chat_store_backlog', {}, (v) => v === 8);
+  await pg.start();
+  await Promise.all(pending);
+  const got = await rows(pg, 'bigrows', 'chat:big');
+  assert.deepEqual(got.map((r) => r.text), ['before', ...texts]);
+  assert.deepEqual(got.map((r) => r.offset), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  const m = await scrapeMetrics(srv);
+  assert.equal(metricValue(m, 'chat_store_rows_total'), 9);
+  const batches = metricValue(m, 'chat_store_batch_rows_count');
+  assert.ok(batches >= 5, `the eight large rows went in ${batches - 1} batch(es), want at least 4`);
+  assert.equal(metricValue(m, 'chat_store_batch_rows_bucket', { le: '2' }), batches, 'no batch holds more than 2 of the large rows');
+});
+
 test('one node, Postgres frozen (SIGSTOP) mid-write: the statement timeout drops the connection, the batch is sent again after SIGCONT, stored once', async (t) => {
   const pg = await startPostgres(t);
   const url = await pg.createDb('frozen');
