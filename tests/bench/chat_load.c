@@ -981,6 +981,23 @@ static const char *find_str(const void *hay, size_t n, const char *needle, size_
     return NULL;
 }
 
+/* Where a publication's text ("text":"L...) starts in p, or NULL. Every publication of the
+ * bench channel has the same prefix, so the text usually sits where it was last time (*hint)
+ * and one compare replaces the search. */
+static const char *find_text(const void *p, size_t n, size_t *hint) {
+    static const char mark[] = "\"text\":\"L";
+    const size_t ml = sizeof mark - 1;
+    const char *s = p;
+    if (*hint + ml <= n && memcmp(s + *hint, mark, ml) == 0) {
+        return s + *hint;
+    }
+    const char *t = find_str(s, n, mark, ml);
+    if (t != NULL) {
+        *hint = (size_t)(t - s);
+    }
+    return t;
+}
+
 /* Reads the varint at *p (advanced); false past end. */
 static bool pb_read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
     *v = 0;
@@ -1042,14 +1059,7 @@ static void pb_on_reply(conn *c, const uint8_t *p, size_t n, int64_t now) {
     }
     if (pb_find(p, end, 4, &v, &f, &fl) == 2) {
         if (pb_find(f, f + fl, 4, &v, &g2, &gl) == 2 && pb_find(g2, g2 + gl, 4, &v, &d, &dl) == 2) {
-            /* As on the JSON path: the text sits at the same offset of every publication's
-             * data, so one compare usually replaces the search. */
-            const char *t = NULL;
-            if (g.pb_text_hint + 9 <= dl && memcmp(d + g.pb_text_hint, "\"text\":\"L", 9) == 0) {
-                t = (const char *)d + g.pb_text_hint;
-            } else if ((t = find_str(d, dl, "\"text\":\"L", 9)) != NULL) {
-                g.pb_text_hint = (size_t)(t - (const char *)d);
-            }
+            const char *t = find_text(d, dl, &g.pb_text_hint);
             if (t)
                 on_publication(c, t + 9, (const char *)d + dl, now);
         } else if (pb_find(f, f + fl, 11, &v, &g2, &gl) == 2) {
@@ -1328,17 +1338,7 @@ static void on_line(conn *c, const char *p, size_t n, int64_t now) {
     if (find_str(p, n < 16 ? n : 16, "\"push\"", 6) != NULL) {
         /* Only our own publications carry a text starting with 'L' in the bench channel, so
          * one search finds them; join/leave and other pushes fall through cheaply. */
-        const char *t = NULL;
-        if (g.text_hint + 9 <= n && memcmp(p + g.text_hint, "\"text\":\"L", 9) == 0) {
-            t = p + g.text_hint;
-        } else {
-            t = find_str(p, n, "\"text\":\"L", 9);
-            if (t != NULL) {
-                /* Every publication of the bench channel has the same prefix, so the text
-                 * sits at the same offset next time and one compare replaces the search. */
-                g.text_hint = (size_t)(t - p);
-            }
-        }
+        const char *t = find_text(p, n, &g.text_hint);
         if (t != NULL) {
             on_publication(c, t + 9, p + n, now);
         } else if (find_str(p, n, "\"disconnect\"", 12) != NULL) {

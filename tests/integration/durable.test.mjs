@@ -122,14 +122,23 @@ test('a subscriber away for longer than the window recovers everything from Post
   assert.deepEqual(pubs.items.map((p) => p.data.text), [...Array(31).keys()].map((i) => `m${i}`));
 });
 
-test('one node, Postgres stopped: publishes are acknowledged only once committed, the backlog is capped, nothing acknowledged is lost', async (t) => {
+/**
+ * One node without Redis on a database of its own, a subscriber that has stored one
+ * publication ("before", offset 1), then the database stopped: the start of every outage test.
+ */
+async function nodeThenOutage(t, db, channel, env) {
   const pg = await startPostgres(t);
-  const url = await pg.createDb('outage');
-  const srv = await startChatd(t, { env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_PERSIST_MAX: 8, CHAT_RATE_LIMITS: 'free=100000/100000' } });
+  const url = await pg.createDb(db);
+  const srv = await startChatd(t, { env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_RATE_LIMITS: 'free=100000/100000', ...env } });
   const c = await connectClient(t, srv, { user: 'alice' });
-  const { sub } = await subscribe(c, 'chat:down');
+  const { sub } = await subscribe(c, channel);
   await sub.publish(chatMessage('before'));
   await pg.stop();
+  return { pg, srv, sub };
+}
+
+test('one node, Postgres stopped: publishes are acknowledged only once committed, the backlog is capped, nothing acknowledged is lost', async (t) => {
+  const { pg, srv, sub } = await nodeThenOutage(t, 'outage', 'chat:down', { CHAT_PERSIST_MAX: 8 });
   const acked = [];
   const pending = [];
   for (let i = 1; i <= 8; i++) {
@@ -156,13 +165,7 @@ test('one node, Postgres stopped: publishes are acknowledged only once committed
 });
 
 test('a backlog of large messages goes in batches of at most CHAT_DB_BATCH_BYTES, in order, none lost', async (t) => {
-  const pg = await startPostgres(t);
-  const url = await pg.createDb('bigrows');
-  const srv = await startChatd(t, { env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(SMALL), CHAT_DB_BATCH_BYTES: 3000, CHAT_RATE_LIMITS: 'free=100000/100000' } });
-  const c = await connectClient(t, srv, { user: 'alice' });
-  const { sub } = await subscribe(c, 'chat:big');
-  await sub.publish(chatMessage('before'));
-  await pg.stop();
+  const { pg, srv, sub } = await nodeThenOutage(t, 'bigrows', 'chat:big', { CHAT_DB_BATCH_BYTES: 3000 });
   // Eight rows of about 1.1 KB each wait while the database is down; with a 3,000-byte cap
   // they cannot go as one batch when it is back (CHAT_DB_BATCH alone would allow 500 rows).
   const texts = Array.from({ length: 8 }, (_, i) => `b${i + 1}-` + 'x'.repeat(1000));
