@@ -250,7 +250,7 @@ static void json_to_req(const chat_cmd_t *cmd, chat_req_t *req) {
         break;
     case CHAT_M_PUBLISH:
         req->publish.channel = chat__json_str(p, "channel");
-        req->publish.data = json_data(pv, p, &req->publish.data_len);
+        req->publish.doc = json_object_get(p, "data");
         break;
     case CHAT_M_RPC:
         req->rpc.method = chat__json_str(p, "method");

@@ -216,8 +216,11 @@ typedef struct {
 
 typedef struct {
     const char *channel;
-    const char *data;
+    const char *data; /* the data as text, or NULL when doc has it */
     size_t data_len;
+    /* The data as the JSON codec already parsed it (NULL from other codecs): the chat schema
+     * checks it as it is instead of parsing its text a second time. */
+    const json_t *doc;
 } chat_publish_req_t;
 
 typedef struct {

@@ -269,7 +269,8 @@ void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd) {
     chat_node_t *n = c->node;
     const char *channel = cmd->publish.channel;
     const char *data = cmd->publish.data;
-    if (!channel || !data) {
+    const json_t *doc = cmd->publish.doc;
+    if (!channel || (!data && !doc)) {
         chat__reply_error(c, cmd->id, CORE_REPLY_BAD_REQUEST,
                           "bad request: channel and data required");
         return;
@@ -293,14 +294,20 @@ void chat__handle_publish(chat_client_t *c, const chat_req_t *cmd) {
     char msg_id[65] = "";
     char *txt;
     if (ns->schema == CHAT_SCHEMA_CHAT) {
-        /* The data is JSON text in every codec; the chat schema checks its fields. */
-        json_t *doc = json_loadb(data, cmd->publish.data_len, JSON_DECODE_ANY, NULL);
-        txt = doc ? chat_message_normalize(doc, ns->max_message_bytes, core_wall_ms(), msg_id, err,
-                                           sizeof err)
-                  : NULL;
-        if (!doc)
+        /* The data is JSON in every codec; the chat schema checks its fields. */
+        json_t *parsed =
+            doc ? NULL : json_loadb(data, cmd->publish.data_len, JSON_DECODE_ANY, NULL);
+        const json_t *d = doc ? doc : parsed;
+        txt = d ? chat_message_normalize(d, ns->max_message_bytes, core_wall_ms(), msg_id, err,
+                                         sizeof err)
+                : NULL;
+        if (!d)
             snprintf(err, sizeof err, "message must be an object");
-        json_decref(doc);
+        json_decref(parsed);
+    } else if (doc) {
+        txt = json_dumps(doc, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (!txt)
+            snprintf(err, sizeof err, "bad request: data cannot be encoded");
     } else {
         txt = core_strndup(data, cmd->publish.data_len);
     }

@@ -8,7 +8,21 @@
 
 #define MOD "chat"
 
+/* Whichever list is shorter is walked: a publisher in a thousand rooms finds its subscription
+ * among the room's few members by pointer, and a member of a crowded room among its own few
+ * subscriptions by name. */
 chat_sub_t *chat__client_find_sub(chat_client_t *c, const char *channel) {
+    if (c->nsubs > 4) {
+        const chat_channel_t *ch = core_map_get(c->node->channels, channel);
+        if (!ch)
+            return NULL;
+        if (ch->n < c->nsubs) {
+            for (uint32_t i = 0; i < ch->n; i++)
+                if (ch->subs[i]->c == c)
+                    return ch->subs[i];
+            return NULL;
+        }
+    }
     for (chat_sub_t *s = c->subs; s; s = s->next)
         if (strcmp(s->ch->name, channel) == 0)
             return s;

@@ -595,7 +595,7 @@ int64_t core_wall_ms(void) {
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-void core_random(void *buf, size_t n) {
+static void random_fill(void *buf, size_t n) {
     char *p = buf;
     while (n > 0) {
         ssize_t r = getrandom(p, n, 0);
@@ -608,6 +608,30 @@ void core_random(void *buf, size_t n) {
         p += r;
         n -= (size_t)r;
     }
+}
+
+/* Small requests are served from a pool filled by one getrandom call: a node asks for random
+ * bytes on every publish (the epoch candidate), and a system call each time was a measurable
+ * share of a busy node. The pool is per thread and every byte is handed out once, so the bytes
+ * stay as unpredictable as getrandom's own. */
+#define RANDOM_POOL 4096
+
+void core_random(void *buf, size_t n) {
+    static _Thread_local uint8_t pool[RANDOM_POOL];
+    static _Thread_local size_t left;
+    if (n > RANDOM_POOL / 4) {
+        random_fill(buf, n);
+        return;
+    }
+    if (left < n) {
+        random_fill(pool, sizeof pool);
+        left = sizeof pool;
+    }
+    memcpy(buf, pool + sizeof pool - left, n);
+    /* Handed-out bytes are wiped from the pool, so a later memory disclosure cannot show
+     * a key or id already given out. */
+    memset(pool + sizeof pool - left, 0, n);
+    left -= n;
 }
 
 void core_random_id(char *out, size_t n) {
