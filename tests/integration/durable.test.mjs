@@ -53,11 +53,16 @@ test('one node without Redis keeps its channels across kill -9: offsets go on in
   let srv = await startChatd(t, { env });
   let c = await connectClient(t, srv, { user: 'alice' });
   let { sub } = await subscribe(c, 'chat:keep');
+  const sentFrom = Date.now();
   for (let i = 1; i <= 12; i++) {
     await sub.publish(chatMessage(`m${i}`));
   }
+  const sentTo = Date.now();
   // Acknowledged means committed: every one is in Postgres before the node dies.
   assert.deepEqual((await rows(pg, 'single', 'chat:keep')).map((r) => r.offset), [...Array(12).keys()].map((i) => i + 1));
+  // created_at is the publish time (retention deletes by it), to the millisecond.
+  const [first, last] = (await pg.query('single', `SELECT (extract(epoch FROM min(created_at)) * 1000)::int8, (extract(epoch FROM max(created_at)) * 1000)::int8 FROM chat_messages WHERE channel = 'chat:keep'`)).split('|').map(Number);
+  assert.ok(first >= sentFrom - 1 && last <= sentTo + 1 && first <= last, `created_at ${first}..${last} outside the publishing ${sentFrom}..${sentTo}`);
   const before = await sub.history({ limit: 0 });
   await srv.stop({ signal: 'SIGKILL' });
   c.disconnect();
