@@ -14,7 +14,7 @@
 
 #define RETRY_MIN_MS 100
 #define RETRY_MAX_MS 5000
-#define PARAMS_PER_ROW 10
+#define PARAMS_PER_ROW 11
 /* A batch also ends at cfg.batch_bytes of data and info (default 64 MiB, at most 1 GiB): each
  * column travels as one array whose length libpq takes as an int, and a batch of large
  * messages should not hold the connection (or the server's memory) for long. A single larger
@@ -32,6 +32,7 @@ typedef struct wrow {
     size_t info_len;
     int64_t created_ms;
     char *plan; /* or NULL */
+    bool reg;   /* this batch also writes the channel's chat_channels row (see registered) */
     uint64_t queued_us;
     store_done_cb cb;
     void *ud;
@@ -59,6 +60,9 @@ struct store {
     uint32_t retry_ms;
     bool waiting; /* the retry timer runs: no batch is sent before it fires */
     bool corked;
+    /* channel -> epoch (owned copies) of the channels whose chat_channels row holds that epoch,
+     * as far as this node knows: their rows are inserted without touching chat_channels. */
+    core_map_t *registered;
     core_hist_t commit_seconds;
     core_hist_t batch_rows;
     store_stats_t st;
@@ -72,6 +76,32 @@ struct store {
 static void flush(store_t *s);
 
 /* ---- writer ---- */
+
+/* Channels remembered as registered: past this many the memory is let go and each channel's next
+ * batch registers it again (one chat_channels upsert per channel), so a node writing millions of
+ * channels does not keep them all. */
+#define REGISTERED_MAX 100000
+
+static bool is_registered(const store_t *s, const char *channel, const char *epoch) {
+    const char *e = core_map_get(s->registered, channel);
+    return e && strcmp(e, epoch) == 0;
+}
+
+static void registered_clear(store_t *s) {
+    core_map_iter_t it = 0;
+    const char *k;
+    void *v;
+    while (core_map_next(s->registered, &it, &k, &v))
+        free(v);
+    core_map_free(s->registered);
+    s->registered = core_map_new();
+}
+
+static void set_registered(store_t *s, const char *channel, const char *epoch) {
+    if (core_map_size(s->registered) >= REGISTERED_MAX && !core_map_get(s->registered, channel))
+        registered_clear(s);
+    free(core_map_put(s->registered, channel, core_strdup(epoch)));
+}
 
 static void row_free(wrow_t *r) {
     free(r->channel);
@@ -143,6 +173,8 @@ static void batch_done(PGresult *res, void *ud) {
         while (rows) {
             wrow_t *r = rows;
             rows = r->next;
+            if (r->reg)
+                set_registered(s, r->channel, r->epoch);
             core_hist_observe(&s->commit_seconds, (double)(now - r->queued_us) / 1e6);
             if (r->cb)
                 r->cb(0, r->ud);
@@ -181,30 +213,37 @@ static void batch_done(PGresult *res, void *ud) {
     maybe_finish_close(s);
 }
 
-/* One statement text for every batch: the rows travel as ten binary arrays (one per column)
+/* One statement text for every batch: the rows travel as eleven binary arrays (one per column)
  * that unnest turns back into rows. Postgres parses and plans the same short statement whatever
  * the batch size; the earlier form, a VALUES list of ten parameters per row, cost the server
  * about three times as much CPU per row at 500 rows (measured: 50 against 17 us/row), and
  * capped a batch at 6,500 rows by the protocol's 65,535 parameters.
+ * chat_channels gets a row only from the rows marked reg: a channel's first rows in an epoch
+ * (or the first this node writes since it started), so the epoch is in Postgres in the same
+ * transaction as the channel's rows. Its top is not kept current per batch: concurrent batches
+ * of several nodes waited on each other's row locks there until commit, and the upsert cost
+ * Postgres about a third of its CPU per row. The newest offset is max("offset") of the channel's
+ * rows in that epoch (store_positions); top keeps what deletions removed (retention,
+ * history_remove), so offsets never go back.
  * DISTINCT ON keeps one position per channel (ON CONFLICT may touch a row once per statement),
  * ordered by channel so that concurrent writers lock positions in the same order. A position
  * moves forward only, or to another epoch. */
 static const char insert_sql[] =
     "WITH r AS (SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[], "
-    "$5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::timestamptz[], $10::text[]) AS "
-    "r(channel, epoch, off, user_id, client_id, message_id, data, info, created_at, plan)), "
+    "$5::text[], $6::text[], $7::bytea[], $8::bytea[], $9::timestamptz[], $10::text[], "
+    "$11::bool[]) AS r(channel, epoch, off, user_id, client_id, message_id, data, info, "
+    "created_at, plan, reg)), "
     "ins AS (INSERT INTO chat_messages (channel, epoch, \"offset\", user_id, client_id, "
     "message_id, data, info, plan, created_at) SELECT channel, epoch, off, user_id, client_id, "
-    "message_id, data, info, plan, created_at FROM r ON CONFLICT DO "
-    "NOTHING) "
+    "message_id, data, info, plan, created_at FROM r ON CONFLICT DO NOTHING) "
     "INSERT INTO chat_channels AS c (channel, epoch, top) SELECT DISTINCT ON (channel) channel, "
-    "epoch, off FROM r ORDER BY channel, off DESC ON CONFLICT (channel) DO UPDATE SET epoch = "
-    "EXCLUDED.epoch, top = EXCLUDED.top, updated_at = now() WHERE c.epoch <> EXCLUDED.epoch OR "
-    "c.top < EXCLUDED.top";
+    "epoch, off FROM r WHERE reg ORDER BY channel, off DESC ON CONFLICT (channel) DO UPDATE SET "
+    "epoch = EXCLUDED.epoch, top = EXCLUDED.top, updated_at = now() WHERE c.epoch <> "
+    "EXCLUDED.epoch OR c.top < EXCLUDED.top";
 
 /* Postgres's binary array format (array_recv): a one-dimensional array of n elements of type
  * oid, then per element its length (-1: NULL) and bytes, integers in network order. */
-enum { OID_BYTEA = 17, OID_INT8 = 20, OID_TEXT = 25, OID_TIMESTAMPTZ = 1184 };
+enum { OID_BOOL = 16, OID_BYTEA = 17, OID_INT8 = 20, OID_TEXT = 25, OID_TIMESTAMPTZ = 1184 };
 
 /* timestamptz travels as microseconds since 2000-01-01 UTC (timestamptz_recv), so the server does
  * no arithmetic per row: to_timestamp(ms / 1000.0) cost it a numeric division and a conversion
@@ -236,6 +275,11 @@ static void arr_bytes(core_str_t *a, const char *p, size_t n) {
 
 static void arr_str(core_str_t *a, const char *z) {
     arr_bytes(a, z, z ? strlen(z) : 0);
+}
+
+static void arr_bool(core_str_t *a, bool v) {
+    put_u32(a, 1);
+    core_str_append(a, v ? "\1" : "\0", 1);
 }
 
 static void arr_int8(core_str_t *a, int64_t v) {
@@ -283,7 +327,7 @@ static void send_batch(store_t *s, size_t max) {
     core_str_t col[PARAMS_PER_ROW] = {{0}};
     static const uint32_t oids[PARAMS_PER_ROW] = {OID_TEXT,        OID_TEXT, OID_INT8,  OID_TEXT,
                                                   OID_TEXT,        OID_TEXT, OID_BYTEA, OID_BYTEA,
-                                                  OID_TIMESTAMPTZ, OID_TEXT};
+                                                  OID_TIMESTAMPTZ, OID_TEXT, OID_BOOL};
     for (int k = 0; k < PARAMS_PER_ROW; k++)
         arr_begin(&col[k], n, oids[k]);
     for (wrow_t *r = rows; r; r = r->next) {
@@ -299,6 +343,8 @@ static void send_batch(store_t *s, size_t max) {
         arr_bytes(&col[7], r->info, r->info_len);
         arr_int8(&col[8], (r->created_ms - PG_EPOCH_UNIX_MS) * 1000);
         arr_str(&col[9], r->plan);
+        r->reg = !is_registered(s, r->channel, r->epoch);
+        arr_bool(&col[10], r->reg);
         free(user);
         free(client);
         free(msg_id);
@@ -485,6 +531,7 @@ int store_read(store_t *s, const char *channel, const char *epoch, bool reverse,
 }
 
 typedef struct {
+    store_t *s;
     void (*row)(void *, const char *, const char *, uint64_t);
     void (*done)(void *, int);
     void *ud;
@@ -498,9 +545,11 @@ static void positions_done(PGresult *res, void *ud) {
         return;
     }
     int n = PQntuples(res);
-    for (int i = 0; i < n; i++)
+    for (int i = 0; i < n; i++) {
+        set_registered(op->s, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
         op->row(op->ud, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
                 strtoull(PQgetvalue(res, i, 2), NULL, 10));
+    }
     op->done(op->ud, 0);
     free(op);
 }
@@ -509,17 +558,29 @@ int store_positions(store_t *s,
                     void (*row)(void *ud, const char *channel, const char *epoch, uint64_t top),
                     void (*done)(void *ud, int status), void *ud) {
     posop_t *op = core_calloc(1, sizeof *op);
+    op->s = s;
     op->row = row;
     op->done = done;
     op->ud = ud;
-    int rc = pg_query(s->primary, "SELECT channel, epoch, top FROM chat_channels", 0, NULL, NULL,
-                      NULL, false, positions_done, op);
+    /* chat_channels.top is not moved by every batch (see insert_sql): the channel's own rows
+     * tell its newest offset, one backward step of the primary key per channel. */
+    static const char sql[] =
+        "SELECT c.channel, c.epoch, greatest(c.top, (SELECT max(m.\"offset\") FROM chat_messages m "
+        "WHERE m.channel = c.channel AND m.epoch = c.epoch)) FROM chat_channels c";
+    int rc = pg_query(s->primary, sql, 0, NULL, NULL, NULL, false, positions_done, op);
     if (rc != 0)
         free(op);
     return rc;
 }
 
 /* ---- retention ---- */
+
+/* The tail of a deleting statement whose CTE del returns (channel, epoch, offset) of the rows it
+ * removed: chat_channels keeps the newest of them as the channel's position. */
+#define TOP_RAISE                                                                                  \
+    "up AS (UPDATE chat_channels c SET top = d.top FROM (SELECT channel, epoch, max(\"offset\") "  \
+    "AS top FROM del GROUP BY channel, epoch) d WHERE c.channel = d.channel AND c.epoch = "        \
+    "d.epoch AND c.top < d.top)"
 
 typedef struct {
     void (*cb)(int, uint64_t, void *);
@@ -528,11 +589,11 @@ typedef struct {
 
 static void retention_done(PGresult *res, void *ud) {
     retop_t *op = ud;
-    if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         CORE_LOGW(MOD, "retention delete failed", "sqlstate=%s", pg_sqlstate(res));
         op->cb(CORE_EAGAIN, 0, op->ud);
     } else {
-        op->cb(0, strtoull(PQcmdTuples(res), NULL, 10), op->ud);
+        op->cb(0, strtoull(PQgetvalue(res, 0, 0), NULL, 10), op->ud);
     }
     free(op);
 }
@@ -541,7 +602,10 @@ int store_retention_delete(store_t *s, const store_retention_rule_t *rule, uint3
                            void (*cb)(int status, uint64_t deleted, void *ud), void *ud) {
     core_str_t sql = {0};
     core_str_t except = {0};
-    core_str_appends(&sql, "DELETE FROM chat_messages WHERE ctid = ANY(ARRAY(SELECT ctid FROM "
+    /* The positions of the channels whose rows go are raised to the newest deleted offset in the
+     * same statement: a channel whose every row went still continues after it (insert_sql). */
+    core_str_appends(&sql, "WITH del AS (DELETE FROM chat_messages WHERE ctid = ANY(ARRAY(SELECT "
+                           "ctid FROM "
                            "chat_messages WHERE created_at < now() - make_interval(days => "
                            "$1::int) AND ");
     core_str_appends(&sql, rule->prefix ? "starts_with(channel, $2) AND "
@@ -555,7 +619,8 @@ int store_retention_delete(store_t *s, const store_retention_rule_t *rule, uint3
             core_str_appendf(&except, "%s\"%s\"", i ? "," : "", rule->except[i]);
         core_str_appends(&except, "}");
     }
-    core_str_appends(&sql, " LIMIT $4::int))");
+    core_str_appends(&sql, " LIMIT $4::int)) RETURNING channel, epoch, \"offset\"), " TOP_RAISE
+                           " SELECT count(*) FROM del");
     char days[16], lim[16];
     snprintf(days, sizeof days, "%" PRIu32, rule->days);
     snprintf(lim, sizeof lim, "%" PRIu32, batch);
@@ -580,7 +645,7 @@ typedef struct {
 
 static void channel_deleted(PGresult *res, void *ud) {
     delop_t *op = ud;
-    op->cb(res && PQresultStatus(res) == PGRES_COMMAND_OK ? 0 : CORE_EAGAIN, op->ud);
+    op->cb(res && PQresultStatus(res) == PGRES_TUPLES_OK ? 0 : CORE_EAGAIN, op->ud);
     free(op);
 }
 
@@ -590,8 +655,9 @@ int store_channel_delete(store_t *s, const char *channel, void (*cb)(int status,
     op->cb = cb;
     op->ud = ud;
     const char *values[1] = {channel};
-    int rc = pg_query(s->primary, "DELETE FROM chat_messages WHERE channel = $1", 1, values, NULL,
-                      NULL, false, channel_deleted, op);
+    static const char sql[] = "WITH del AS (DELETE FROM chat_messages WHERE channel = $1 RETURNING "
+                              "channel, epoch, \"offset\"), " TOP_RAISE " SELECT count(*) FROM del";
+    int rc = pg_query(s->primary, sql, 1, values, NULL, NULL, false, channel_deleted, op);
     if (rc != 0)
         free(op);
     return rc;
@@ -643,6 +709,7 @@ store_t *store_new(uv_loop_t *loop, const store_config_t *cfg) {
     if (cfg->read_url)
         s->replica = pg_pool_new(loop, "replica", cfg->read_url, &o);
     s->inflight.next = s->inflight.prev = &s->inflight;
+    s->registered = core_map_new();
     uv_timer_init(loop, &s->retry);
     s->retry.data = s;
     uv_timer_init(loop, &s->close_timer);
@@ -696,6 +763,8 @@ static void store_handle_closed(uv_handle_t *h) {
         fail_queued_rows(s);
         void (*done)(void *) = s->done;
         void *ud = s->done_ud;
+        registered_clear(s);
+        core_map_free(s->registered);
         free(s);
         if (done)
             done(ud);

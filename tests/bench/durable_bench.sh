@@ -30,7 +30,7 @@
 # as run_bench.sh; "executive=0/1" turns chat-load's users' limit off, and with it the shared
 # limit's Redis round trip per publish in cluster mode). DURABLE_PERSIST_RATES replaces section
 # 1's rates (default 5000,10000,20000,30000), e.g. 12000,14000,16000 to find the highest rate
-# sustained.
+# sustained. DURABLE_PERSIST_STEP replaces their length in seconds (default 10; --quick makes it 5).
 # Output: PERSIST, PERSIST_CHECK, FANOUT, DRAIN and HISTORY lines of key=value per run, then the
 # same tags under "== MEDIANS" (median of each field over the runs), then what each field is.
 # As root, the PostgreSQL programs run as the postgres user (runuser), as PostgreSQL requires.
@@ -69,7 +69,7 @@ done
 
 # ---- durations and loads ----
 persist_rates=${DURABLE_PERSIST_RATES:-5000,10000,20000,30000}
-persist_step=10
+persist_step=${DURABLE_PERSIST_STEP:-10}
 persist_rooms=1000
 persist_pubs=12
 fanout_rates="100,500,1000,2000"
@@ -420,18 +420,7 @@ async function measureStep(o, admins, redis, k) {
   lenMax = Math.max(lenMax, end.len);
   ageMax = Math.max(ageMax, end.age);
   const secs = (s1.t - s0.t) / 1000;
-  // Publish -> store lag from Postgres: per channel whose newest stored row was stored in this
-  // window, chat_channels.updated_at (the storing INSERT's transaction start) minus the row's
-  // created_at (the Redis time of its publish).
-  let lag = { n: '-', p50: '-', p99: '-', max: '-' };
-  try {
-    const r = await psql(o, `SELECT count(*), coalesce(round(percentile_disc(0.5) WITHIN GROUP (ORDER BY ms)), -1), coalesce(round(percentile_disc(0.99) WITHIN GROUP (ORDER BY ms)), -1), coalesce(round(max(ms)), -1) FROM (SELECT extract(epoch FROM c.updated_at - m.created_at) * 1000 AS ms FROM chat_channels c JOIN chat_messages m ON m.channel = c.channel AND m.epoch = c.epoch AND m."offset" = c.top WHERE c.updated_at >= to_timestamp(${s0.t / 1000})) t`);
-    const [n, p50, p99, mx] = r.split(' ');
-    lag = Number(n) > 0 ? { n, p50, p99, max: mx } : { n, p50: '-', p99: '-', max: '-' };
-  } catch (e) {
-    process.stderr.write(`persist-monitor: lag query failed: ${e.message}\n`);
-  }
-  return [
+  const text = [
     `rows/s=${f1((s1.rows - s0.rows) / secs)}`,
     `persist_acked/s=${f1((s1.acked - s0.acked) / secs)}`,
     `stream_len_end=${end.len}`,
@@ -446,12 +435,23 @@ async function measureStep(o, admins, redis, k) {
     `pg_cpu=${pgPid ? f1(((ticks1 - ticks0) / 100 / secs) * 100) : '-'}`,
     `pg_lock_waiters_max=${lockMax < 0 ? '-' : lockMax}`,
     `rate_limited/s=${f1((s1.limited - s0.limited) / secs)}`,
-    `pg_lag_channels=${lag.n}`,
-    `pg_lag_p50_ms=${lag.p50}`,
-    `pg_lag_p99_ms=${lag.p99}`,
-    `pg_lag_max_ms=${lag.max}`,
     `window_s=${secs.toFixed(2)}`,
   ].join(' ');
+  return { text, t0: s0.t, t1: s1.t };
+}
+
+// Publish -> commit lag of every row published in a step's window: the row's transaction's
+// commit time (track_commit_timestamp) minus its created_at (the Redis time of its publish).
+// Asked once every row is in (the stream empty), so rows that waited long count too.
+async function stepLag(o, w) {
+  try {
+    const r = await psql(o, `SELECT count(*), coalesce(round(percentile_disc(0.5) WITHIN GROUP (ORDER BY ms)), -1), coalesce(round(percentile_disc(0.99) WITHIN GROUP (ORDER BY ms)), -1), coalesce(round(max(ms)), -1) FROM (SELECT extract(epoch FROM pg_xact_commit_timestamp(xmin) - created_at) * 1000 AS ms FROM chat_messages WHERE created_at >= to_timestamp(${w.t0 / 1000}) AND created_at < to_timestamp(${w.t1 / 1000})) t`);
+    const [n, p50, p99, mx] = r.split(' ');
+    return Number(n) > 0 ? `pg_lag_rows=${n} pg_lag_p50_ms=${p50} pg_lag_p99_ms=${p99} pg_lag_max_ms=${mx}` : `pg_lag_rows=0 pg_lag_p50_ms=- pg_lag_p99_ms=- pg_lag_max_ms=-`;
+  } catch (e) {
+    process.stderr.write(`persist-monitor: lag query failed: ${e.message}\n`);
+    return 'pg_lag_rows=- pg_lag_p50_ms=- pg_lag_p99_ms=- pg_lag_max_ms=-';
+  }
 }
 
 function field(line, key) {
@@ -479,18 +479,29 @@ async function persistMonitor(o) {
   const fd = openSync(o['load-out'], 'r');
   const start = (k) => {
     if (k <= steps && !windows.has(k)) {
-      windows.set(k, measureStep(o, admins, redis, k).catch((e) => `window_error=${JSON.stringify(e.message)}`));
+      windows.set(k, measureStep(o, admins, redis, k).catch((e) => ({ text: `window_error=${JSON.stringify(e.message)}` })));
     }
   };
+  // Every step's line waits for the last step: the lag query reads every row of a window, and
+  // running it while the next step publishes would load the machine being measured.
   const flush = async (final) => {
+    if (!final && (windows.size < steps || loadLines.size < steps)) return;
+    // Every publication in (at most 60 s), so the lag counts the rows that waited longest.
+    const until = Date.now() + 60_000;
+    while (Date.now() < until) {
+      try {
+        if ((await redis.cmd('XLEN', 'chat.persist')) === 0) break;
+      } catch { break; }
+      await sleep(100);
+    }
     for (let k = 1; k <= steps; k++) {
       if (printed.has(k) || !windows.has(k)) continue;
-      if (!loadLines.has(k) && !final) continue;
       const w = await windows.get(k);
+      const lag = w.t0 ? await stepLag(o, w) : '';
       const l = loadLines.get(k) || '';
       const keys = ['sent/s', 'ok/s', 'pub_err', 'p99_ms', 'node_cpu', 'redis_cpu', 'host_cpu', 'other_cpu'];
       const fromLoad = keys.map((key) => `${key === 'ok/s' ? 'acks/s' : key === 'p99_ms' ? 'deliv_p99_ms' : key}=${field(l, key)}`).join(' ');
-      console.log(`PERSIST step=${k} rate=${l ? field(l, 'rate') : '-'} ${fromLoad} ${w}`);
+      console.log(`PERSIST step=${k} rate=${l ? field(l, 'rate') : '-'} ${fromLoad} ${w.text} ${lag}`);
       printed.add(k);
     }
   };
@@ -636,7 +647,8 @@ pg_start() {
     local i
     for i in 1 2 3 4 5; do
         if as_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -w -t 60 -l "$pg_dir/log" \
-            -o "-k $pg_dir -c listen_addresses=127.0.0.1 -p $pg_port" start >/dev/null 2>&1; then
+            -o "-k $pg_dir -c listen_addresses=127.0.0.1 -p $pg_port -c track_commit_timestamp=on" \
+            start >/dev/null 2>&1; then
             pg_pid=$(head -1 "$pg_dir/data/postmaster.pid")
             return 0
         fi
@@ -1063,10 +1075,11 @@ PERSIST: rows/s = increase of chat_store_rows_total summed over the 3 nodes over
   since its publish; commit_p50/p99_le_s = the upper bound of the chat_store_commit_seconds
   bucket holding that quantile of the window's rows (buckets 1, 2.5, 5, 10, 25, 50, 100, 250 ms,
   0.5, 1, 2.5, 5, 10, 30 s), from a row reaching a node's writer (read from the stream) to its
-  commit: it does not include the time in the stream; pg_lag_* = per channel whose newest row
-  was stored during the window, chat_channels.updated_at (start of the storing transaction) -
-  created_at (Redis time of the publish): publish-to-store lag of each channel's newest row,
-  without the commit itself. pg_cpu = CPU of the postmaster and its backends (% of one core);
+  commit: it does not include the time in the stream; pg_lag_* = over every row published
+  during the window (pg_lag_rows of them), its transaction's commit time
+  (pg_xact_commit_timestamp, with track_commit_timestamp on) - its created_at (Redis time of
+  the publish): the publish-to-commit lag, asked after the last step once the stream is empty,
+  so rows that waited longest count too. pg_cpu = CPU of the postmaster and its backends (% of one core);
   chat-load's other_cpu includes it. pub_err counts refused publishes: 429 when a connection has
   1,024 shared rate-limit checks waiting on Redis, 100 when the persist stream holds
   CHAT_PERSIST_MAX (100,000) entries. PERSIST_CHECK: after the last step and the stream's drain,

@@ -100,6 +100,16 @@ test('one node without Redis keeps its channels across kill -9: offsets go on in
   assert.equal(await pg.query('single', `SELECT count(*) FROM chat_messages WHERE channel = 'chat:keep'`), '0');
   assert.deepEqual((await sub.history({ limit: 100 })).publications, []);
   await assert.rejects(sub.history({ limit: 10, since: { offset: 3, epoch: top.epoch } }), (e) => e.code === 112);
+  // With every row gone, a restart still continues after the newest offset the channel had:
+  // going back would hand out offsets that clients already saw.
+  await srv.stop({ signal: 'SIGKILL' });
+  c.disconnect();
+  srv = await startChatd(t, { env });
+  c = await connectClient(t, srv, { user: 'alice' });
+  ({ sub } = await subscribe(c, 'chat:keep'));
+  await sub.publish(chatMessage('m14'));
+  const after = await sub.history({ limit: 0 });
+  assert.deepEqual([after.epoch, after.offset], [top.epoch, 14], 'offsets go on after history_remove and a restart');
 });
 
 test('a subscriber away for longer than the window recovers everything from Postgres', async (t) => {
@@ -219,9 +229,8 @@ test('retention deletes only what is older than the namespace and the publisher\
     chat: { ...SMALL.chat, retention_days: { default: 10, pro: 100 } },
     archive: { history_size: 5, history_ttl: 3600, allow_subscribe: true, allow_publish: true, max_message_bytes: 4096 },
   };
-  const srv = await startChatd(t, {
-    env: { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(namespaces), CHAT_API_KEY: API_KEY, CHAT_RETENTION_INTERVAL_MS: 200, CHAT_RATE_LIMITS: 'free=1000/1000,pro=1000/1000' },
-  });
+  const env = { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(namespaces), CHAT_API_KEY: API_KEY, CHAT_RETENTION_INTERVAL_MS: 200, CHAT_RATE_LIMITS: 'free=1000/1000,pro=1000/1000' };
+  let srv = await startChatd(t, { env });
   const free = await connectClient(t, srv, { token: userToken('fu', { plan: 'free' }) });
   const pro = await connectClient(t, srv, { token: userToken('pu', { plan: 'pro' }) });
   const { sub: fs } = await subscribe(free, 'chat:r');
@@ -245,6 +254,17 @@ test('retention deletes only what is older than the namespace and the publisher\
   const m = await scrapeMetrics(srv);
   assert.ok(metricValue(m, 'chat_store_retention_runs_total') >= 2);
   assert.equal(metricValue(m, 'chat_store_retention_deleted_total'), 3, 'later rounds find nothing more');
+  // chat:r's newest rows (p2 at 4, a1 at 5) went: after a restart its offsets still go on from 5.
+  const epoch = (await fs.history({ limit: 0 })).epoch;
+  await srv.stop({ signal: 'SIGKILL' });
+  free.disconnect();
+  pro.disconnect();
+  srv = await startChatd(t, { env });
+  const again = await connectClient(t, srv, { token: userToken('fu', { plan: 'free' }) });
+  const { sub: fs2 } = await subscribe(again, 'chat:r');
+  await fs2.publish(chatMessage('f3'));
+  const now = await fs2.history({ limit: 0 });
+  assert.deepEqual([now.epoch, now.offset], [epoch, 6], 'offsets go on after retention and a restart');
 });
 
 test('history past the window is read from the replica (DATABASE_READ_URL), from the primary while the replica is down', async (t) => {
