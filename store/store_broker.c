@@ -35,7 +35,8 @@ typedef struct {
     uint32_t claim_idle_ms;
     uint64_t claim_last_ms;
     uv_timer_t consume;
-    bool reading;
+    uint32_t reads; /* persist stream reads in flight */
+    bool behind;    /* the last read came back full: the stream holds more */
     bool info_pending;
     uint64_t info_last_ms;
     store_broker_stats_t bst;
@@ -360,6 +361,15 @@ static int dur_history(clu_broker_t *b, const char *channel, const clu_chan_opts
 
 #define CONSUME_BATCH 500
 
+/* While reads come back full the stream has a backlog, and this many go out back to back. Each
+ * read waits behind the publishes queued before it on the node's Redis connection: on a busy
+ * machine that round trip was about 75 ms, so one read at a time capped a node at 500 entries
+ * per round trip (under 7,000/s), and a cluster that fell behind stayed behind. */
+#define CONSUME_READS_MAX 4
+/* Entries read but not committed, in flight to this node included: past it nothing more is read
+ * (what is read waits in memory). */
+#define CONSUME_HELD_MAX ((CONSUME_READS_MAX + 4) * CONSUME_BATCH)
+
 static void consume_tick(uv_timer_t *t);
 #define CONSUME_TICK_MS 20
 
@@ -405,7 +415,8 @@ static void centry_done(int status, void *ud) {
 
 static void consumed(int status, const clu_persist_entry_t *entries, size_t n, void *ud) {
     dur_t *d = ud;
-    d->reading = false;
+    d->reads--;
+    d->behind = status == 0 && n == CONSUME_BATCH;
     if (status != 0 || n == 0 || d->close_done)
         return;
     cbatch_t *b = core_calloc(1, sizeof *b);
@@ -427,7 +438,7 @@ static void consumed(int status, const clu_persist_entry_t *entries, size_t n, v
     }
     store_uncork(d->st);
     d->bst.consumed += n;
-    if (n == CONSUME_BATCH)
+    if (d->behind)
         uv_timer_start(&d->consume, consume_tick, 0, CONSUME_TICK_MS);
     if (--b->left == 0)
         cbatch_done(b);
@@ -451,15 +462,18 @@ static void consume_tick(uv_timer_t *t) {
         d->info_last_ms = now;
     }
     /* Read no faster than the database commits: what is read waits in memory. */
-    if (d->reading || store_backlog(d->st) >= 4 * CONSUME_BATCH)
-        return;
-    uint32_t claim = 0;
-    if (d->claim_idle_ms && now - d->claim_last_ms >= d->claim_idle_ms / 2) {
-        claim = d->claim_idle_ms;
-        d->claim_last_ms = now;
+    uint32_t want = d->behind ? CONSUME_READS_MAX : 1;
+    while (d->reads < want &&
+           store_backlog(d->st) + (size_t)d->reads * CONSUME_BATCH < CONSUME_HELD_MAX) {
+        uint32_t claim = 0;
+        if (d->claim_idle_ms && now - d->claim_last_ms >= d->claim_idle_ms / 2) {
+            claim = d->claim_idle_ms;
+            d->claim_last_ms = now;
+        }
+        if (d->orig->persist_read(d->inner, d->consumer, CONSUME_BATCH, claim, consumed, d) != 0)
+            break;
+        d->reads++;
     }
-    if (d->orig->persist_read(d->inner, d->consumer, CONSUME_BATCH, claim, consumed, d) == 0)
-        d->reading = true;
 }
 
 void store_broker_stats(clu_broker_t *b, store_broker_stats_t *out) {
