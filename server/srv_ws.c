@@ -463,8 +463,11 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         /* A sender that streams: its reads end inside a frame in this pass and did in the
          * one before, so the rest is most likely in the socket already. A client that sends
          * now and then (one message split over two reads) is read on the next pass as lws
-         * would, which spares it rereads that only answer EAGAIN. */
-        if (lws_remaining_packet_payload(wsi) > 0 && !c->closing) {
+         * would, which spares it rereads that only answer EAGAIN. Over TLS lws reads one
+         * record per pass, and a record usually holds whole frames, so there a frame received
+         * in this pass and the one before marks a streaming sender too: without it a client
+         * sending a record per message was served one message per pass. */
+        if ((lws_remaining_packet_payload(wsi) > 0 || lws_is_ssl(wsi)) && !c->closing) {
             bool streaming = S->pass - c->mid_frame_pass <= 1;
             c->mid_frame_pass = S->pass;
             /* A removed link points at itself: linked means queued already. */
