@@ -87,19 +87,20 @@ static bool is_registered(const store_t *s, const char *channel, const char *epo
     return e && strcmp(e, epoch) == 0;
 }
 
-static void registered_clear(store_t *s) {
+static void registered_free(store_t *s) {
     core_map_iter_t it = 0;
     const char *k;
     void *v;
     while (core_map_next(s->registered, &it, &k, &v))
         free(v);
     core_map_free(s->registered);
-    s->registered = core_map_new();
 }
 
 static void set_registered(store_t *s, const char *channel, const char *epoch) {
-    if (core_map_size(s->registered) >= REGISTERED_MAX && !core_map_get(s->registered, channel))
-        registered_clear(s);
+    if (core_map_size(s->registered) >= REGISTERED_MAX && !core_map_get(s->registered, channel)) {
+        registered_free(s);
+        s->registered = core_map_new();
+    }
     free(core_map_put(s->registered, channel, core_strdup(epoch)));
 }
 
@@ -763,8 +764,7 @@ static void store_handle_closed(uv_handle_t *h) {
         fail_queued_rows(s);
         void (*done)(void *) = s->done;
         void *ud = s->done_ud;
-        registered_clear(s);
-        core_map_free(s->registered);
+        registered_free(s);
         free(s);
         if (done)
             done(ud);

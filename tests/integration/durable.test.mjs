@@ -41,6 +41,21 @@ async function allRows(pg, db) {
   return new Map(out ? out.split('\n').map((l) => { const [c, o, text] = l.split('|'); return [`${c}/${o}`, text]; }) : []);
 }
 
+/**
+ * Kills the node (SIGKILL) and drops the test's clients, starts it again with the same env, and
+ * publishes text into channel as a fresh client: returns the new node, client and subscription,
+ * and the channel's position after that publish.
+ */
+async function restartAndPublish(t, srv, clients, env, channel, connectOpts, text) {
+  await srv.stop({ signal: 'SIGKILL' });
+  for (const c of clients) c.disconnect();
+  const srv2 = await startChatd(t, { env });
+  const c = await connectClient(t, srv2, connectOpts);
+  const { sub } = await subscribe(c, channel);
+  await sub.publish(chatMessage(text));
+  return { srv: srv2, c, sub, top: await sub.history({ limit: 0 }) };
+}
+
 async function redisCli(redis, ...args) {
   const { stdout } = await run('redis-cli', ['-p', String(redis.port), ...args]);
   return stdout.trim();
@@ -64,14 +79,8 @@ test('one node without Redis keeps its channels across kill -9: offsets go on in
   const [first, last] = (await pg.query('single', `SELECT (extract(epoch FROM min(created_at)) * 1000)::int8, (extract(epoch FROM max(created_at)) * 1000)::int8 FROM chat_messages WHERE channel = 'chat:keep'`)).split('|').map(Number);
   assert.ok(first >= sentFrom - 1 && last <= sentTo + 1 && first <= last, `created_at ${first}..${last} outside the publishing ${sentFrom}..${sentTo}`);
   const before = await sub.history({ limit: 0 });
-  await srv.stop({ signal: 'SIGKILL' });
-  c.disconnect();
-
-  srv = await startChatd(t, { env });
-  c = await connectClient(t, srv, { user: 'alice' });
-  ({ sub } = await subscribe(c, 'chat:keep'));
-  await sub.publish(chatMessage('m13'));
-  const top = await sub.history({ limit: 0 });
+  let top;
+  ({ srv, c, sub, top } = await restartAndPublish(t, srv, [c], env, 'chat:keep', { user: 'alice' }, 'm13'));
   assert.equal(top.epoch, before.epoch, 'same epoch after the restart');
   assert.equal(top.offset, 13, 'offsets continue');
   // Oldest first from the beginning: Postgres for 1..8, the window for 9..13.
@@ -102,13 +111,7 @@ test('one node without Redis keeps its channels across kill -9: offsets go on in
   await assert.rejects(sub.history({ limit: 10, since: { offset: 3, epoch: top.epoch } }), (e) => e.code === 112);
   // With every row gone, a restart still continues after the newest offset the channel had:
   // going back would hand out offsets that clients already saw.
-  await srv.stop({ signal: 'SIGKILL' });
-  c.disconnect();
-  srv = await startChatd(t, { env });
-  c = await connectClient(t, srv, { user: 'alice' });
-  ({ sub } = await subscribe(c, 'chat:keep'));
-  await sub.publish(chatMessage('m14'));
-  const after = await sub.history({ limit: 0 });
+  const { top: after } = await restartAndPublish(t, srv, [c], env, 'chat:keep', { user: 'alice' }, 'm14');
   assert.deepEqual([after.epoch, after.offset], [top.epoch, 14], 'offsets go on after history_remove and a restart');
 });
 
@@ -230,7 +233,7 @@ test('retention deletes only what is older than the namespace and the publisher\
     archive: { history_size: 5, history_ttl: 3600, allow_subscribe: true, allow_publish: true, max_message_bytes: 4096 },
   };
   const env = { DATABASE_URL: url, CHAT_NAMESPACES: JSON.stringify(namespaces), CHAT_API_KEY: API_KEY, CHAT_RETENTION_INTERVAL_MS: 200, CHAT_RATE_LIMITS: 'free=1000/1000,pro=1000/1000' };
-  let srv = await startChatd(t, { env });
+  const srv = await startChatd(t, { env });
   const free = await connectClient(t, srv, { token: userToken('fu', { plan: 'free' }) });
   const pro = await connectClient(t, srv, { token: userToken('pu', { plan: 'pro' }) });
   const { sub: fs } = await subscribe(free, 'chat:r');
@@ -256,14 +259,7 @@ test('retention deletes only what is older than the namespace and the publisher\
   assert.equal(metricValue(m, 'chat_store_retention_deleted_total'), 3, 'later rounds find nothing more');
   // chat:r's newest rows (p2 at 4, a1 at 5) went: after a restart its offsets still go on from 5.
   const epoch = (await fs.history({ limit: 0 })).epoch;
-  await srv.stop({ signal: 'SIGKILL' });
-  free.disconnect();
-  pro.disconnect();
-  srv = await startChatd(t, { env });
-  const again = await connectClient(t, srv, { token: userToken('fu', { plan: 'free' }) });
-  const { sub: fs2 } = await subscribe(again, 'chat:r');
-  await fs2.publish(chatMessage('f3'));
-  const now = await fs2.history({ limit: 0 });
+  const { top: now } = await restartAndPublish(t, srv, [free, pro], env, 'chat:r', { token: userToken('fu', { plan: 'free' }) }, 'f3');
   assert.deepEqual([now.epoch, now.offset], [epoch, 6], 'offsets go on after retention and a restart');
 });
 
