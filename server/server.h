@@ -198,6 +198,7 @@ typedef struct {
     uint64_t accepted;
     uint64_t write_calls;
     uint64_t write_bytes;
+    uint64_t write_short;                       /* writes the socket did not take whole */
     uint64_t write_queue_bytes;                 /* gauge */
     uint64_t disconnects[SRV_DISCONNECT_SLOTS]; /* by srv_disconnect_slot() */
     uint64_t refused[SRV_REFUSED_COUNT];        /* by SRV_REFUSED_* */

@@ -46,8 +46,11 @@ typedef struct {
     bool in_flush;           /* on srv.flush, waiting for the coalescing timer */
     uint32_t mid_frame_pass; /* the last pass in which a read of it ended inside a frame */
     bool rx_paused;          /* reads stopped while a frame is half written (see conn_flush) */
-    core_str_t tx;           /* the unsent tail of a frame the socket did not take at once */
+    /* Bytes the socket did not take at once, as they go on the wire (frame bytes, or TLS
+     * records): they leave before anything else written to the connection. */
+    core_str_t tx;
     size_t tx_off;
+    struct srv_tls_out *tls_out; /* the write side of a TLS session (srv_ws.c), or NULL */
     core_list_t flush_link;
     core_list_t reread_link; /* on srv.reread: read again before this pass ends */
     char *body;              /* HTTP response body being written */
@@ -79,7 +82,9 @@ struct srv {
     bool draining;
     srv_stats_t st;
     adm_metrics_t *metrics;
-    core_str_t scratch; /* the frame being written; writes are synchronous so one suffices */
+    core_str_t scratch;        /* the frame being written; writes are synchronous so one suffices */
+    core_str_t tls_out;        /* the TLS records of that frame, sent with one call (srv_ws.c) */
+    srv_conn_t *tls_gathering; /* whose records go to tls_out now, or NULL */
     uv_signal_t sigterm, sigint, sighup;
     uint32_t tls_generation; /* certificate loads so far: each makes a vhost named after it */
     uv_timer_t drain_timer;

@@ -505,6 +505,7 @@ int main(int argc, char **argv) {
     if (rc != 0)
         CORE_LOGW(MOD, "loop not closed cleanly", "err=%s", uv_strerror(rc));
     core_str_free(&S->scratch);
+    core_str_free(&S->tls_out);
     adm_metrics_free(S->metrics);
     auth_keyring_free(S->keys);
     chat_namespaces_free(S->ns, S->nns);

@@ -51,6 +51,9 @@ void srv_metrics_transport(void *ud, adm_metrics_writer_t *w) {
     adm_metrics_counter(w, "chat_write_calls_total", "WebSocket frames written.", sv->write_calls);
     adm_metrics_counter(w, "chat_write_bytes_total", "WebSocket payload bytes written.",
                         sv->write_bytes);
+    adm_metrics_counter(w, "chat_write_short_total",
+                        "Writes the socket did not take whole: the rest waited for the client.",
+                        sv->write_short);
     adm_metrics_gauge(w, "chat_write_queue_bytes", "Bytes waiting in connection write queues.",
                       sv->write_queue_bytes);
     adm_metrics_histogram(w, "chat_fanout_latency_seconds",

@@ -196,36 +196,163 @@ static size_t ws_header(char *end, size_t len, uint8_t opcode) {
     return (size_t)((unsigned char *)end - h);
 }
 
-/* One non-blocking send. Returns bytes taken (0 when the socket is full) or -1 on error. Over
- * TLS the batch goes to the connection's OpenSSL object in one SSL_write, so one batch is one
- * write call whatever the transport; partial writes and a moving buffer are allowed on that
- * object (ESTABLISHED), since an unsent tail is retried from the connection's own copy. */
-static ssize_t send_some(struct lws *wsi, const char *p, size_t len) {
-    SSL *ssl = lws_get_ssl(wsi);
+/* One non-blocking send of bytes in wire form. Returns bytes taken (0 when the socket is full)
+ * or -1 on error. */
+static ssize_t send_raw(int fd, const char *p, size_t len) {
+    ssize_t n = send(fd, p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0)
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
+    return n;
+}
+
+/* Waits for the socket to take c's unsent tail: reads pause, since a read could make lws answer
+ * (a pong) behind it, and lws calls back when the socket is writeable. Never from inside
+ * OpenSSL (the TLS write BIO): lws may not be entered from there, and doing so corrupted the
+ * session's records. */
+static void conn_wait_writeable(srv_conn_t *c) {
+    if (!c->rx_paused) {
+        c->rx_paused = true;
+        lws_rx_flow_control(c->wsi, 0);
+    }
+    conn_request_write(c);
+}
+
+/* Keeps bytes the socket did not take, to go before anything else written to c. */
+static void conn_keep_tail(srv_conn_t *c, const char *p, size_t len) {
+    c->srv->st.write_short++;
+    core_str_append(&c->tx, p, len);
+}
+
+/* ---- The write side of TLS sessions.
+ * OpenSSL hands each record it makes (16 KiB of payload at most) to its write BIO on its own,
+ * and a socket BIO sends each with a write call of its own: a 64 KiB batch cost four writes on
+ * the node and four reads in the client, and a spiral at the fan-out limit, since batches
+ * grow with the load. From ESTABLISHED on, a session's write BIO is this one instead: while a
+ * batch is encrypted its records gather in S->tls_out and leave with one send(); anything else
+ * OpenSSL or lws writes (a close frame, close_notify, a post-handshake message) is sent at once,
+ * or queued behind the connection's unsent tail. Records the socket does not take wait in c->tx
+ * as they are, so the BIO takes every byte and OpenSSL never holds a half-written record of its
+ * own. Reads keep lws's socket BIO. */
+struct srv_tls_out {
+    int fd;
+    srv_conn_t *c; /* NULL once lws closed the session: lws shuts TLS down after that */
+};
+
+static BIO_METHOD *tls_out_method;
+
+static int tls_out_write(BIO *b, const char *p, int len) {
+    struct srv_tls_out *o = BIO_get_data(b);
+    srv_conn_t *c = o->c;
+    BIO_clear_retry_flags(b);
+    if (len <= 0)
+        return 0;
+    if (c && c->srv->tls_gathering == c) {
+        core_str_append(&c->srv->tls_out, p, (size_t)len);
+        return len;
+    }
+    if (c && c->tx_off < c->tx.len) {
+        core_str_append(&c->tx, p, (size_t)len);
+        return len;
+    }
+    ssize_t n = send_raw(o->fd, p, (size_t)len);
+    if (n < 0)
+        return -1;
+    if (n < len) {
+        if (!c) {
+            /* After the session: a last close_notify, which may as well be retried by lws. */
+            if (n == 0) {
+                BIO_set_retry_write(b);
+                return -1;
+            }
+            return (int)n;
+        }
+        /* The tail goes out from the next flush (only libuv is touched here). */
+        conn_keep_tail(c, p + n, (size_t)(len - n));
+        conn_schedule_write(c);
+    }
+    return len;
+}
+
+static long tls_out_ctrl(BIO *b, int cmd, long num, void *ptr) {
+    (void)b, (void)num, (void)ptr;
+    /* Nothing is buffered in the BIO itself: a flush has nothing to do. */
+    return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int tls_out_destroy(BIO *b) {
+    free(BIO_get_data(b));
+    BIO_set_data(b, NULL);
+    return 1;
+}
+
+/* Puts the gathering BIO under c's TLS session. Returns -1 when out of memory. */
+static int tls_out_attach(srv_conn_t *c, SSL *ssl) {
+    if (!tls_out_method) {
+        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "chat tls out");
+        if (!m || !BIO_meth_set_write(m, tls_out_write) || !BIO_meth_set_ctrl(m, tls_out_ctrl) ||
+            !BIO_meth_set_destroy(m, tls_out_destroy)) {
+            BIO_meth_free(m);
+            return -1;
+        }
+        tls_out_method = m;
+    }
+    struct srv_tls_out *o = malloc(sizeof *o);
+    BIO *b = o ? BIO_new(tls_out_method) : NULL;
+    if (!b) {
+        free(o);
+        return -1;
+    }
+    o->fd = lws_get_socket_fd(c->wsi);
+    o->c = c;
+    BIO_set_data(b, o);
+    BIO_set_init(b, 1);
+    /* The read BIO stays lws's socket BIO (it shares it with the write side until now: this
+     * drops only the write side's reference). */
+    SSL_set0_wbio(ssl, b);
+    c->tls_out = o;
+    return 0;
+}
+
+/* Writes one frame to c's socket; what the socket does not take is kept in c->tx. Over TLS a
+ * frame of several records is encrypted into S->tls_out first and leaves with one send(); one
+ * record the BIO sends as OpenSSL makes it, which spares the copy. Returns -1 when the
+ * connection failed. */
+static int conn_send(srv_t *S, srv_conn_t *c, const char *p, size_t len) {
+    SSL *ssl = lws_get_ssl(c->wsi);
     if (ssl) {
-        /* With partial writes on, SSL_write returns after each record (16 KiB at most): go on
-         * until the batch is out or the socket is full, so a large batch is not taken for a
-         * full socket (which pauses the connection's reads until the next pass). */
+        if (!c->tls_out)
+            return -1;
+        bool gather = len > SSL3_RT_MAX_PLAIN_LENGTH;
+        S->tls_out.len = 0;
+        S->tls_gathering = gather ? c : NULL;
         size_t done = 0;
         while (done < len) {
             ERR_clear_error();
             size_t left = len - done;
             int n = SSL_write(ssl, p + done, left > INT_MAX ? INT_MAX : (int)left);
-            if (n > 0) {
-                done += (size_t)n;
-                continue;
-            }
-            int e = SSL_get_error(ssl, n);
-            if (e != SSL_ERROR_WANT_WRITE && e != SSL_ERROR_WANT_READ)
-                return done ? (ssize_t)done : -1;
-            break;
+            if (n <= 0)
+                break; /* the BIO takes every byte: the session or its socket is broken */
+            done += (size_t)n;
         }
-        return (ssize_t)done;
+        S->tls_gathering = NULL;
+        if (done < len)
+            return -1;
+        if (!gather) {
+            if (c->tx_off < c->tx.len)
+                conn_wait_writeable(c);
+            return 0;
+        }
+        p = S->tls_out.ptr;
+        len = S->tls_out.len;
     }
-    ssize_t n = send(lws_get_socket_fd(wsi), p, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    ssize_t n = send_raw(lws_get_socket_fd(c->wsi), p, len);
     if (n < 0)
-        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ? 0 : -1;
-    return n;
+        return -1;
+    if ((size_t)n < len) {
+        conn_keep_tail(c, p + n, len - (size_t)n);
+        conn_wait_writeable(c);
+    }
+    return 0;
 }
 
 /* The batching of a connection's output: moves queued messages (up to BATCH_MAX_BYTES) into
@@ -255,12 +382,13 @@ static void ws_batch_frame(srv_t *S, srv_conn_t *c, char **frame, size_t *hl, si
  * kernel refuses bytes. Returns -1 when the socket failed. */
 static int conn_flush(srv_t *S, srv_conn_t *c) {
     if (c->tx_off < c->tx.len) {
-        ssize_t n = send_some(c->wsi, c->tx.ptr + c->tx_off, c->tx.len - c->tx_off);
+        ssize_t n =
+            send_raw(lws_get_socket_fd(c->wsi), c->tx.ptr + c->tx_off, c->tx.len - c->tx_off);
         if (n < 0)
             return -1;
         c->tx_off += (size_t)n;
         if (c->tx_off < c->tx.len) {
-            conn_request_write(c);
+            conn_wait_writeable(c);
             return 0;
         }
         c->tx.len = c->tx_off = 0;
@@ -277,25 +405,15 @@ static int conn_flush(srv_t *S, srv_conn_t *c) {
     size_t hl, len;
     uint64_t oldest;
     ws_batch_frame(S, c, &frame, &hl, &len, &oldest);
-    ssize_t n = send_some(c->wsi, frame, hl + len);
-    if (n < 0)
+    if (conn_send(S, c, frame, hl + len) < 0)
         return -1;
     S->st.write_calls++;
     S->st.write_bytes += len;
     core_hist_observe(&S->st.fanout_latency, (double)(core_now_us() - oldest) / 1e6);
-    if ((size_t)n < hl + len) {
-        /* The rest of this frame must go out before anything else on the socket, lws's own
-         * control frames included: reads (which could make lws answer a ping) pause until
-         * it has. */
-        core_str_append(&c->tx, frame + n, hl + len - (size_t)n);
-        c->tx_off = 0;
-        if (!c->rx_paused) {
-            c->rx_paused = true;
-            lws_rx_flow_control(c->wsi, 0);
-        }
-        conn_request_write(c);
+    /* A tail left behind (conn_keep_tail asked for the writeable callback), more queued, or a
+     * close frame to follow: lws calls back when the socket takes more. */
+    if (c->tx_off < c->tx.len)
         return 0;
-    }
     if (!srv_wq_empty(&c->wq) || c->closing)
         conn_request_write(c);
     return 0;
@@ -433,6 +551,12 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         c->wsi = wsi;
         c->srv = S;
         srv_wq_init(&c->wq, S->cfg.write_queue_messages, S->cfg.write_queue_bytes);
+        SSL *ssl = lws_get_ssl(wsi);
+        if (ssl && tls_out_attach(c, ssl) != 0) {
+            /* Out of memory: the session cannot write, so it goes at once. */
+            conn_fail(c);
+            return 0;
+        }
         /* Past the connect rate the session is closed before it costs a client: 3013 tells the
          * SDK to come back after its backoff, which spreads a reconnect storm out. */
         if (core_gcra_take(&S->connect_gcra, (double)uv_now(&S->loop), &S->connect_rate) > 0) {
@@ -440,9 +564,6 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
             conn_close(c, CORE_DISCONNECT_TOO_MANY_REQUESTS, "too many requests");
             return 0;
         }
-        SSL *ssl = lws_get_ssl(wsi);
-        if (ssl)
-            SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
         c->client = chat_client_new(S->node, &transport, c);
         S->st.accepted++;
         /* The wire format, as Centrifugo's SDKs ask for it: the WebSocket subprotocol
@@ -502,6 +623,8 @@ static int cb_public(struct lws *wsi, enum lws_callback_reasons reason, void *us
         conn_drop_queue(c);
         core_str_free(&c->rx);
         core_str_free(&c->tx);
+        if (c->tls_out)
+            c->tls_out->c = NULL; /* lws frees the session data before the TLS session */
         free(c->close_reason);
         c->close_reason = NULL;
         return 0;

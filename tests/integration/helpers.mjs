@@ -460,10 +460,11 @@ export function chatMessage(text, clientMsgId = randomUUID()) {
  * Server pings ({}) are answered with {} unless autoPong is false.
  */
 export class RawClient {
-  constructor(url, { autoPong = true } = {}) {
+  constructor(url, { autoPong = true, wsOptions } = {}) {
     this.url = url;
     this.autoPong = autoPong;
-    this.ws = new WebSocket(url);
+    // wsOptions: options of the ws package's client (a CA for wss:// to a test certificate).
+    this.ws = new WebSocket(url, undefined, wsOptions);
     this.nextId = 1;
     this.pending = new Map();
     this.pushes = [];
