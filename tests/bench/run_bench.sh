@@ -20,6 +20,9 @@
 #   --out DIR  keep every run's output and the logs here (default a temporary folder)
 #   --tls      the nodes serve wss:// with a self-signed certificate made here (openssl CLI);
 #              chat-load connects over TLS. "-- --protobuf" makes chat-load speak Protobuf.
+#   --pin      the node(s) run on CPU 0 and chat-load on CPU 1 (taskset),
+#              so that neither preempts the other on the shared cores (kernel work still
+#              runs where the kernel puts it)
 # Nothing is built here: build first with cmake -S . -B build && cmake --build build.
 set -euo pipefail
 
@@ -39,6 +42,7 @@ llm_rooms=2000
 llm_conns=""
 llm_seconds=${LLM_SECONDS:-12}
 tls=0
+pin=0
 
 die() {
     echo "run_bench: $*" >&2
@@ -55,8 +59,9 @@ while [ $# -gt 0 ]; do
     --llm-rooms) llm_rooms=$2; shift 2 ;;
     --llm-conns) llm_conns=$2; shift 2 ;;
     --tls) tls=1; shift ;;
+    --pin) pin=1; shift ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$scenario" ] || die "one scenario only"; scenario=$1; shift ;;
     esac
@@ -145,6 +150,13 @@ if [ "$tls" = 1 ]; then
 fi
 mock_pid=""
 llm_pid=""
+node_pin=()
+load_pin=()
+if [ "$pin" = 1 ]; then
+    command -v taskset >/dev/null || die "--pin needs taskset (util-linux)"
+    node_pin=(taskset -c 0)
+    load_pin=(taskset -c 1)
+fi
 
 
 # Nodes first, so they do not spend their last moments reconnecting to a Redis that is gone.
@@ -180,7 +192,7 @@ start_node() {
         CHAT_JWT_SECRET="$secret" CHAT_LOG_LEVEL=warn \
         CHAT_RATE_LIMITS="free=5/10,plus=10/20,pro=20/40,executive=100000/100000" \
         CHAT_WRITE_QUEUE_BYTES="$2" CHAT_WRITE_QUEUE_MESSAGES="$3" \
-        "$chatd" >"$log" 2>&1 &
+        ${node_pin[@]+"${node_pin[@]}"} "$chatd" >"$log" 2>&1 &
     pid=$!
     node_pids+=("$pid")
     local line
@@ -336,7 +348,7 @@ run_scenario() {
                 --admin "http://${admins[i]}")
         done
         local rc=0
-        "$load" "${target[@]}" --secret "$secret" --channel chat:bench \
+        ${load_pin[@]+"${load_pin[@]}"} "$load" "${target[@]}" --secret "$secret" --channel chat:bench \
             "${args[@]}" ${extra[@]+"${extra[@]}"} >"$res" || rc=$?
         cat "$res"
         for i in "${!node_pids[@]}"; do
