@@ -228,11 +228,11 @@ static void conn_keep_tail(srv_conn_t *c, const char *p, size_t len) {
  * and a socket BIO sends each with a write call of its own: a 64 KiB batch cost four writes on
  * the node and four reads in the client, and a spiral at the fan-out limit, since batches
  * grow with the load. From ESTABLISHED on, a session's write BIO is this one instead: while a
- * batch is encrypted its records gather in S->tls_out and leave with one send(); anything else
- * OpenSSL or lws writes (a close frame, close_notify, a post-handshake message) is sent at once,
- * or queued behind the connection's unsent tail. Records the socket does not take wait in c->tx
- * as they are, so the BIO takes every byte and OpenSSL never holds a half-written record of its
- * own. Reads keep lws's socket BIO. */
+ * batch of several records is encrypted they gather in S->tls_out and leave with one send();
+ * any other record (a one-record batch, a close frame, close_notify, a post-handshake message)
+ * is sent at once, or queued behind the connection's unsent tail. Records the socket does not take
+ * wait in c->tx as they are, so the BIO takes every byte and OpenSSL never holds a half-written
+ * record of its own. Reads keep lws's socket BIO. */
 struct srv_tls_out {
     int fd;
     srv_conn_t *c; /* NULL once lws closed the session: lws shuts TLS down after that */
@@ -323,8 +323,10 @@ static int conn_send(srv_t *S, srv_conn_t *c, const char *p, size_t len) {
         if (!c->tls_out)
             return -1;
         bool gather = len > SSL3_RT_MAX_PLAIN_LENGTH;
-        S->tls_out.len = 0;
-        S->tls_gathering = gather ? c : NULL;
+        if (gather) {
+            S->tls_out.len = 0;
+            S->tls_gathering = c;
+        }
         size_t done = 0;
         while (done < len) {
             ERR_clear_error();
@@ -410,8 +412,8 @@ static int conn_flush(srv_t *S, srv_conn_t *c) {
     S->st.write_calls++;
     S->st.write_bytes += len;
     core_hist_observe(&S->st.fanout_latency, (double)(core_now_us() - oldest) / 1e6);
-    /* A tail left behind (conn_keep_tail asked for the writeable callback), more queued, or a
-     * close frame to follow: lws calls back when the socket takes more. */
+    /* A tail left behind (conn_send asked for the writeable callback), more queued, or a close
+     * frame to follow: lws calls back when the socket takes more. */
     if (c->tx_off < c->tx.len)
         return 0;
     if (!srv_wq_empty(&c->wq) || c->closing)

@@ -460,11 +460,10 @@ export function chatMessage(text, clientMsgId = randomUUID()) {
  * Server pings ({}) are answered with {} unless autoPong is false.
  */
 export class RawClient {
-  constructor(url, { autoPong = true, wsOptions } = {}) {
+  constructor(url, { autoPong = true } = {}) {
     this.url = url;
     this.autoPong = autoPong;
-    // wsOptions: options of the ws package's client (a CA for wss:// to a test certificate).
-    this.ws = new WebSocket(url, undefined, wsOptions);
+    this.ws = new WebSocket(url);
     this.nextId = 1;
     this.pending = new Map();
     this.pushes = [];
