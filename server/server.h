@@ -51,6 +51,7 @@ typedef struct {
     uint32_t write_queue_bytes;
     uint32_t write_queue_messages;
     uint32_t write_delay_ms;
+    uint32_t flush_slice_us;
     char *rate_limits;
     char *typing_rate;
     char *command_rate;
@@ -199,6 +200,7 @@ typedef struct {
     uint64_t write_calls;
     uint64_t write_bytes;
     uint64_t write_short;                       /* writes the socket did not take whole */
+    uint64_t flush_slices;                      /* flushes cut short to let the loop poll */
     uint64_t write_queue_bytes;                 /* gauge */
     uint64_t disconnects[SRV_DISCONNECT_SLOTS]; /* by srv_disconnect_slot() */
     uint64_t refused[SRV_REFUSED_COUNT];        /* by SRV_REFUSED_* */

@@ -95,6 +95,9 @@ static const setting_t settings[] = {
     {"CHAT_WRITE_DELAY_MS", "write_delay_ms", T_U32, OFF(write_delay_ms), "0",
      "milliseconds new output waits so that one write carries many messages (0 = written once per "
      "loop pass)"},
+    {"CHAT_FLUSH_SLICE_US", "flush_slice_us", T_U32, OFF(flush_slice_us), "1000",
+     "microseconds of writing after which a flush of many connections lets the loop poll before "
+     "it goes on (0 = the whole flush in one pass)"},
     {"CHAT_MAX_ERRORS", "max_errors", T_U32, OFF(max_errors), "100",
      "non-temporary error replies per client within 10 s before close 3509 (0 = off)"},
     {"CHAT_PRESENCE_TTL", "presence_ttl", T_U32, OFF(presence_ttl), "30",

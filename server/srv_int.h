@@ -96,6 +96,7 @@ struct srv {
     core_list_t reread;         /* connections that received in this pass (srv_ws.c) */
     uv_timer_t flush_timer;     /* the flush with a write delay */
     uv_prepare_t flush_prepare; /* the flush without one: once per loop pass */
+    uv_idle_t flush_idle;       /* a flush cut into slices: the poll between them must not wait */
     uv_prepare_t loop_watch;    /* measures each pass's work (st.loop_pass) */
     uint64_t watch_hr, watch_idle;
     uint32_t pass; /* loop passes, counted by the loop watch (srv_main.c) */

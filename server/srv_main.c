@@ -110,6 +110,7 @@ static void drain_finish(srv_t *S) {
     uv_close((uv_handle_t *)&S->sighup, NULL);
     uv_close((uv_handle_t *)&S->flush_timer, NULL);
     uv_close((uv_handle_t *)&S->flush_prepare, NULL);
+    uv_close((uv_handle_t *)&S->flush_idle, NULL);
     uv_close((uv_handle_t *)&S->loop_watch, NULL);
     srv__store_stop(S);
     /* The first destroy closes every remaining socket, so every chat client is freed before
@@ -487,6 +488,8 @@ int main(int argc, char **argv) {
     S->flush_timer.data = S;
     uv_prepare_init(&S->loop, &S->flush_prepare);
     S->flush_prepare.data = S;
+    uv_idle_init(&S->loop, &S->flush_idle);
+    S->flush_idle.data = S;
     uv_prepare_init(&S->loop, &S->loop_watch);
     S->loop_watch.data = S;
     uv_prepare_start(&S->loop_watch, loop_watch_cb);

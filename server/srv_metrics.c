@@ -51,6 +51,9 @@ void srv_metrics_transport(void *ud, adm_metrics_writer_t *w) {
     adm_metrics_counter(w, "chat_write_calls_total", "WebSocket frames written.", sv->write_calls);
     adm_metrics_counter(w, "chat_write_bytes_total", "WebSocket payload bytes written.",
                         sv->write_bytes);
+    adm_metrics_counter(w, "chat_flush_slices_total",
+                        "Flushes that stopped after CHAT_FLUSH_SLICE_US to let the loop poll.",
+                        sv->flush_slices);
     adm_metrics_counter(w, "chat_write_short_total",
                         "Writes the socket did not take whole: the rest waited for the client.",
                         sv->write_short);

@@ -33,8 +33,16 @@ static void conn_request_write(srv_conn_t *c) {
 static int conn_flush(srv_t *S, srv_conn_t *c);
 static void conn_fail(srv_conn_t *c);
 
-static void flush_all(srv_t *S) {
+/* Writes the connections of the flush list in order, for at most budget_us (0: all of them);
+ * the clock is read every 16 connections. Returns false when connections are left. */
+static bool flush_all(srv_t *S, uint64_t budget_us) {
+    uint64_t end = budget_us ? core_now_us() + budget_us : 0;
+    unsigned n = 0;
     while (!core_list_empty(&S->flush)) {
+        if (end && (++n & 15) == 0 && core_now_us() >= end) {
+            S->st.flush_slices++;
+            return false;
+        }
         srv_conn_t *c = CORE_CONTAINER_OF(S->flush.next, srv_conn_t, flush_link);
         core_list_remove(&c->flush_link);
         c->in_flush = false;
@@ -46,10 +54,11 @@ static void flush_all(srv_t *S) {
         else if (conn_flush(S, c) < 0)
             conn_fail(c);
     }
+    return true;
 }
 
 static void flush_cb(uv_timer_t *t) {
-    flush_all(t->data);
+    flush_all(t->data, 0);
 }
 
 /* lws reads at most rx_buffer_size bytes from a WebSocket per readiness event, and that buffer
@@ -85,10 +94,30 @@ static void reread_all(srv_t *S) {
         core_list_remove(S->reread.next);
 }
 
+static void flush_idle_cb(uv_idle_t *h) {
+    uv_idle_stop(h);
+}
+
+static void start_prepare(srv_t *S);
+
+/* A flush of thousands of sockets takes milliseconds. It is cut into slices of
+ * CHAT_FLUSH_SLICE_US of work, and the loop polls (without blocking) between slices: a
+ * publication that arrives meanwhile is read and fanned out at once and reaches the connections
+ * not yet written in this round, instead of waiting for the whole flush to end and then for its
+ * turn in the next one; timers, pings and the admin listener get the same turns. A connection
+ * that gets output after its write joins the list's tail, so each is still written once per
+ * round and batches stay as large. */
 static void flush_prepare_cb(uv_prepare_t *p) {
+    srv_t *S = p->data;
     uv_prepare_stop(p);
-    reread_all(p->data);
-    flush_all(p->data);
+    reread_all(S);
+    if (!flush_all(S, S->cfg.flush_slice_us)) {
+        /* The rest of the round after the next poll; an active idle handle makes that poll
+         * return at once. */
+        start_prepare(S);
+        if (!uv_is_closing((uv_handle_t *)&S->flush_idle))
+            uv_idle_start(&S->flush_idle, flush_idle_cb);
+    }
 }
 
 static void start_prepare(srv_t *S) {

@@ -1,14 +1,18 @@
 // Fan-out: one publisher, 200 SDK subscribers, every message to every subscriber, in order,
-// no loss, no duplicates.
+// no loss, no duplicates; once with the default flush, once with the flush cut into slices of a
+// few connections each (the loop polls between slices, and what it reads meanwhile joins the
+// same round).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { startChatd, connectClient, subscribe, Collector, chatMessage, waitMetric } from './helpers.mjs';
+import {
+  startChatd, connectClient, subscribe, Collector, chatMessage, waitMetric, scrapeMetrics, metricValue,
+} from './helpers.mjs';
 
 const SUBSCRIBERS = 200;
 const MESSAGES = 50;
 
-test(`one publisher reaches ${SUBSCRIBERS} subscribers with ${MESSAGES} messages in order`, { timeout: 120_000 }, async (t) => {
-  const srv = await startChatd(t, { env: { CHAT_RATE_LIMITS: 'free=1000/1000' } });
+async function fanout(t, env) {
+  const srv = await startChatd(t, { env: { CHAT_RATE_LIMITS: 'free=1000/1000', ...env } });
   const channel = 'chat:fanout';
 
   // Connect and subscribe in batches, each subscriber its own user.
@@ -50,4 +54,20 @@ test(`one publisher reaches ${SUBSCRIBERS} subscribers with ${MESSAGES} messages
     assert.equal(c.items.length, MESSAGES + 1);
     assert.equal(c.items[MESSAGES].data.text, 'end');
   }
+  return srv;
+}
+
+test(`one publisher reaches ${SUBSCRIBERS} subscribers with ${MESSAGES} messages in order`, { timeout: 120_000 }, async (t) => {
+  await fanout(t, {});
+});
+
+// CHAT_FLUSH_SLICE_US=1 ends a slice at the first clock reading, every 16 connections: each
+// round of 200 subscribers takes 13 slices with polls between them. A slice that did not go on
+// after its poll would leave the last publication (the marker) unwritten, since nothing else
+// wakes the loop; one that wrote a connection twice or out of turn would break the order.
+test(`the same fan-out with the flush cut into slices of 16 connections`, { timeout: 120_000 }, async (t) => {
+  const srv = await fanout(t, { CHAT_FLUSH_SLICE_US: '1' });
+  const slices = metricValue(await scrapeMetrics(srv), 'chat_flush_slices_total');
+  // A round of 201 connections (the publisher too) takes at least 13 slices.
+  assert.ok(slices >= 13, `flushes were cut into slices (${slices})`);
 });
