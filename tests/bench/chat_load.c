@@ -89,6 +89,7 @@ typedef struct options {
     unsigned max_inflight;
     double connect_timeout;
     unsigned batch_us;
+    unsigned measure_every;
 } options;
 
 static options opt = {
@@ -105,6 +106,7 @@ static options opt = {
     .timeout = 600,
     .max_inflight = 256,
     .connect_timeout = 30,
+    .measure_every = 1,
 };
 
 static void usage(FILE *out) {
@@ -157,6 +159,13 @@ static void usage(FILE *out) {
         "                        passed before reading again, so each read takes several\n"
         "                        messages: less tool CPU at high rates, up to U us more\n"
         "                        measured latency (default 0: read at once)\n"
+        "  --measure-every N     only every Nth subscriber (0, N, 2N, ...) decodes and checks\n"
+        "                        what it receives; the others, once subscribed, read their\n"
+        "                        socket's bytes and drop them undecoded (over TLS without\n"
+        "                        decrypting) and send a pong every 5 s. The node serves them\n"
+        "                        all the same, and the tool's CPU goes to the node's side\n"
+        "                        of the measurement (default 1: every subscriber; not with\n"
+        "                        --rooms or several URLs)\n"
         "  --help                this text\n"
         "\n"
         "Output (stdout), one line each, key=value:\n"
@@ -274,6 +283,7 @@ static int parse_options(int argc, char **argv) {
         O_HOST_CPU,
         O_TIMEOUT,
         O_BATCH,
+        O_MEASURE,
         O_HELP
     };
     static const struct option longopts[] = {
@@ -299,6 +309,7 @@ static int parse_options(int argc, char **argv) {
         {"host-cpu", no_argument, NULL, O_HOST_CPU},
         {"timeout", required_argument, NULL, O_TIMEOUT},
         {"batch-us", required_argument, NULL, O_BATCH},
+        {"measure-every", required_argument, NULL, O_MEASURE},
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
@@ -386,6 +397,9 @@ static int parse_options(int argc, char **argv) {
         case O_TIMEOUT:
             opt.timeout = strtod(optarg, NULL);
             break;
+        case O_MEASURE:
+            opt.measure_every = (unsigned)strtoul(optarg, NULL, 10);
+            break;
         case O_BATCH:
             opt.batch_us = (unsigned)strtoul(optarg, NULL, 10);
             break;
@@ -424,6 +438,12 @@ static int parse_options(int argc, char **argv) {
         opt.drain_seconds < 0 || opt.hold_seconds < 0 || opt.timeout <= 0 ||
         opt.connect_timeout <= 0 || strlen(opt.channel) > 200) {
         fprintf(stderr, "chat-load: an option is out of range (see --help)\n");
+        return -1;
+    }
+    if (opt.measure_every < 1 || opt.measure_every > opt.subscribers ||
+        (opt.measure_every > 1 && (opt.rooms > 0 || opt.nurls > 1))) {
+        fprintf(stderr, "chat-load: --measure-every must be within 1..--subscribers, and above 1 "
+                        "only with one URL and without --rooms\n");
         return -1;
     }
     if (opt.rooms > 0) {
@@ -489,6 +509,7 @@ typedef struct conn {
     uint8_t was_ready;     /* reached CS_READY once: its losses count even after it died */
     uint8_t got_close;     /* the server sent a close frame before the socket ended */
     uint8_t node;          /* index of its --url: subscriber i and publisher j go to i % n, j % n */
+    uint8_t sink;          /* an unmeasured subscriber (--measure-every): reads and drops bytes */
     uint32_t idx;          /* subscriber index or publisher index */
     uint32_t seq;          /* publisher: last sequence number sent (with --rooms: publishes sent) */
     uint32_t next_id;      /* publisher: next command id */
@@ -530,6 +551,7 @@ typedef struct step_stats {
     uint64_t err;
     uint64_t dropped; /* publishes not sent: publisher dead or its buffer full */
     uint64_t deliveries;
+    uint64_t sink_bytes; /* read and dropped by the unmeasured subscribers (--measure-every) */
     uint64_t lost;
     uint64_t dup;
     uint64_t late;
@@ -554,9 +576,11 @@ static struct {
 
     unsigned next_start;
     unsigned inflight;
-    unsigned ready_subs;
+    unsigned ready_subs; /* sinks included */
     unsigned ready_pubs;
     unsigned ever_ready_subs;
+    unsigned ready_sinks;
+    unsigned ever_ready_sinks;
     unsigned dead_after_ready;
     unsigned dropped_without_close; /* live connections that ended by EOF or reset */
     uint64_t fails[FAIL_KINDS];
@@ -703,6 +727,7 @@ static void conn_kill(conn *c, enum fail_kind why) {
         }
         if (c->role == ROLE_SUB) {
             g.ready_subs--;
+            g.ready_sinks -= c->sink;
         } else {
             g.ready_pubs--;
         }
@@ -1119,6 +1144,11 @@ static void conn_ready(conn *c) {
     if (c->role == ROLE_SUB) {
         g.ready_subs++;
         g.ever_ready_subs++;
+        if (c->idx % opt.measure_every != 0) {
+            c->sink = 1;
+            g.ready_sinks++;
+            g.ever_ready_sinks++;
+        }
         if (opt.rooms > 0) {
             g.room_ever[c->idx % opt.rooms]++;
         }
@@ -1590,6 +1620,51 @@ static void conn_on_readable(conn *c) {
     }
 }
 
+/* An unmeasured subscriber (--measure-every): what the socket holds is read and dropped, over TLS
+ * without decrypting it (the session's read side is never used again; its write side still
+ * carries the pongs). A bounded number of reads per event, as for a measured one. */
+static void sink_on_readable(conn *c) {
+    for (int round = 0; round < 8; round++) {
+        ssize_t n = recv(c->fd, g.scratch, g.scratch_cap, 0);
+        if (n == 0) {
+            conn_kill(c, FAIL_CLOSED);
+            return;
+        }
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                conn_kill(c, FAIL_CLOSED);
+            }
+            return;
+        }
+        g.st.sink_bytes += (uint64_t)n;
+        if ((size_t)n < g.scratch_cap) {
+            return;
+        }
+    }
+}
+
+/* The node closes a client that sends nothing within its pong timeout after a ping; a sink does
+ * not see the pings, so it sends the protocol's pong (an empty command) every 5 s, which the
+ * node takes as traffic whenever it comes. */
+#define SINK_PONG_US 5000000
+
+static void sinks_pong(void) {
+    for (unsigned i = 0; i < opt.subscribers; i++) {
+        conn *c = &g.conns[i];
+        if (c->sink && c->state == CS_READY) {
+            if (opt.protobuf) {
+                uint8_t pong = 0;
+                ws_queue(c, 0x2, (const char *)&pong, 1);
+            } else {
+                ws_send_text(c, "{}", 2);
+            }
+        }
+    }
+}
+
 static void conn_on_event(conn *c, uint32_t events) {
     if (c->state == CS_DEAD) {
         return; /* killed earlier in this batch of events */
@@ -1608,7 +1683,11 @@ static void conn_on_event(conn *c, uint32_t events) {
         return;
     }
     if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
-        conn_on_readable(c);
+        if (c->sink) {
+            sink_on_readable(c);
+        } else {
+            conn_on_readable(c);
+        }
     }
 }
 
@@ -1802,6 +1881,7 @@ typedef struct run {
     uint64_t win_sent;
     uint64_t win_ok;
     uint64_t win_deliv;
+    uint64_t win_sink_bytes;
     uint64_t win_node_deliv[MAX_NODES];
     double node_cpu;
     double node_cpu_each[MAX_NODES];
@@ -1906,6 +1986,7 @@ static void window_end(run *r, int64_t now) {
     r->win_sent = g.st.sent;
     r->win_ok = g.st.ok;
     r->win_deliv = g.st.deliveries;
+    r->win_sink_bytes = g.st.sink_bytes;
     memcpy(r->win_node_deliv, g.st.node_deliveries, sizeof r->win_node_deliv);
     long long each[MAX_NODES];
     long long t1 = nodes_cpu_ticks(each);
@@ -1976,7 +2057,7 @@ static uint64_t account_tail_losses(void) {
     uint64_t lost = 0;
     for (unsigned s = 0; s < opt.subscribers; s++) {
         const conn *sc = &g.conns[s];
-        if (!sc->was_ready) {
+        if (!sc->was_ready || sc->sink) {
             continue;
         }
         if (opt.rooms > 0) {
@@ -2013,7 +2094,8 @@ static void step_report(run *r) {
     uint64_t lost = st->lost + account_tail_losses();
     /* A publish the server refused is never delivered, and every subscriber (with --rooms: of
      * its room) saw it as a gap. */
-    uint64_t refused = opt.rooms > 0 ? st->err_deliveries : st->err * g.ever_ready_subs;
+    uint64_t refused =
+        opt.rooms > 0 ? st->err_deliveries : st->err * (g.ever_ready_subs - g.ever_ready_sinks);
     lost = lost > refused ? lost - refused : 0;
     g.total_sent += st->sent;
     g.total_ok += st->ok;
@@ -2025,7 +2107,7 @@ static void step_report(run *r) {
     double s = r->win_secs;
     /* What the live subscribers should have received of the window's publications: with
      * --rooms, per room its publications (nothing is sent in the drain) x its live subscribers. */
-    double expect = (double)r->win_sent * g.ready_subs;
+    double expect = (double)r->win_sent * (g.ready_subs - g.ready_sinks);
     if (opt.rooms > 0) {
         memset(g.room_live, 0, sizeof(uint32_t) * opt.rooms);
         for (unsigned i = 0; i < opt.subscribers; i++) {
@@ -2048,6 +2130,10 @@ static void step_report(run *r) {
     printf(" lost=%" PRIu64 " dup=%" PRIu64 " late=%" PRIu64 " pub_err=%" PRIu64
            " pub_drop=%" PRIu64 " subs=%u",
            lost, st->dup, st->late, st->err, st->dropped, g.ready_subs);
+    if (opt.measure_every > 1) {
+        printf(" sinks=%u sink_mib/s=%.1f", g.ready_sinks,
+               (double)r->win_sink_bytes / s / (1024.0 * 1024.0));
+    }
     print_mib("node_rss_mib", r->node_rss);
     if (r->node_cpu >= 0) {
         printf(" node_cpu=%.1f", r->node_cpu);
@@ -2314,6 +2400,7 @@ int main(int argc, char **argv) {
     int64_t deadline = r.started + (int64_t)(opt.timeout * 1e6);
     int64_t next_timeout_scan = r.started;
     int64_t next_progress = r.started + 2000000;
+    int64_t next_sink_pong = 0;
     struct epoll_event evs[512];
     int rc = 0;
 
@@ -2335,6 +2422,10 @@ int main(int argc, char **argv) {
         if (r.phase == PH_SETUP && now >= next_timeout_scan) {
             setup_timeouts(now);
             next_timeout_scan = now + 250000;
+        }
+        if (opt.measure_every > 1 && r.phase != PH_SETUP && now >= next_sink_pong) {
+            sinks_pong();
+            next_sink_pong = now + SINK_PONG_US;
         }
         if (r.phase == PH_SETUP && now >= next_progress) {
             fprintf(stderr, "chat-load: setup: %u subs, %u pubs ready, %u in flight, %u to go\n",
