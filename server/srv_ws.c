@@ -57,8 +57,12 @@ static bool flush_all(srv_t *S, uint64_t budget_us) {
     return true;
 }
 
+/* With a write delay the flush is cut into slices too (see flush_prepare_cb): the rest is due at
+ * once, which makes the loop's next poll return without waiting. */
 static void flush_cb(uv_timer_t *t) {
-    flush_all(t->data, 0);
+    srv_t *S = t->data;
+    if (!flush_all(S, S->cfg.flush_slice_us) && !uv_is_closing((uv_handle_t *)t))
+        uv_timer_start(t, flush_cb, 0, 0);
 }
 
 /* lws reads at most rx_buffer_size bytes from a WebSocket per readiness event, and that buffer

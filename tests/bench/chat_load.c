@@ -1658,6 +1658,7 @@ static void sinks_pong(void) {
             if (opt.protobuf) {
                 uint8_t pong = 0;
                 ws_queue(c, 0x2, (const char *)&pong, 1);
+                conn_flush(c);
             } else {
                 ws_send_text(c, "{}", 2);
             }

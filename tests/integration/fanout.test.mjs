@@ -71,3 +71,10 @@ test(`the same fan-out with the flush cut into slices of 16 connections`, { time
   // A round of 201 connections (the publisher too) takes at least 13 slices.
   assert.ok(slices >= 13, `flushes were cut into slices (${slices})`);
 });
+
+// The same with a write delay: the flush runs from a timer, and the rest of a round is due at once.
+test(`the same fan-out with a write delay and the flush cut into slices`, { timeout: 120_000 }, async (t) => {
+  const srv = await fanout(t, { CHAT_FLUSH_SLICE_US: '1', CHAT_WRITE_DELAY_MS: '2' });
+  const slices = metricValue(await scrapeMetrics(srv), 'chat_flush_slices_total');
+  assert.ok(slices >= 13, `flushes were cut into slices (${slices})`);
+});
