@@ -57,12 +57,38 @@ static bool flush_all(srv_t *S, uint64_t budget_us) {
     return true;
 }
 
-/* With a write delay the flush is cut into slices too (see flush_prepare_cb): the rest is due at
- * once, which makes the loop's next poll return without waiting. */
+static void flush_prepare_cb(uv_prepare_t *p);
+
+static void start_prepare(srv_t *S) {
+    if (!uv_is_active((uv_handle_t *)&S->flush_prepare) &&
+        !uv_is_closing((uv_handle_t *)&S->flush_prepare))
+        uv_prepare_start(&S->flush_prepare, flush_prepare_cb);
+}
+
+static void flush_idle_cb(uv_idle_t *h) {
+    uv_idle_stop(h);
+}
+
+/* A flush of thousands of sockets takes milliseconds. It is cut into slices of
+ * CHAT_FLUSH_SLICE_US of work, and the loop polls (without blocking) between slices: a
+ * publication that arrives meanwhile is read and fanned out at once and reaches the connections
+ * not yet written in this round, instead of waiting for the whole flush to end and then for its
+ * turn in the next one; timers, pings and the admin listener get the same turns. A connection
+ * that gets output after its write joins the list's tail, so each is still written once per
+ * round and batches stay as large. The rest of the round goes on from the prepare handle after
+ * the next poll, which an active idle handle makes return at once. (Not from a timer of 0:
+ * libuv 1.44 runs a timer restarted from its own callback again before polling.) */
+static void flush_rest_later(srv_t *S) {
+    start_prepare(S);
+    if (!uv_is_closing((uv_handle_t *)&S->flush_idle))
+        uv_idle_start(&S->flush_idle, flush_idle_cb);
+}
+
+/* The flush with a write delay. */
 static void flush_cb(uv_timer_t *t) {
     srv_t *S = t->data;
-    if (!flush_all(S, S->cfg.flush_slice_us) && !uv_is_closing((uv_handle_t *)t))
-        uv_timer_start(t, flush_cb, 0, 0);
+    if (!flush_all(S, S->cfg.flush_slice_us))
+        flush_rest_later(S);
 }
 
 /* lws reads at most rx_buffer_size bytes from a WebSocket per readiness event, and that buffer
@@ -98,36 +124,13 @@ static void reread_all(srv_t *S) {
         core_list_remove(S->reread.next);
 }
 
-static void flush_idle_cb(uv_idle_t *h) {
-    uv_idle_stop(h);
-}
-
-static void start_prepare(srv_t *S);
-
-/* A flush of thousands of sockets takes milliseconds. It is cut into slices of
- * CHAT_FLUSH_SLICE_US of work, and the loop polls (without blocking) between slices: a
- * publication that arrives meanwhile is read and fanned out at once and reaches the connections
- * not yet written in this round, instead of waiting for the whole flush to end and then for its
- * turn in the next one; timers, pings and the admin listener get the same turns. A connection
- * that gets output after its write joins the list's tail, so each is still written once per
- * round and batches stay as large. */
+/* The flush without a write delay, before each poll (see flush_rest_later). */
 static void flush_prepare_cb(uv_prepare_t *p) {
     srv_t *S = p->data;
     uv_prepare_stop(p);
     reread_all(S);
-    if (!flush_all(S, S->cfg.flush_slice_us)) {
-        /* The rest of the round after the next poll; an active idle handle makes that poll
-         * return at once. */
-        start_prepare(S);
-        if (!uv_is_closing((uv_handle_t *)&S->flush_idle))
-            uv_idle_start(&S->flush_idle, flush_idle_cb);
-    }
-}
-
-static void start_prepare(srv_t *S) {
-    if (!uv_is_active((uv_handle_t *)&S->flush_prepare) &&
-        !uv_is_closing((uv_handle_t *)&S->flush_prepare))
-        uv_prepare_start(&S->flush_prepare, flush_prepare_cb);
+    if (!flush_all(S, S->cfg.flush_slice_us))
+        flush_rest_later(S);
 }
 
 /* Without a write delay (the default), output queued anywhere in a loop pass (socket reads,

@@ -836,6 +836,17 @@ static int ws_send_text(conn *c, const char *data, size_t len) {
     return conn_flush(c);
 }
 
+/* The protocol's pong, an empty command: "{}" in JSON, a zero length prefix in Protobuf. */
+static void send_pong(conn *c) {
+    if (opt.protobuf) {
+        uint8_t pong = 0;
+        ws_queue(c, 0x2, (const char *)&pong, 1);
+        conn_flush(c);
+    } else {
+        ws_send_text(c, "{}", 2);
+    }
+}
+
 static void arm_epoll(conn *c, uint32_t events) {
     struct epoll_event ev = {.events = events, .data.ptr = c};
     epoll_ctl(g.ep, EPOLL_CTL_ADD, c->fd, &ev);
@@ -1077,9 +1088,7 @@ static void pb_on_reply(conn *c, const uint8_t *p, size_t n, int64_t now) {
     uint64_t v = 0;
     if (n == 0) {
         g.pings++;
-        uint8_t pong = 0;
-        ws_queue(c, 0x2, (const char *)&pong, 1);
-        conn_flush(c);
+        send_pong(c);
         return;
     }
     if (pb_find(p, end, 4, &v, &f, &fl) == 2) {
@@ -1362,7 +1371,7 @@ static void on_line(conn *c, const char *p, size_t n, int64_t now) {
     if (n == 2 && p[0] == '{' && p[1] == '}') {
         /* The server's ping; the protocol wants the same empty object back. */
         g.pings++;
-        ws_send_text(c, "{}", 2);
+        send_pong(c);
         return;
     }
     if (find_str(p, n < 16 ? n : 16, "\"push\"", 6) != NULL) {
@@ -1537,6 +1546,23 @@ static size_t frame_total(const conn *c, const char *buf, size_t len) {
     return hl > 0 ? hl + (size_t)plen : 0;
 }
 
+/* What a read's result n means for its connection: READ_DATA (n bytes), READ_AGAIN (EINTR), or
+ * READ_STOP: the socket is drained, or it ended (EOF, an error) and the connection is killed. */
+enum { READ_STOP, READ_AGAIN, READ_DATA };
+
+static int read_outcome(conn *c, ssize_t n) {
+    if (n > 0) {
+        return READ_DATA;
+    }
+    if (n < 0 && errno == EINTR) {
+        return READ_AGAIN;
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+        conn_kill(c, FAIL_CLOSED);
+    }
+    return READ_STOP;
+}
+
 /* Reads into the shared scratch buffer, so idle connections own no read buffer and a busy one
  * takes up to 256 KiB per recv. What is left of an incomplete frame is kept per connection: a
  * small one is copied back in front of the scratch buffer for the next read, a large one
@@ -1566,17 +1592,11 @@ static void conn_on_readable(conn *c) {
         }
         size_t room = cap - have;
         ssize_t n = io_recv(c, buf + have, room);
-        if (n == 0) {
-            conn_kill(c, FAIL_CLOSED);
-            return;
+        int what = read_outcome(c, n);
+        if (what == READ_AGAIN) {
+            continue;
         }
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                conn_kill(c, FAIL_CLOSED);
-            }
+        if (what == READ_STOP) {
             return;
         }
         have += (size_t)n;
@@ -1626,17 +1646,11 @@ static void conn_on_readable(conn *c) {
 static void sink_on_readable(conn *c) {
     for (int round = 0; round < 8; round++) {
         ssize_t n = recv(c->fd, g.scratch, g.scratch_cap, 0);
-        if (n == 0) {
-            conn_kill(c, FAIL_CLOSED);
-            return;
+        int what = read_outcome(c, n);
+        if (what == READ_AGAIN) {
+            continue;
         }
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
-            if (errno != EAGAIN && errno != EWOULDBLOCK) {
-                conn_kill(c, FAIL_CLOSED);
-            }
+        if (what == READ_STOP) {
             return;
         }
         g.st.sink_bytes += (uint64_t)n;
@@ -1655,13 +1669,7 @@ static void sinks_pong(void) {
     for (unsigned i = 0; i < opt.subscribers; i++) {
         conn *c = &g.conns[i];
         if (c->sink && c->state == CS_READY) {
-            if (opt.protobuf) {
-                uint8_t pong = 0;
-                ws_queue(c, 0x2, (const char *)&pong, 1);
-                conn_flush(c);
-            } else {
-                ws_send_text(c, "{}", 2);
-            }
+            send_pong(c);
         }
     }
 }

@@ -72,7 +72,7 @@ test(`the same fan-out with the flush cut into slices of 16 connections`, { time
   assert.ok(slices >= 13, `flushes were cut into slices (${slices})`);
 });
 
-// The same with a write delay: the flush runs from a timer, and the rest of a round is due at once.
+// The same with a write delay: the round starts from the delay's timer and goes on after each poll.
 test(`the same fan-out with a write delay and the flush cut into slices`, { timeout: 120_000 }, async (t) => {
   const srv = await fanout(t, { CHAT_FLUSH_SLICE_US: '1', CHAT_WRITE_DELAY_MS: '2' });
   const slices = metricValue(await scrapeMetrics(srv), 'chat_flush_slices_total');
